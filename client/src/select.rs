@@ -1,0 +1,1 @@
+//! Upstream selection (being written).

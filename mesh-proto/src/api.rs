@@ -1,0 +1,196 @@
+//! JSON bodies of the admin API, shared by the agent and the SDK.
+
+use serde::{Deserialize, Serialize};
+
+use crate::catalog::{Definition, Health, Instance, NodeMeta};
+
+/// Header carrying the catalog index on every admin answer.
+pub const INDEX_HEADER: &str = "x-gossamer-index";
+
+/// Every error answer: what went wrong and what to do about it.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ErrorBody {
+    /// What failed, with the offending value.
+    pub error: String,
+    /// What to do about it.
+    pub hint: String,
+}
+
+/// SWIM state of a member as this node sees it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum MemberState {
+    /// Answering probes.
+    Alive,
+    /// Missed probes; may still be alive.
+    Suspect,
+    /// Declared failed, or left.
+    Down,
+}
+
+impl MemberState {
+    /// Lowercase name, as in JSON and metrics labels.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            MemberState::Alive => "alive",
+            MemberState::Suspect => "suspect",
+            MemberState::Down => "down",
+        }
+    }
+}
+
+/// Where an RTT figure came from.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize, Default)]
+#[serde(rename_all = "lowercase")]
+pub enum RttSource {
+    /// Measured on the QUIC connection to the node (or the node itself).
+    Measured,
+    /// Estimated from network coordinates; never measured.
+    Estimated,
+    /// Neither measured nor estimated.
+    #[default]
+    Unknown,
+}
+
+/// Member counts by state.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct MemberCounts {
+    /// Alive members, this node included.
+    pub alive: usize,
+    /// Suspect members.
+    pub suspect: usize,
+    /// Down members still remembered.
+    pub down: usize,
+}
+
+/// `GET /v1/health`.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct HealthView {
+    /// This node's id.
+    pub node_id: String,
+    /// True once the agent serves all its listeners.
+    pub ready: bool,
+    /// Members by state.
+    pub members: MemberCounts,
+    /// Current catalog index.
+    pub catalog_index: u64,
+    /// Agent version.
+    pub version: String,
+}
+
+/// One entry of `GET /v1/nodes`.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct NodeView {
+    /// Node id.
+    pub id: String,
+    /// Advertised QUIC address.
+    pub address: String,
+    /// SWIM state.
+    pub state: MemberState,
+    /// Restart generation.
+    pub generation: u64,
+    /// Milliseconds since this node last heard from it (None for itself).
+    pub last_heard_ms: Option<u64>,
+    /// Round-trip time in ms, if known.
+    pub rtt_ms: Option<f64>,
+    /// Where `rtt_ms` came from.
+    pub rtt_source: RttSource,
+    /// True for the node answering.
+    pub is_self: bool,
+    /// Node metadata, once gossiped.
+    pub meta: Option<NodeMeta>,
+}
+
+/// One entry of `GET /v1/services`.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ServiceSummary {
+    /// Service name.
+    pub name: String,
+    /// Its definition, if one was written.
+    pub definition: Option<Definition>,
+    /// Live instances on nodes that are not down.
+    pub instances: usize,
+    /// Of those, instances whose health is passing.
+    pub passing: usize,
+}
+
+/// Why an instance may not be used for a call.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(tag = "kind", rename_all = "snake_case")]
+pub enum Ineligible {
+    /// Its node's RTT exceeds the hard requirement.
+    OverHardRtt {
+        /// Node RTT in ms.
+        rtt_ms: f64,
+        /// The requirement in ms.
+        hard_rtt_ms: u32,
+    },
+    /// Its node's RTT is unknown (or only estimated) while a hard requirement is set.
+    RttUnknown,
+    /// Its health is critical.
+    Unhealthy,
+    /// Ejected after consecutive failures, until the given time.
+    Ejected {
+        /// Milliseconds until it may be probed again.
+        for_ms: u64,
+    },
+    /// Its node is not alive.
+    NodeDown,
+}
+
+/// An instance as a caller on this node sees it.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct InstanceView {
+    /// The catalog record.
+    #[serde(flatten)]
+    pub instance: Instance,
+    /// RTT from this node to the instance's node, in ms.
+    pub rtt_ms: Option<f64>,
+    /// Where `rtt_ms` came from.
+    pub rtt_source: RttSource,
+    /// Whether it lies within the soft requirement.
+    pub within_soft: bool,
+    /// Why it may not be used, when it may not.
+    pub ineligible: Option<Ineligible>,
+}
+
+/// `GET /v1/services/{name}/instances`.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct InstancesView {
+    /// Service name.
+    pub service: String,
+    /// Effective hard requirement (stricter of definition and caller).
+    pub hard_rtt_ms: Option<u32>,
+    /// Effective soft requirement.
+    pub soft_rtt_ms: Option<u32>,
+    /// Usable instances, best first.
+    pub eligible: Vec<InstanceView>,
+    /// The rest, each with its reason.
+    pub ineligible: Vec<InstanceView>,
+}
+
+/// `PUT /v1/instances`: register an instance on the answering node.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RegisterInstance {
+    /// Service name.
+    pub service: String,
+    /// Port on 127.0.0.1 (shorthand for `address`).
+    #[serde(default)]
+    pub port: Option<u16>,
+    /// Full address, when the service is not on loopback.
+    #[serde(default)]
+    pub address: Option<String>,
+    /// Instance id; generated when absent.
+    #[serde(default)]
+    pub id: Option<String>,
+    /// Deployment id.
+    #[serde(default)]
+    pub deployment_id: Option<String>,
+    /// Tags.
+    #[serde(default)]
+    pub tags: Vec<String>,
+    /// Initial health (default passing).
+    #[serde(default)]
+    pub health: Option<Health>,
+}

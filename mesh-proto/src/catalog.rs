@@ -1,0 +1,319 @@
+//! The service catalog and its merge rule.
+//!
+//! Every record has one key and one version. Merging keeps, per key, the
+//! record with the highest version; a delete is a tombstone record, kept for a
+//! TTL so a late copy of the deleted record cannot resurrect it. Because the
+//! rule is "max by version" per key, merge is commutative, associative and
+//! idempotent, and every delivery order ends in the same catalog.
+
+use std::collections::{BTreeMap, BTreeSet};
+use std::net::SocketAddr;
+
+use serde::{Deserialize, Serialize};
+
+use crate::coordinate::Coordinate;
+use crate::hlc::Version;
+use crate::identity::NodeId;
+
+/// What a service needs from the nodes that run or call it.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Requirements {
+    /// Callers prefer instances within this RTT (ms).
+    #[serde(default)]
+    pub soft_rtt_ms: Option<u32>,
+    /// Callers never use instances beyond this RTT (ms).
+    #[serde(default)]
+    pub hard_rtt_ms: Option<u32>,
+    /// CPU an instance needs, in thousandths of a core.
+    #[serde(default)]
+    pub cpu_millis: Option<u32>,
+    /// Memory an instance needs, in MiB.
+    #[serde(default)]
+    pub memory_mb: Option<u32>,
+}
+
+/// A service definition: cluster-wide, any node may write it.
+#[derive(Debug, Clone, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Definition {
+    /// Routing name (`<name>.localhost`).
+    pub name: String,
+    /// Free-form version of the service (for example a semver).
+    #[serde(default)]
+    pub version: String,
+    /// Port the service listens on by default.
+    #[serde(default)]
+    pub port: Option<u16>,
+    /// Container image or source repository.
+    #[serde(default)]
+    pub image: Option<String>,
+    /// Named endpoints, for example `openapi` → URL of the OpenAPI document.
+    #[serde(default)]
+    pub endpoints: BTreeMap<String, String>,
+    /// Client SDK URLs by language.
+    #[serde(default)]
+    pub client_sdks: BTreeMap<String, String>,
+    /// RTT, CPU and memory requirements.
+    #[serde(default)]
+    pub requirements: Requirements,
+    /// Hash of the content above, filled in by the agent that writes it.
+    #[serde(default)]
+    pub content_hash: String,
+}
+
+/// Health of an instance, as its own node sees it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize, Default)]
+#[serde(rename_all = "lowercase")]
+pub enum Health {
+    /// Serving normally.
+    #[default]
+    Passing,
+    /// Serving, but degraded; still routable.
+    Warning,
+    /// Not serving; never routed to.
+    Critical,
+}
+
+/// One running copy of a service. Written only by the node it runs on.
+#[derive(Debug, Clone, PartialEq, Eq, Hash, Serialize, Deserialize)]
+pub struct Instance {
+    /// Unique instance id.
+    pub id: String,
+    /// Service name this instance serves.
+    pub service: String,
+    /// The node whose sidecar fronts this instance.
+    pub node: NodeId,
+    /// Where that node's sidecar reaches the instance.
+    pub address: SocketAddr,
+    /// Deployment that started it (for rollouts).
+    #[serde(default)]
+    pub deployment_id: Option<String>,
+    /// Free-form tags.
+    #[serde(default)]
+    pub tags: Vec<String>,
+    /// Current health.
+    #[serde(default)]
+    pub health: Health,
+}
+
+/// A node's description, spread with the catalog.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct NodeMeta {
+    /// The node described.
+    pub node: NodeId,
+    /// Number of CPUs.
+    pub cpus: u32,
+    /// Total memory in MiB.
+    pub memory_mb: u64,
+    /// Failure domain, if the operator set one.
+    pub zone: Option<String>,
+    /// Agent version string.
+    pub agent_version: String,
+    /// Network coordinate, for RTT estimates to nodes never measured.
+    pub coordinate: Option<Coordinate>,
+}
+
+/// The key of a catalog record. Ordering groups records by kind.
+#[derive(Debug, Clone, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
+pub enum RecordKey {
+    /// A service definition, by service name.
+    Definition(String),
+    /// An instance, by instance id.
+    Instance(String),
+    /// Node metadata, by node id.
+    Node(NodeId),
+}
+
+impl RecordKey {
+    /// Short kind name, used in metrics labels and logs.
+    pub fn kind(&self) -> &'static str {
+        match self {
+            RecordKey::Definition(_) => "definition",
+            RecordKey::Instance(_) => "instance",
+            RecordKey::Node(_) => "node",
+        }
+    }
+}
+
+/// What a record holds.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub enum RecordBody {
+    /// A service definition.
+    Definition(Definition),
+    /// A service instance.
+    Instance(Instance),
+    /// Node metadata.
+    Node(NodeMeta),
+    /// The record was deleted at `version`; kept for a TTL.
+    Tombstone,
+}
+
+/// One versioned entry of the catalog.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct Record {
+    /// Which entry this is.
+    pub key: RecordKey,
+    /// When and by whom it was written.
+    pub version: Version,
+    /// The content, or a tombstone.
+    pub body: RecordBody,
+}
+
+impl Record {
+    /// True for a delete marker.
+    pub fn is_tombstone(&self) -> bool {
+        matches!(self.body, RecordBody::Tombstone)
+    }
+}
+
+/// What happened to a record offered to [`Catalog::apply`].
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Applied {
+    /// It was newer and replaced (or created) the entry.
+    Newer,
+    /// It was the same or older; nothing changed.
+    Stale,
+}
+
+/// The summary of a catalog exchanged in anti-entropy: every key and its version.
+pub type Digest = Vec<(RecordKey, Version)>;
+
+/// The whole catalog, as one node knows it.
+#[derive(Debug, Clone, Default, PartialEq)]
+pub struct Catalog {
+    records: BTreeMap<RecordKey, Record>,
+}
+
+impl Catalog {
+    /// An empty catalog.
+    pub fn new() -> Self {
+        Self::default()
+    }
+
+    /// Merges one record: keeps it if its version is higher than what we hold.
+    pub fn apply(&mut self, record: Record) -> Applied {
+        match self.records.get(&record.key) {
+            Some(current) if current.version >= record.version => Applied::Stale,
+            _ => {
+                self.records.insert(record.key.clone(), record);
+                Applied::Newer
+            }
+        }
+    }
+
+    /// Merges every record of `other` into `self`.
+    pub fn merge(&mut self, other: &Catalog) -> usize {
+        other
+            .records
+            .values()
+            .filter(|r| self.apply((*r).clone()) == Applied::Newer)
+            .count()
+    }
+
+    /// The record under `key`, tombstones included.
+    pub fn get(&self, key: &RecordKey) -> Option<&Record> {
+        self.records.get(key)
+    }
+
+    /// All records, tombstones included, in key order.
+    pub fn records(&self) -> impl Iterator<Item = &Record> {
+        self.records.values()
+    }
+
+    /// Number of records, tombstones included.
+    pub fn len(&self) -> usize {
+        self.records.len()
+    }
+
+    /// True when the catalog holds nothing at all.
+    pub fn is_empty(&self) -> bool {
+        self.records.is_empty()
+    }
+
+    /// Live definitions, by name.
+    pub fn definitions(&self) -> impl Iterator<Item = &Definition> {
+        self.records.values().filter_map(|r| match &r.body {
+            RecordBody::Definition(d) => Some(d),
+            _ => None,
+        })
+    }
+
+    /// The live definition of `name`.
+    pub fn definition(&self, name: &str) -> Option<&Definition> {
+        match self.records.get(&RecordKey::Definition(name.to_owned()))?.body {
+            RecordBody::Definition(ref d) => Some(d),
+            _ => None,
+        }
+    }
+
+    /// Live instances of every service.
+    pub fn instances(&self) -> impl Iterator<Item = &Instance> {
+        self.records.values().filter_map(|r| match &r.body {
+            RecordBody::Instance(i) => Some(i),
+            _ => None,
+        })
+    }
+
+    /// The live instance with this id.
+    pub fn instance(&self, id: &str) -> Option<&Instance> {
+        match self.records.get(&RecordKey::Instance(id.to_owned()))?.body {
+            RecordBody::Instance(ref i) => Some(i),
+            _ => None,
+        }
+    }
+
+    /// Live node metadata records.
+    pub fn nodes(&self) -> impl Iterator<Item = &NodeMeta> {
+        self.records.values().filter_map(|r| match &r.body {
+            RecordBody::Node(n) => Some(n),
+            _ => None,
+        })
+    }
+
+    /// Every key with its version: what a peer needs to find what we lack.
+    pub fn digest(&self) -> Digest {
+        self.records
+            .values()
+            .map(|r| (r.key.clone(), r.version.clone()))
+            .collect()
+    }
+
+    /// Records we hold that are newer than, or absent from, a peer's digest.
+    pub fn newer_than(&self, digest: &Digest) -> Vec<Record> {
+        let theirs: BTreeMap<&RecordKey, &Version> = digest.iter().map(|(k, v)| (k, v)).collect();
+        self.records
+            .values()
+            .filter(|r| theirs.get(&r.key).is_none_or(|v| **v < r.version))
+            .cloned()
+            .collect()
+    }
+
+    /// Keys of a peer's digest whose version is newer than ours (or that we lack).
+    pub fn wanted_from(&self, digest: &Digest) -> Vec<RecordKey> {
+        digest
+            .iter()
+            .filter(|(k, v)| self.records.get(k).is_none_or(|r| r.version < *v))
+            .map(|(k, _)| k.clone())
+            .collect()
+    }
+
+    /// The records under `keys` that we hold.
+    pub fn select(&self, keys: &[RecordKey]) -> Vec<Record> {
+        let keys: BTreeSet<&RecordKey> = keys.iter().collect();
+        self.records
+            .values()
+            .filter(|r| keys.contains(&r.key))
+            .cloned()
+            .collect()
+    }
+
+    /// Drops tombstones older than `ttl_ms` at wall time `now_ms`; returns how many.
+    pub fn expire_tombstones(&mut self, now_ms: u64, ttl_ms: u64) -> usize {
+        let before = self.records.len();
+        self.records.retain(|_, r| {
+            !(r.is_tombstone() && r.version.hlc.wall_ms.saturating_add(ttl_ms) < now_ms)
+        });
+        before - self.records.len()
+    }
+}

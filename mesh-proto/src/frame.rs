@@ -1,0 +1,80 @@
+//! The frame in front of a proxied request on a QUIC stream.
+//!
+//! After the [`crate::gossip::StreamKind::Proxy`] tag byte comes a 2-byte
+//! big-endian length and the encoded [`ProxyFrame`]; then the HTTP/1.1
+//! request, byte for byte. The receiving sidecar checks the frame against its
+//! own registrations before it opens anything: it is never an open relay.
+
+use std::net::SocketAddr;
+
+use serde::{Deserialize, Serialize};
+
+use crate::codec::{self, DecodeError, EncodeError};
+
+/// Largest encoded frame accepted.
+pub const MAX_FRAME: usize = 1024;
+
+/// Names the instance a proxied request is for.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ProxyFrame {
+    /// Instance id, as in the catalog.
+    pub instance_id: String,
+    /// Instance address, as in the catalog; must match the local registration.
+    pub address: SocketAddr,
+    /// Service name, for the receiver's logs and metrics.
+    pub service: String,
+    /// How long the caller will wait, in ms.
+    pub timeout_ms: u32,
+}
+
+impl ProxyFrame {
+    /// Encodes the frame with its 2-byte length prefix.
+    pub fn encode(&self) -> Result<Vec<u8>, EncodeError> {
+        let body = codec::encode(self)?;
+        let len = u16::try_from(body.len())
+            .ok()
+            .filter(|len| usize::from(*len) <= MAX_FRAME)
+            .ok_or_else(|| EncodeError::too_large(body.len(), MAX_FRAME))?;
+        let mut out = Vec::with_capacity(body.len() + 2);
+        out.extend_from_slice(&len.to_be_bytes());
+        out.extend_from_slice(&body);
+        Ok(out)
+    }
+
+    /// Reads the length prefix: how many frame bytes follow.
+    pub fn body_len(prefix: [u8; 2]) -> Result<usize, DecodeError> {
+        let len = usize::from(u16::from_be_bytes(prefix));
+        if len > MAX_FRAME {
+            return Err(DecodeError::TooLarge {
+                len,
+                limit: MAX_FRAME,
+            });
+        }
+        Ok(len)
+    }
+
+    /// Decodes the frame body (after the length prefix).
+    pub fn decode(body: &[u8]) -> Result<Self, DecodeError> {
+        codec::decode(body, MAX_FRAME)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn frame_round_trips_through_its_length_prefix() {
+        let frame = ProxyFrame {
+            instance_id: "echo-1".into(),
+            address: "127.0.0.1:8080".parse().expect("addr"),
+            service: "echo".into(),
+            timeout_ms: 30_000,
+        };
+        let bytes = frame.encode().expect("encodes");
+        let len = ProxyFrame::body_len([bytes[0], bytes[1]]).expect("length");
+        assert_eq!(len, bytes.len() - 2);
+        assert_eq!(ProxyFrame::decode(&bytes[2..]).expect("decodes"), frame);
+        assert!(ProxyFrame::body_len([0xff, 0xff]).is_err());
+    }
+}

@@ -1,0 +1,106 @@
+//! What travels between agents besides the proxy: how each QUIC datagram and
+//! stream is tagged, the custom broadcasts riding on foca, the RTT ping, and
+//! the anti-entropy (push-pull) exchange.
+
+use serde::{Deserialize, Serialize};
+
+use crate::catalog::{Digest, Record, RecordKey};
+use crate::coordinate::Coordinate;
+use crate::hlc::Version;
+
+/// Largest SWIM packet foca may produce: 1200-byte minimum QUIC MTU, less the
+/// QUIC short header and datagram frame overhead (as corrosion does).
+pub const MAX_SWIM_PACKET: usize = 1178;
+/// Largest anti-entropy message accepted on a stream.
+pub const MAX_SYNC_MESSAGE: usize = 16 * 1024 * 1024;
+/// Largest SWIM packet accepted on a unidirectional stream.
+pub const MAX_STREAM_PACKET: usize = 64 * 1024;
+
+/// First byte of every QUIC datagram.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[repr(u8)]
+pub enum DatagramKind {
+    /// A foca (SWIM) packet follows.
+    Swim = 0,
+    /// An RTT ping ([`Ping`]) follows.
+    Ping = 1,
+    /// An RTT pong ([`Ping`] echoed with the responder's coordinate) follows.
+    Pong = 2,
+}
+
+impl DatagramKind {
+    /// Parses the tag byte.
+    pub fn from_byte(b: u8) -> Option<Self> {
+        match b {
+            0 => Some(Self::Swim),
+            1 => Some(Self::Ping),
+            2 => Some(Self::Pong),
+            _ => None,
+        }
+    }
+}
+
+/// First byte of every QUIC stream an agent opens to another.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[repr(u8)]
+pub enum StreamKind {
+    /// Unidirectional: one SWIM packet too large for a datagram.
+    Swim = 0,
+    /// Bidirectional: anti-entropy push-pull.
+    Sync = 1,
+    /// Bidirectional: a proxied HTTP request ([`crate::frame::ProxyFrame`] first).
+    Proxy = 2,
+}
+
+impl StreamKind {
+    /// Parses the tag byte.
+    pub fn from_byte(b: u8) -> Option<Self> {
+        match b {
+            0 => Some(Self::Swim),
+            1 => Some(Self::Sync),
+            2 => Some(Self::Proxy),
+            _ => None,
+        }
+    }
+}
+
+/// An RTT probe; the pong carries it back with the responder's coordinate.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct Ping {
+    /// Sender's sequence number, echoed back.
+    pub seq: u64,
+    /// The responder's network coordinate (pong only).
+    pub coordinate: Option<Coordinate>,
+}
+
+/// A catalog change carried as a foca custom broadcast.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct CatalogBroadcast {
+    /// The record written or deleted.
+    pub record: Record,
+}
+
+impl CatalogBroadcast {
+    /// The key foca uses to replace older broadcasts of the same record.
+    pub fn invalidation_key(&self) -> (RecordKey, Version) {
+        (self.record.key.clone(), self.record.version.clone())
+    }
+}
+
+/// Anti-entropy, one round: the initiator sends [`SyncMessage::Digest`]; the
+/// responder answers with [`SyncMessage::Records`] holding what the initiator
+/// lacks plus the keys it wants; the initiator ends with the wanted records.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub enum SyncMessage {
+    /// Every key and version the sender holds.
+    Digest(Digest),
+    /// Records the receiver lacks, and keys the sender wants back.
+    Records {
+        /// Records newer than the receiver's digest.
+        records: Vec<Record>,
+        /// Keys the sender would like.
+        wanted: Vec<RecordKey>,
+    },
+    /// The final push of wanted records.
+    Push(Vec<Record>),
+}

@@ -63,7 +63,9 @@ pub struct Definition {
 }
 
 /// Health of an instance, as its own node sees it.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize, Default)]
+#[derive(
+    Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize, Default,
+)]
 #[serde(rename_all = "lowercase")]
 pub enum Health {
     /// Serving normally.
@@ -241,7 +243,11 @@ impl Catalog {
 
     /// The live definition of `name`.
     pub fn definition(&self, name: &str) -> Option<&Definition> {
-        match self.records.get(&RecordKey::Definition(name.to_owned()))?.body {
+        match self
+            .records
+            .get(&RecordKey::Definition(name.to_owned()))?
+            .body
+        {
             RecordBody::Definition(ref d) => Some(d),
             _ => None,
         }

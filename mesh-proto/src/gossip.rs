@@ -50,6 +50,9 @@ pub enum StreamKind {
     Sync = 1,
     /// Bidirectional: a proxied HTTP request ([`crate::frame::ProxyFrame`] first).
     Proxy = 2,
+    /// Bidirectional: the dialler asks who we are; we answer our encoded
+    /// [`crate::identity::NodeIdentity`]. Joining uses it to learn a seed's id.
+    Hello = 3,
 }
 
 impl StreamKind {
@@ -59,6 +62,7 @@ impl StreamKind {
             0 => Some(Self::Swim),
             1 => Some(Self::Sync),
             2 => Some(Self::Proxy),
+            3 => Some(Self::Hello),
             _ => None,
         }
     }

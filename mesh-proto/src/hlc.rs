@@ -9,7 +9,9 @@ use serde::{Deserialize, Serialize};
 use crate::identity::NodeId;
 
 /// A hybrid logical timestamp.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize, Default)]
+#[derive(
+    Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize, Default,
+)]
 pub struct Hlc {
     /// Physical component, milliseconds since the Unix epoch.
     pub wall_ms: u64,
@@ -40,10 +42,19 @@ impl HlcClock {
                 wall_ms,
                 logical: 0,
             }
-        } else {
+        } else if let Some(logical) = self.last.logical.checked_add(1) {
             Hlc {
                 wall_ms: self.last.wall_ms,
-                logical: self.last.logical.saturating_add(1),
+                logical,
+            }
+        } else {
+            // The counter is spent (a remote timestamp observed at its
+            // maximum): step into the next millisecond rather than hand out
+            // the same timestamp twice, which would give two different
+            // writes one version and let replicas diverge.
+            Hlc {
+                wall_ms: self.last.wall_ms.saturating_add(1),
+                logical: 0,
             }
         };
         self.last
@@ -74,6 +85,18 @@ mod tests {
         let c = clock.tick(900);
         let d = clock.tick(1001);
         assert!(a < b && b < c && c < d);
+    }
+
+    #[test]
+    fn a_spent_logical_counter_moves_to_the_next_millisecond() {
+        let mut clock = HlcClock::default();
+        let remote = Hlc {
+            wall_ms: 5000,
+            logical: u32::MAX,
+        };
+        clock.observe(remote);
+        let next = clock.tick(1000);
+        assert!(next > remote);
     }
 
     #[test]

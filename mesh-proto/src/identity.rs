@@ -13,9 +13,26 @@ use serde::{Deserialize, Serialize};
 use crate::names::{validate_id, InvalidName};
 
 /// A node's stable name, unique in the cluster.
+///
+/// Decoding validates like [`NodeId::new`]: ids arrive from peers and end up
+/// in metrics labels, logs and file names, so the wire must not bypass the rule.
 #[derive(Debug, Clone, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
-#[serde(transparent)]
+#[serde(try_from = "String", into = "String")]
 pub struct NodeId(String);
+
+impl TryFrom<String> for NodeId {
+    type Error = InvalidName;
+
+    fn try_from(id: String) -> Result<Self, InvalidName> {
+        Self::new(id)
+    }
+}
+
+impl From<NodeId> for String {
+    fn from(id: NodeId) -> String {
+        id.0
+    }
+}
 
 impl NodeId {
     /// Validates and wraps a node id.

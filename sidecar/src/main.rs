@@ -1,1 +1,27 @@
-fn main() {}
+//! The `gossamer` binary: `gossamer agent` runs a sidecar; the other
+//! subcommands are operator tools talking to a running agent.
+
+use clap::Parser;
+use sidecar::cli::{Cli, Command};
+use tracing_subscriber::EnvFilter;
+
+#[tokio::main]
+async fn main() {
+    tracing_subscriber::fmt()
+        .with_env_filter(
+            EnvFilter::try_from_env("GOSSAMER_LOG").unwrap_or_else(|_| EnvFilter::new("info")),
+        )
+        .with_writer(std::io::stderr)
+        .init();
+    let cli = Cli::parse();
+    let result = match cli.command {
+        Command::Agent(ref args) => sidecar::agent::run_until_signal((**args).clone()).await,
+        Command::Echo { listen, ref name } => sidecar::echo::run(listen, name.clone()).await,
+        Command::Demo { keep, calls } => sidecar::demo::run(keep, calls).await,
+        _ => sidecar::cli::run_operator(&cli).await,
+    };
+    if let Err(e) = result {
+        eprintln!("error: {e:#}");
+        std::process::exit(1);
+    }
+}

@@ -1,1 +1,0 @@
-//! Upstream selection (being written).

@@ -1,0 +1,386 @@
+//! The admin HTTP API (JSON, loopback by default): health, members, catalog
+//! reads with blocking queries, and writes. Bad input gets 400 with `error`
+//! and `hint`; unknown names 404; never a 500 for anything a caller sent.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use bytes::Bytes;
+use client::select::Requirements;
+use http::{Method, Request, Response, StatusCode};
+use http_body_util::{BodyExt, Full, Limited};
+use hyper::body::Incoming;
+use mesh_proto::api::RegisterInstance;
+use mesh_proto::catalog::Definition;
+use mesh_proto::names::{validate_id, validate_service_name};
+use metrics_exporter_prometheus::PrometheusHandle;
+use serde::de::DeserializeOwned;
+use sha2::{Digest, Sha256};
+use tokio::net::TcpListener;
+
+use crate::agent::Agent;
+use crate::reply::{self, JsonResponse};
+use crate::{registry, server, views};
+
+/// Largest request body accepted.
+const MAX_BODY: usize = 1024 * 1024;
+/// Default and longest wait of a blocking query (as Consul).
+const DEFAULT_WAIT: Duration = Duration::from_secs(300);
+const MAX_WAIT: Duration = Duration::from_secs(600);
+
+/// Serves the admin API until the agent stops.
+pub async fn serve(agent: Arc<Agent>, listener: TcpListener) {
+    let shutdown = agent.shutdown_signal();
+    server::serve(listener, shutdown, move |request| {
+        let agent = agent.clone();
+        async move { route(&agent, request).await }
+    })
+    .await;
+}
+
+/// Serves `/metrics`.
+pub async fn serve_metrics(listener: TcpListener, handle: PrometheusHandle) {
+    let (_never, shutdown) = tokio::sync::watch::channel(false);
+    server::serve(listener, shutdown, move |request: Request<Incoming>| {
+        let handle = handle.clone();
+        async move {
+            if request.uri().path() == "/metrics" {
+                let mut response = Response::new(Full::new(Bytes::from(handle.render())));
+                response.headers_mut().insert(
+                    http::header::CONTENT_TYPE,
+                    http::HeaderValue::from_static("text/plain; version=0.0.4"),
+                );
+                response
+            } else {
+                reply::error(
+                    StatusCode::NOT_FOUND,
+                    format!("no such path {}", request.uri().path()),
+                    "metrics are at /metrics",
+                )
+            }
+        }
+    })
+    .await;
+}
+
+/// Query parameters the API understands.
+#[derive(Debug, Default)]
+struct Query {
+    index: Option<u64>,
+    wait: Option<Duration>,
+    hard_rtt_ms: Option<u32>,
+    soft_rtt_ms: Option<u32>,
+}
+
+fn bad_request(error: impl Into<String>, hint: impl Into<String>) -> JsonResponse {
+    reply::error(StatusCode::BAD_REQUEST, error, hint)
+}
+
+fn parse_query(raw: Option<&str>) -> Result<Query, JsonResponse> {
+    let mut query = Query::default();
+    for pair in raw.unwrap_or("").split('&').filter(|p| !p.is_empty()) {
+        let (key, value) = pair.split_once('=').unwrap_or((pair, ""));
+        let number = |what: &str| {
+            value.parse::<u64>().map_err(|_| {
+                bad_request(
+                    format!("{what}={value:?} is not a whole number"),
+                    format!("pass {what}=N with N ≥ 0"),
+                )
+            })
+        };
+        let millis = |what: &str| -> Result<u32, JsonResponse> {
+            number(what)?.try_into().map_err(|_| {
+                bad_request(
+                    format!("{what}={value} is too large"),
+                    "pass milliseconds below 4294967296",
+                )
+            })
+        };
+        match key {
+            "index" => query.index = Some(number("index")?),
+            "wait" => query.wait = Some(parse_wait(value)?),
+            "hard_rtt_ms" => query.hard_rtt_ms = Some(millis("hard_rtt_ms")?),
+            "soft_rtt_ms" => query.soft_rtt_ms = Some(millis("soft_rtt_ms")?),
+            _ => {}
+        }
+    }
+    Ok(query)
+}
+
+/// Parses `30s`, `5m`, `250ms` or a plain number of seconds.
+fn parse_wait(text: &str) -> Result<Duration, JsonResponse> {
+    let (digits, unit) = text.split_at(
+        text.find(|c: char| !c.is_ascii_digit())
+            .unwrap_or(text.len()),
+    );
+    let amount: u64 = digits.parse().map_err(|_| {
+        bad_request(
+            format!("wait={text:?} is not a duration"),
+            "use for example wait=30s, wait=5m or wait=500ms",
+        )
+    })?;
+    let duration = match unit {
+        "" | "s" => Duration::from_secs(amount),
+        "ms" => Duration::from_millis(amount),
+        "m" => Duration::from_secs(amount.saturating_mul(60)),
+        _ => {
+            return Err(bad_request(
+                format!("wait={text:?} has an unknown unit"),
+                "use s, m or ms",
+            ))
+        }
+    };
+    Ok(duration.min(MAX_WAIT))
+}
+
+/// Waits until the catalog index passes `query.index` or the wait ends.
+async fn block(agent: &Agent, query: &Query) {
+    let Some(index) = query.index else { return };
+    let wait = query.wait.unwrap_or(DEFAULT_WAIT);
+    // Jitter spreads the wake-ups of many watchers, as Consul does.
+    let jitter = wait.mul_f64(rand::random::<f64>() / 16.0);
+    let mut changes = agent.catalog.subscribe();
+    let _ = tokio::time::timeout(wait + jitter, changes.wait_for(|current| *current > index)).await;
+}
+
+async fn read_json<T: DeserializeOwned>(request: Request<Incoming>) -> Result<T, JsonResponse> {
+    let body = Limited::new(request.into_body(), MAX_BODY)
+        .collect()
+        .await
+        .map_err(|e| {
+            if e.downcast_ref::<http_body_util::LengthLimitError>()
+                .is_some()
+            {
+                reply::error(
+                    StatusCode::PAYLOAD_TOO_LARGE,
+                    format!("request body exceeds {MAX_BODY} bytes"),
+                    "send a smaller JSON document",
+                )
+            } else {
+                bad_request(
+                    format!("cannot read the request body: {e}"),
+                    "send the whole body",
+                )
+            }
+        })?;
+    serde_json::from_slice(&body.to_bytes()).map_err(|e| {
+        bad_request(
+            format!("invalid JSON body: {e}"),
+            "check field names and types against the API in README.md",
+        )
+    })
+}
+
+async fn route(agent: &Arc<Agent>, request: Request<Incoming>) -> JsonResponse {
+    let method = request.method().clone();
+    let path = request.uri().path().to_owned();
+    let query = match parse_query(request.uri().query()) {
+        Ok(query) => query,
+        Err(response) => return response,
+    };
+    let segments: Vec<&str> = path.trim_matches('/').split('/').collect();
+    match (&method, segments.as_slice()) {
+        (&Method::GET, ["v1", "health"]) => reply::json(
+            StatusCode::OK,
+            &views::health(agent).await,
+            Some(agent.catalog.index()),
+        ),
+        (&Method::GET, ["v1", "nodes"]) => {
+            block(agent, &query).await;
+            reply::json(
+                StatusCode::OK,
+                &views::nodes(agent).await,
+                Some(agent.catalog.index()),
+            )
+        }
+        (&Method::GET, ["v1", "services"]) => {
+            block(agent, &query).await;
+            reply::json(
+                StatusCode::OK,
+                &views::services(agent),
+                Some(agent.catalog.index()),
+            )
+        }
+        (_, ["v1", "services", name]) => service(agent, &method, name, &query, request).await,
+        (&Method::GET, ["v1", "services", name, "instances"]) => {
+            if let Err(response) = check_service_name(name) {
+                return response;
+            }
+            block(agent, &query).await;
+            let caller = Requirements {
+                hard_rtt_ms: query.hard_rtt_ms,
+                soft_rtt_ms: query.soft_rtt_ms,
+            };
+            reply::json(
+                StatusCode::OK,
+                &views::instances(agent, name, caller),
+                Some(agent.catalog.index()),
+            )
+        }
+        (&Method::PUT, ["v1", "instances"]) => register(agent, request).await,
+        (&Method::DELETE, ["v1", "instances", id]) => deregister(agent, id).await,
+        (_, ["v1", ..]) => reply::error(
+            StatusCode::NOT_FOUND,
+            format!("no route for {method} {path}"),
+            "see the admin API in README.md: /v1/health, /v1/nodes, /v1/services, /v1/instances",
+        ),
+        _ => reply::error(
+            StatusCode::NOT_FOUND,
+            format!("no such path {path}"),
+            "the admin API lives under /v1/",
+        ),
+    }
+}
+
+fn check_service_name(name: &str) -> Result<(), JsonResponse> {
+    validate_service_name(name).map_err(|e| {
+        bad_request(
+            e.to_string(),
+            "service names are DNS labels, for example \"billing-api\"",
+        )
+    })
+}
+
+async fn service(
+    agent: &Arc<Agent>,
+    method: &Method,
+    name: &str,
+    query: &Query,
+    request: Request<Incoming>,
+) -> JsonResponse {
+    if let Err(response) = check_service_name(name) {
+        return response;
+    }
+    let not_found = || {
+        reply::error(
+            StatusCode::NOT_FOUND,
+            format!("no definition of service {name:?}"),
+            "list services with GET /v1/services, or write one with PUT /v1/services/NAME",
+        )
+    };
+    match *method {
+        Method::GET => {
+            block(agent, query).await;
+            match agent.catalog.read(|c| c.definition(name).cloned()) {
+                Some(definition) => {
+                    reply::json(StatusCode::OK, &definition, Some(agent.catalog.index()))
+                }
+                None => not_found(),
+            }
+        }
+        Method::PUT => {
+            let definition: Definition = match read_json(request).await {
+                Ok(d) => d,
+                Err(response) => return response,
+            };
+            let definition = match check_definition(name, definition) {
+                Ok(d) => d,
+                Err(response) => return response,
+            };
+            registry::put_definition(agent, definition.clone()).await;
+            reply::json(StatusCode::OK, &definition, Some(agent.catalog.index()))
+        }
+        Method::DELETE => {
+            if agent.catalog.read(|c| c.definition(name).is_none()) {
+                return not_found();
+            }
+            registry::delete_definition(agent, name).await;
+            reply::json(
+                StatusCode::OK,
+                &serde_json::json!({ "deleted": name }),
+                Some(agent.catalog.index()),
+            )
+        }
+        _ => reply::error(
+            StatusCode::METHOD_NOT_ALLOWED,
+            format!("{method} is not supported on /v1/services/{name}"),
+            "use GET, PUT or DELETE",
+        ),
+    }
+}
+
+/// Validates a definition and fills in its content hash.
+fn check_definition(name: &str, mut definition: Definition) -> Result<Definition, JsonResponse> {
+    if definition.name.is_empty() {
+        definition.name = name.to_owned();
+    }
+    if definition.name != name {
+        return Err(bad_request(
+            format!(
+                "the body names service {:?} but the path names {name:?}",
+                definition.name
+            ),
+            "make \"name\" match the path, or omit it",
+        ));
+    }
+    let requirements = &definition.requirements;
+    if let (Some(soft), Some(hard)) = (requirements.soft_rtt_ms, requirements.hard_rtt_ms) {
+        if soft > hard {
+            return Err(bad_request(
+                format!("soft_rtt_ms {soft} is above hard_rtt_ms {hard}"),
+                "the soft requirement is a preference inside the hard limit: make soft ≤ hard",
+            ));
+        }
+    }
+    let texts = std::iter::once(&definition.version)
+        .chain(definition.image.iter())
+        .chain(definition.endpoints.keys())
+        .chain(definition.endpoints.values())
+        .chain(definition.client_sdks.keys())
+        .chain(definition.client_sdks.values());
+    for text in texts {
+        if text.len() > 2048 {
+            return Err(bad_request(
+                "a field of the definition is longer than 2048 characters",
+                "shorten URLs and names",
+            ));
+        }
+    }
+    if definition.endpoints.len() + definition.client_sdks.len() > 64 {
+        return Err(bad_request(
+            "more than 64 endpoints and SDK URLs",
+            "keep at most 64",
+        ));
+    }
+    definition.content_hash = String::new();
+    let canonical = serde_json::to_vec(&definition).unwrap_or_default();
+    let digest = Sha256::digest(&canonical);
+    definition.content_hash = digest.iter().take(16).map(|b| format!("{b:02x}")).collect();
+    Ok(definition)
+}
+
+async fn register(agent: &Arc<Agent>, request: Request<Incoming>) -> JsonResponse {
+    let registration: RegisterInstance = match read_json(request).await {
+        Ok(r) => r,
+        Err(response) => return response,
+    };
+    match registry::register(agent, registration, true).await {
+        Ok(instance) => reply::json(StatusCode::OK, &instance, Some(agent.catalog.index())),
+        Err(invalid) => bad_request(invalid.error, invalid.hint),
+    }
+}
+
+async fn deregister(agent: &Arc<Agent>, id: &str) -> JsonResponse {
+    if let Err(e) = validate_id("instance id", id) {
+        return bad_request(
+            e.to_string(),
+            "pass the id shown by GET /v1/services/NAME/instances",
+        );
+    }
+    if registry::deregister(agent, id).await {
+        reply::json(
+            StatusCode::OK,
+            &serde_json::json!({ "deregistered": id }),
+            Some(agent.catalog.index()),
+        )
+    } else {
+        reply::error(
+            StatusCode::NOT_FOUND,
+            format!(
+                "no instance {id:?} registered on this node ({})",
+                agent.node_id()
+            ),
+            "an instance can only be deregistered through the agent of the node it runs on",
+        )
+    }
+}

@@ -1,0 +1,416 @@
+//! The agent's configuration: one struct read from flags, `GOSSAMER_*`
+//! environment variables and an optional TOML file, in that order of
+//! precedence, then resolved into [`AgentConfig`] with the documented defaults.
+
+use std::net::{IpAddr, SocketAddr};
+use std::path::PathBuf;
+use std::time::Duration;
+
+use anyhow::{bail, Context};
+use clap::{Args, ValueEnum};
+use serde::Deserialize;
+
+use mesh_proto::names::validate_service_name;
+
+/// Default QUIC endpoint.
+pub const DEFAULT_BIND: &str = "0.0.0.0:4300";
+/// Default admin API listener.
+pub const DEFAULT_ADMIN: &str = "127.0.0.1:4200";
+/// Default proxy listener.
+pub const DEFAULT_PROXY: &str = "127.0.0.1:4201";
+/// Default Prometheus listener.
+pub const DEFAULT_METRICS: &str = "0.0.0.0:9102";
+/// Default data directory.
+pub const DEFAULT_DATA_DIR: &str = "./gossamer-data";
+
+/// Gossip timings.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum, Deserialize, Default)]
+#[serde(rename_all = "lowercase")]
+pub enum Profile {
+    /// Fast timings for tests and demos on one machine.
+    Local,
+    /// memberlist's LAN timings.
+    #[default]
+    Lan,
+    /// memberlist's WAN timings.
+    Wan,
+}
+
+/// `gossamer agent` flags. Every flag also reads `GOSSAMER_<FLAG>`, and a
+/// `--config` TOML file may hold the same keys (snake_case).
+#[derive(Debug, Clone, Default, Args, Deserialize)]
+#[serde(deny_unknown_fields, rename_all = "snake_case")]
+pub struct AgentArgs {
+    /// TOML file with any of these settings (flags and env win over it).
+    #[arg(long, env = "GOSSAMER_CONFIG")]
+    #[serde(skip)]
+    pub config: Option<PathBuf>,
+    /// Unique node name [default: generated once, kept in the data dir].
+    #[arg(long, env = "GOSSAMER_NODE_ID")]
+    pub node_id: Option<String>,
+    /// UDP address of the QUIC endpoint [default: 0.0.0.0:4300].
+    #[arg(long, env = "GOSSAMER_BIND")]
+    pub bind: Option<SocketAddr>,
+    /// Address peers use to reach this node [default: the bind address].
+    #[arg(long, env = "GOSSAMER_ADVERTISE")]
+    pub advertise: Option<SocketAddr>,
+    /// Bootstrap peer HOST:PORT, repeatable (GOSSAMER_JOIN: comma-separated).
+    #[arg(long, env = "GOSSAMER_JOIN", value_delimiter = ',')]
+    #[serde(default)]
+    pub join: Vec<String>,
+    /// Cluster passphrase.
+    #[arg(long, env = "GOSSAMER_PSK", hide_env_values = true)]
+    pub psk: Option<String>,
+    /// File holding the cluster passphrase.
+    #[arg(long, env = "GOSSAMER_PSK_FILE")]
+    pub psk_file: Option<PathBuf>,
+    /// Operator CA certificate (PEM), instead of the passphrase-derived CA.
+    #[arg(long, env = "GOSSAMER_TLS_CA", requires_all = ["tls_cert", "tls_key"])]
+    pub tls_ca: Option<PathBuf>,
+    /// This node's certificate chain (PEM), signed by --tls-ca.
+    #[arg(long, env = "GOSSAMER_TLS_CERT", requires_all = ["tls_ca", "tls_key"])]
+    pub tls_cert: Option<PathBuf>,
+    /// This node's private key (PEM).
+    #[arg(long, env = "GOSSAMER_TLS_KEY", requires_all = ["tls_ca", "tls_cert"])]
+    pub tls_key: Option<PathBuf>,
+    /// Admin HTTP API listener [default: 127.0.0.1:4200].
+    #[arg(long, env = "GOSSAMER_ADMIN_LISTEN")]
+    pub admin_listen: Option<SocketAddr>,
+    /// Outbound proxy listener for the local service [default: 127.0.0.1:4201].
+    #[arg(long, env = "GOSSAMER_PROXY_LISTEN")]
+    pub proxy_listen: Option<SocketAddr>,
+    /// Prometheus /metrics listener [default: 0.0.0.0:9102].
+    #[arg(long, env = "GOSSAMER_METRICS_LISTEN")]
+    pub metrics_listen: Option<SocketAddr>,
+    /// Directory for node identity, registrations and catalog snapshot [default: ./gossamer-data].
+    #[arg(long, env = "GOSSAMER_DATA_DIR")]
+    pub data_dir: Option<PathBuf>,
+    /// Register a local instance NAME=PORT (127.0.0.1:PORT) at start, repeatable.
+    #[arg(long = "service", env = "GOSSAMER_SERVICE", value_delimiter = ',')]
+    #[serde(default, rename = "service")]
+    pub services: Vec<String>,
+    /// Gossip timings [default: lan].
+    #[arg(long, env = "GOSSAMER_PROFILE", value_enum)]
+    pub profile: Option<Profile>,
+    /// Failure domain advertised in node metadata.
+    #[arg(long, env = "GOSSAMER_ZONE")]
+    pub zone: Option<String>,
+    /// Let estimated (Vivaldi) RTT satisfy hard requirements.
+    #[arg(long, env = "GOSSAMER_ALLOW_ESTIMATED_RTT")]
+    #[serde(default)]
+    pub allow_estimated_rtt: bool,
+    /// Single node, ephemeral data dir, everything on loopback, no passphrase.
+    #[arg(long, env = "GOSSAMER_DEV")]
+    #[serde(default)]
+    pub dev: bool,
+    /// TEST ONLY: delay every datagram sent to ADDR by MS milliseconds, repeatable.
+    #[arg(long, value_name = "ADDR=MS")]
+    #[serde(default)]
+    pub debug_link_delay: Vec<String>,
+    /// TEST ONLY: drop every datagram sent to ADDR, repeatable.
+    #[arg(long, value_name = "ADDR")]
+    #[serde(default)]
+    pub debug_link_drop: Vec<String>,
+}
+
+/// Where the cluster's trust comes from.
+#[derive(Debug, Clone)]
+pub enum TrustSource {
+    /// A passphrase stretched into the cluster CA.
+    Passphrase(String),
+    /// An operator's CA, certificate and key (PEM files).
+    OperatorCa {
+        /// CA certificate.
+        ca: PathBuf,
+        /// Node certificate chain.
+        cert: PathBuf,
+        /// Node key.
+        key: PathBuf,
+    },
+}
+
+/// The resolved configuration the agent runs with.
+#[derive(Debug, Clone)]
+pub struct AgentConfig {
+    /// Explicit node id, if any.
+    pub node_id: Option<String>,
+    /// QUIC bind address.
+    pub bind: SocketAddr,
+    /// Advertised address.
+    pub advertise: SocketAddr,
+    /// Join targets as given (HOST:PORT, resolved at join time).
+    pub join: Vec<String>,
+    /// Trust root.
+    pub trust: TrustSource,
+    /// Admin listener.
+    pub admin_listen: SocketAddr,
+    /// Proxy listener.
+    pub proxy_listen: SocketAddr,
+    /// Metrics listener; None disables the exporter.
+    pub metrics_listen: Option<SocketAddr>,
+    /// Data directory.
+    pub data_dir: PathBuf,
+    /// True when the data dir is a temporary one to remove at exit.
+    pub ephemeral_data_dir: bool,
+    /// Instances to register at start: (service, port).
+    pub services: Vec<(String, u16)>,
+    /// Gossip timings.
+    pub profile: Profile,
+    /// Zone label.
+    pub zone: Option<String>,
+    /// Whether estimated RTT satisfies hard requirements.
+    pub allow_estimated_rtt: bool,
+    /// Test-only per-peer delays.
+    pub link_delays: Vec<(SocketAddr, Duration)>,
+    /// Test-only per-peer drops.
+    pub link_drops: Vec<SocketAddr>,
+}
+
+impl AgentArgs {
+    /// Reads `--config` (if any) and resolves every setting.
+    pub fn resolve(self) -> anyhow::Result<AgentConfig> {
+        let file = match &self.config {
+            Some(path) => {
+                let text = std::fs::read_to_string(path).with_context(|| {
+                    format!(
+                        "cannot read config file {}; check the --config path",
+                        path.display()
+                    )
+                })?;
+                toml::from_str::<AgentArgs>(&text).map_err(|e| {
+                    anyhow::anyhow!(
+                        "config file {} is not valid: {e}; keys are the agent's flag names in snake_case",
+                        path.display()
+                    )
+                })?
+            }
+            None => AgentArgs::default(),
+        };
+        self.merge(file).into_config()
+    }
+
+    /// Fills every unset field of `self` from `file`.
+    fn merge(self, file: AgentArgs) -> AgentArgs {
+        fn pick_vec(a: Vec<String>, b: Vec<String>) -> Vec<String> {
+            if a.is_empty() {
+                b
+            } else {
+                a
+            }
+        }
+        AgentArgs {
+            config: self.config,
+            node_id: self.node_id.or(file.node_id),
+            bind: self.bind.or(file.bind),
+            advertise: self.advertise.or(file.advertise),
+            join: pick_vec(self.join, file.join),
+            psk: self.psk.or(file.psk),
+            psk_file: self.psk_file.or(file.psk_file),
+            tls_ca: self.tls_ca.or(file.tls_ca),
+            tls_cert: self.tls_cert.or(file.tls_cert),
+            tls_key: self.tls_key.or(file.tls_key),
+            admin_listen: self.admin_listen.or(file.admin_listen),
+            proxy_listen: self.proxy_listen.or(file.proxy_listen),
+            metrics_listen: self.metrics_listen.or(file.metrics_listen),
+            data_dir: self.data_dir.or(file.data_dir),
+            services: pick_vec(self.services, file.services),
+            profile: self.profile.or(file.profile),
+            zone: self.zone.or(file.zone),
+            allow_estimated_rtt: self.allow_estimated_rtt || file.allow_estimated_rtt,
+            dev: self.dev || file.dev,
+            debug_link_delay: pick_vec(self.debug_link_delay, file.debug_link_delay),
+            debug_link_drop: pick_vec(self.debug_link_drop, file.debug_link_drop),
+        }
+    }
+
+    fn into_config(self) -> anyhow::Result<AgentConfig> {
+        let dev = self.dev;
+        let loopback = |port: u16| SocketAddr::from(([127, 0, 0, 1], port));
+        let default_addr = |text: &str, dev_port: u16| -> SocketAddr {
+            if dev {
+                loopback(dev_port)
+            } else {
+                text.parse().unwrap_or_else(|_| loopback(dev_port))
+            }
+        };
+        let bind = self
+            .bind
+            .unwrap_or_else(|| default_addr(DEFAULT_BIND, 4300));
+        let advertise = self.advertise.unwrap_or(bind);
+        if advertise.ip().is_unspecified() && !self.join.is_empty() {
+            bail!(
+                "cannot advertise the unspecified address {advertise} to peers; \
+                 pass --advertise with an address peers can reach (or --bind a concrete one)"
+            );
+        }
+        let trust = self.trust(dev)?;
+        let services = self
+            .services
+            .iter()
+            .map(|s| parse_service_flag(s))
+            .collect::<anyhow::Result<Vec<_>>>()?;
+        let link_delays = self
+            .debug_link_delay
+            .iter()
+            .map(|s| parse_link_delay(s))
+            .collect::<anyhow::Result<Vec<_>>>()?;
+        let link_drops = self
+            .debug_link_drop
+            .iter()
+            .map(|s| {
+                s.parse::<SocketAddr>().map_err(|_| {
+                    anyhow::anyhow!("--debug-link-drop {s:?} is not an IP:PORT address")
+                })
+            })
+            .collect::<anyhow::Result<Vec<_>>>()?;
+        for target in &self.join {
+            validate_join_target(target)?;
+        }
+        let (data_dir, ephemeral_data_dir) = match self.data_dir {
+            Some(dir) => (dir, false),
+            None if dev => (
+                std::env::temp_dir().join(format!("gossamer-dev-{}", std::process::id())),
+                true,
+            ),
+            None => (PathBuf::from(DEFAULT_DATA_DIR), false),
+        };
+        Ok(AgentConfig {
+            node_id: self.node_id,
+            bind,
+            advertise,
+            join: self.join,
+            trust,
+            admin_listen: self
+                .admin_listen
+                .unwrap_or_else(|| default_addr(DEFAULT_ADMIN, 4200)),
+            proxy_listen: self
+                .proxy_listen
+                .unwrap_or_else(|| default_addr(DEFAULT_PROXY, 4201)),
+            metrics_listen: Some(
+                self.metrics_listen
+                    .unwrap_or_else(|| default_addr(DEFAULT_METRICS, 9102)),
+            ),
+            data_dir,
+            ephemeral_data_dir,
+            services,
+            profile: self
+                .profile
+                .unwrap_or(if dev { Profile::Local } else { Profile::Lan }),
+            zone: self.zone,
+            allow_estimated_rtt: self.allow_estimated_rtt,
+            link_delays,
+            link_drops,
+        })
+    }
+
+    fn trust(&self, dev: bool) -> anyhow::Result<TrustSource> {
+        if let (Some(ca), Some(cert), Some(key)) = (&self.tls_ca, &self.tls_cert, &self.tls_key) {
+            return Ok(TrustSource::OperatorCa {
+                ca: ca.clone(),
+                cert: cert.clone(),
+                key: key.clone(),
+            });
+        }
+        let psk = match (&self.psk, &self.psk_file) {
+            (Some(_), Some(_)) => bail!("pass either --psk or --psk-file, not both"),
+            (Some(psk), None) => psk.clone(),
+            (None, Some(path)) => std::fs::read_to_string(path)
+                .with_context(|| {
+                    format!(
+                        "cannot read --psk-file {}; check the path and its permissions",
+                        path.display()
+                    )
+                })?
+                .trim()
+                .to_owned(),
+            (None, None) if dev => "gossamer-dev-only-passphrase".to_owned(),
+            (None, None) => bail!(
+                "no cluster passphrase: pass --psk-file FILE (or --psk, or GOSSAMER_PSK), \
+                 or --tls-ca/--tls-cert/--tls-key, or --dev for a single local node"
+            ),
+        };
+        if psk.len() < 8 {
+            bail!(
+                "the cluster passphrase is {} characters; use at least 8",
+                psk.len()
+            );
+        }
+        Ok(TrustSource::Passphrase(psk))
+    }
+}
+
+/// Parses `NAME=PORT` of `--service`.
+pub fn parse_service_flag(text: &str) -> anyhow::Result<(String, u16)> {
+    let (name, port) = text
+        .split_once('=')
+        .with_context(|| format!("--service {text:?} must be NAME=PORT, for example echo=8080"))?;
+    validate_service_name(name).map_err(|e| anyhow::anyhow!("--service {text:?}: {e}"))?;
+    let port: u16 = port.parse().ok().filter(|p| *p != 0).with_context(|| {
+        format!("--service {text:?}: port {port:?} is not a number from 1 to 65535")
+    })?;
+    Ok((name.to_owned(), port))
+}
+
+/// Parses `ADDR=MS` of `--debug-link-delay`.
+pub fn parse_link_delay(text: &str) -> anyhow::Result<(SocketAddr, Duration)> {
+    let parsed = text
+        .split_once('=')
+        .and_then(|(addr, ms)| Some((addr.parse::<SocketAddr>().ok()?, ms.parse::<u64>().ok()?)));
+    match parsed {
+        Some((addr, ms)) if ms <= 10_000 => Ok((addr, Duration::from_millis(ms))),
+        _ => bail!("--debug-link-delay {text:?} must be IP:PORT=MS with MS at most 10000, for example 127.0.0.1:4301=40"),
+    }
+}
+
+fn validate_join_target(target: &str) -> anyhow::Result<()> {
+    let ok = match target.rsplit_once(':') {
+        Some((host, port)) => !host.is_empty() && port.parse::<u16>().is_ok_and(|p| p != 0),
+        None => false,
+    };
+    if !ok {
+        bail!("--join {target:?} is not HOST:PORT; for example --join 10.0.0.5:4300 or --join seed.example:4300");
+    }
+    Ok(())
+}
+
+/// True for addresses peers on other machines cannot reach.
+pub fn is_local_only(ip: IpAddr) -> bool {
+    ip.is_loopback() || ip.is_unspecified()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn service_flags_and_link_delays_parse_or_explain() {
+        assert_eq!(
+            parse_service_flag("echo=8080").expect("valid"),
+            ("echo".into(), 8080)
+        );
+        assert!(parse_service_flag("echo").is_err());
+        assert!(parse_service_flag("Echo=80").is_err());
+        assert!(parse_service_flag("echo=0").is_err());
+        let (addr, delay) = parse_link_delay("127.0.0.1:4301=40").expect("valid");
+        assert_eq!(addr.port(), 4301);
+        assert_eq!(delay, Duration::from_millis(40));
+        assert!(parse_link_delay("127.0.0.1:4301").is_err());
+        assert!(validate_join_target("seed:4300").is_ok());
+        assert!(validate_join_target("seed").is_err());
+    }
+
+    #[test]
+    fn flags_win_over_the_config_file() {
+        let file: AgentArgs =
+            toml::from_str("node_id = \"from-file\"\nprofile = \"wan\"\njoin = [\"a:1\"]")
+                .expect("toml");
+        let cli = AgentArgs {
+            node_id: Some("from-cli".into()),
+            ..AgentArgs::default()
+        };
+        let merged = cli.merge(file);
+        assert_eq!(merged.node_id.as_deref(), Some("from-cli"));
+        assert_eq!(merged.profile, Some(Profile::Wan));
+        assert_eq!(merged.join, vec!["a:1".to_string()]);
+    }
+}

@@ -1,0 +1,84 @@
+//! Joining: learn each `--join` target's identity over a Hello stream and
+//! announce ourselves to it, retrying with capped exponential backoff until
+//! one answers. After that foca's periodic announces keep us in.
+
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::Duration;
+
+use anyhow::{anyhow, Context};
+use mesh_proto::codec;
+use mesh_proto::gossip::StreamKind;
+use mesh_proto::NodeIdentity;
+use tracing::{info, warn};
+
+use crate::agent::Agent;
+
+const FIRST_BACKOFF: Duration = Duration::from_millis(200);
+const MAX_BACKOFF: Duration = Duration::from_secs(30);
+/// Largest Hello answer accepted.
+pub const MAX_HELLO: usize = 1024;
+
+/// Joins through the configured targets; returns once one answered.
+pub async fn run(agent: Arc<Agent>) {
+    if agent.config.join.is_empty() {
+        return;
+    }
+    let mut backoff = FIRST_BACKOFF;
+    let mut attempt = 0u32;
+    loop {
+        attempt += 1;
+        let mut joined = false;
+        for target in &agent.config.join {
+            match join_one(&agent, target).await {
+                Ok(peer) => {
+                    info!(%target, peer = %peer.node_id, "joined the cluster");
+                    joined = true;
+                }
+                Err(e) if attempt == 1 || attempt % 10 == 0 => {
+                    warn!(%target, error = %e, attempt, "cannot join yet; retrying with backoff")
+                }
+                Err(_) => {}
+            }
+        }
+        if joined {
+            return;
+        }
+        tokio::time::sleep(backoff).await;
+        backoff = (backoff * 2).min(MAX_BACKOFF);
+    }
+}
+
+async fn join_one(agent: &Arc<Agent>, target: &str) -> anyhow::Result<NodeIdentity> {
+    let addrs: Vec<SocketAddr> = tokio::net::lookup_host(target)
+        .await
+        .with_context(|| format!("cannot resolve {target}"))?
+        .collect();
+    let mut last_error = anyhow!("{target} resolved to no address");
+    for addr in addrs {
+        if addr == agent.listeners.quic || addr == agent.identity.addr {
+            continue;
+        }
+        match hello(agent, addr).await {
+            Ok(peer) if peer.node_id == *agent.node_id() => {
+                last_error = anyhow!("{target} is this node itself");
+            }
+            Ok(peer) => {
+                agent.membership.announce(peer.clone()).await;
+                return Ok(peer);
+            }
+            Err(e) => last_error = e,
+        }
+    }
+    Err(last_error)
+}
+
+/// Asks the agent at `addr` who it is.
+pub async fn hello(agent: &Arc<Agent>, addr: SocketAddr) -> anyhow::Result<NodeIdentity> {
+    let (mut send, mut recv, _) = agent.transport.open_stream(addr, StreamKind::Hello).await?;
+    send.finish()?;
+    let bytes = tokio::time::timeout(Duration::from_secs(5), recv.read_to_end(MAX_HELLO))
+        .await
+        .map_err(|_| anyhow!("{addr} did not answer hello"))??;
+    codec::decode(&bytes, MAX_HELLO).map_err(|e| anyhow!("bad hello from {addr}: {e}"))
+}

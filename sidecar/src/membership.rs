@@ -1,0 +1,404 @@
+//! SWIM membership: the one task that owns foca.
+//!
+//! foca is sans-I/O; this task feeds it SWIM packets, timer events and
+//! commands from channels, and turns what foca asks for (send, schedule,
+//! notify) into transport sends, tokio timers and member-table updates. No
+//! other task touches foca's state (the driver shape of quinn's
+//! `ConnectionDriver`).
+
+use std::collections::{BTreeMap, HashMap};
+use std::num::{NonZeroU32, NonZeroUsize};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use bytes::Bytes;
+use foca::{
+    AccumulatingRuntime, BroadcastHandler, Config, Foca, Invalidates, OwnedNotification,
+    PeriodicParams, PostcardCodec, State, Timer,
+};
+use mesh_proto::api::MemberState;
+use mesh_proto::catalog::RecordKey;
+use mesh_proto::gossip::MAX_SWIM_PACKET;
+use mesh_proto::{NodeId, NodeIdentity, Version};
+use rand::rngs::SmallRng;
+use rand::SeedableRng;
+use tokio::sync::{mpsc, oneshot, watch};
+use tracing::{debug, info, warn};
+
+use crate::config::Profile;
+use crate::metrics;
+use crate::transport::Transport;
+
+/// What identifies a catalog broadcast for replacement in foca's queue.
+#[derive(Debug, Clone)]
+pub struct BroadcastKey {
+    /// Record the broadcast carries.
+    pub key: RecordKey,
+    /// Its version.
+    pub version: Version,
+}
+
+impl Invalidates for BroadcastKey {
+    fn invalidates(&self, other: &Self) -> bool {
+        self.key == other.key && self.version >= other.version
+    }
+}
+
+/// A broadcast item the receiver refused (undecodable or invalid).
+#[derive(Debug, thiserror::Error)]
+#[error("rejected broadcast: {0}")]
+pub struct BroadcastRejected(pub String);
+
+/// The consumer of custom broadcasts (the catalog).
+pub trait BroadcastReceiver: Send + Sync + 'static {
+    /// Applies an item; `Some` when it was new to us and must spread further,
+    /// `None` when stale (foca would otherwise re-send it forever).
+    fn receive(&self, data: &[u8]) -> Result<Option<BroadcastKey>, BroadcastRejected>;
+}
+
+struct Handler(Arc<dyn BroadcastReceiver>);
+
+impl BroadcastHandler<NodeIdentity> for Handler {
+    type Key = BroadcastKey;
+    type Error = BroadcastRejected;
+
+    fn receive_item(
+        &mut self,
+        data: &[u8],
+        _sender: Option<&NodeIdentity>,
+    ) -> Result<Option<BroadcastKey>, BroadcastRejected> {
+        self.0.receive(data)
+    }
+}
+
+type SwimCore = Foca<NodeIdentity, PostcardCodec, SmallRng, Handler>;
+
+/// One member as this node sees it.
+#[derive(Debug, Clone)]
+pub struct MemberEntry {
+    /// Its identity (id, address, generation).
+    pub identity: NodeIdentity,
+    /// SWIM state.
+    pub state: MemberState,
+    /// When we last received a SWIM packet from it.
+    pub last_heard: Option<Instant>,
+}
+
+/// Active members other than ourselves, by node id; published on every change.
+pub type ActiveMembers = Arc<BTreeMap<NodeId, NodeIdentity>>;
+
+enum Command {
+    Announce(NodeIdentity),
+    Broadcast(Vec<u8>),
+    Snapshot(oneshot::Sender<Vec<MemberEntry>>),
+    Leave(oneshot::Sender<()>),
+}
+
+/// A handle on the membership task.
+#[derive(Clone)]
+pub struct Membership {
+    commands: mpsc::Sender<Command>,
+    active: watch::Receiver<ActiveMembers>,
+    local: NodeIdentity,
+}
+
+impl Membership {
+    /// Starts the task that owns foca.
+    pub fn start(
+        local: NodeIdentity,
+        profile: Profile,
+        transport: Arc<Transport>,
+        swim_packets: mpsc::Receiver<Bytes>,
+        receiver: Arc<dyn BroadcastReceiver>,
+    ) -> Self {
+        let (commands, command_rx) = mpsc::channel(1024);
+        let (active_tx, active) = watch::channel(ActiveMembers::default());
+        let foca = SwimCore::with_custom_broadcast(
+            local.clone(),
+            foca_config(profile, 1),
+            SmallRng::from_rng(&mut rand::rng()),
+            PostcardCodec,
+            Handler(receiver),
+        );
+        let driver = Driver {
+            foca,
+            profile,
+            runtime: AccumulatingRuntime::new(),
+            transport,
+            timers: mpsc::unbounded_channel(),
+            active: active_tx,
+            last_heard: HashMap::new(),
+            sized_for: 1,
+        };
+        tokio::spawn(driver.run(swim_packets, command_rx));
+        Self {
+            commands,
+            active,
+            local,
+        }
+    }
+
+    /// This node's identity.
+    pub fn local(&self) -> &NodeIdentity {
+        &self.local
+    }
+
+    /// Announces ourselves to a known peer (joining through it).
+    pub async fn announce(&self, peer: NodeIdentity) {
+        let _ = self.commands.send(Command::Announce(peer)).await;
+    }
+
+    /// Queues a custom broadcast (a catalog change) to ride on gossip.
+    pub async fn broadcast(&self, item: Vec<u8>) {
+        let _ = self.commands.send(Command::Broadcast(item)).await;
+    }
+
+    /// Every member foca remembers, down ones included, and ourselves.
+    pub async fn members(&self) -> Vec<MemberEntry> {
+        let (tx, rx) = oneshot::channel();
+        if self.commands.send(Command::Snapshot(tx)).await.is_err() {
+            return Vec::new();
+        }
+        rx.await.unwrap_or_default()
+    }
+
+    /// Watches the active members (alive or suspect), ourselves excluded.
+    pub fn active(&self) -> watch::Receiver<ActiveMembers> {
+        self.active.clone()
+    }
+
+    /// Leaves the cluster: peers learn it from us at once instead of by failure detection.
+    pub async fn leave(&self) {
+        let (tx, rx) = oneshot::channel();
+        if self.commands.send(Command::Leave(tx)).await.is_ok() {
+            let _ = tokio::time::timeout(Duration::from_secs(2), rx).await;
+        }
+    }
+}
+
+struct Driver {
+    foca: SwimCore,
+    profile: Profile,
+    runtime: AccumulatingRuntime<NodeIdentity>,
+    transport: Arc<Transport>,
+    timers: (
+        mpsc::UnboundedSender<Timer<NodeIdentity>>,
+        mpsc::UnboundedReceiver<Timer<NodeIdentity>>,
+    ),
+    active: watch::Sender<ActiveMembers>,
+    last_heard: HashMap<NodeId, Instant>,
+    sized_for: usize,
+}
+
+impl Driver {
+    async fn run(
+        mut self,
+        mut packets: mpsc::Receiver<Bytes>,
+        mut commands: mpsc::Receiver<Command>,
+    ) {
+        loop {
+            let started = Instant::now();
+            tokio::select! {
+                Some(packet) = packets.recv() => {
+                    if let Err(e) = self.foca.handle_data(&packet, &mut self.runtime) {
+                        self.note_bad_packet(e);
+                    }
+                }
+                Some(timer) = self.timers.1.recv() => {
+                    if let Err(e) = self.foca.handle_timer(timer, &mut self.runtime) {
+                        debug!(error = %e, "timer event failed");
+                    }
+                }
+                command = commands.recv() => match command {
+                    Some(Command::Leave(done)) => {
+                        self.leave().await;
+                        let _ = done.send(());
+                        return;
+                    }
+                    Some(command) => self.handle_command(command),
+                    None => return,
+                },
+            }
+            self.drain();
+            let turn = started.elapsed();
+            if turn > Duration::from_secs(1) {
+                warn!(?turn, "one turn of the membership loop took over a second");
+            }
+        }
+    }
+
+    fn handle_command(&mut self, command: Command) {
+        match command {
+            Command::Announce(peer) => {
+                if let Err(e) = self.foca.announce(peer.clone(), &mut self.runtime) {
+                    warn!(peer = %peer.node_id, error = %e, "cannot announce to peer");
+                }
+            }
+            Command::Broadcast(item) => {
+                if let Err(e) = self.foca.add_broadcast(&item) {
+                    warn!(error = %e, bytes = item.len(), "cannot gossip a catalog change; anti-entropy will carry it");
+                }
+            }
+            Command::Snapshot(reply) => {
+                let _ = reply.send(self.snapshot());
+            }
+            Command::Leave(_) => {}
+        }
+    }
+
+    fn note_bad_packet(&self, error: foca::Error) {
+        match error {
+            foca::Error::DataFromOurselves => {}
+            foca::Error::Decode(_) | foca::Error::MalformedPacket | foca::Error::DataTooBig => {
+                metrics::decode_error();
+                debug!(%error, "dropped a malformed SWIM packet");
+            }
+            other => debug!(error = %other, "SWIM packet not applied"),
+        }
+    }
+
+    fn snapshot(&self) -> Vec<MemberEntry> {
+        let mut out: Vec<MemberEntry> = self
+            .foca
+            .iter_membership_state()
+            .map(|m| MemberEntry {
+                identity: m.id().clone(),
+                state: match m.state() {
+                    State::Alive => MemberState::Alive,
+                    State::Suspect => MemberState::Suspect,
+                    State::Down => MemberState::Down,
+                },
+                last_heard: self.last_heard.get(&m.id().node_id).copied(),
+            })
+            .collect();
+        out.push(MemberEntry {
+            identity: self.foca.identity().clone(),
+            state: MemberState::Alive,
+            last_heard: None,
+        });
+        out
+    }
+
+    async fn leave(&mut self) {
+        if let Err(e) = self.foca.leave_cluster(&mut self.runtime) {
+            warn!(error = %e, "leaving the cluster failed; peers will detect the stop instead");
+        }
+        let mut sends = Vec::new();
+        while let Some((to, packet)) = self.runtime.to_send() {
+            let transport = self.transport.clone();
+            sends.push(tokio::spawn(async move {
+                transport.send_swim(to.addr, &packet).await
+            }));
+        }
+        for send in sends {
+            let _ = tokio::time::timeout(Duration::from_secs(1), send).await;
+        }
+        info!("left the cluster");
+    }
+
+    /// Carries out everything foca asked for during the last call.
+    fn drain(&mut self) {
+        while let Some((to, packet)) = self.runtime.to_send() {
+            let transport = self.transport.clone();
+            tokio::spawn(async move {
+                if let Err(e) = transport.send_swim(to.addr, &packet).await {
+                    debug!(peer = %to.node_id, error = %e, "SWIM send failed");
+                }
+            });
+        }
+        while let Some((after, timer)) = self.runtime.to_schedule() {
+            let timers = self.timers.0.clone();
+            tokio::spawn(async move {
+                tokio::time::sleep(after).await;
+                let _ = timers.send(timer);
+            });
+        }
+        let mut changed = false;
+        while let Some(notification) = self.runtime.to_notify() {
+            match notification {
+                OwnedNotification::DataReceived(header) => {
+                    self.last_heard.insert(header.src.node_id, Instant::now());
+                }
+                OwnedNotification::MemberUp(id) => {
+                    info!(node = %id.node_id, addr = %id.addr, generation = id.generation, "member up");
+                    changed = true;
+                }
+                OwnedNotification::MemberDown(id) => {
+                    info!(node = %id.node_id, "member down");
+                    changed = true;
+                }
+                OwnedNotification::Rename(old, new) => {
+                    info!(node = %new.node_id, from = old.generation, to = new.generation, "member restarted");
+                    changed = true;
+                }
+                OwnedNotification::Defunct => {
+                    warn!("this node was declared down by the cluster; it will rejoin at the next announce");
+                }
+                OwnedNotification::Rejoin(id) => {
+                    info!(
+                        generation = id.generation,
+                        "rejoined the cluster with a new generation"
+                    );
+                }
+                _ => {}
+            }
+        }
+        if changed {
+            self.publish_active();
+        }
+    }
+
+    fn publish_active(&mut self) {
+        let active: BTreeMap<NodeId, NodeIdentity> = self
+            .foca
+            .iter_members()
+            .map(|m| (m.id().node_id.clone(), m.id().clone()))
+            .collect();
+        let size = active.len() + 1;
+        // Resize timings (suspicion, transmissions) as the cluster grows or shrinks.
+        if size.next_power_of_two() != self.sized_for.next_power_of_two() {
+            if let Err(e) = self.foca.set_config(foca_config(self.profile, size)) {
+                debug!(error = %e, "keeping the previous SWIM config");
+            }
+            self.sized_for = size;
+        }
+        let counts = self.snapshot();
+        for state in [MemberState::Alive, MemberState::Suspect, MemberState::Down] {
+            let n = counts.iter().filter(|m| m.state == state).count();
+            ::metrics::gauge!(metrics::MEMBERS, "state" => state.as_str()).set(n as f64);
+        }
+        self.active.send_replace(Arc::new(active));
+    }
+}
+
+/// foca timings for a profile and cluster size.
+pub fn foca_config(profile: Profile, cluster_size: usize) -> Config {
+    let size = NonZeroU32::new(u32::try_from(cluster_size.max(1)).unwrap_or(u32::MAX))
+        .unwrap_or(NonZeroU32::MIN);
+    let periodic = |ms: u64, n: usize| {
+        Some(PeriodicParams {
+            frequency: Duration::from_millis(ms),
+            num_members: NonZeroUsize::new(n).unwrap_or(NonZeroUsize::MIN),
+        })
+    };
+    let mut config = match profile {
+        Profile::Local => {
+            let mut config = Config::new_lan(size);
+            let probe = Duration::from_millis(500);
+            config.probe_period = probe;
+            config.probe_rtt = Duration::from_millis(300);
+            // memberlist's rule: multiplier × max(1, log10 N) × probe period.
+            let scale = (cluster_size.max(1) as f64).log10().max(1.0);
+            config.suspect_to_down_after = probe.mul_f64(4.0 * scale);
+            config.periodic_gossip = periodic(100, 3);
+            config.periodic_announce = periodic(5_000, 1);
+            config.periodic_announce_to_down_members = periodic(10_000, 2);
+            config
+        }
+        Profile::Lan => Config::new_lan(size),
+        Profile::Wan => Config::new_wan(size),
+    };
+    config.max_packet_size = NonZeroUsize::new(MAX_SWIM_PACKET).unwrap_or(NonZeroUsize::MIN);
+    config.notify_down_members = true;
+    config
+}

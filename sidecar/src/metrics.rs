@@ -1,0 +1,89 @@
+//! Metric names (a contract: dashboards and alerts depend on them), the
+//! Prometheus exporter, and small helpers so call sites stay one line.
+
+use std::net::SocketAddr;
+
+use anyhow::Context;
+use metrics_exporter_prometheus::{Matcher, PrometheusBuilder, PrometheusHandle};
+
+/// `gossamer_members{state}`: members by SWIM state.
+pub const MEMBERS: &str = "gossamer_members";
+/// `gossamer_gossip_packets_total{direction}`.
+pub const GOSSIP_PACKETS: &str = "gossamer_gossip_packets_total";
+/// `gossamer_gossip_bytes_total{direction}`.
+pub const GOSSIP_BYTES: &str = "gossamer_gossip_bytes_total";
+/// `gossamer_peer_rtt_seconds{peer}`.
+pub const PEER_RTT: &str = "gossamer_peer_rtt_seconds";
+/// `gossamer_catalog_records{kind}`.
+pub const CATALOG_RECORDS: &str = "gossamer_catalog_records";
+/// `gossamer_catalog_index`.
+pub const CATALOG_INDEX: &str = "gossamer_catalog_index";
+/// `gossamer_handshake_failures_total`.
+pub const HANDSHAKE_FAILURES: &str = "gossamer_handshake_failures_total";
+/// `gossamer_decode_errors_total`.
+pub const DECODE_ERRORS: &str = "gossamer_decode_errors_total";
+/// `gossamer_proxy_requests_total{service,upstream_node,code}`.
+pub const PROXY_REQUESTS: &str = "gossamer_proxy_requests_total";
+/// `gossamer_proxy_request_duration_seconds{service}` (histogram).
+pub const PROXY_DURATION: &str = "gossamer_proxy_request_duration_seconds";
+/// `gossamer_upstream_ejections_total{service}`.
+pub const EJECTIONS: &str = "gossamer_upstream_ejections_total";
+/// `gossamer_rtt_rejections_total{service}`.
+pub const RTT_REJECTIONS: &str = "gossamer_rtt_rejections_total";
+/// `gossamer_retries_total{service}`.
+pub const RETRIES: &str = "gossamer_retries_total";
+/// `gossamer_relay_refusals_total`: proxy frames naming no local instance.
+pub const RELAY_REFUSALS: &str = "gossamer_relay_refusals_total";
+/// `gossamer_build_info{version}`.
+pub const BUILD_INFO: &str = "gossamer_build_info";
+
+/// Buckets that resolve sub-millisecond proxy latency up to the 30 s timeout.
+const DURATION_BUCKETS: &[f64] = &[
+    0.0001, 0.00025, 0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5,
+    5.0, 10.0, 30.0,
+];
+
+/// Installs the global recorder once per process and returns its handle.
+///
+/// Several agents may run in one process (tests, the demo, the gossip
+/// bench); they share one recorder, and each serves it on its own listener.
+pub fn recorder() -> anyhow::Result<PrometheusHandle> {
+    static HANDLE: std::sync::OnceLock<PrometheusHandle> = std::sync::OnceLock::new();
+    if let Some(handle) = HANDLE.get() {
+        return Ok(handle.clone());
+    }
+    let handle = PrometheusBuilder::new()
+        .set_buckets_for_metric(Matcher::Full(PROXY_DURATION.to_owned()), DURATION_BUCKETS)
+        .context("invalid histogram buckets")?
+        .install_recorder()
+        .context("cannot install the metrics recorder")?;
+    let handle = HANDLE.get_or_init(|| handle).clone();
+    metrics::gauge!(BUILD_INFO, "version" => env!("CARGO_PKG_VERSION")).set(1.0);
+    Ok(handle)
+}
+
+/// Counts one gossip packet of `bytes` in `direction` ("in" or "out").
+pub fn gossip_packet(direction: &'static str, bytes: usize) {
+    metrics::counter!(GOSSIP_PACKETS, "direction" => direction).increment(1);
+    metrics::counter!(GOSSIP_BYTES, "direction" => direction).increment(bytes as u64);
+}
+
+/// Counts one undecodable packet or message.
+pub fn decode_error() {
+    metrics::counter!(DECODE_ERRORS).increment(1);
+}
+
+/// Counts one failed QUIC handshake.
+pub fn handshake_failure() {
+    metrics::counter!(HANDSHAKE_FAILURES).increment(1);
+}
+
+/// Address the exporter is served on, for logs.
+pub fn url(addr: SocketAddr) -> String {
+    format!("http://{addr}/metrics")
+}
+
+/// Publishes the catalog index.
+pub fn index(index: u64) {
+    ::metrics::gauge!(CATALOG_INDEX).set(index as f64);
+}

@@ -1,0 +1,167 @@
+//! Send: carrying a request to an instance, either directly (same node, over
+//! a pooled keep-alive connection) or over a new bidirectional QUIC stream of
+//! the warm connection to the instance's sidecar.
+
+use std::net::SocketAddr;
+use std::sync::Arc;
+
+use bytes::Bytes;
+use http::{HeaderMap, Request, Response, Uri};
+use http_body_util::combinators::BoxBody;
+use hyper::body::Incoming;
+use hyper_util::client::legacy::connect::HttpConnector;
+use hyper_util::client::legacy::Client;
+use hyper_util::rt::{TokioExecutor, TokioIo};
+use mesh_proto::frame::ProxyFrame;
+use mesh_proto::gossip::StreamKind;
+
+use crate::agent::Agent;
+
+/// Errors crossing the proxy.
+pub type BoxError = Box<dyn std::error::Error + Send + Sync>;
+/// A streaming body of any origin.
+pub type ProxyBody = BoxBody<Bytes, BoxError>;
+/// Keep-alive client for instances on this node.
+pub type LocalClient = Client<HttpConnector, ProxyBody>;
+
+/// Marks a 502 from a remote sidecar that could not reach its instance, so
+/// the caller's sidecar may retry elsewhere.
+pub const CONNECT_FAILURE_HEADER: &str = "x-gossamer-connect-failure";
+
+/// Why a request did not get a response.
+#[derive(Debug, thiserror::Error)]
+pub enum SendError {
+    /// The instance (or its sidecar) could not be reached; nothing was processed.
+    #[error("cannot reach {target}: {reason}")]
+    Connect {
+        /// What was dialled.
+        target: String,
+        /// Why it failed.
+        reason: String,
+    },
+    /// The exchange failed after the request may have been sent.
+    #[error("{target} failed: {reason}")]
+    Broken {
+        /// Where it went.
+        target: String,
+        /// What happened.
+        reason: String,
+    },
+}
+
+/// A client with a keep-alive pool per instance.
+pub fn local_client() -> LocalClient {
+    let mut connector = HttpConnector::new();
+    connector.set_nodelay(true);
+    connector.set_connect_timeout(Some(std::time::Duration::from_secs(5)));
+    Client::builder(TokioExecutor::new())
+        .pool_idle_timeout(std::time::Duration::from_secs(60))
+        .pool_max_idle_per_host(256)
+        .build(connector)
+}
+
+/// Headers that describe one hop, not the message (RFC 9110 §7.6.1).
+const HOP_BY_HOP: &[&str] = &[
+    "connection",
+    "keep-alive",
+    "proxy-connection",
+    "proxy-authenticate",
+    "proxy-authorization",
+    "te",
+    "trailer",
+    "upgrade",
+];
+
+/// Removes hop-by-hop headers, including those named by `Connection`.
+pub fn strip_hop_by_hop(headers: &mut HeaderMap) {
+    let named: Vec<String> = headers
+        .get_all(http::header::CONNECTION)
+        .iter()
+        .filter_map(|v| v.to_str().ok())
+        .flat_map(|v| v.split(',').map(|s| s.trim().to_ascii_lowercase()))
+        .collect();
+    for name in HOP_BY_HOP.iter().copied().map(str::to_owned).chain(named) {
+        headers.remove(name.as_str());
+    }
+}
+
+/// Sends to an instance on this node.
+pub async fn to_local(
+    client: &LocalClient,
+    address: SocketAddr,
+    mut request: Request<ProxyBody>,
+) -> Result<Response<Incoming>, SendError> {
+    let path = request
+        .uri()
+        .path_and_query()
+        .map_or("/", |pq| pq.as_str())
+        .to_owned();
+    *request.uri_mut() =
+        Uri::try_from(format!("http://{address}{path}")).map_err(|e| SendError::Broken {
+            target: address.to_string(),
+            reason: format!("bad request path: {e}"),
+        })?;
+    strip_hop_by_hop(request.headers_mut());
+    client.request(request).await.map_err(|e| {
+        let target = address.to_string();
+        if e.is_connect() {
+            SendError::Connect {
+                target,
+                reason: e.to_string(),
+            }
+        } else {
+            SendError::Broken {
+                target,
+                reason: e.to_string(),
+            }
+        }
+    })
+}
+
+/// Sends to an instance on another node through that node's sidecar.
+pub async fn over_quic(
+    agent: &Arc<Agent>,
+    sidecar: SocketAddr,
+    frame: &ProxyFrame,
+    mut request: Request<ProxyBody>,
+) -> Result<Response<Incoming>, SendError> {
+    let target = format!("{} via {sidecar}", frame.instance_id);
+    let connect = |reason: String| SendError::Connect {
+        target: target.clone(),
+        reason,
+    };
+    let (mut send, recv, _) = agent
+        .transport
+        .open_stream(sidecar, StreamKind::Proxy)
+        .await
+        .map_err(|e| connect(e.to_string()))?;
+    let frame_bytes = frame.encode().map_err(|e| connect(e.to_string()))?;
+    send.write_all(&frame_bytes)
+        .await
+        .map_err(|e| connect(e.to_string()))?;
+    let io = TokioIo::new(tokio::io::join(recv, send));
+    let (mut sender, connection) = hyper::client::conn::http1::handshake(io)
+        .await
+        .map_err(|e| connect(e.to_string()))?;
+    tokio::spawn(connection);
+    let origin_form = request
+        .uri()
+        .path_and_query()
+        .map_or("/", |pq| pq.as_str())
+        .to_owned();
+    *request.uri_mut() = Uri::try_from(origin_form).map_err(|e| connect(e.to_string()))?;
+    strip_hop_by_hop(request.headers_mut());
+    let response = sender
+        .send_request(request)
+        .await
+        .map_err(|e| SendError::Broken {
+            target: target.clone(),
+            reason: e.to_string(),
+        })?;
+    if response.headers().contains_key(CONNECT_FAILURE_HEADER) {
+        return Err(connect(
+            "the remote sidecar could not reach its instance".to_owned(),
+        ));
+    }
+    Ok(response)
+}

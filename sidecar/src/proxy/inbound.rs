@@ -1,0 +1,92 @@
+//! The receiving side: a peer sidecar's request arrives on a QUIC stream
+//! behind a frame naming one of our instances. We check the frame against
+//! our own registrations (never an open relay), then hand the request to the
+//! instance over the pooled loopback client and stream the answer back.
+
+use std::sync::Arc;
+
+use anyhow::anyhow;
+use http::{Request, Response, StatusCode};
+use http_body_util::BodyExt;
+use hyper::body::Incoming;
+use hyper::service::service_fn;
+use hyper_util::rt::TokioIo;
+use mesh_proto::frame::ProxyFrame;
+use tracing::warn;
+
+use super::forward::{self, ProxyBody, SendError, CONNECT_FAILURE_HEADER};
+use super::json_error;
+use crate::agent::Agent;
+use crate::metrics;
+use crate::transport::InboundStream;
+
+/// Serves one proxied request stream.
+pub async fn serve_stream(agent: &Arc<Agent>, mut stream: InboundStream) -> anyhow::Result<()> {
+    let mut prefix = [0u8; 2];
+    stream.recv.read_exact(&mut prefix).await?;
+    let len = ProxyFrame::body_len(prefix).inspect_err(|_| metrics::decode_error())?;
+    let mut body = vec![0u8; len];
+    stream.recv.read_exact(&mut body).await?;
+    let frame = ProxyFrame::decode(&body).inspect_err(|_| metrics::decode_error())?;
+
+    let peer = stream.connection.remote_address();
+    let allowed = agent.catalog.read(|c| {
+        c.instance(&frame.instance_id)
+            .is_some_and(|i| i.node == *agent.node_id() && i.address == frame.address)
+    });
+    if !allowed {
+        ::metrics::counter!(metrics::RELAY_REFUSALS).increment(1);
+        warn!(%peer, instance = %frame.instance_id, address = %frame.address, "refused a proxy frame naming no instance of this node");
+    }
+
+    let io = TokioIo::new(tokio::io::join(stream.recv, stream.send));
+    let agent = agent.clone();
+    let frame = Arc::new(frame);
+    let service = service_fn(move |request: Request<Incoming>| {
+        let agent = agent.clone();
+        let frame = frame.clone();
+        async move { Ok::<_, std::convert::Infallible>(handle(&agent, &frame, allowed, request).await) }
+    });
+    hyper::server::conn::http1::Builder::new()
+        .max_buf_size(256 * 1024)
+        .serve_connection(io, service)
+        .await
+        .map_err(|e| anyhow!("proxied stream from {peer}: {e}"))
+}
+
+async fn handle(
+    agent: &Arc<Agent>,
+    frame: &ProxyFrame,
+    allowed: bool,
+    request: Request<Incoming>,
+) -> Response<ProxyBody> {
+    if !allowed {
+        return json_error(
+            StatusCode::FORBIDDEN,
+            format!(
+                "node {} has no instance {:?} at {}; it only forwards to its own instances",
+                agent.node_id(),
+                frame.instance_id,
+                frame.address
+            ),
+            "the caller's catalog is stale or the frame is forged; retry after the catalog converges",
+        );
+    }
+    let request = request.map(|body| body.map_err(Into::into).boxed());
+    match forward::to_local(&agent.http, frame.address, request).await {
+        Ok(response) => response.map(|body| body.map_err(Into::into).boxed()),
+        Err(e) => {
+            let mut response = json_error(
+                StatusCode::BAD_GATEWAY,
+                format!("instance {} of {} on node {} failed: {e}", frame.instance_id, frame.service, agent.node_id()),
+                "the instance is down or not listening; the caller's sidecar retries safe requests elsewhere",
+            );
+            if matches!(e, SendError::Connect { .. }) {
+                response
+                    .headers_mut()
+                    .insert(CONNECT_FAILURE_HEADER, http::HeaderValue::from_static("1"));
+            }
+            response
+        }
+    }
+}

@@ -1,0 +1,338 @@
+//! The outbound proxy the local service calls as
+//! `http://<service>.localhost:<proxy-port>/…`.
+//!
+//! Each request goes through the same steps, each findable by name:
+//! [`route`] (which service, what requirements), eligible and pick (the
+//! shared selection module), [`forward`] (loopback or QUIC), observe
+//! (outcome to the balancer, metrics, retry once when safe).
+
+pub mod forward;
+pub mod inbound;
+pub mod route;
+
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use bytes::Bytes;
+use client::select::{Outcome, SelectError};
+use http::{HeaderValue, Request, Response, StatusCode};
+use http_body::Body as _;
+use http_body_util::{BodyExt, Full};
+use hyper::body::Incoming;
+use mesh_proto::frame::ProxyFrame;
+use mesh_proto::Instance;
+use tokio::net::TcpListener;
+use tracing::debug;
+
+use crate::agent::Agent;
+use crate::metrics;
+use crate::upstreams::{candidates, effective_requirements, live_instances};
+use forward::{ProxyBody, SendError};
+use route::Route;
+
+/// Bodies up to this size of retryable requests are kept to be re-sent.
+const REPLAYABLE_BODY: u64 = 64 * 1024;
+
+/// Serves the proxy until the agent stops.
+pub async fn serve(agent: Arc<Agent>, listener: TcpListener) {
+    let shutdown = agent.shutdown_signal();
+    crate::server::serve(listener, shutdown, move |request| {
+        let agent = agent.clone();
+        async move { handle(&agent, request).await }
+    })
+    .await;
+}
+
+/// A JSON error response with `error` and `hint`.
+pub fn json_error(
+    status: StatusCode,
+    error: impl Into<String>,
+    hint: impl Into<String>,
+) -> Response<ProxyBody> {
+    crate::reply::error(status, error, hint)
+        .map(|body| body.map_err(|never| match never {}).boxed())
+}
+
+/// The request body, kept whole when it may have to be sent twice.
+enum RequestBody {
+    Replayable(Bytes),
+    Streaming(Option<Incoming>),
+}
+
+impl RequestBody {
+    fn take(&mut self) -> Option<ProxyBody> {
+        match self {
+            RequestBody::Replayable(bytes) => Some(
+                Full::new(bytes.clone())
+                    .map_err(|never| match never {})
+                    .boxed(),
+            ),
+            RequestBody::Streaming(body) => body.take().map(|b| b.map_err(Into::into).boxed()),
+        }
+    }
+}
+
+async fn handle(agent: &Arc<Agent>, request: Request<Incoming>) -> Response<ProxyBody> {
+    let started = Instant::now();
+    let route = match route::route(request.method(), request.headers()) {
+        Ok(route) => route,
+        Err(e) => return json_error(StatusCode::BAD_REQUEST, e.error, e.hint),
+    };
+    let (parts, body) = request.into_parts();
+    let replayable = route.retryable
+        && body
+            .size_hint()
+            .upper()
+            .is_some_and(|n| n <= REPLAYABLE_BODY);
+    let body = if replayable {
+        match body.collect().await {
+            Ok(collected) => RequestBody::Replayable(collected.to_bytes()),
+            Err(e) => {
+                return json_error(
+                    StatusCode::BAD_REQUEST,
+                    format!("cannot read the request body: {e}"),
+                    "send the whole body",
+                )
+            }
+        }
+    } else {
+        RequestBody::Streaming(Some(body))
+    };
+
+    let service = route.service.clone();
+    let (response, upstream_node) =
+        match tokio::time::timeout(route.timeout, attempts(agent, &route, parts, body)).await {
+            Ok(result) => result,
+            Err(_) => (
+                json_error(
+                    StatusCode::GATEWAY_TIMEOUT,
+                    format!(
+                        "no response from {service} within {} ms",
+                        route.timeout.as_millis()
+                    ),
+                    "raise x-gossamer-timeout-ms, or check the service's latency",
+                ),
+                None,
+            ),
+        };
+    let code = response.status().as_u16().to_string();
+    ::metrics::counter!(
+        metrics::PROXY_REQUESTS,
+        "service" => service.clone(),
+        "upstream_node" => upstream_node.unwrap_or_else(|| "none".to_owned()),
+        "code" => code
+    )
+    .increment(1);
+    ::metrics::histogram!(metrics::PROXY_DURATION, "service" => service)
+        .record(started.elapsed().as_secs_f64());
+    response
+}
+
+/// Reports the outcome of a picked instance even when the attempt is dropped
+/// (timeout): otherwise its in-flight count would never come down.
+struct InFlight<'a> {
+    agent: &'a Agent,
+    service: &'a str,
+    instance: String,
+    started: Instant,
+    done: bool,
+}
+
+impl InFlight<'_> {
+    fn finish(mut self, success: bool) {
+        self.done = true;
+        report(
+            self.agent,
+            self.service,
+            &self.instance,
+            self.started.elapsed(),
+            success,
+        );
+    }
+}
+
+impl Drop for InFlight<'_> {
+    fn drop(&mut self) {
+        if !self.done {
+            report(
+                self.agent,
+                self.service,
+                &self.instance,
+                self.started.elapsed(),
+                false,
+            );
+        }
+    }
+}
+
+fn report(agent: &Agent, service: &str, instance: &str, latency: Duration, success: bool) {
+    let outcome = if success {
+        Outcome::Success { latency }
+    } else {
+        Outcome::Failure { latency }
+    };
+    let ejected = agent.upstreams.with(service, |b| {
+        let before = b.ejections_total();
+        b.report(instance, outcome, Instant::now());
+        b.ejections_total() > before
+    });
+    if ejected {
+        ::metrics::counter!(metrics::EJECTIONS, "service" => service.to_owned()).increment(1);
+        debug!(%service, %instance, "instance ejected after consecutive failures");
+    }
+}
+
+/// Picks, sends, and retries once on another instance when that is safe.
+async fn attempts(
+    agent: &Arc<Agent>,
+    route: &Route,
+    parts: http::request::Parts,
+    mut body: RequestBody,
+) -> (Response<ProxyBody>, Option<String>) {
+    let service = route.service.as_str();
+    let requirements = effective_requirements(agent, service, route.requirements);
+    let mut tried: Vec<String> = Vec::new();
+    let mut last_failure: Option<(SendError, String)> = None;
+    loop {
+        let live = live_instances(agent, service);
+        let candidates = candidates(agent, &live);
+        let excluded: Vec<&str> = tried.iter().map(String::as_str).collect();
+        let pick = agent.upstreams.with(service, |b| {
+            b.pick(&candidates, requirements, &excluded, Instant::now())
+        });
+        let pick = match pick {
+            Ok(pick) => pick,
+            Err(e) => return (no_upstream(service, &live, e, last_failure), None),
+        };
+        let (Some(instance), Some(candidate)) = (live.get(pick.index), candidates.get(pick.index))
+        else {
+            return (
+                json_error(
+                    StatusCode::SERVICE_UNAVAILABLE,
+                    "selection returned no instance",
+                    "retry",
+                ),
+                None,
+            );
+        };
+        let in_flight = InFlight {
+            agent,
+            service,
+            instance: instance.id.clone(),
+            started: Instant::now(),
+            done: false,
+        };
+        let Some(attempt_body) = body.take() else {
+            return failed_response(service, last_failure);
+        };
+        let request = Request::from_parts(parts.clone(), attempt_body);
+        let node = instance.node.to_string();
+        match send(agent, service, instance, request).await {
+            Ok(response) => {
+                in_flight.finish(response.status().as_u16() < 500);
+                let mut response = response.map(|b| b.map_err(Into::into).boxed());
+                annotate(&mut response, instance, candidate.rtt_ms);
+                return (response, Some(node));
+            }
+            Err(e) => {
+                in_flight.finish(false);
+                let retry = matches!(e, SendError::Connect { .. })
+                    && route.retryable
+                    && matches!(body, RequestBody::Replayable(_))
+                    && tried.is_empty()
+                    && agent
+                        .upstreams
+                        .with(service, |b| b.try_retry(Instant::now()));
+                tried.push(instance.id.clone());
+                last_failure = Some((e, node));
+                if !retry {
+                    return failed_response(service, last_failure);
+                }
+                ::metrics::counter!(metrics::RETRIES, "service" => service.to_owned()).increment(1);
+            }
+        }
+    }
+}
+
+async fn send(
+    agent: &Arc<Agent>,
+    service: &str,
+    instance: &Instance,
+    request: Request<ProxyBody>,
+) -> Result<Response<Incoming>, SendError> {
+    if instance.node == *agent.node_id() {
+        return forward::to_local(&agent.http, instance.address, request).await;
+    }
+    let sidecar = agent
+        .membership
+        .active()
+        .borrow()
+        .get(&instance.node)
+        .map(|m| m.addr)
+        .ok_or_else(|| SendError::Connect {
+            target: instance.node.to_string(),
+            reason: "the node left the cluster".to_owned(),
+        })?;
+    let frame = ProxyFrame {
+        instance_id: instance.id.clone(),
+        address: instance.address,
+        service: service.to_owned(),
+        timeout_ms: 0,
+    };
+    forward::over_quic(agent, sidecar, &frame, request).await
+}
+
+fn annotate(response: &mut Response<ProxyBody>, instance: &Instance, rtt_ms: Option<f64>) {
+    let headers = response.headers_mut();
+    if let Ok(value) = HeaderValue::from_str(&format!("{}/{}", instance.node, instance.id)) {
+        headers.insert(route::UPSTREAM_HEADER, value);
+    }
+    if let Some(rtt) = rtt_ms {
+        if let Ok(value) = HeaderValue::from_str(&format!("{rtt:.2}")) {
+            headers.insert(route::RTT_HEADER, value);
+        }
+    }
+}
+
+fn failed_response(
+    service: &str,
+    failure: Option<(SendError, String)>,
+) -> (Response<ProxyBody>, Option<String>) {
+    match failure {
+        Some((e, node)) => (
+            json_error(
+                StatusCode::BAD_GATEWAY,
+                format!("upstream of {service} failed: {e}"),
+                "the instance is failing; safe requests were retried elsewhere when the budget allowed",
+            ),
+            Some(node),
+        ),
+        None => (json_error(StatusCode::BAD_GATEWAY, format!("upstream of {service} failed"), "retry"), None),
+    }
+}
+
+fn no_upstream(
+    service: &str,
+    live: &[Instance],
+    error: SelectError,
+    last_failure: Option<(SendError, String)>,
+) -> Response<ProxyBody> {
+    if last_failure.is_some() {
+        return failed_response(service, last_failure).0;
+    }
+    if matches!(error, SelectError::NoneWithinHardRtt { .. }) {
+        ::metrics::counter!(metrics::RTT_REJECTIONS, "service" => service.to_owned()).increment(1);
+    }
+    let error_text = if live.is_empty() {
+        format!("no instance of {service:?} is registered on any live node")
+    } else {
+        format!("{service}: {error}")
+    };
+    let hint = if live.is_empty() {
+        "register one with `gossamer register NAME --port P` or PUT /v1/instances, then retry"
+            .to_owned()
+    } else {
+        error.hint().to_owned()
+    };
+    json_error(StatusCode::SERVICE_UNAVAILABLE, error_text, hint)
+}

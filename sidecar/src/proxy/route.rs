@@ -1,0 +1,209 @@
+//! Route: which service a proxied request is for, and what the caller asks
+//! of it (RTT requirements, timeout, whether it may be retried).
+
+use std::time::Duration;
+
+use client::select::Requirements;
+use http::{HeaderMap, Method};
+use mesh_proto::names::validate_service_name;
+
+/// Header naming the service when the Host header cannot.
+pub const SERVICE_HEADER: &str = "x-gossamer-service";
+/// Caller's hard RTT requirement (ms).
+pub const HARD_RTT_HEADER: &str = "x-gossamer-hard-rtt-ms";
+/// Caller's soft RTT requirement (ms).
+pub const SOFT_RTT_HEADER: &str = "x-gossamer-soft-rtt-ms";
+/// Caller's timeout (ms).
+pub const TIMEOUT_HEADER: &str = "x-gossamer-timeout-ms";
+/// Response header naming the upstream (node/instance).
+pub const UPSTREAM_HEADER: &str = "x-gossamer-upstream";
+/// Response header with the RTT to the upstream's node (ms).
+pub const RTT_HEADER: &str = "x-gossamer-rtt-ms";
+/// Default per-request timeout.
+pub const DEFAULT_TIMEOUT: Duration = Duration::from_secs(30);
+/// Longest timeout a caller may ask for.
+const MAX_TIMEOUT: Duration = Duration::from_secs(3600);
+
+/// What the proxy needs to know about a request before picking an upstream.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Route {
+    /// Target service.
+    pub service: String,
+    /// Caller's requirements (the definition's may be stricter).
+    pub requirements: Requirements,
+    /// Give up (504) after this long without response headers.
+    pub timeout: Duration,
+    /// Safe to send again on another instance if the connection fails.
+    pub retryable: bool,
+}
+
+/// A request the proxy cannot route, with the reason and what to do.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct RouteError {
+    /// What is wrong.
+    pub error: String,
+    /// What to do.
+    pub hint: String,
+}
+
+fn route_error(error: impl Into<String>, hint: impl Into<String>) -> RouteError {
+    RouteError {
+        error: error.into(),
+        hint: hint.into(),
+    }
+}
+
+/// Reads the route from the request's method and headers.
+pub fn route(method: &Method, headers: &HeaderMap) -> Result<Route, RouteError> {
+    let service = service_name(headers)?;
+    let requirements = Requirements {
+        hard_rtt_ms: millis_header(headers, HARD_RTT_HEADER)?,
+        soft_rtt_ms: millis_header(headers, SOFT_RTT_HEADER)?,
+    };
+    let timeout = match millis_header(headers, TIMEOUT_HEADER)? {
+        Some(0) => {
+            return Err(route_error(
+                format!("{TIMEOUT_HEADER} is 0"),
+                "pass a timeout of at least 1 ms",
+            ))
+        }
+        Some(ms) => Duration::from_millis(u64::from(ms)).min(MAX_TIMEOUT),
+        None => DEFAULT_TIMEOUT,
+    };
+    let safe = matches!(*method, Method::GET | Method::HEAD | Method::OPTIONS);
+    let retryable = safe || headers.contains_key("idempotency-key");
+    Ok(Route {
+        service,
+        requirements,
+        timeout,
+        retryable,
+    })
+}
+
+fn service_name(headers: &HeaderMap) -> Result<String, RouteError> {
+    let name =
+        if let Some(value) = headers.get(SERVICE_HEADER) {
+            value
+                .to_str()
+                .map_err(|_| {
+                    route_error(
+                        format!("{SERVICE_HEADER} is not text"),
+                        "send the service name as plain ASCII",
+                    )
+                })?
+                .trim()
+                .to_owned()
+        } else {
+            let host = headers
+                .get(http::header::HOST)
+                .and_then(|h| h.to_str().ok())
+                .ok_or_else(|| {
+                    route_error(
+                    "the request has no Host header naming a service",
+                    "call http://<service>.localhost:<proxy-port>/..., or set x-gossamer-service",
+                )
+                })?;
+            let host = host.rsplit_once(':').map_or(host, |(h, port)| {
+                if port.chars().all(|c| c.is_ascii_digit()) {
+                    h
+                } else {
+                    host
+                }
+            });
+            let host = host.trim_end_matches('.').to_ascii_lowercase();
+            match host.strip_suffix(".localhost") {
+                Some(prefix) => prefix.rsplit('.').next().unwrap_or(prefix).to_owned(),
+                None => return Err(route_error(
+                    format!("Host {host:?} does not name a service"),
+                    "call http://<service>.localhost:<proxy-port>/..., or set x-gossamer-service",
+                )),
+            }
+        };
+    validate_service_name(&name).map_err(|e| {
+        route_error(
+            e.to_string(),
+            "service names are DNS labels, for example billing-api",
+        )
+    })?;
+    Ok(name)
+}
+
+fn millis_header(headers: &HeaderMap, name: &str) -> Result<Option<u32>, RouteError> {
+    let Some(value) = headers.get(name) else {
+        return Ok(None);
+    };
+    value
+        .to_str()
+        .ok()
+        .and_then(|text| text.trim().parse::<u32>().ok())
+        .map(Some)
+        .ok_or_else(|| {
+            route_error(
+                format!("{name} is not a whole number of milliseconds"),
+                format!("send {name}: 20 for 20 ms"),
+            )
+        })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use http::HeaderValue;
+
+    fn headers(pairs: &[(&'static str, &'static str)]) -> HeaderMap {
+        let mut map = HeaderMap::new();
+        for (k, v) in pairs {
+            map.insert(*k, HeaderValue::from_static(v));
+        }
+        map
+    }
+
+    #[test]
+    fn service_comes_from_the_host_label_or_the_header() {
+        let r = route(&Method::GET, &headers(&[("host", "echo.localhost:4201")])).expect("routes");
+        assert_eq!(r.service, "echo");
+        assert!(r.retryable);
+        let r = route(
+            &Method::POST,
+            &headers(&[
+                ("host", "127.0.0.1:4201"),
+                ("x-gossamer-service", "billing"),
+            ]),
+        )
+        .expect("routes");
+        assert_eq!(r.service, "billing");
+        assert!(!r.retryable);
+        assert!(route(&Method::GET, &headers(&[("host", "127.0.0.1:4201")])).is_err());
+        assert!(route(&Method::GET, &HeaderMap::new()).is_err());
+        assert!(route(&Method::GET, &headers(&[("host", "Bad_Name.localhost")])).is_err());
+    }
+
+    #[test]
+    fn caller_requirements_and_timeout_are_parsed_or_refused() {
+        let r = route(
+            &Method::POST,
+            &headers(&[
+                ("host", "echo.localhost"),
+                ("x-gossamer-hard-rtt-ms", "20"),
+                ("x-gossamer-soft-rtt-ms", "5"),
+                ("x-gossamer-timeout-ms", "250"),
+                ("idempotency-key", "abc"),
+            ]),
+        )
+        .expect("routes");
+        assert_eq!(r.requirements.hard_rtt_ms, Some(20));
+        assert_eq!(r.requirements.soft_rtt_ms, Some(5));
+        assert_eq!(r.timeout, Duration::from_millis(250));
+        assert!(r.retryable);
+        assert!(route(
+            &Method::GET,
+            &headers(&[("host", "echo.localhost"), ("x-gossamer-hard-rtt-ms", "-1")])
+        )
+        .is_err());
+        assert!(route(
+            &Method::GET,
+            &headers(&[("host", "echo.localhost"), ("x-gossamer-timeout-ms", "0")])
+        )
+        .is_err());
+    }
+}

@@ -1,0 +1,147 @@
+//! Anti-entropy: every few seconds a push-pull of the catalog with a random
+//! active peer, so whatever a broadcast missed (a late joiner, a healed
+//! partition) is repaired. The exchange sends a digest first and then only
+//! the records each side lacks.
+
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::Duration;
+
+use anyhow::{anyhow, bail};
+use mesh_proto::codec;
+use mesh_proto::gossip::{StreamKind, SyncMessage, MAX_SYNC_MESSAGE};
+use quinn::{RecvStream, SendStream};
+use rand::seq::IteratorRandom;
+use tracing::{debug, warn};
+
+use crate::agent::Agent;
+use crate::config::Profile;
+use crate::metrics;
+use crate::transport::InboundStream;
+
+/// Tombstones are kept this long so late copies cannot resurrect a delete.
+pub const TOMBSTONE_TTL_MS: u64 = 24 * 60 * 60 * 1000;
+
+fn interval(profile: Profile) -> Duration {
+    match profile {
+        Profile::Local => Duration::from_secs(1),
+        Profile::Lan => Duration::from_secs(5),
+        Profile::Wan => Duration::from_secs(15),
+    }
+}
+
+/// The periodic push-pull loop.
+pub async fn run(agent: Arc<Agent>) {
+    let mut tick = tokio::time::interval(interval(agent.config.profile));
+    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    let mut rounds = 0u64;
+    loop {
+        tick.tick().await;
+        rounds += 1;
+        let peer = {
+            let active = agent.membership.active();
+            let members = active.borrow();
+            members.values().map(|m| m.addr).choose(&mut rand::rng())
+        };
+        if let Some(peer) = peer {
+            sync_with(&agent, peer).await;
+        }
+        if rounds % 60 == 0 {
+            agent.catalog.expire_tombstones(TOMBSTONE_TTL_MS);
+        }
+    }
+}
+
+/// One push-pull round with `peer`; failures are logged and left to the next round.
+pub async fn sync_with(agent: &Arc<Agent>, peer: SocketAddr) {
+    let result = tokio::time::timeout(Duration::from_secs(10), initiate(agent, peer)).await;
+    match result {
+        Ok(Ok(())) => {}
+        Ok(Err(e)) => debug!(%peer, error = %e, "anti-entropy round failed"),
+        Err(_) => debug!(%peer, "anti-entropy round timed out"),
+    }
+}
+
+async fn initiate(agent: &Arc<Agent>, peer: SocketAddr) -> anyhow::Result<()> {
+    let (mut send, mut recv, _) = agent.transport.open_stream(peer, StreamKind::Sync).await?;
+    let digest = agent.catalog.read(|c| c.digest());
+    write_message(&mut send, &SyncMessage::Digest(digest)).await?;
+    let SyncMessage::Records { records, wanted } = read_message(&mut recv).await? else {
+        bail!("peer answered a digest with something else");
+    };
+    apply_all(agent, records);
+    let push = agent.catalog.read(|c| c.select(&wanted));
+    write_message(&mut send, &SyncMessage::Push(push)).await?;
+    send.finish()?;
+    Ok(())
+}
+
+/// Answers a push-pull round a peer started.
+pub async fn answer(agent: &Arc<Agent>, mut stream: InboundStream) -> anyhow::Result<()> {
+    let SyncMessage::Digest(digest) = read_message(&mut stream.recv).await? else {
+        bail!("sync stream did not start with a digest");
+    };
+    let (records, wanted) = agent
+        .catalog
+        .read(|c| (c.newer_than(&digest), c.wanted_from(&digest)));
+    write_message(&mut stream.send, &SyncMessage::Records { records, wanted }).await?;
+    if let SyncMessage::Push(records) = read_message(&mut stream.recv).await? {
+        apply_all(agent, records);
+    }
+    stream.send.finish()?;
+    Ok(())
+}
+
+fn apply_all(agent: &Agent, records: Vec<mesh_proto::Record>) {
+    for record in records {
+        if let Err(reason) = agent.catalog.apply_remote(record) {
+            warn!(%reason, "refused a record from anti-entropy");
+        }
+    }
+}
+
+async fn write_message(send: &mut SendStream, message: &SyncMessage) -> anyhow::Result<()> {
+    let bytes = codec::encode(message)?;
+    if bytes.len() > MAX_SYNC_MESSAGE {
+        bail!(
+            "catalog message of {} bytes exceeds {MAX_SYNC_MESSAGE}",
+            bytes.len()
+        );
+    }
+    send.write_all(&(bytes.len() as u32).to_be_bytes()).await?;
+    send.write_all(&bytes).await?;
+    Ok(())
+}
+
+async fn read_message(recv: &mut RecvStream) -> anyhow::Result<SyncMessage> {
+    let mut len = [0u8; 4];
+    recv.read_exact(&mut len).await?;
+    let len = u32::from_be_bytes(len) as usize;
+    if len > MAX_SYNC_MESSAGE {
+        metrics::decode_error();
+        bail!("peer announced a {len}-byte catalog message; the limit is {MAX_SYNC_MESSAGE}");
+    }
+    let mut bytes = vec![0u8; len];
+    recv.read_exact(&mut bytes).await?;
+    codec::decode(&bytes, MAX_SYNC_MESSAGE).map_err(|e| {
+        metrics::decode_error();
+        anyhow!("undecodable catalog message: {e}")
+    })
+}
+
+/// Saves a catalog snapshot whenever the catalog changed, at most every 2 s.
+pub async fn persist_loop(agent: Arc<Agent>) {
+    let mut saved = 0u64;
+    loop {
+        tokio::time::sleep(Duration::from_secs(2)).await;
+        let index = agent.catalog.index();
+        if index == saved {
+            continue;
+        }
+        let result = agent.catalog.read(|c| agent.data.save_snapshot(c));
+        match result {
+            Ok(()) => saved = index,
+            Err(e) => warn!(error = %e, "cannot save the catalog snapshot; will retry"),
+        }
+    }
+}

@@ -1,0 +1,385 @@
+//! The QUIC endpoint: one per agent, serving and dialling, mutual TLS.
+//!
+//! Every connection, whichever side opened it, is served the same way:
+//! datagrams and unidirectional streams carry SWIM packets and RTT pings,
+//! bidirectional streams carry anti-entropy and proxied requests. The
+//! transport only moves bytes; what they mean is for the receivers of the
+//! [`Inbound`] channels.
+
+use std::collections::HashMap;
+use std::net::SocketAddr;
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use anyhow::{anyhow, Context};
+use bytes::Bytes;
+use mesh_proto::gossip::{DatagramKind, StreamKind, MAX_STREAM_PACKET};
+use quinn::crypto::rustls::{QuicClientConfig, QuicServerConfig};
+use quinn::{Connection, ConnectionError, Endpoint, RecvStream, SendStream};
+use tokio::sync::{mpsc, OnceCell};
+use tracing::{debug, warn};
+
+use crate::link_shim::{LinkRules, ShimSocket};
+use crate::metrics;
+use crate::tls::{ClusterTrust, CLUSTER_SERVER_NAME};
+
+/// A bidirectional stream a peer opened, with its kind already read.
+pub struct InboundStream {
+    /// What the stream is for.
+    pub kind: StreamKind,
+    /// The connection it arrived on.
+    pub connection: Connection,
+    /// Our sending half.
+    pub send: SendStream,
+    /// Our receiving half, positioned after the kind byte.
+    pub recv: RecvStream,
+}
+
+/// Where received traffic goes.
+#[derive(Clone)]
+pub struct Inbound {
+    /// SWIM packets, for the membership task.
+    pub swim: mpsc::Sender<Bytes>,
+    /// RTT pings and pongs with the connection they came on.
+    pub rtt: mpsc::Sender<(DatagramKind, Bytes, Connection)>,
+    /// Bidirectional streams (sync, proxy).
+    pub streams: mpsc::Sender<InboundStream>,
+}
+
+/// Timings of the QUIC layer.
+#[derive(Debug, Clone, Copy)]
+pub struct TransportTimings {
+    /// Give up dialling a peer after this long.
+    pub connect_timeout: Duration,
+    /// Close a connection that has been silent this long.
+    pub idle_timeout: Duration,
+    /// Send a keep-alive when nothing else was sent for this long.
+    pub keep_alive: Duration,
+}
+
+type Slot = Arc<OnceCell<Connection>>;
+
+/// The agent's QUIC endpoint and its connection cache.
+pub struct Transport {
+    endpoint: Endpoint,
+    client_config: quinn::ClientConfig,
+    connections: Mutex<HashMap<SocketAddr, Slot>>,
+    inbound: Inbound,
+    timings: TransportTimings,
+    failure_log: Mutex<HashMap<SocketAddr, Instant>>,
+}
+
+impl Transport {
+    /// Binds the endpoint on `bind` (through the link shim when rules exist).
+    pub fn bind(
+        bind: SocketAddr,
+        trust: &ClusterTrust,
+        rules: LinkRules,
+        timings: TransportTimings,
+        inbound: Inbound,
+    ) -> anyhow::Result<Arc<Self>> {
+        let mut transport_config = quinn::TransportConfig::default();
+        transport_config
+            .max_idle_timeout(Some(
+                timings
+                    .idle_timeout
+                    .try_into()
+                    .map_err(|_| anyhow!("idle timeout out of range"))?,
+            ))
+            .keep_alive_interval(Some(timings.keep_alive))
+            .max_concurrent_bidi_streams(4096u32.into())
+            .max_concurrent_uni_streams(1024u32.into())
+            .datagram_receive_buffer_size(Some(4 * 1024 * 1024));
+        let transport_config = Arc::new(transport_config);
+
+        let server_crypto = QuicServerConfig::try_from(trust.server_config()?)
+            .map_err(|e| anyhow!("TLS server config unusable for QUIC: {e}"))?;
+        let mut server_config = quinn::ServerConfig::with_crypto(Arc::new(server_crypto));
+        server_config.transport_config(transport_config.clone());
+
+        let client_crypto = QuicClientConfig::try_from(trust.client_config()?)
+            .map_err(|e| anyhow!("TLS client config unusable for QUIC: {e}"))?;
+        let mut client_config = quinn::ClientConfig::new(Arc::new(client_crypto));
+        client_config.transport_config(transport_config);
+
+        let socket = std::net::UdpSocket::bind(bind).map_err(|e| {
+            anyhow!(
+                "cannot bind the QUIC endpoint on {bind} (UDP): {e}; choose a free --bind address"
+            )
+        })?;
+        let runtime = quinn::default_runtime().context("no async runtime for QUIC")?;
+        let socket = runtime
+            .wrap_udp_socket(socket)
+            .context("cannot wrap the UDP socket")?;
+        let socket: Arc<dyn quinn::AsyncUdpSocket> = if rules.is_empty() {
+            socket
+        } else {
+            Arc::new(ShimSocket::new(socket, rules))
+        };
+        let endpoint = Endpoint::new_with_abstract_socket(
+            quinn::EndpointConfig::default(),
+            Some(server_config),
+            socket,
+            runtime,
+        )
+        .context("cannot start the QUIC endpoint")?;
+
+        let transport = Arc::new(Self {
+            endpoint,
+            client_config,
+            connections: Mutex::new(HashMap::new()),
+            inbound,
+            timings,
+            failure_log: Mutex::new(HashMap::new()),
+        });
+        tokio::spawn(accept_loop(transport.clone()));
+        Ok(transport)
+    }
+
+    /// The bound UDP address.
+    pub fn local_addr(&self) -> anyhow::Result<SocketAddr> {
+        self.endpoint
+            .local_addr()
+            .context("QUIC endpoint has no address")
+    }
+
+    /// A live connection to `addr`, dialling it if there is none. Concurrent
+    /// callers share one dial.
+    pub async fn connection(self: &Arc<Self>, addr: SocketAddr) -> anyhow::Result<Connection> {
+        let slot = {
+            let mut connections = self.lock_connections();
+            let slot = connections.entry(addr).or_default();
+            if slot.get().is_some_and(|c| c.close_reason().is_some()) {
+                *slot = Arc::default();
+            }
+            slot.clone()
+        };
+        let connection = slot.get_or_try_init(|| self.dial(addr)).await?.clone();
+        Ok(connection)
+    }
+
+    /// The cached connection to `addr`, if one is live (no dialling).
+    pub fn cached(&self, addr: SocketAddr) -> Option<Connection> {
+        let connections = self.lock_connections();
+        connections
+            .get(&addr)?
+            .get()
+            .filter(|c| c.close_reason().is_none())
+            .cloned()
+    }
+
+    async fn dial(self: &Arc<Self>, addr: SocketAddr) -> anyhow::Result<Connection> {
+        let connecting = self
+            .endpoint
+            .connect_with(self.client_config.clone(), addr, CLUSTER_SERVER_NAME)
+            .with_context(|| format!("cannot dial {addr}"))?;
+        let connection = match tokio::time::timeout(self.timings.connect_timeout, connecting).await
+        {
+            Err(_) => {
+                return Err(anyhow!(
+                    "no answer from {addr} within {:?}",
+                    self.timings.connect_timeout
+                ))
+            }
+            Ok(Err(e)) => {
+                self.note_failed_handshake(addr, &e);
+                return Err(anyhow!("handshake with {addr} failed: {e}"));
+            }
+            Ok(Ok(connection)) => connection,
+        };
+        tokio::spawn(serve_connection(self.clone(), connection.clone()));
+        Ok(connection)
+    }
+
+    /// Sends one SWIM packet to `addr`: as a datagram when it fits, else on a
+    /// unidirectional stream.
+    pub async fn send_swim(
+        self: &Arc<Self>,
+        addr: SocketAddr,
+        packet: &[u8],
+    ) -> anyhow::Result<()> {
+        let connection = self.connection(addr).await?;
+        let fits = connection
+            .max_datagram_size()
+            .is_some_and(|max| packet.len() < max);
+        metrics::gossip_packet("out", packet.len());
+        if fits {
+            let mut datagram = Vec::with_capacity(packet.len() + 1);
+            datagram.push(DatagramKind::Swim as u8);
+            datagram.extend_from_slice(packet);
+            connection
+                .send_datagram(Bytes::from(datagram))
+                .with_context(|| format!("cannot send a datagram to {addr}"))?;
+        } else {
+            let mut stream = connection.open_uni().await?;
+            stream.write_all(&[StreamKind::Swim as u8]).await?;
+            stream.write_all(packet).await?;
+            stream.finish()?;
+        }
+        Ok(())
+    }
+
+    /// Opens a bidirectional stream of `kind` to `addr`.
+    pub async fn open_stream(
+        self: &Arc<Self>,
+        addr: SocketAddr,
+        kind: StreamKind,
+    ) -> anyhow::Result<(SendStream, RecvStream, Connection)> {
+        let connection = self.connection(addr).await?;
+        let (mut send, recv) = connection
+            .open_bi()
+            .await
+            .with_context(|| format!("cannot open a stream to {addr}"))?;
+        send.write_all(&[kind as u8]).await?;
+        Ok((send, recv, connection))
+    }
+
+    /// Closes every connection and waits briefly for the close to be sent.
+    pub async fn shutdown(&self) {
+        self.endpoint.close(0u32.into(), b"agent stopping");
+        let _ = tokio::time::timeout(Duration::from_secs(1), self.endpoint.wait_idle()).await;
+    }
+
+    fn lock_connections(&self) -> std::sync::MutexGuard<'_, HashMap<SocketAddr, Slot>> {
+        // A poisoned cache only means a panic elsewhere; its data is still valid.
+        self.connections.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    fn remember_incoming(&self, connection: &Connection) {
+        let slot = Arc::new(OnceCell::new_with(Some(connection.clone())));
+        let mut connections = self.lock_connections();
+        let replace = connections
+            .get(&connection.remote_address())
+            .is_none_or(|s| s.get().is_none_or(|c| c.close_reason().is_some()));
+        if replace {
+            connections.insert(connection.remote_address(), slot);
+        }
+    }
+
+    fn forget(&self, connection: &Connection) {
+        let mut connections = self.lock_connections();
+        let addr = connection.remote_address();
+        if connections
+            .get(&addr)
+            .and_then(|s| s.get())
+            .is_some_and(|c| c.stable_id() == connection.stable_id())
+        {
+            connections.remove(&addr);
+        }
+    }
+
+    /// Counts a handshake that failed for a reason other than silence, and
+    /// logs it at most once per peer per minute.
+    fn note_failed_handshake(&self, peer: SocketAddr, error: &ConnectionError) {
+        if matches!(
+            error,
+            ConnectionError::TimedOut | ConnectionError::LocallyClosed
+        ) {
+            return;
+        }
+        metrics::handshake_failure();
+        let mut log = self.failure_log.lock().unwrap_or_else(|p| p.into_inner());
+        let now = Instant::now();
+        let due = log
+            .get(&peer)
+            .is_none_or(|last| now.duration_since(*last) >= Duration::from_secs(60));
+        if due {
+            log.insert(peer, now);
+            warn!(%peer, %error, "QUIC handshake failed (wrong passphrase or CA?); ignoring this peer");
+        }
+    }
+}
+
+async fn accept_loop(transport: Arc<Transport>) {
+    while let Some(incoming) = transport.endpoint.accept().await {
+        let transport = transport.clone();
+        tokio::spawn(async move {
+            let peer = incoming.remote_address();
+            match incoming.await {
+                Ok(connection) => {
+                    transport.remember_incoming(&connection);
+                    serve_connection(transport, connection).await;
+                }
+                Err(e) => transport.note_failed_handshake(peer, &e),
+            }
+        });
+    }
+}
+
+/// Serves one connection until it closes.
+async fn serve_connection(transport: Arc<Transport>, connection: Connection) {
+    let datagrams = read_datagrams(transport.inbound.clone(), connection.clone());
+    let uni = accept_uni(transport.inbound.clone(), connection.clone());
+    let bi = accept_bi(transport.inbound.clone(), connection.clone());
+    tokio::join!(datagrams, uni, bi);
+    transport.forget(&connection);
+    debug!(peer = %connection.remote_address(), reason = ?connection.close_reason(), "connection closed");
+}
+
+async fn read_datagrams(inbound: Inbound, connection: Connection) {
+    while let Ok(datagram) = connection.read_datagram().await {
+        let Some((&tag, _)) = datagram.split_first() else {
+            metrics::decode_error();
+            continue;
+        };
+        let body = datagram.slice(1..);
+        match DatagramKind::from_byte(tag) {
+            Some(DatagramKind::Swim) => {
+                metrics::gossip_packet("in", body.len());
+                // A full queue means the membership task is behind: dropping
+                // is what UDP would do, and SWIM tolerates it.
+                let _ = inbound.swim.try_send(body);
+            }
+            Some(kind @ (DatagramKind::Ping | DatagramKind::Pong)) => {
+                let _ = inbound.rtt.try_send((kind, body, connection.clone()));
+            }
+            None => metrics::decode_error(),
+        }
+    }
+}
+
+async fn accept_uni(inbound: Inbound, connection: Connection) {
+    while let Ok(mut stream) = connection.accept_uni().await {
+        let inbound = inbound.clone();
+        tokio::spawn(async move {
+            let Ok(bytes) = stream.read_to_end(MAX_STREAM_PACKET + 1).await else {
+                metrics::decode_error();
+                return;
+            };
+            match bytes.split_first() {
+                Some((&tag, body)) if StreamKind::from_byte(tag) == Some(StreamKind::Swim) => {
+                    metrics::gossip_packet("in", body.len());
+                    let _ = inbound.swim.send(Bytes::copy_from_slice(body)).await;
+                }
+                _ => metrics::decode_error(),
+            }
+        });
+    }
+}
+
+async fn accept_bi(inbound: Inbound, connection: Connection) {
+    while let Ok((send, mut recv)) = connection.accept_bi().await {
+        let inbound = inbound.clone();
+        let connection = connection.clone();
+        tokio::spawn(async move {
+            let mut tag = [0u8; 1];
+            if recv.read_exact(&mut tag).await.is_err() {
+                return;
+            }
+            match StreamKind::from_byte(tag[0]) {
+                Some(kind @ (StreamKind::Sync | StreamKind::Proxy | StreamKind::Hello)) => {
+                    let _ = inbound
+                        .streams
+                        .send(InboundStream {
+                            kind,
+                            connection,
+                            send,
+                            recv,
+                        })
+                        .await;
+                }
+                _ => metrics::decode_error(),
+            }
+        });
+    }
+}

@@ -1,0 +1,150 @@
+//! What the admin API shows: the agent's state turned into the JSON bodies of
+//! `mesh_proto::api`.
+
+use std::collections::BTreeMap;
+use std::time::Instant;
+
+use client::select::Requirements;
+use mesh_proto::api::{
+    HealthView, InstanceView, InstancesView, MemberCounts, MemberState, NodeView, ServiceSummary,
+};
+use mesh_proto::catalog::Health;
+
+use crate::agent::Agent;
+use crate::upstreams::{self, live_instances};
+
+/// `GET /v1/health`.
+pub async fn health(agent: &Agent) -> HealthView {
+    let members = agent.membership.members().await;
+    let count = |state| members.iter().filter(|m| m.state == state).count();
+    HealthView {
+        node_id: agent.node_id().to_string(),
+        ready: agent.is_ready(),
+        members: MemberCounts {
+            alive: count(MemberState::Alive),
+            suspect: count(MemberState::Suspect),
+            down: count(MemberState::Down),
+        },
+        catalog_index: agent.catalog.index(),
+        version: env!("CARGO_PKG_VERSION").to_owned(),
+    }
+}
+
+/// `GET /v1/nodes`: every member foca remembers, with RTT and metadata.
+pub async fn nodes(agent: &Agent) -> Vec<NodeView> {
+    let members = agent.membership.members().await;
+    let metas: BTreeMap<_, _> = agent
+        .catalog
+        .read(|c| c.nodes().map(|n| (n.node.clone(), n.clone())).collect());
+    let now = Instant::now();
+    let mut views: Vec<NodeView> = members
+        .into_iter()
+        .map(|member| {
+            let node = &member.identity.node_id;
+            let is_self = node == agent.node_id();
+            if let Some(Some(coordinate)) = metas.get(node).map(|m| m.coordinate.as_ref()) {
+                agent.rtt.learn_coordinate(node, coordinate);
+            }
+            let (rtt_ms, rtt_source) = agent.rtt.get(node);
+            NodeView {
+                id: node.to_string(),
+                address: member.identity.addr.to_string(),
+                state: member.state,
+                generation: member.identity.generation,
+                last_heard_ms: member
+                    .last_heard
+                    .map(|t| now.saturating_duration_since(t).as_millis() as u64),
+                rtt_ms: rtt_ms.map(round2),
+                rtt_source,
+                is_self,
+                meta: metas.get(node).cloned(),
+            }
+        })
+        .collect();
+    views.sort_by(|a, b| a.id.cmp(&b.id));
+    views
+}
+
+/// `GET /v1/services`: definitions and services that only have instances.
+pub fn services(agent: &Agent) -> Vec<ServiceSummary> {
+    let mut summaries: BTreeMap<String, ServiceSummary> = agent.catalog.read(|c| {
+        c.definitions()
+            .map(|d| {
+                (
+                    d.name.clone(),
+                    ServiceSummary {
+                        name: d.name.clone(),
+                        definition: Some(d.clone()),
+                        instances: 0,
+                        passing: 0,
+                    },
+                )
+            })
+            .collect()
+    });
+    let names: Vec<String> = agent
+        .catalog
+        .read(|c| c.instances().map(|i| i.service.clone()).collect());
+    for name in names {
+        summaries
+            .entry(name.clone())
+            .or_insert_with(|| ServiceSummary {
+                name,
+                definition: None,
+                instances: 0,
+                passing: 0,
+            });
+    }
+    for summary in summaries.values_mut() {
+        let live = live_instances(agent, &summary.name);
+        summary.instances = live.len();
+        summary.passing = live.iter().filter(|i| i.health == Health::Passing).count();
+    }
+    summaries.into_values().collect()
+}
+
+/// `GET /v1/services/{name}/instances`: eligible first (best first), then the rest with reasons.
+pub fn instances(agent: &Agent, service: &str, caller: Requirements) -> InstancesView {
+    let requirements = upstreams::effective_requirements(agent, service, caller);
+    let live = live_instances(agent, service);
+    let candidates = upstreams::candidates(agent, &live);
+    let ranking = agent.upstreams.rank(service, &candidates, requirements);
+    let by_id: BTreeMap<&str, &mesh_proto::Instance> =
+        live.iter().map(|i| (i.id.as_str(), i)).collect();
+    let view = |candidate: &client::select::Candidate, within_soft: bool, ineligible| {
+        by_id
+            .get(candidate.instance_id.as_str())
+            .map(|instance| InstanceView {
+                instance: (*instance).clone(),
+                rtt_ms: candidate.rtt_ms.map(round2),
+                rtt_source: candidate.rtt_source,
+                within_soft,
+                ineligible,
+            })
+    };
+    InstancesView {
+        service: service.to_owned(),
+        hard_rtt_ms: requirements.hard_rtt_ms,
+        soft_rtt_ms: requirements.soft_rtt_ms,
+        eligible: ranking
+            .eligible
+            .iter()
+            .filter_map(|r| view(&r.candidate, r.within_soft, None))
+            .collect(),
+        ineligible: ranking
+            .ineligible
+            .iter()
+            .filter_map(|(c, why)| {
+                let within_soft = match (requirements.soft_rtt_ms, c.rtt_ms) {
+                    (Some(soft), Some(rtt)) => rtt <= f64::from(soft),
+                    _ => false,
+                };
+                view(c, within_soft, Some(why.clone()))
+            })
+            .collect(),
+    }
+}
+
+fn round2(ms: f64) -> f64 {
+    (ms * 100.0).round() / 100.0
+}

@@ -59,8 +59,9 @@ pub struct Agent {
     shutdown: watch::Sender<bool>,
 }
 
-/// Where the agent's listeners ended up.
-#[derive(Debug, Clone, Copy)]
+/// Where the agent's listeners ended up (written to `listeners.json` in the
+/// data dir once ready, for tools and tests that asked for port 0).
+#[derive(Debug, Clone, Copy, serde::Serialize, serde::Deserialize)]
 pub struct Listeners {
     /// QUIC endpoint.
     pub quic: SocketAddr,
@@ -254,6 +255,8 @@ pub async fn start(config: AgentConfig) -> anyhow::Result<RunningAgent> {
 
     write_node_meta(&agent).await;
     registry::restore(&agent).await;
+    let listeners_json = serde_json::to_vec_pretty(&agent.listeners)?;
+    crate::persist::write_atomic(&agent.data.path().join("listeners.json"), &listeners_json)?;
     agent.ready.store(true, Ordering::Relaxed);
     info!(
         node = %agent.node_id(),

@@ -1,0 +1,366 @@
+//! The shared harness of the agent tests: starts real `gossamer agent`
+//! processes on free loopback ports, waits for readiness by polling with a
+//! deadline (never a fixed sleep), and stops or kills them.
+#![allow(dead_code)]
+
+use std::future::Future;
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+use client::Client;
+use serde::Deserialize;
+
+/// The passphrase every test cluster uses unless a test says otherwise.
+pub const PSK: &str = "test-cluster-passphrase";
+
+/// Polls `check` every 50 ms until it returns `Some`, or panics after `timeout`.
+pub async fn eventually<T, F, Fut>(what: &str, timeout: Duration, mut check: F) -> T
+where
+    F: FnMut() -> Fut,
+    Fut: Future<Output = Option<T>>,
+{
+    let deadline = Instant::now() + timeout;
+    loop {
+        if let Some(value) = check().await {
+            return value;
+        }
+        if Instant::now() > deadline {
+            panic!("timed out after {timeout:?} waiting for: {what}");
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}
+
+/// Listener addresses an agent reports in `listeners.json`.
+#[derive(Debug, Clone, Copy, Deserialize)]
+pub struct Listeners {
+    pub quic: SocketAddr,
+    pub admin: SocketAddr,
+    pub proxy: SocketAddr,
+    pub metrics: Option<SocketAddr>,
+}
+
+/// How to start one agent.
+#[derive(Debug, Clone)]
+pub struct Spec {
+    pub node_id: String,
+    pub psk: String,
+    pub join: Vec<SocketAddr>,
+    pub extra: Vec<String>,
+    pub metrics: bool,
+}
+
+impl Spec {
+    pub fn new(node_id: &str) -> Self {
+        Self {
+            node_id: node_id.to_owned(),
+            psk: PSK.to_owned(),
+            join: Vec::new(),
+            extra: Vec::new(),
+            metrics: false,
+        }
+    }
+
+    pub fn join(mut self, seed: &AgentProc) -> Self {
+        self.join.push(seed.listeners.quic);
+        self
+    }
+
+    pub fn psk(mut self, psk: &str) -> Self {
+        self.psk = psk.to_owned();
+        self
+    }
+
+    pub fn arg(mut self, arg: impl Into<String>) -> Self {
+        self.extra.push(arg.into());
+        self
+    }
+
+    pub fn with_metrics(mut self) -> Self {
+        self.metrics = true;
+        self
+    }
+}
+
+/// A running `gossamer agent` process.
+pub struct AgentProc {
+    pub spec: Spec,
+    pub data_dir: PathBuf,
+    pub listeners: Listeners,
+    child: Option<Child>,
+}
+
+fn scratch_dir(name: &str) -> PathBuf {
+    let dir = std::env::temp_dir().join(format!(
+        "gossamer-test-{name}-{}-{}",
+        std::process::id(),
+        rand::random::<u32>()
+    ));
+    std::fs::create_dir_all(&dir).expect("create scratch dir");
+    dir
+}
+
+impl AgentProc {
+    /// Starts an agent and waits until its admin API says it is ready.
+    pub async fn start(spec: Spec) -> Self {
+        let data_dir = scratch_dir(&spec.node_id);
+        Self::start_in(spec, data_dir).await
+    }
+
+    async fn start_in(spec: Spec, data_dir: PathBuf) -> Self {
+        let _ = std::fs::remove_file(data_dir.join("listeners.json"));
+        let log = std::fs::OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(data_dir.join("agent.log"))
+            .expect("open agent log");
+        let mut command = Command::new(env!("CARGO_BIN_EXE_gossamer"));
+        command
+            .arg("agent")
+            .args(["--node-id", &spec.node_id])
+            .args(["--bind", "127.0.0.1:0"])
+            .args(["--admin-listen", "127.0.0.1:0"])
+            .args(["--proxy-listen", "127.0.0.1:0"])
+            .args(["--metrics-listen", "127.0.0.1:0"])
+            .args(["--profile", "local"])
+            .args(["--psk", &spec.psk])
+            .arg("--data-dir")
+            .arg(&data_dir)
+            .args(&spec.extra)
+            .env("GOSSAMER_LOG", "info,sidecar=debug")
+            .env_remove("GOSSAMER_JOIN")
+            .stdin(Stdio::null())
+            .stdout(log.try_clone().expect("clone log"))
+            .stderr(log);
+        for seed in &spec.join {
+            command.args(["--join", &seed.to_string()]);
+        }
+        let child = command.spawn().expect("spawn gossamer agent");
+        let listeners_path = data_dir.join("listeners.json");
+        let mut proc = AgentProc {
+            spec,
+            data_dir,
+            listeners: Listeners {
+                quic: "127.0.0.1:1".parse().expect("addr"),
+                admin: "127.0.0.1:1".parse().expect("addr"),
+                proxy: "127.0.0.1:1".parse().expect("addr"),
+                metrics: None,
+            },
+            child: Some(child),
+        };
+        let log_path = proc.data_dir.join("agent.log");
+        proc.listeners = eventually(
+            "agent to write listeners.json",
+            Duration::from_secs(30),
+            || {
+                let path = listeners_path.clone();
+                let child = proc.child.as_mut().map(|c| c.try_wait());
+                let log_path = log_path.clone();
+                async move {
+                    if let Some(Ok(Some(status))) = child {
+                        panic!(
+                            "agent exited early with {status}: {}",
+                            std::fs::read_to_string(log_path).unwrap_or_default()
+                        );
+                    }
+                    let bytes = std::fs::read(path).ok()?;
+                    serde_json::from_slice(&bytes).ok()
+                }
+            },
+        )
+        .await;
+        let client = proc.client();
+        eventually("agent health to say ready", Duration::from_secs(20), || {
+            let client = client.clone();
+            async move { client.health().await.ok().filter(|h| h.ready) }
+        })
+        .await;
+        proc
+    }
+
+    /// Starts the same agent again on the same data dir.
+    pub async fn restart(&mut self) {
+        self.kill();
+        let fresh = Self::start_in(self.spec.clone(), self.data_dir.clone()).await;
+        self.listeners = fresh.listeners;
+        self.child = fresh.into_child();
+    }
+
+    fn into_child(mut self) -> Option<Child> {
+        self.child.take()
+    }
+
+    pub fn node_id(&self) -> &str {
+        &self.spec.node_id
+    }
+
+    pub fn client(&self) -> Client {
+        Client::new(&format!("http://{}", self.listeners.admin)).expect("client")
+    }
+
+    pub fn pid(&self) -> Option<u32> {
+        self.child.as_ref().map(Child::id)
+    }
+
+    /// SIGKILL: a crash, no leave, no deregistration.
+    pub fn kill(&mut self) {
+        if let Some(mut child) = self.child.take() {
+            let _ = child.kill();
+            let _ = child.wait();
+        }
+    }
+
+    /// SIGTERM and wait for the exit status.
+    pub fn terminate(&mut self) -> Option<std::process::ExitStatus> {
+        let mut child = self.child.take()?;
+        let _ = Command::new("kill")
+            .args(["-TERM", &child.id().to_string()])
+            .status();
+        let deadline = Instant::now() + Duration::from_secs(15);
+        loop {
+            if let Ok(Some(status)) = child.try_wait() {
+                return Some(status);
+            }
+            if Instant::now() > deadline {
+                let _ = child.kill();
+                return child.wait().ok();
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        }
+    }
+
+    pub fn log(&self) -> String {
+        std::fs::read_to_string(self.data_dir.join("agent.log")).unwrap_or_default()
+    }
+
+    /// The node ids this agent lists in a given state.
+    pub async fn members_in(&self, state: &str) -> Vec<String> {
+        match self.client().nodes().await {
+            Ok(nodes) => {
+                let mut ids: Vec<String> = nodes
+                    .into_iter()
+                    .filter(|n| n.state.as_str() == state)
+                    .map(|n| n.id)
+                    .collect();
+                ids.sort();
+                ids
+            }
+            Err(_) => Vec::new(),
+        }
+    }
+
+    /// The raw Prometheus text of this agent.
+    pub async fn metrics_text(&self) -> String {
+        let addr = self.listeners.metrics.expect("metrics enabled");
+        http_get(addr, "/metrics", &[])
+            .await
+            .map(|(_, _, body)| body)
+            .unwrap_or_default()
+    }
+}
+
+impl Drop for AgentProc {
+    fn drop(&mut self) {
+        self.kill();
+        if !std::thread::panicking() {
+            let _ = std::fs::remove_dir_all(&self.data_dir);
+        } else {
+            eprintln!(
+                "agent {} log kept in {}",
+                self.spec.node_id,
+                self.data_dir.display()
+            );
+        }
+    }
+}
+
+/// Starts `n` agents: the first is the seed, the rest join it.
+pub async fn cluster(prefix: &str, n: usize) -> Vec<AgentProc> {
+    let seed = AgentProc::start(Spec::new(&format!("{prefix}-1"))).await;
+    let mut agents = vec![seed];
+    for i in 2..=n {
+        let spec = Spec::new(&format!("{prefix}-{i}")).join(&agents[0]);
+        agents.push(AgentProc::start(spec).await);
+    }
+    agents
+}
+
+/// Waits until every agent lists exactly `expected` alive.
+pub async fn wait_alive(agents: &[&AgentProc], expected: &[&str], timeout: Duration) {
+    let mut expected: Vec<String> = expected.iter().map(|s| s.to_string()).collect();
+    expected.sort();
+    for agent in agents {
+        let want = expected.clone();
+        eventually(
+            &format!("{} to list {:?} alive", agent.node_id(), want),
+            timeout,
+            || {
+                let want = want.clone();
+                async move { (agent.members_in("alive").await == want).then_some(()) }
+            },
+        )
+        .await;
+    }
+}
+
+/// One HTTP/1.1 request with a fresh connection: (status, headers, body).
+pub async fn http_request(
+    addr: SocketAddr,
+    method: &str,
+    path: &str,
+    headers: &[(&str, &str)],
+    body: Vec<u8>,
+) -> Option<(u16, http::HeaderMap, String)> {
+    use http_body_util::{BodyExt, Full};
+    let stream = tokio::net::TcpStream::connect(addr).await.ok()?;
+    let (mut sender, connection) =
+        hyper::client::conn::http1::handshake(hyper_util::rt::TokioIo::new(stream))
+            .await
+            .ok()?;
+    tokio::spawn(connection);
+    let mut request = http::Request::builder().method(method).uri(path);
+    for (k, v) in headers {
+        request = request.header(*k, *v);
+    }
+    let request = request.body(Full::new(bytes::Bytes::from(body))).ok()?;
+    let response = sender.send_request(request).await.ok()?;
+    let status = response.status().as_u16();
+    let headers = response.headers().clone();
+    let body = response.into_body().collect().await.ok()?.to_bytes();
+    Some((status, headers, String::from_utf8_lossy(&body).into_owned()))
+}
+
+/// GET through `http_request`.
+pub async fn http_get(
+    addr: SocketAddr,
+    path: &str,
+    headers: &[(&str, &str)],
+) -> Option<(u16, http::HeaderMap, String)> {
+    http_request(addr, "GET", path, headers, Vec::new()).await
+}
+
+/// An echo service on a free loopback port, in this test process.
+pub async fn echo_service(name: &str) -> (u16, tokio::task::JoinHandle<()>) {
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
+        .await
+        .expect("bind echo");
+    let port = listener.local_addr().expect("addr").port();
+    let handle = tokio::spawn(sidecar::echo::serve(listener, name.to_owned()));
+    (port, handle)
+}
+
+/// Reads a counter or gauge value (summed over matching label sets) from Prometheus text.
+pub fn metric_value(text: &str, name: &str, label_filter: &[(&str, &str)]) -> f64 {
+    text.lines()
+        .filter(|l| !l.starts_with('#'))
+        .filter(|l| l.starts_with(name) && l[name.len()..].starts_with(['{', ' ']))
+        .filter(|l| {
+            label_filter
+                .iter()
+                .all(|(k, v)| l.contains(&format!("{k}=\"{v}\"")))
+        })
+        .filter_map(|l| l.rsplit(' ').next()?.parse::<f64>().ok())
+        .sum()
+}

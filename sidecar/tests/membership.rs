@@ -1,0 +1,186 @@
+//! Membership: agents form a SWIM cluster over mutually authenticated QUIC.
+
+mod common;
+
+use std::time::Duration;
+
+use common::{cluster, eventually, metric_value, wait_alive, AgentProc, Spec};
+
+const CONVERGE: Duration = Duration::from_secs(20);
+
+#[tokio::test]
+async fn three_agents_join_through_one_seed_and_all_list_each_other_alive() {
+    let agents = cluster("trio", 3).await;
+    let refs: Vec<&AgentProc> = agents.iter().collect();
+    wait_alive(&refs, &["trio-1", "trio-2", "trio-3"], CONVERGE).await;
+    let nodes = agents[2].client().nodes().await.expect("nodes");
+    let seed = nodes
+        .iter()
+        .find(|n| n.id == "trio-1")
+        .expect("seed listed");
+    assert_eq!(seed.address, agents[0].listeners.quic.to_string());
+    assert!(seed.generation > 0);
+    let health = agents[1].client().health().await.expect("health");
+    assert!(health.ready);
+    assert_eq!(health.members.alive, 3);
+}
+
+#[tokio::test]
+async fn a_crashed_agent_is_marked_down_and_a_terminated_one_leaves_promptly() {
+    let mut agents = cluster("fail", 4).await;
+    let refs: Vec<&AgentProc> = agents.iter().collect();
+    wait_alive(&refs, &["fail-1", "fail-2", "fail-3", "fail-4"], CONVERGE).await;
+
+    // SIGTERM: the agent leaves the cluster and exits 0.
+    let status = agents[3].terminate().expect("exit status");
+    assert!(status.success(), "agent exited with {status}");
+    let watchers: Vec<&AgentProc> = agents[..3].iter().collect();
+    for agent in &watchers {
+        eventually(
+            "the terminated agent to be down",
+            Duration::from_secs(5),
+            || async {
+                agent
+                    .members_in("down")
+                    .await
+                    .contains(&"fail-4".to_string())
+                    .then_some(())
+            },
+        )
+        .await;
+    }
+
+    // SIGKILL: no leave; failure detection marks it down.
+    agents[2].kill();
+    let watchers: Vec<&AgentProc> = agents[..2].iter().collect();
+    for agent in &watchers {
+        eventually("the killed agent to be down", CONVERGE, || async {
+            agent
+                .members_in("down")
+                .await
+                .contains(&"fail-3".to_string())
+                .then_some(())
+        })
+        .await;
+    }
+}
+
+#[tokio::test]
+async fn an_agent_with_another_passphrase_never_joins_and_the_handshake_failure_is_counted() {
+    let seed = AgentProc::start(Spec::new("psk-seed")).await;
+    let member = AgentProc::start(Spec::new("psk-member").join(&seed)).await;
+    let intruder = AgentProc::start(
+        Spec::new("psk-intruder")
+            .psk("not-the-cluster-passphrase")
+            .join(&seed),
+    )
+    .await;
+    wait_alive(&[&seed, &member], &["psk-member", "psk-seed"], CONVERGE).await;
+
+    eventually("the seed to count a failed handshake", CONVERGE, || async {
+        let text = seed.metrics_text().await;
+        (metric_value(&text, "gossamer_handshake_failures_total", &[]) >= 1.0).then_some(())
+    })
+    .await;
+    // It keeps retrying the join; give it a few rounds, then check nobody lists it.
+    eventually("the intruder to log its failed joins", CONVERGE, || async {
+        intruder.log().contains("cannot join yet").then_some(())
+    })
+    .await;
+    for agent in [&seed, &member] {
+        let nodes = agent.client().nodes().await.expect("nodes");
+        assert!(
+            nodes.iter().all(|n| n.id != "psk-intruder"),
+            "{} lists the intruder",
+            agent.node_id()
+        );
+    }
+    let nodes = intruder.client().nodes().await.expect("nodes");
+    assert_eq!(nodes.len(), 1, "the intruder sees only itself: {nodes:?}");
+}
+
+#[tokio::test]
+async fn a_restarted_agent_keeps_its_id_and_rejoins_with_a_higher_generation() {
+    let seed = AgentProc::start(Spec::new("re-seed")).await;
+    let mut member = AgentProc::start(Spec::new("re-member").join(&seed)).await;
+    wait_alive(&[&seed, &member], &["re-member", "re-seed"], CONVERGE).await;
+    let before = seed
+        .client()
+        .nodes()
+        .await
+        .expect("nodes")
+        .into_iter()
+        .find(|n| n.id == "re-member")
+        .expect("member listed")
+        .generation;
+
+    member.restart().await;
+    let after = eventually(
+        "the seed to see the new generation alive",
+        CONVERGE,
+        || async {
+            let nodes = seed.client().nodes().await.ok()?;
+            let node = nodes.into_iter().find(|n| n.id == "re-member")?;
+            (node.generation > before && node.state.as_str() == "alive").then_some(node.generation)
+        },
+    )
+    .await;
+    assert!(after > before);
+    let health = member.client().health().await.expect("health");
+    assert_eq!(health.node_id, "re-member");
+}
+
+#[tokio::test]
+async fn user_errors_exit_non_zero_with_a_one_line_explanation() {
+    let run = |args: &[&str]| {
+        let output = std::process::Command::new(env!("CARGO_BIN_EXE_gossamer"))
+            .args(args)
+            .env_remove("GOSSAMER_JOIN")
+            .output()
+            .expect("run gossamer");
+        (
+            output.status.code(),
+            String::from_utf8_lossy(&output.stderr).into_owned(),
+        )
+    };
+    let (code, err) = run(&["agent", "--data-dir", "/tmp/gossamer-test-nopsk"]);
+    assert_eq!(code, Some(1));
+    assert!(err.contains("no cluster passphrase"), "{err}");
+    let (code, err) = run(&["agent", "--dev", "--join", "not-an-address"]);
+    assert_eq!(code, Some(1));
+    assert!(err.contains("is not HOST:PORT"), "{err}");
+    let (code, err) = run(&["agent", "--dev", "--service", "echo"]);
+    assert_eq!(code, Some(1));
+    assert!(err.contains("NAME=PORT"), "{err}");
+    let (code, err) = run(&[
+        "agent",
+        "--psk",
+        "abcdefghij",
+        "--data-dir",
+        "/proc/gossamer-cannot-write",
+    ]);
+    assert_eq!(code, Some(1));
+    assert!(err.contains("data dir"), "{err}");
+    assert!(!err.contains("panicked"), "{err}");
+
+    // A port in use.
+    let taken = std::net::TcpListener::bind("127.0.0.1:0").expect("bind");
+    let port = taken.local_addr().expect("addr").to_string();
+    let (code, err) = run(&[
+        "agent",
+        "--dev",
+        "--bind",
+        "127.0.0.1:0",
+        "--admin-listen",
+        &port,
+        "--metrics-listen",
+        "127.0.0.1:0",
+        "--proxy-listen",
+        "127.0.0.1:0",
+    ]);
+    assert_eq!(code, Some(1));
+    assert!(
+        err.contains("cannot listen on") && err.contains("--admin-listen"),
+        "{err}"
+    );
+}

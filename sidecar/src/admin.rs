@@ -2,6 +2,10 @@
 //! reads with blocking queries, and writes. Bad input gets 400 with `error`
 //! and `hint`; unknown names 404; never a 500 for anything a caller sent.
 
+// Validation errors here *are* the HTTP reply, built once on the error path
+// of a request; boxing them would only add an allocation.
+#![allow(clippy::result_large_err)]
+
 use std::sync::Arc;
 use std::time::Duration;
 

@@ -221,6 +221,7 @@ pub async fn start(config: AgentConfig) -> anyhow::Result<RunningAgent> {
 
     let registrations = data.registrations()?;
     let config_allow_estimated = config.allow_estimated_rtt;
+    let config_base_ejection = config.base_ejection;
     let (shutdown, _) = watch::channel(false);
     let agent = Arc::new(Agent {
         config,
@@ -234,6 +235,7 @@ pub async fn start(config: AgentConfig) -> anyhow::Result<RunningAgent> {
         link_rules,
         upstreams: Upstreams::new(BalancerConfig {
             allow_estimated_rtt: config_allow_estimated,
+            base_ejection: config_base_ejection,
             ..BalancerConfig::default()
         }),
         http: local_client(),

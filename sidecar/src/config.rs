@@ -95,6 +95,9 @@ pub struct AgentArgs {
     /// Failure domain advertised in node metadata.
     #[arg(long, env = "GOSSAMER_ZONE")]
     pub zone: Option<String>,
+    /// How long an instance is ejected after 5 consecutive failures, doubling on repeats [default: 30000].
+    #[arg(long, env = "GOSSAMER_BASE_EJECTION_MS")]
+    pub base_ejection_ms: Option<u64>,
     /// Let estimated (Vivaldi) RTT satisfy hard requirements.
     #[arg(long, env = "GOSSAMER_ALLOW_ESTIMATED_RTT")]
     #[serde(default)]
@@ -160,6 +163,8 @@ pub struct AgentConfig {
     pub zone: Option<String>,
     /// Whether estimated RTT satisfies hard requirements.
     pub allow_estimated_rtt: bool,
+    /// Base ejection time of failing instances.
+    pub base_ejection: Duration,
     /// Test-only per-peer delays.
     pub link_delays: Vec<(SocketAddr, Duration)>,
     /// Test-only per-peer drops.
@@ -216,6 +221,7 @@ impl AgentArgs {
             services: pick_vec(self.services, file.services),
             profile: self.profile.or(file.profile),
             zone: self.zone.or(file.zone),
+            base_ejection_ms: self.base_ejection_ms.or(file.base_ejection_ms),
             allow_estimated_rtt: self.allow_estimated_rtt || file.allow_estimated_rtt,
             dev: self.dev || file.dev,
             debug_link_delay: pick_vec(self.debug_link_delay, file.debug_link_delay),
@@ -298,6 +304,11 @@ impl AgentArgs {
                 .unwrap_or(if dev { Profile::Local } else { Profile::Lan }),
             zone: self.zone,
             allow_estimated_rtt: self.allow_estimated_rtt,
+            base_ejection: Duration::from_millis(
+                self.base_ejection_ms
+                    .unwrap_or(30_000)
+                    .clamp(100, 3_600_000),
+            ),
             link_delays,
             link_drops,
         })

@@ -49,6 +49,7 @@ pub fn local_config(
         profile: Profile::Local,
         zone: None,
         allow_estimated_rtt: false,
+        base_ejection: Duration::from_secs(30),
         link_delays: delays,
         link_drops: Vec::new(),
     }

@@ -35,7 +35,7 @@ pub async fn run(agent: Arc<Agent>) {
                     info!(%target, peer = %peer.node_id, "joined the cluster");
                     joined = true;
                 }
-                Err(e) if attempt == 1 || attempt % 10 == 0 => {
+                Err(e) if attempt == 1 || attempt.is_multiple_of(10) => {
                     warn!(%target, error = %e, attempt, "cannot join yet; retrying with backoff")
                 }
                 Err(_) => {}

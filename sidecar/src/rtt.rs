@@ -167,7 +167,7 @@ pub async fn run(
                 seq += 1;
                 ticks += 1;
                 sample_all(&agent, seq).await;
-                if ticks % 10 == 0 && agent.rtt.coordinate_moved() {
+                if ticks.is_multiple_of(10) && agent.rtt.coordinate_moved() {
                     crate::agent::write_node_meta(&agent).await;
                 }
             }

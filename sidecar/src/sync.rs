@@ -46,7 +46,7 @@ pub async fn run(agent: Arc<Agent>) {
         if let Some(peer) = peer {
             sync_with(&agent, peer).await;
         }
-        if rounds % 60 == 0 {
+        if rounds.is_multiple_of(60) {
             agent.catalog.expire_tombstones(TOMBSTONE_TTL_MS);
         }
     }

@@ -326,7 +326,7 @@ fn no_upstream(
     let error_text = if live.is_empty() {
         format!("no instance of {service:?} is registered on any live node")
     } else {
-        format!("{service}: {error}")
+        format!("{service}: {}", error.message())
     };
     let hint = if live.is_empty() {
         "register one with `gossamer register NAME --port P` or PUT /v1/instances, then retry"

@@ -364,3 +364,102 @@ pub fn metric_value(text: &str, name: &str, label_filter: &[(&str, &str)]) -> f6
         .filter_map(|l| l.rsplit(' ').next()?.parse::<f64>().ok())
         .sum()
 }
+
+/// Three agents: b and c joined, a joining them with links of `delays_ms`
+/// (to b, to c) through the link-delay shim; an echo service behind b and c
+/// (and behind a when `echo_on_a`), all registered as `service`.
+pub struct Trio {
+    pub a: AgentProc,
+    pub b: AgentProc,
+    pub c: AgentProc,
+    pub echo_ports: Vec<(String, u16)>,
+    _echoes: Vec<tokio::task::JoinHandle<()>>,
+}
+
+pub async fn delayed_trio(
+    prefix: &str,
+    service: &str,
+    echo_on_a: bool,
+    delays_ms: (u64, u64),
+    extra: &[&str],
+) -> Trio {
+    let mut echoes = Vec::new();
+    let mut echo_ports = Vec::new();
+    let spec_with_echo = |name: String, spec: Spec| {
+        let name_for_echo = name.clone();
+        async move {
+            let (port, handle) = echo_service(&format!("{service}@{name_for_echo}")).await;
+            (
+                spec.arg("--service").arg(format!("{service}={port}")),
+                port,
+                handle,
+                name,
+            )
+        }
+    };
+    let start_extra = |mut spec: Spec| {
+        for arg in extra {
+            spec = spec.arg(*arg);
+        }
+        spec
+    };
+    let (spec_b, port_b, echo_b, name_b) = spec_with_echo(
+        format!("{prefix}-b"),
+        start_extra(Spec::new(&format!("{prefix}-b")).with_metrics()),
+    )
+    .await;
+    let b = AgentProc::start(spec_b).await;
+    let (spec_c, port_c, echo_c, name_c) = spec_with_echo(
+        format!("{prefix}-c"),
+        start_extra(Spec::new(&format!("{prefix}-c")).join(&b).with_metrics()),
+    )
+    .await;
+    let c = AgentProc::start(spec_c).await;
+    echoes.extend([echo_b, echo_c]);
+    echo_ports.push((name_b, port_b));
+    echo_ports.push((name_c, port_c));
+    let mut spec_a = start_extra(Spec::new(&format!("{prefix}-a")).join(&b).with_metrics())
+        .arg("--debug-link-delay")
+        .arg(format!("{}={}", b.listeners.quic, delays_ms.0))
+        .arg("--debug-link-delay")
+        .arg(format!("{}={}", c.listeners.quic, delays_ms.1));
+    if echo_on_a {
+        let (spec, port, handle, name) = spec_with_echo(format!("{prefix}-a"), spec_a).await;
+        spec_a = spec;
+        echoes.push(handle);
+        echo_ports.push((name, port));
+    }
+    let a = AgentProc::start(spec_a).await;
+    Trio {
+        a,
+        b,
+        c,
+        echo_ports,
+        _echoes: echoes,
+    }
+}
+
+/// Waits until `agent` lists `n` instances of `service` and has a measured
+/// RTT to every node hosting one.
+pub async fn wait_instances_measured(agent: &AgentProc, service: &str, n: usize) {
+    let client = agent.client();
+    eventually(
+        &format!(
+            "{} to see {n} instances of {service} with measured RTT",
+            agent.node_id()
+        ),
+        Duration::from_secs(30),
+        || {
+            let client = client.clone();
+            async move {
+                let view = client.instances(service, &Default::default()).await.ok()?;
+                let all: Vec<_> = view.eligible.iter().chain(view.ineligible.iter()).collect();
+                let measured = all
+                    .iter()
+                    .all(|i| i.rtt_source == mesh_proto::api::RttSource::Measured);
+                (all.len() == n && measured).then_some(())
+            }
+        },
+    )
+    .await;
+}

@@ -51,6 +51,8 @@ pub struct Agent {
     pub upstreams: Upstreams,
     /// Keep-alive HTTP client for instances on this node.
     pub http: LocalClient,
+    /// Local instances marked critical and probed back to health.
+    pub recovering: crate::health::Recovering,
     /// When the agent started.
     pub started: Instant,
     /// Actual listener addresses (ports may have been 0).
@@ -239,6 +241,7 @@ pub async fn start(config: AgentConfig) -> anyhow::Result<RunningAgent> {
             ..BalancerConfig::default()
         }),
         http: local_client(),
+        recovering: Default::default(),
         started: Instant::now(),
         listeners,
         ready: AtomicBool::new(false),

@@ -12,6 +12,7 @@ pub mod cli;
 pub mod config;
 pub mod demo;
 pub mod echo;
+pub mod health;
 pub mod join;
 pub mod link_shim;
 pub mod membership;

@@ -82,6 +82,7 @@ async fn handle(
                 "the instance is down or not listening; the caller's sidecar retries safe requests elsewhere",
             );
             if matches!(e, SendError::Connect { .. }) {
+                crate::health::connect_failed(agent, &frame.instance_id).await;
                 response
                     .headers_mut()
                     .insert(CONNECT_FAILURE_HEADER, http::HeaderValue::from_static("1"));

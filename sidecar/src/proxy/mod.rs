@@ -261,7 +261,11 @@ async fn send(
     request: Request<ProxyBody>,
 ) -> Result<Response<Incoming>, SendError> {
     if instance.node == *agent.node_id() {
-        return forward::to_local(&agent.http, instance.address, request).await;
+        let result = forward::to_local(&agent.http, instance.address, request).await;
+        if matches!(result, Err(SendError::Connect { .. })) {
+            crate::health::connect_failed(agent, &instance.id).await;
+        }
+        return result;
     }
     let sidecar = agent
         .membership

@@ -11,51 +11,16 @@ use mesh_proto::api::{
     ErrorBody, HealthView, InstancesView, NodeView, RegisterInstance, ServiceSummary, INDEX_HEADER,
 };
 use mesh_proto::catalog::{Definition, Instance};
+use mesh_proto::names::{validate_id, validate_service_name};
 use serde::de::DeserializeOwned;
 use serde::Serialize;
 
+pub use crate::error::Error;
 use crate::select::Requirements;
+use crate::watch::{Watch, WatchOptions};
 
-/// What can go wrong talking to an agent.
-#[derive(Debug, thiserror::Error)]
-pub enum Error {
-    /// The agent URL is not an `http://host:port` URL.
-    #[error("invalid agent URL {url:?}: {reason}; pass for example http://127.0.0.1:4200")]
-    InvalidUrl {
-        /// The URL given.
-        url: String,
-        /// Why it is invalid.
-        reason: String,
-    },
-    /// The agent could not be reached.
-    #[error("cannot reach the agent at {url}: {reason}; is `gossamer agent` running there?")]
-    Unreachable {
-        /// The URL tried.
-        url: String,
-        /// The transport error.
-        reason: String,
-    },
-    /// The agent answered with an error.
-    #[error("{error} (HTTP {status}); {hint}")]
-    Api {
-        /// HTTP status.
-        status: u16,
-        /// What the agent says went wrong.
-        error: String,
-        /// What the agent suggests.
-        hint: String,
-    },
-    /// The agent's answer could not be decoded.
-    #[error("unexpected answer from the agent: {0}")]
-    Decode(String),
-}
-
-impl Error {
-    /// True for a 404 from the agent.
-    pub fn is_not_found(&self) -> bool {
-        matches!(self, Error::Api { status: 404, .. })
-    }
-}
+/// How long an ordinary (non-blocking) call may take by default.
+pub const DEFAULT_TIMEOUT: Duration = Duration::from_secs(10);
 
 /// An answer and the catalog index it reflects (for blocking queries).
 #[derive(Debug, Clone)]
@@ -70,17 +35,25 @@ pub struct Indexed<T> {
 #[derive(Clone)]
 pub struct Client {
     base: String,
+    timeout: Duration,
     http: hyper_util::client::legacy::Client<HttpConnector, Full<Bytes>>,
 }
 
 impl std::fmt::Debug for Client {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("Client").field("base", &self.base).finish()
+        f.debug_struct("Client")
+            .field("base", &self.base)
+            .field("timeout", &self.timeout)
+            .finish()
     }
 }
 
 impl Client {
-    /// A client of the agent at `agent_url` (for example `http://127.0.0.1:4200`).
+    /// A client of the agent at `agent_url` (for example `http://127.0.0.1:4200`,
+    /// the agent's default `--admin-listen`).
+    ///
+    /// Nothing is sent yet: a URL that parses but where no agent listens
+    /// fails on the first call with [`Error::Unreachable`].
     pub fn new(agent_url: &str) -> Result<Self, Error> {
         let base = agent_url.trim_end_matches('/').to_owned();
         let uri: Uri = base
@@ -100,12 +73,29 @@ impl Client {
         let http = hyper_util::client::legacy::Client::builder(TokioExecutor::new())
             .pool_idle_timeout(Duration::from_secs(30))
             .build(connector);
-        Ok(Self { base, http })
+        Ok(Self {
+            base,
+            timeout: DEFAULT_TIMEOUT,
+            http,
+        })
+    }
+
+    /// The same client with another per-call timeout (default
+    /// [`DEFAULT_TIMEOUT`]). A blocking query may take its `wait` (plus up
+    /// to 1/16 of jitter) on top of this.
+    pub fn with_timeout(mut self, timeout: Duration) -> Self {
+        self.timeout = timeout;
+        self
     }
 
     /// The agent's base URL.
     pub fn url(&self) -> &str {
         &self.base
+    }
+
+    /// The per-call timeout.
+    pub fn timeout(&self) -> Duration {
+        self.timeout
     }
 
     async fn call<T: DeserializeOwned>(
@@ -114,7 +104,31 @@ impl Client {
         path: &str,
         body: Option<Vec<u8>>,
     ) -> Result<Indexed<T>, Error> {
+        self.call_within(method, path, body, self.timeout).await
+    }
+
+    /// One request whose whole answer must arrive within `limit`.
+    async fn call_within<T: DeserializeOwned>(
+        &self,
+        method: Method,
+        path: &str,
+        body: Option<Vec<u8>>,
+        limit: Duration,
+    ) -> Result<Indexed<T>, Error> {
         let url = format!("{}{path}", self.base);
+        match tokio::time::timeout(limit, self.send(method, &url, body)).await {
+            Ok(answer) => answer,
+            Err(_) => Err(Error::Timeout { url, after: limit }),
+        }
+    }
+
+    async fn send<T: DeserializeOwned>(
+        &self,
+        method: Method,
+        url: &str,
+        body: Option<Vec<u8>>,
+    ) -> Result<Indexed<T>, Error> {
+        let url = url.to_owned();
         let request = Request::builder()
             .method(method)
             .uri(&url)
@@ -167,31 +181,35 @@ impl Client {
         serde_json::to_vec(value).map_err(|e| Error::Decode(e.to_string()))
     }
 
-    /// `GET /v1/health`.
+    /// `GET /v1/health`: the node id, readiness, member counts and catalog index.
     pub async fn health(&self) -> Result<HealthView, Error> {
         Ok(self.call(Method::GET, "/v1/health", None).await?.value)
     }
 
-    /// `GET /v1/nodes`.
+    /// `GET /v1/nodes`: every member with its state and RTT (and the RTT's source).
     pub async fn nodes(&self) -> Result<Vec<NodeView>, Error> {
         Ok(self.call(Method::GET, "/v1/nodes", None).await?.value)
     }
 
-    /// `GET /v1/services`.
+    /// `GET /v1/services`: every service with a definition or an instance.
     pub async fn services(&self) -> Result<Vec<ServiceSummary>, Error> {
         Ok(self.call(Method::GET, "/v1/services", None).await?.value)
     }
 
-    /// `GET /v1/services/{name}`.
+    /// `GET /v1/services/{name}`: the service's definition; a service with
+    /// instances but no definition gives an error whose
+    /// [`is_not_found`](Error::is_not_found) is true.
     pub async fn definition(&self, name: &str) -> Result<Definition, Error> {
+        validate_service_name(name)?;
         Ok(self
             .call(Method::GET, &format!("/v1/services/{name}"), None)
             .await?
             .value)
     }
 
-    /// `PUT /v1/services/{name}`: returns the definition as stored (with its hash).
+    /// `PUT /v1/services/{name}` (the name comes from the definition): returns the definition as stored (with its hash).
     pub async fn put_definition(&self, definition: &Definition) -> Result<Definition, Error> {
+        validate_service_name(&definition.name)?;
         let body = Self::encode(definition)?;
         Ok(self
             .call(
@@ -203,14 +221,20 @@ impl Client {
             .value)
     }
 
-    /// `DELETE /v1/services/{name}`.
+    /// `DELETE /v1/services/{name}`: removes the definition cluster-wide
+    /// (instances stay registered).
     pub async fn delete_definition(&self, name: &str) -> Result<(), Error> {
+        validate_service_name(name)?;
         self.call::<serde_json::Value>(Method::DELETE, &format!("/v1/services/{name}"), None)
             .await?;
         Ok(())
     }
 
-    /// `GET /v1/services/{name}/instances` under `requirements`.
+    /// `GET /v1/services/{name}/instances` under `requirements` (made
+    /// stricter by the definition's, on the agent): each instance with its
+    /// address, node, health, RTT from the agent's node and that RTT's
+    /// source; eligible ones first, best first, then the rest with the
+    /// reason. A service nobody registered gives two empty lists.
     pub async fn instances(
         &self,
         name: &str,
@@ -219,14 +243,18 @@ impl Client {
         Ok(self.instances_after(name, requirements, None).await?.value)
     }
 
-    /// Blocking form: answers once the catalog index passes `after.0`, or when
-    /// `after.1` has passed.
+    /// Blocking form of [`instances`](Client::instances): with
+    /// `after = Some((index, wait))` the agent answers once its catalog index
+    /// passes `index`, or when `wait` has passed (capped at 10 min by the
+    /// agent), whichever comes first. An answer is not a promise that
+    /// anything changed. [`watch`](Client::watch) builds on this.
     pub async fn instances_after(
         &self,
         name: &str,
         requirements: &Requirements,
         after: Option<(u64, Duration)>,
     ) -> Result<Indexed<InstancesView>, Error> {
+        validate_service_name(name)?;
         let mut query = Vec::new();
         if let Some(hard) = requirements.hard_rtt_ms {
             query.push(format!("hard_rtt_ms={hard}"));
@@ -239,10 +267,24 @@ impl Client {
             query.push(format!("wait={}ms", wait.as_millis()));
         }
         let path = format!("/v1/services/{name}/instances?{}", query.join("&"));
-        self.call(Method::GET, &path, None).await
+        // The agent adds up to 1/16 of jitter to the wait.
+        let limit = after.map_or(Duration::ZERO, |(_, wait)| wait + wait / 16) + self.timeout;
+        self.call_within(Method::GET, &path, None, limit).await
     }
 
-    /// `PUT /v1/instances`: registers an instance on the agent's node.
+    /// A stream of the instances of `name`: the current view first, then a
+    /// new one each time it changes. See [`Watch`].
+    pub fn watch(&self, name: &str) -> Watch {
+        self.watch_with(name, WatchOptions::default())
+    }
+
+    /// [`watch`](Client::watch) with requirements, wait and back-off of your choosing.
+    pub fn watch_with(&self, name: &str, options: WatchOptions) -> Watch {
+        Watch::new(self.clone(), name, options)
+    }
+
+    /// `PUT /v1/instances`: registers an instance on the agent's node and
+    /// returns it with its id.
     pub async fn register(&self, registration: &RegisterInstance) -> Result<Instance, Error> {
         let body = Self::encode(registration)?;
         Ok(self
@@ -251,8 +293,10 @@ impl Client {
             .value)
     }
 
-    /// `DELETE /v1/instances/{id}`.
+    /// `DELETE /v1/instances/{id}`: deregisters an instance of the agent's
+    /// own node (another node's instance gives a 404).
     pub async fn deregister(&self, id: &str) -> Result<(), Error> {
+        validate_id("instance id", id)?;
         self.call::<serde_json::Value>(Method::DELETE, &format!("/v1/instances/{id}"), None)
             .await?;
         Ok(())

@@ -49,6 +49,9 @@ pub async fn serve_stream(agent: &Arc<Agent>, mut stream: InboundStream) -> anyh
     });
     hyper::server::conn::http1::Builder::new()
         .max_buf_size(256 * 1024)
+        // A peer may finish its half of the stream once the request is out;
+        // that is not a reason to drop the answer.
+        .half_close(true)
         .serve_connection(io, service)
         .await
         .map_err(|e| anyhow!("proxied stream from {peer}: {e}"))

@@ -192,7 +192,7 @@ async fn attempts(
     let service = route.service.as_str();
     let requirements = effective_requirements(agent, service, route.requirements);
     let mut tried: Vec<String> = Vec::new();
-    let mut last_failure: Option<(SendError, String)> = None;
+    let mut last_failure: Option<Failure> = None;
     loop {
         let live = live_instances(agent, service);
         let candidates = candidates(agent, &live);
@@ -244,7 +244,11 @@ async fn attempts(
                         .upstreams
                         .with(service, |b| b.try_retry(Instant::now()));
                 tried.push(instance.id.clone());
-                last_failure = Some((e, node));
+                last_failure = Some(Failure {
+                    upstream: format!("{node}/{}", instance.id),
+                    error: e,
+                    node,
+                });
                 if !retry {
                     return failed_response(service, last_failure);
                 }
@@ -298,28 +302,44 @@ fn annotate(response: &mut Response<ProxyBody>, instance: &Instance, rtt_ms: Opt
     }
 }
 
+/// The last attempt's failure, kept to explain the final answer.
+struct Failure {
+    error: SendError,
+    node: String,
+    /// `node/instance`, as in `x-gossamer-upstream`.
+    upstream: String,
+}
+
 fn failed_response(
     service: &str,
-    failure: Option<(SendError, String)>,
+    failure: Option<Failure>,
 ) -> (Response<ProxyBody>, Option<String>) {
-    match failure {
-        Some((e, node)) => (
+    let Some(failure) = failure else {
+        return (
             json_error(
                 StatusCode::BAD_GATEWAY,
-                format!("upstream of {service} failed: {e}"),
-                "the instance is failing; safe requests were retried elsewhere when the budget allowed",
+                format!("upstream of {service} failed"),
+                "retry",
             ),
-            Some(node),
-        ),
-        None => (json_error(StatusCode::BAD_GATEWAY, format!("upstream of {service} failed"), "retry"), None),
+            None,
+        );
+    };
+    let mut response = json_error(
+        StatusCode::BAD_GATEWAY,
+        format!("upstream of {service} failed: {}", failure.error),
+        "the instance is failing; safe requests were retried elsewhere when the budget allowed",
+    );
+    if let Ok(value) = HeaderValue::from_str(&failure.upstream) {
+        response.headers_mut().insert(route::UPSTREAM_HEADER, value);
     }
+    (response, Some(failure.node))
 }
 
 fn no_upstream(
     service: &str,
     live: &[Instance],
     error: SelectError,
-    last_failure: Option<(SendError, String)>,
+    last_failure: Option<Failure>,
 ) -> Response<ProxyBody> {
     if last_failure.is_some() {
         return failed_response(service, last_failure).0;

@@ -1,0 +1,626 @@
+//! The local proxy end to end: real agents, real echo services, real QUIC
+//! between sidecars, links of about 5 and 40 ms from the link-delay shim.
+
+mod common;
+
+use std::net::SocketAddr;
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+use common::{
+    delayed_trio, eventually, http_get, http_request, metric_value, wait_alive,
+    wait_instances_measured, AgentProc, Spec, PSK,
+};
+
+/// The node part of `x-gossamer-upstream` (`node/instance`).
+fn upstream_node(headers: &http::HeaderMap) -> String {
+    headers
+        .get("x-gossamer-upstream")
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.split('/').next())
+        .unwrap_or("")
+        .to_owned()
+}
+
+fn json(body: &str) -> serde_json::Value {
+    serde_json::from_str(body).unwrap_or_else(|e| panic!("not JSON ({e}): {body}"))
+}
+
+/// `count` GETs of `/` for `echo` through `proxy` with `headers`; the
+/// upstream node of each answer, panicking on any failure.
+async fn calls(
+    proxy: SocketAddr,
+    count: usize,
+    headers: &[(&str, &str)],
+) -> std::collections::BTreeMap<String, usize> {
+    let mut per_node = std::collections::BTreeMap::new();
+    let mut all: Vec<(&str, &str)> = vec![("host", "echo.localhost")];
+    all.extend_from_slice(headers);
+    for i in 0..count {
+        let (status, headers, body) = http_get(proxy, "/", &all)
+            .await
+            .unwrap_or_else(|| panic!("call {i}: no answer"));
+        assert_eq!(status, 200, "call {i}: {body}");
+        *per_node.entry(upstream_node(&headers)).or_default() += 1;
+    }
+    per_node
+}
+
+#[tokio::test]
+async fn requirements_steer_every_call() {
+    let trio = delayed_trio("rq", "echo", false, (5, 40), &[]).await;
+    wait_instances_measured(&trio.a, "echo", 2).await;
+    let proxy = trio.a.listeners.proxy;
+
+    // Hard 20 ms: the 40 ms node is never used, and every call succeeds.
+    let hard = calls(proxy, 200, &[("x-gossamer-hard-rtt-ms", "20")]).await;
+    assert_eq!(hard.get("rq-b"), Some(&200), "{hard:?}");
+
+    // Soft 10 ms without a hard one: the near node takes every call while healthy.
+    let soft = calls(proxy, 100, &[("x-gossamer-soft-rtt-ms", "10")]).await;
+    assert_eq!(soft.get("rq-b"), Some(&100), "{soft:?}");
+
+    // The answer says where it went and at what RTT.
+    let (_, headers, _) = http_get(
+        proxy,
+        "/",
+        &[("host", "echo.localhost"), ("x-gossamer-hard-rtt-ms", "20")],
+    )
+    .await
+    .expect("answer");
+    let rtt: f64 = headers
+        .get("x-gossamer-rtt-ms")
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.parse().ok())
+        .expect("x-gossamer-rtt-ms");
+    assert!(rtt > 1.0 && rtt < 20.0, "rtt {rtt}");
+
+    // The service name may come from a header instead of the Host.
+    let (status, headers, _) = http_get(
+        proxy,
+        "/",
+        &[
+            ("x-gossamer-service", "echo"),
+            ("x-gossamer-hard-rtt-ms", "20"),
+        ],
+    )
+    .await
+    .expect("answer");
+    assert_eq!((status, upstream_node(&headers).as_str()), (200, "rq-b"));
+
+    // Hard 1 ms with no local instance: 503 naming the nearest and its RTT.
+    let (status, _, body) = http_get(
+        proxy,
+        "/",
+        &[("host", "echo.localhost"), ("x-gossamer-hard-rtt-ms", "1")],
+    )
+    .await
+    .expect("answer");
+    assert_eq!(status, 503, "{body}");
+    let error = json(&body);
+    let message = error["error"].as_str().unwrap_or_default();
+    assert!(
+        message.contains("hard RTT 1 ms")
+            && message.contains("nearest")
+            && message.contains("rq-b"),
+        "{message}"
+    );
+    assert!(
+        error["hint"].as_str().is_some_and(|h| !h.is_empty()),
+        "{body}"
+    );
+    let rejections = metric_value(
+        &trio.a.metrics_text().await,
+        "gossamer_rtt_rejections_total",
+        &[("service", "echo")],
+    );
+    assert!(rejections >= 1.0, "rtt rejections {rejections}");
+
+    // Errors a caller can make are JSON with error and hint.
+    let (status, _, body) = http_get(proxy, "/", &[("host", "nosuch.localhost")])
+        .await
+        .expect("answer");
+    assert_eq!(status, 503, "{body}");
+    assert!(json(&body)["error"]
+        .as_str()
+        .is_some_and(|e| e.contains("nosuch")));
+    let (status, _, body) = http_get(proxy, "/", &[("host", "localhost")])
+        .await
+        .expect("answer");
+    assert_eq!(status, 400, "{body}");
+    assert!(json(&body)["hint"].is_string(), "{body}");
+}
+
+#[tokio::test]
+async fn slow_upstream_times_out_with_504() {
+    let trio = delayed_trio("slow", "echo", false, (0, 0), &[]).await;
+    wait_instances_measured(&trio.a, "echo", 2).await;
+    let started = Instant::now();
+    let (status, _, body) = http_get(
+        trio.a.listeners.proxy,
+        "/?delay_ms=5000",
+        &[("host", "echo.localhost"), ("x-gossamer-timeout-ms", "300")],
+    )
+    .await
+    .expect("answer");
+    assert_eq!(status, 504, "{body}");
+    assert!(json(&body)["error"]
+        .as_str()
+        .is_some_and(|e| e.contains("300 ms")));
+    // Not a timing assertion: only that the caller did not wait for the upstream.
+    assert!(started.elapsed() < Duration::from_secs(5));
+    // The sidecar is still serving normally after the timeout.
+    let per_node = calls(trio.a.listeners.proxy, 10, &[]).await;
+    assert_eq!(per_node.values().sum::<usize>(), 10);
+}
+
+/// An echo service in its own process, so killing it closes every connection.
+struct EchoProc {
+    port: u16,
+    name: String,
+    child: Child,
+}
+
+impl EchoProc {
+    fn start(name: &str, port: u16) -> Self {
+        let child = Command::new(env!("CARGO_BIN_EXE_gossamer"))
+            .args([
+                "echo",
+                "--listen",
+                &format!("127.0.0.1:{port}"),
+                "--name",
+                name,
+            ])
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .expect("spawn gossamer echo");
+        Self {
+            port,
+            name: name.to_owned(),
+            child,
+        }
+    }
+
+    async fn start_ready(name: &str, port: u16) -> Self {
+        let echo = Self::start(name, port);
+        let addr: SocketAddr = ([127, 0, 0, 1], port).into();
+        eventually("echo to accept", Duration::from_secs(10), || async move {
+            tokio::net::TcpStream::connect(addr).await.ok().map(|_| ())
+        })
+        .await;
+        echo
+    }
+
+    fn kill(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+impl Drop for EchoProc {
+    fn drop(&mut self) {
+        self.kill();
+    }
+}
+
+fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0")
+        .and_then(|l| l.local_addr())
+        .map(|a| a.port())
+        .expect("free port")
+}
+
+/// The health and ineligibility reason `agent` lists for the instance of `node`.
+async fn instance_state(agent: &AgentProc, service: &str, node: &str) -> Option<(String, String)> {
+    let view = agent
+        .client()
+        .instances(service, &Default::default())
+        .await
+        .ok()?;
+    view.eligible
+        .iter()
+        .chain(view.ineligible.iter())
+        .find(|i| i.instance.node.as_str() == node)
+        .map(|i| {
+            (
+                format!("{:?}", i.instance.health).to_lowercase(),
+                i.ineligible
+                    .as_ref()
+                    .map(|r| format!("{r:?}").to_lowercase())
+                    .unwrap_or_else(|| "eligible".to_owned()),
+            )
+        })
+}
+
+#[tokio::test]
+async fn a_dead_instance_costs_no_failed_get_and_comes_back() {
+    let ports = [free_port(), free_port()];
+    let mut echo_b = EchoProc::start_ready("echo@die-b", ports[0]).await;
+    let mut echo_c = EchoProc::start_ready("echo@die-c", ports[1]).await;
+    let b = AgentProc::start(
+        Spec::new("die-b")
+            .with_metrics()
+            .arg("--service")
+            .arg(format!("echo={}", ports[0])),
+    )
+    .await;
+    let c = AgentProc::start(
+        Spec::new("die-c")
+            .join(&b)
+            .with_metrics()
+            .arg("--service")
+            .arg(format!("echo={}", ports[1])),
+    )
+    .await;
+    let a = AgentProc::start(Spec::new("die-a").join(&b).with_metrics()).await;
+    wait_alive(
+        &[&a, &b, &c],
+        &["die-a", "die-b", "die-c"],
+        Duration::from_secs(20),
+    )
+    .await;
+    wait_instances_measured(&a, "echo", 2).await;
+
+    // A bounded loop of GETs; b's service dies a third of the way in.
+    let deadline = Instant::now() + Duration::from_secs(60);
+    let mut served_by = std::collections::BTreeMap::<String, usize>::new();
+    for i in 0..300 {
+        assert!(
+            Instant::now() < deadline,
+            "GET loop ran out of time at call {i}"
+        );
+        if i == 100 {
+            echo_b.kill();
+        }
+        let (status, headers, body) =
+            http_get(a.listeners.proxy, "/", &[("host", "echo.localhost")])
+                .await
+                .unwrap_or_else(|| panic!("call {i}: no answer"));
+        assert_eq!(status, 200, "call {i} failed: {body}");
+        *served_by.entry(upstream_node(&headers)).or_default() += 1;
+    }
+    eprintln!("GETs served by {served_by:?}");
+    assert!(
+        served_by.get("die-b").copied().unwrap_or(0) > 0,
+        "{served_by:?}"
+    );
+    let retries = metric_value(
+        &a.metrics_text().await,
+        "gossamer_retries_total",
+        &[("service", "echo")],
+    );
+    assert!(
+        retries >= 1.0,
+        "the failed call to b was retried: retries {retries}"
+    );
+
+    // b's sidecar marked its instance critical; every agent stops listing it eligible.
+    for agent in [&a, &c] {
+        eventually(
+            "b's instance to be critical",
+            Duration::from_secs(15),
+            || async move {
+                let (health, reason) = instance_state(agent, "echo", "die-b").await?;
+                (health == "critical" && reason.contains("unhealthy")).then_some(())
+            },
+        )
+        .await;
+    }
+
+    // The service comes back on its port: passing again, and calls reach it.
+    let _echo_b = EchoProc::start_ready(&echo_b.name, echo_b.port).await;
+    eventually(
+        "b's instance to be passing and eligible",
+        Duration::from_secs(15),
+        || {
+            let a = &a;
+            async move {
+                let (health, reason) = instance_state(a, "echo", "die-b").await?;
+                (health == "passing" && reason == "eligible").then_some(())
+            }
+        },
+    )
+    .await;
+    // b serves again: take c's service away too, and b carries every call.
+    echo_c.kill();
+    let mut last = String::new();
+    for i in 0..50 {
+        let (status, headers, body) =
+            http_get(a.listeners.proxy, "/", &[("host", "echo.localhost")])
+                .await
+                .unwrap_or_else(|| panic!("call {i} after c died: no answer"));
+        assert_eq!(status, 200, "call {i} after c died: {body}");
+        last = upstream_node(&headers);
+    }
+    assert_eq!(last, "die-b");
+}
+
+#[tokio::test]
+async fn failing_instance_is_ejected_and_posts_are_never_retried() {
+    // b is the only instance within hard 20 ms, so the caller's requirement
+    // pins calls to it and its failures are consecutive.
+    let trio = delayed_trio(
+        "ej",
+        "echo",
+        false,
+        (5, 40),
+        &["--base-ejection-ms", "1000"],
+    )
+    .await;
+    wait_instances_measured(&trio.a, "echo", 2).await;
+    let proxy = trio.a.listeners.proxy;
+    let pinned = [("host", "echo.localhost"), ("x-gossamer-hard-rtt-ms", "20")];
+
+    for i in 0..5 {
+        let (status, headers, _) = http_get(proxy, "/status/500", &pinned)
+            .await
+            .expect("answer");
+        assert_eq!(
+            (status, upstream_node(&headers).as_str()),
+            (500, "ej-b"),
+            "call {i}"
+        );
+    }
+    let (status, _, body) = http_get(proxy, "/", &pinned).await.expect("answer");
+    assert_eq!(status, 503, "{body}");
+    assert!(
+        json(&body)["error"]
+            .as_str()
+            .is_some_and(|e| e.contains("ejected")),
+        "{body}"
+    );
+    let state = instance_state(&trio.a, "echo", "ej-b")
+        .await
+        .expect("listed");
+    assert!(state.1.contains("ejected"), "{state:?}");
+    let ejections = metric_value(
+        &trio.a.metrics_text().await,
+        "gossamer_upstream_ejections_total",
+        &[("service", "echo")],
+    );
+    assert_eq!(ejections, 1.0);
+
+    // After the ejection time one probe is let through; its success brings b back.
+    eventually(
+        "b to return after its ejection",
+        Duration::from_secs(20),
+        || async move {
+            let (status, headers, _) = http_get(proxy, "/", &pinned).await?;
+            (status == 200 && upstream_node(&headers) == "ej-b").then_some(())
+        },
+    )
+    .await;
+    let per_node = calls(proxy, 20, &[("x-gossamer-hard-rtt-ms", "20")]).await;
+    assert_eq!(per_node.get("ej-b"), Some(&20));
+
+    // A POST to an instance that cannot be reached fails with 502 and is not
+    // retried; the same request as a GET is.
+    let dead_port = free_port();
+    let b_client = trio.b.client();
+    b_client
+        .register(&mesh_proto::api::RegisterInstance {
+            service: "parrot".to_owned(),
+            port: Some(dead_port),
+            address: None,
+            id: None,
+            deployment_id: None,
+            tags: Vec::new(),
+            health: None,
+        })
+        .await
+        .expect("register parrot on b");
+    let c_port = trio
+        .echo_ports
+        .iter()
+        .find(|(name, _)| name == "ej-c")
+        .map(|(_, port)| *port)
+        .expect("c's echo port");
+    trio.c
+        .client()
+        .register(&mesh_proto::api::RegisterInstance {
+            service: "parrot".to_owned(),
+            port: Some(c_port),
+            address: None,
+            id: None,
+            deployment_id: None,
+            tags: Vec::new(),
+            health: None,
+        })
+        .await
+        .expect("register parrot on c");
+    wait_instances_measured(&trio.a, "parrot", 2).await;
+    let retries_before = metric_value(&trio.a.metrics_text().await, "gossamer_retries_total", &[]);
+    let (status, headers, body) = http_request(
+        proxy,
+        "POST",
+        "/",
+        &[
+            ("host", "parrot.localhost"),
+            ("x-gossamer-hard-rtt-ms", "20"),
+        ],
+        b"not idempotent".to_vec(),
+    )
+    .await
+    .expect("answer");
+    assert_eq!(
+        (status, upstream_node(&headers).as_str()),
+        (502, "ej-b"),
+        "{body}"
+    );
+    assert!(json(&body)["hint"].is_string());
+    let retries_after = metric_value(&trio.a.metrics_text().await, "gossamer_retries_total", &[]);
+    assert_eq!(retries_before, retries_after, "a POST was retried");
+}
+
+/// Kilobytes of a process's peak resident memory (VmHWM).
+fn peak_rss_kib(pid: u32) -> u64 {
+    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap_or_default();
+    status
+        .lines()
+        .find_map(|l| l.strip_prefix("VmHWM:"))
+        .and_then(|v| v.trim().trim_end_matches("kB").trim().parse().ok())
+        .unwrap_or(0)
+}
+
+#[tokio::test]
+async fn hundred_megabytes_stream_both_ways_in_flat_memory() {
+    use http_body_util::BodyExt;
+    const SIZE: u64 = 100 * 1024 * 1024;
+    const CHUNK: usize = 64 * 1024;
+
+    let trio = delayed_trio("big", "echo", false, (0, 0), &[]).await;
+    wait_instances_measured(&trio.a, "echo", 2).await;
+    let pids = [
+        trio.a.pid().expect("a pid"),
+        trio.b.pid().expect("b pid"),
+        trio.c.pid().expect("c pid"),
+    ];
+    let before: Vec<u64> = pids.iter().map(|p| peak_rss_kib(*p)).collect();
+
+    // Download: 100 MB generated by the service, counted as it arrives.
+    let stream = tokio::net::TcpStream::connect(trio.a.listeners.proxy)
+        .await
+        .expect("connect");
+    let (mut sender, connection) =
+        hyper::client::conn::http1::handshake(hyper_util::rt::TokioIo::new(stream))
+            .await
+            .expect("handshake");
+    tokio::spawn(connection);
+    let request = http::Request::get(format!("/bytes/{SIZE}"))
+        .header("host", "echo.localhost")
+        .header("x-gossamer-timeout-ms", "120000")
+        .body(http_body_util::Empty::<bytes::Bytes>::new())
+        .expect("request");
+    let response = sender
+        .send_request(request)
+        .await
+        .expect("download response");
+    assert_eq!(response.status(), 200);
+    let mut body = response.into_body();
+    let mut received = 0u64;
+    while let Some(frame) = body.frame().await {
+        if let Ok(data) = frame.expect("download frame").into_data() {
+            received += data.len() as u64;
+        }
+    }
+    assert_eq!(received, SIZE);
+
+    // Upload: 100 MB sent in chunks and echoed back at the same time.
+    let stream = tokio::net::TcpStream::connect(trio.a.listeners.proxy)
+        .await
+        .expect("connect");
+    let (mut sender, connection) =
+        hyper::client::conn::http1::handshake(hyper_util::rt::TokioIo::new(stream))
+            .await
+            .expect("handshake");
+    tokio::spawn(connection);
+    let chunk = bytes::Bytes::from(vec![b'u'; CHUNK]);
+    let chunks = (SIZE / CHUNK as u64) as usize;
+    let upload =
+        futures_util::stream::iter((0..chunks).map(move |_| {
+            Ok::<_, std::convert::Infallible>(hyper::body::Frame::data(chunk.clone()))
+        }));
+    let request = http::Request::post("/echo")
+        .header("host", "echo.localhost")
+        .header("x-gossamer-timeout-ms", "120000")
+        .body(http_body_util::StreamBody::new(upload))
+        .expect("request");
+    let response = sender.send_request(request).await.expect("upload response");
+    assert_eq!(response.status(), 200);
+    let mut body = response.into_body();
+    let mut echoed = 0u64;
+    while let Some(frame) = body.frame().await {
+        if let Ok(data) = frame.expect("echo frame").into_data() {
+            echoed += data.len() as u64;
+        }
+    }
+    assert_eq!(echoed, SIZE);
+
+    // 200 MB crossed a and one of b/c; none of them grew by anything near it.
+    for (pid, before) in pids.iter().zip(before) {
+        let after = peak_rss_kib(*pid);
+        eprintln!("agent pid {pid}: peak RSS {before} KiB -> {after} KiB");
+        assert!(
+            after.saturating_sub(before) < 48 * 1024,
+            "agent {pid} peak RSS grew from {before} KiB to {after} KiB while streaming"
+        );
+    }
+}
+
+#[tokio::test]
+async fn a_forged_frame_is_refused_and_counted() {
+    use mesh_proto::frame::ProxyFrame;
+    use mesh_proto::gossip::StreamKind;
+
+    let (port, _echo) = common::echo_service("echo@forge-b").await;
+    let b = AgentProc::start(
+        Spec::new("forge-b")
+            .with_metrics()
+            .arg("--service")
+            .arg(format!("echo={port}")),
+    )
+    .await;
+
+    // A peer that holds the passphrase, so the handshake succeeds: only the
+    // frame check stands between it and an open relay.
+    sidecar::tls::install_crypto_provider();
+    let trust = sidecar::tls::ClusterTrust::from_passphrase(PSK, "forger").expect("trust");
+    let (swim, _swim_rx) = tokio::sync::mpsc::channel(16);
+    let (rtt, _rtt_rx) = tokio::sync::mpsc::channel(16);
+    let (streams, _streams_rx) = tokio::sync::mpsc::channel(16);
+    let transport = sidecar::transport::Transport::bind(
+        "127.0.0.1:0".parse().expect("addr"),
+        &trust,
+        sidecar::link_shim::LinkRules::default(),
+        sidecar::transport::TransportTimings {
+            connect_timeout: Duration::from_secs(5),
+            idle_timeout: Duration::from_secs(10),
+            keep_alive: Duration::from_secs(2),
+        },
+        sidecar::transport::Inbound { swim, rtt, streams },
+    )
+    .expect("bind");
+
+    // Something that is listening but is not an instance of b: b's own admin API.
+    let target = b.listeners.admin;
+    for (instance_id, address) in [
+        ("admin-api".to_owned(), target),
+        (format!("echo-forge-b-{port}"), target),
+    ] {
+        let (mut send, mut recv, _conn) = transport
+            .open_stream(b.listeners.quic, StreamKind::Proxy)
+            .await
+            .expect("open proxy stream");
+        let frame = ProxyFrame {
+            instance_id,
+            address,
+            service: "echo".to_owned(),
+            timeout_ms: 0,
+        };
+        send.write_all(&frame.encode().expect("encode"))
+            .await
+            .expect("write frame");
+        send.write_all(b"GET /v1/nodes HTTP/1.1\r\nhost: x\r\nconnection: close\r\n\r\n")
+            .await
+            .expect("write request");
+        let _ = send.finish();
+        let answer = tokio::time::timeout(Duration::from_secs(10), recv.read_to_end(1 << 20))
+            .await
+            .expect("answer in time")
+            .expect("read answer");
+        let text = String::from_utf8_lossy(&answer);
+        assert!(text.starts_with("HTTP/1.1 403"), "{text}");
+        assert!(
+            !text.contains("forge-b\",\"addr"),
+            "admin API leaked: {text}"
+        );
+    }
+    let refusals = metric_value(
+        &b.metrics_text().await,
+        "gossamer_relay_refusals_total",
+        &[],
+    );
+    assert_eq!(refusals, 2.0);
+}

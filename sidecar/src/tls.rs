@@ -44,6 +44,10 @@ pub struct ClusterTrust {
     pub chain: Vec<CertificateDer<'static>>,
     /// This node's private key.
     pub key: PrivateKeyDer<'static>,
+    /// Secret behind this endpoint's connection ids and stateless-reset
+    /// tokens: derived, never sent, and the same on every restart of this
+    /// node, so a restarted node recognises (and resets) its old connections.
+    pub endpoint_secret: [u8; 32],
 }
 
 impl ClusterTrust {
@@ -84,6 +88,7 @@ impl ClusterTrust {
             ca: ca_cert.der().clone(),
             chain: vec![cert.der().clone()],
             key: PrivateKeyDer::Pkcs8(PrivatePkcs8KeyDer::from(node_key.serialize_der())),
+            endpoint_secret: derive_endpoint_secret(psk.as_bytes(), node_id)?,
         })
     }
 
@@ -117,7 +122,14 @@ impl ClusterTrust {
                 key.display()
             )
         })?;
-        Ok(Self { ca, chain, key })
+        // The operator's node key is stable and private to this node.
+        let endpoint_secret = derive_endpoint_secret(key.secret_der(), "operator-key")?;
+        Ok(Self {
+            ca,
+            chain,
+            key,
+            endpoint_secret,
+        })
     }
 
     fn roots(&self) -> anyhow::Result<Arc<RootCertStore>> {
@@ -170,6 +182,16 @@ fn derive_ca_key(psk: &str) -> anyhow::Result<KeyPair> {
     let der = PrivatePkcs8KeyDer::from(pkcs8);
     KeyPair::from_pkcs8_der_and_sign_algo(&der, &PKCS_ED25519)
         .context("cannot build the cluster CA key from the passphrase")
+}
+
+/// Stretches a stable secret of this node into its endpoint secret.
+fn derive_endpoint_secret(secret: &[u8], node_id: &str) -> anyhow::Result<[u8; 32]> {
+    let hk = Hkdf::<Sha256>::new(Some(CA_SALT), secret);
+    let mut out = [0u8; 32];
+    let info = [b"quic endpoint keys of ".as_slice(), node_id.as_bytes()].concat();
+    hk.expand(&info, &mut out)
+        .map_err(|_| anyhow!("HKDF refused a 32-byte output"))?;
+    Ok(out)
 }
 
 /// The CA parameters: identical on every agent, so every agent's copy of the
@@ -257,6 +279,18 @@ mod tests {
         let c = derive_ca_key("another passphrase").expect("key");
         assert_eq!(a.public_key_raw(), b.public_key_raw());
         assert_ne!(a.public_key_raw(), c.public_key_raw());
+    }
+
+    #[test]
+    fn the_endpoint_secret_is_stable_per_node_and_differs_between_nodes() {
+        install_crypto_provider();
+        let a1 = ClusterTrust::from_passphrase("correct horse battery", "node-a").expect("trust");
+        let a2 = ClusterTrust::from_passphrase("correct horse battery", "node-a").expect("trust");
+        let b = ClusterTrust::from_passphrase("correct horse battery", "node-b").expect("trust");
+        assert_eq!(a1.endpoint_secret, a2.endpoint_secret);
+        assert_ne!(a1.endpoint_secret, b.endpoint_secret);
+        // The node key is fresh on every start; the secret is not tied to it.
+        assert_ne!(a1.key.secret_der(), a2.key.secret_der());
     }
 
     #[test]

@@ -1,0 +1,296 @@
+//! Peer trust: nobody without the cluster's passphrase or CA gets in, and
+//! nothing a stranger sends does more than bump a counter and, at most once
+//! a minute per source, a log line.
+//!
+//! Each test starts real agents and one stranger: an agent with another
+//! passphrase, an agent whose certificate comes from another CA, or a plain
+//! UDP socket sending garbage to the QUIC port.
+
+mod common;
+
+use std::net::SocketAddr;
+use std::path::Path;
+use std::time::Duration;
+
+use common::{eventually, metric_value, wait_alive, AgentProc, Spec};
+use rcgen::{
+    BasicConstraints, CertificateParams, DistinguishedName, DnType, IsCa, Issuer, KeyPair,
+    KeyUsagePurpose,
+};
+
+const CONVERGE: Duration = Duration::from_secs(20);
+const HANDSHAKE_FAILURES: &str = "gossamer_handshake_failures_total";
+const DECODE_ERRORS: &str = "gossamer_decode_errors_total";
+
+/// The agent's log without ANSI colour codes, one entry per line.
+fn plain_log(agent: &AgentProc) -> Vec<String> {
+    let raw = agent.log();
+    let mut out = String::new();
+    let mut chars = raw.chars();
+    while let Some(c) = chars.next() {
+        if c == '\u{1b}' {
+            // CSI sequence: ESC [ ... final byte in @..~
+            for c in chars.by_ref() {
+                if ('@'..='~').contains(&c) && c != '[' {
+                    break;
+                }
+            }
+        } else {
+            out.push(c);
+        }
+    }
+    out.lines().map(str::to_owned).collect()
+}
+
+/// Log lines of `agent` that contain every one of `needles`.
+fn log_lines_with(agent: &AgentProc, needles: &[&str]) -> Vec<String> {
+    plain_log(agent)
+        .into_iter()
+        .filter(|line| needles.iter().all(|n| line.contains(n)))
+        .collect()
+}
+
+async fn counter(agent: &AgentProc, name: &str) -> f64 {
+    metric_value(&agent.metrics_text().await, name, &[])
+}
+
+/// Waits until `agent`'s counter `name` reaches `at_least`, and returns it.
+async fn counter_reaches(agent: &AgentProc, name: &str, at_least: f64) -> f64 {
+    eventually(
+        &format!("{} to count {name} >= {at_least}", agent.node_id()),
+        CONVERGE,
+        || async move {
+            let value = counter(agent, name).await;
+            (value >= at_least).then_some(value)
+        },
+    )
+    .await
+}
+
+#[tokio::test]
+async fn a_peer_with_another_passphrase_is_refused_counted_and_logged_once_a_minute() {
+    let seed = AgentProc::start(Spec::new("pass-seed").with_metrics()).await;
+    let member = AgentProc::start(Spec::new("pass-member").join(&seed).with_metrics()).await;
+    let intruder = AgentProc::start(
+        Spec::new("pass-intruder")
+            .psk("another-cluster-passphrase")
+            .join(&seed)
+            .with_metrics(),
+    )
+    .await;
+    wait_alive(&[&seed, &member], &["pass-member", "pass-seed"], CONVERGE).await;
+
+    // The intruder retries its join with backoff: several refused handshakes.
+    let failures = counter_reaches(&seed, HANDSHAKE_FAILURES, 3.0).await;
+    counter_reaches(&intruder, HANDSHAKE_FAILURES, 1.0).await;
+    let peer = format!("peer={}", intruder.listeners.quic);
+    let lines = log_lines_with(&seed, &["QUIC handshake failed", &peer]);
+    assert_eq!(
+        lines.len(),
+        1,
+        "{failures} failures from the intruder should be logged once: {lines:#?}"
+    );
+    // The member agrees on the cluster, and nobody lists the intruder.
+    for agent in [&seed, &member] {
+        let nodes = agent.client().nodes().await.expect("nodes");
+        assert!(
+            nodes.iter().all(|n| n.id != "pass-intruder"),
+            "{} lists the intruder: {nodes:?}",
+            agent.node_id()
+        );
+    }
+    let nodes = intruder.client().nodes().await.expect("nodes");
+    assert_eq!(nodes.len(), 1, "the intruder sees only itself: {nodes:?}");
+    // Refused handshakes are not mistaken for garbage datagrams.
+    assert_eq!(counter(&seed, DECODE_ERRORS).await, 0.0);
+}
+
+/// A CA with its certificate in PEM, able to sign node certificates.
+struct TestCa {
+    pem: String,
+    issuer: Issuer<'static, KeyPair>,
+}
+
+impl TestCa {
+    fn new(name: &str) -> Self {
+        let key = KeyPair::generate().expect("CA key");
+        let mut params = CertificateParams::default();
+        let mut dn = DistinguishedName::new();
+        dn.push(DnType::CommonName, name);
+        params.distinguished_name = dn;
+        params.is_ca = IsCa::Ca(BasicConstraints::Unconstrained);
+        params.key_usages = vec![
+            KeyUsagePurpose::KeyCertSign,
+            KeyUsagePurpose::DigitalSignature,
+        ];
+        let cert = params.self_signed(&key).expect("self-signed CA");
+        Self {
+            pem: cert.pem(),
+            issuer: Issuer::new(params, key),
+        }
+    }
+
+    /// Writes `<node>.crt` and `<node>.key` signed by this CA into `dir`.
+    fn issue(&self, node: &str, dir: &Path) -> (String, String) {
+        let key = KeyPair::generate().expect("node key");
+        let mut params =
+            CertificateParams::new(vec!["gossamer.mesh".to_owned()]).expect("node params");
+        let mut dn = DistinguishedName::new();
+        dn.push(DnType::CommonName, node);
+        params.distinguished_name = dn;
+        let cert = params
+            .signed_by(&key, &self.issuer)
+            .expect("signed node cert");
+        let cert_path = dir.join(format!("{node}.crt"));
+        let key_path = dir.join(format!("{node}.key"));
+        std::fs::write(&cert_path, cert.pem()).expect("write cert");
+        std::fs::write(&key_path, key.serialize_pem()).expect("write key");
+        (
+            cert_path.display().to_string(),
+            key_path.display().to_string(),
+        )
+    }
+
+    fn write(&self, dir: &Path, name: &str) -> String {
+        let path = dir.join(name);
+        std::fs::write(&path, &self.pem).expect("write CA");
+        path.display().to_string()
+    }
+}
+
+fn operator_spec(name: &str, ca: &str, (cert, key): (String, String)) -> Spec {
+    Spec::new(name)
+        .with_metrics()
+        .arg("--tls-ca")
+        .arg(ca)
+        .arg("--tls-cert")
+        .arg(cert)
+        .arg("--tls-key")
+        .arg(key)
+}
+
+#[tokio::test]
+async fn a_peer_with_a_certificate_from_another_ca_is_refused_counted_and_logged_once_a_minute() {
+    let dir = std::env::temp_dir().join(format!(
+        "gossamer-test-ca-{}-{}",
+        std::process::id(),
+        rand::random::<u32>()
+    ));
+    std::fs::create_dir_all(&dir).expect("cert dir");
+    let cluster_ca = TestCa::new("operator cluster CA");
+    let rogue_ca = TestCa::new("rogue CA");
+    let ca_pem = cluster_ca.write(&dir, "cluster-ca.crt");
+
+    let a = AgentProc::start(operator_spec(
+        "ca-a",
+        &ca_pem,
+        cluster_ca.issue("ca-a", &dir),
+    ))
+    .await;
+    let b =
+        AgentProc::start(operator_spec("ca-b", &ca_pem, cluster_ca.issue("ca-b", &dir)).join(&a))
+            .await;
+    // The operator's CA works: the two members find each other.
+    wait_alive(&[&a, &b], &["ca-a", "ca-b"], CONVERGE).await;
+
+    // The rogue trusts the cluster CA (its certificate is public), but its
+    // own certificate comes from another CA.
+    let rogue = AgentProc::start(
+        operator_spec("ca-rogue", &ca_pem, rogue_ca.issue("ca-rogue", &dir)).join(&a),
+    )
+    .await;
+    let failures = counter_reaches(&a, HANDSHAKE_FAILURES, 3.0).await;
+    counter_reaches(&rogue, HANDSHAKE_FAILURES, 1.0).await;
+    let peer = format!("peer={}", rogue.listeners.quic);
+    let lines = log_lines_with(&a, &["QUIC handshake failed", &peer]);
+    assert_eq!(
+        lines.len(),
+        1,
+        "{failures} failures from the rogue should be logged once: {lines:#?}"
+    );
+    for agent in [&a, &b] {
+        let nodes = agent.client().nodes().await.expect("nodes");
+        assert!(
+            nodes.iter().all(|n| n.id != "ca-rogue"),
+            "{} lists the rogue: {nodes:?}",
+            agent.node_id()
+        );
+    }
+    let nodes = rogue.client().nodes().await.expect("nodes");
+    assert_eq!(nodes.len(), 1, "the rogue sees only itself: {nodes:?}");
+    assert_eq!(counter(&a, DECODE_ERRORS).await, 0.0);
+    let _ = std::fs::remove_dir_all(&dir);
+}
+
+/// Datagrams of many shapes, none of them QUIC for the receiver.
+fn garbage() -> Vec<Vec<u8>> {
+    let mut datagrams = vec![
+        Vec::new(),
+        b"x".to_vec(),
+        b"GET / HTTP/1.1\r\nHost: gossamer\r\n\r\n".to_vec(),
+        vec![0u8; 64],
+        vec![0xff; 1300],
+        // A long header with QUIC v1 but a connection id nobody issued.
+        [&[0xe0, 0, 0, 0, 1, 8][..], &[0x5a; 8], &[0u8; 80]].concat(),
+        // An Initial too short to start a connection.
+        [&[0xc0, 0, 0, 0, 1, 8][..], &[0x33; 8], &[0u8; 200]].concat(),
+    ];
+    // Random bytes, seeded so a failure can be replayed.
+    let mut state = 0x2545_f491_4f6c_dd1du64;
+    for len in [1usize, 9, 21, 100, 600, 1200, 1400] {
+        let bytes = (0..len)
+            .map(|_| {
+                state ^= state << 13;
+                state ^= state >> 7;
+                state ^= state << 17;
+                state as u8
+            })
+            .collect();
+        datagrams.push(bytes);
+    }
+    datagrams
+}
+
+#[tokio::test]
+async fn garbage_datagrams_to_the_quic_port_are_counted_logged_once_per_source_and_harmless() {
+    let a = AgentProc::start(Spec::new("junk-a").with_metrics()).await;
+    let b = AgentProc::start(Spec::new("junk-b").join(&a).with_metrics()).await;
+    wait_alive(&[&a, &b], &["junk-a", "junk-b"], CONVERGE).await;
+    // Real traffic (handshakes, SWIM, RTT pings, anti-entropy) is never counted.
+    assert_eq!(counter(&a, DECODE_ERRORS).await, 0.0);
+    assert_eq!(counter(&b, DECODE_ERRORS).await, 0.0);
+
+    let junk = garbage();
+    let rounds = 3;
+    let sources: Vec<std::net::UdpSocket> = (0..2)
+        .map(|_| std::net::UdpSocket::bind("127.0.0.1:0").expect("bind"))
+        .collect();
+    for _ in 0..rounds {
+        for socket in &sources {
+            for datagram in &junk {
+                socket
+                    .send_to(datagram, a.listeners.quic)
+                    .expect("send garbage");
+            }
+        }
+    }
+    let sent = (rounds * sources.len() * junk.len()) as f64;
+    let counted = counter_reaches(&a, DECODE_ERRORS, sent).await;
+    assert_eq!(counted, sent, "every garbage datagram counted once");
+
+    // Logged once per source, though each sent dozens.
+    for socket in &sources {
+        let source: SocketAddr = socket.local_addr().expect("addr");
+        let lines = log_lines_with(&a, &["not QUIC", &format!("source={source}")]);
+        assert_eq!(lines.len(), 1, "{source}: {lines:#?}");
+    }
+
+    // Nothing else happened: both agents still agree, and gossip still works.
+    wait_alive(&[&a, &b], &["junk-a", "junk-b"], CONVERGE).await;
+    let health = a.client().health().await.expect("health");
+    assert!(health.ready);
+    assert_eq!(health.members.alive, 2);
+    assert_eq!(counter(&b, DECODE_ERRORS).await, 0.0);
+    let log = plain_log(&a).join("\n");
+    assert!(!log.contains("panicked"), "{log}");
+}

@@ -59,6 +59,10 @@ pub fn recorder() -> anyhow::Result<PrometheusHandle> {
         .context("cannot install the metrics recorder")?;
     let handle = HANDLE.get_or_init(|| handle).clone();
     metrics::gauge!(BUILD_INFO, "version" => env!("CARGO_PKG_VERSION")).set(1.0);
+    // Alarms must see 0 before the first failure, not a missing series.
+    for counter in [HANDSHAKE_FAILURES, DECODE_ERRORS, RELAY_REFUSALS] {
+        metrics::counter!(counter).increment(0);
+    }
     Ok(handle)
 }
 

@@ -565,23 +565,7 @@ async fn a_forged_frame_is_refused_and_counted() {
 
     // A peer that holds the passphrase, so the handshake succeeds: only the
     // frame check stands between it and an open relay.
-    sidecar::tls::install_crypto_provider();
-    let trust = sidecar::tls::ClusterTrust::from_passphrase(PSK, "forger").expect("trust");
-    let (swim, _swim_rx) = tokio::sync::mpsc::channel(16);
-    let (rtt, _rtt_rx) = tokio::sync::mpsc::channel(16);
-    let (streams, _streams_rx) = tokio::sync::mpsc::channel(16);
-    let transport = sidecar::transport::Transport::bind(
-        "127.0.0.1:0".parse().expect("addr"),
-        &trust,
-        sidecar::link_shim::LinkRules::default(),
-        sidecar::transport::TransportTimings {
-            connect_timeout: Duration::from_secs(5),
-            idle_timeout: Duration::from_secs(10),
-            keep_alive: Duration::from_secs(2),
-        },
-        sidecar::transport::Inbound { swim, rtt, streams },
-    )
-    .expect("bind");
+    let transport = common::peer_transport(PSK, "forger");
 
     // Something that is listening but is not an instance of b: b's own admin API.
     let target = b.listeners.admin;

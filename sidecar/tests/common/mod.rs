@@ -189,6 +189,9 @@ impl AgentProc {
     }
 
     fn into_child(mut self) -> Option<Child> {
+        // The data dir now belongs to the restarted agent: this handle's
+        // Drop must not remove it.
+        self.data_dir = PathBuf::new();
         self.child.take()
     }
 
@@ -462,4 +465,27 @@ pub async fn wait_instances_measured(agent: &AgentProc, service: &str, n: usize)
         },
     )
     .await;
+}
+
+/// A bare QUIC endpoint holding the cluster passphrase, as a peer that is
+/// not an agent: it passes the handshake, then may send anything.
+pub fn peer_transport(psk: &str, name: &str) -> std::sync::Arc<sidecar::transport::Transport> {
+    sidecar::tls::install_crypto_provider();
+    let trust = sidecar::tls::ClusterTrust::from_passphrase(psk, name).expect("trust");
+    // The receivers are dropped: this peer only dials.
+    let (swim, _) = tokio::sync::mpsc::channel(16);
+    let (rtt, _) = tokio::sync::mpsc::channel(16);
+    let (streams, _) = tokio::sync::mpsc::channel(16);
+    sidecar::transport::Transport::bind(
+        "127.0.0.1:0".parse().expect("addr"),
+        &trust,
+        sidecar::link_shim::LinkRules::default(),
+        sidecar::transport::TransportTimings {
+            connect_timeout: Duration::from_secs(5),
+            idle_timeout: Duration::from_secs(10),
+            keep_alive: Duration::from_secs(2),
+        },
+        sidecar::transport::Inbound { swim, rtt, streams },
+    )
+    .expect("bind peer transport")
 }

@@ -1,0 +1,259 @@
+//! The Prometheus contract: after real traffic every metric of the design is
+//! present on `/metrics` and has moved, and every metric the Grafana
+//! dashboard queries is in that scrape.
+
+mod common;
+
+use std::collections::BTreeSet;
+use std::path::Path;
+use std::time::Duration;
+
+use common::{
+    delayed_trio, eventually, http_get, metric_value, wait_instances_measured, AgentProc, Spec,
+};
+use mesh_proto::api::RegisterInstance;
+
+/// Every metric name of the contract (shared/DESIGN.md, "Metrics").
+const CONTRACT: &[&str] = &[
+    "gossamer_build_info",
+    "gossamer_members",
+    "gossamer_gossip_packets_total",
+    "gossamer_gossip_bytes_total",
+    "gossamer_peer_rtt_seconds",
+    "gossamer_catalog_records",
+    "gossamer_catalog_index",
+    "gossamer_handshake_failures_total",
+    "gossamer_decode_errors_total",
+    "gossamer_proxy_requests_total",
+    "gossamer_proxy_request_duration_seconds",
+    "gossamer_upstream_ejections_total",
+    "gossamer_rtt_rejections_total",
+    "gossamer_retries_total",
+    "gossamer_relay_refusals_total",
+];
+
+/// Metric names (without histogram suffixes) in a Prometheus text scrape.
+fn scraped_names(text: &str) -> BTreeSet<String> {
+    text.lines()
+        .filter(|l| !l.starts_with('#') && !l.trim().is_empty())
+        .filter_map(|l| l.split(['{', ' ']).next())
+        .map(|name| {
+            ["_bucket", "_sum", "_count"]
+                .iter()
+                .find_map(|suffix| name.strip_suffix(suffix))
+                .unwrap_or(name)
+                .to_owned()
+        })
+        .collect()
+}
+
+/// Metric names a dashboard's queries use.
+fn dashboard_metrics(dashboard: &serde_json::Value) -> BTreeSet<String> {
+    fn walk(value: &serde_json::Value, out: &mut Vec<String>) {
+        match value {
+            serde_json::Value::Object(map) => {
+                for (key, v) in map {
+                    match (key.as_str(), v) {
+                        ("expr" | "query", serde_json::Value::String(expr)) => {
+                            out.push(expr.clone())
+                        }
+                        _ => walk(v, out),
+                    }
+                }
+            }
+            serde_json::Value::Array(items) => items.iter().for_each(|v| walk(v, out)),
+            _ => {}
+        }
+    }
+    let mut exprs = Vec::new();
+    walk(dashboard, &mut exprs);
+    exprs
+        .iter()
+        .flat_map(|expr| {
+            expr.split(|c: char| !(c.is_ascii_alphanumeric() || c == '_'))
+                .filter(|word| word.starts_with("gossamer_"))
+                .map(|word| {
+                    ["_bucket", "_sum", "_count"]
+                        .iter()
+                        .find_map(|suffix| word.strip_suffix(suffix))
+                        .unwrap_or(word)
+                        .to_owned()
+                })
+                .collect::<Vec<_>>()
+        })
+        .collect()
+}
+
+#[tokio::test]
+async fn every_contract_metric_is_scraped_and_moves() {
+    let trio = delayed_trio(
+        "met",
+        "echo",
+        false,
+        (5, 40),
+        &["--base-ejection-ms", "60000"],
+    )
+    .await;
+    wait_instances_measured(&trio.a, "echo", 2).await;
+    let proxy = trio.a.listeners.proxy;
+    let pinned = [("host", "echo.localhost"), ("x-gossamer-hard-rtt-ms", "20")];
+
+    // Proxied calls: successes, then five 500s that eject b.
+    for _ in 0..20 {
+        let (status, _, _) = http_get(proxy, "/", &[("host", "echo.localhost")])
+            .await
+            .expect("answer");
+        assert_eq!(status, 200);
+    }
+    for _ in 0..5 {
+        let (status, _, _) = http_get(proxy, "/status/500", &pinned)
+            .await
+            .expect("answer");
+        assert_eq!(status, 500);
+    }
+    // An impossible hard requirement: an RTT rejection.
+    let (status, _, _) = http_get(
+        proxy,
+        "/",
+        &[("host", "echo.localhost"), ("x-gossamer-hard-rtt-ms", "0")],
+    )
+    .await
+    .expect("answer");
+    assert_eq!(status, 503);
+    // A GET to an instance whose port is closed: retried.
+    let dead_port = std::net::TcpListener::bind("127.0.0.1:0")
+        .and_then(|l| l.local_addr())
+        .map(|a| a.port())
+        .expect("free port");
+    trio.b
+        .client()
+        .register(&RegisterInstance {
+            service: "gone".to_owned(),
+            port: Some(dead_port),
+            address: None,
+            id: None,
+            deployment_id: None,
+            tags: Vec::new(),
+            health: None,
+        })
+        .await
+        .expect("register");
+    wait_instances_measured(&trio.a, "gone", 1).await;
+    let (status, _, _) = http_get(proxy, "/", &[("host", "gone.localhost")])
+        .await
+        .expect("answer");
+    assert_eq!(status, 502);
+
+    // A peer with another passphrase: a handshake failure on a.
+    let outsider = AgentProc::start(
+        Spec::new("met-outsider")
+            .psk("another passphrase")
+            .join(&trio.a),
+    )
+    .await;
+    // A peer with the passphrase sending a forged proxy frame and a garbage
+    // datagram: a relay refusal and a decode error.
+    let peer = common::peer_transport(common::PSK, "met-peer");
+    let connection = peer
+        .connection(trio.a.listeners.quic)
+        .await
+        .expect("connect");
+    connection
+        .send_datagram(bytes::Bytes::from_static(b"\xffnot a gossamer datagram"))
+        .expect("send datagram");
+    let (mut send, mut recv, _) = peer
+        .open_stream(trio.a.listeners.quic, mesh_proto::gossip::StreamKind::Proxy)
+        .await
+        .expect("open stream");
+    let frame = mesh_proto::frame::ProxyFrame {
+        instance_id: "nothing-here".to_owned(),
+        address: trio.a.listeners.admin,
+        service: "echo".to_owned(),
+        timeout_ms: 0,
+    };
+    send.write_all(&frame.encode().expect("encode"))
+        .await
+        .expect("frame");
+    send.write_all(b"GET / HTTP/1.1\r\nhost: x\r\n\r\n")
+        .await
+        .expect("request");
+    let _ = send.finish();
+    let _ = tokio::time::timeout(Duration::from_secs(10), recv.read_to_end(1 << 16)).await;
+
+    let text = eventually(
+        "every contract metric to have moved",
+        Duration::from_secs(20),
+        || {
+            let a = &trio.a;
+            async move {
+                let text = a.metrics_text().await;
+                let moved =
+                    |name: &str, labels: &[(&str, &str)]| metric_value(&text, name, labels) > 0.0;
+                let all = moved("gossamer_build_info", &[])
+                    && moved("gossamer_members", &[("state", "alive")])
+                    && moved("gossamer_gossip_packets_total", &[("direction", "in")])
+                    && moved("gossamer_gossip_packets_total", &[("direction", "out")])
+                    && moved("gossamer_gossip_bytes_total", &[("direction", "out")])
+                    && moved("gossamer_peer_rtt_seconds", &[("peer", "met-b")])
+                    && moved("gossamer_catalog_records", &[])
+                    && moved("gossamer_catalog_index", &[])
+                    && moved("gossamer_handshake_failures_total", &[])
+                    && moved("gossamer_decode_errors_total", &[])
+                    && moved(
+                        "gossamer_proxy_requests_total",
+                        &[("service", "echo"), ("code", "200")],
+                    )
+                    && moved(
+                        "gossamer_proxy_request_duration_seconds_count",
+                        &[("service", "echo")],
+                    )
+                    && moved("gossamer_upstream_ejections_total", &[("service", "echo")])
+                    && moved("gossamer_rtt_rejections_total", &[("service", "echo")])
+                    && moved("gossamer_retries_total", &[("service", "gone")])
+                    && moved("gossamer_relay_refusals_total", &[]);
+                all.then_some(text)
+            }
+        },
+    )
+    .await;
+    drop(outsider);
+
+    // Histogram buckets resolve sub-millisecond latency.
+    assert!(
+        text.contains(
+            "gossamer_proxy_request_duration_seconds_bucket{service=\"echo\",le=\"0.0001\"}"
+        ) || text.contains("le=\"0.0001\""),
+        "no sub-millisecond bucket:\n{text}"
+    );
+    // The peer RTT of the 40 ms link is about 40 ms, in seconds.
+    let rtt_c = metric_value(&text, "gossamer_peer_rtt_seconds", &[("peer", "met-c")]);
+    assert!((0.03..0.08).contains(&rtt_c), "peer RTT of met-c: {rtt_c}");
+    // Labels stay bounded: no label carries a port or a request id.
+    for line in text
+        .lines()
+        .filter(|l| l.starts_with("gossamer_peer_rtt_seconds{"))
+    {
+        assert!(
+            !line.contains("127.0.0.1"),
+            "peer label is an address: {line}"
+        );
+    }
+
+    let names = scraped_names(&text);
+    for name in CONTRACT {
+        assert!(names.contains(*name), "{name} missing from the scrape");
+    }
+    let dashboard_path =
+        Path::new(env!("CARGO_MANIFEST_DIR")).join("../deploy/grafana/gossamer-dashboard.json");
+    let dashboard: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(dashboard_path).expect("dashboard"))
+            .expect("dashboard JSON");
+    let queried = dashboard_metrics(&dashboard);
+    assert!(queried.len() >= 8, "dashboard queries: {queried:?}");
+    for name in &queried {
+        assert!(
+            names.contains(name),
+            "the dashboard queries {name}, which the agent does not export"
+        );
+    }
+}

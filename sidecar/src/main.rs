@@ -7,13 +7,20 @@ use tracing_subscriber::EnvFilter;
 
 #[tokio::main]
 async fn main() {
+    let cli = Cli::parse();
+    // An agent's log is its record; for the demo and operator commands the
+    // table is the point, and only warnings belong beside it.
+    let default_filter = match cli.command {
+        Command::Agent(_) => "info",
+        _ => "warn",
+    };
     tracing_subscriber::fmt()
         .with_env_filter(
-            EnvFilter::try_from_env("GOSSAMER_LOG").unwrap_or_else(|_| EnvFilter::new("info")),
+            EnvFilter::try_from_env("GOSSAMER_LOG")
+                .unwrap_or_else(|_| EnvFilter::new(default_filter)),
         )
         .with_writer(std::io::stderr)
         .init();
-    let cli = Cli::parse();
     let result = match cli.command {
         Command::Agent(ref args) => sidecar::agent::run_until_signal((**args).clone()).await,
         Command::Echo { listen, ref name } => sidecar::echo::run(listen, name.clone()).await,

@@ -1,0 +1,60 @@
+//! `gossamer demo`, the README's first command: it must end by itself, exit 0
+//! only when every call honoured the requirements, and show why.
+
+use std::process::{Command, Stdio};
+use std::time::{Duration, Instant};
+
+#[test]
+fn the_demo_routes_by_rtt_and_explains_itself() {
+    let mut child = Command::new(env!("CARGO_BIN_EXE_gossamer"))
+        .args(["demo", "--calls", "100"])
+        .env_remove("GOSSAMER_LOG")
+        .stdin(Stdio::null())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("run gossamer demo");
+    let deadline = Instant::now() + Duration::from_secs(60);
+    while child.try_wait().expect("wait").is_none() {
+        if Instant::now() > deadline {
+            let _ = child.kill();
+            panic!("gossamer demo did not end by itself within 60 s");
+        }
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    let output = child.wait_with_output().expect("output");
+    let stdout = String::from_utf8_lossy(&output.stdout);
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    assert!(output.status.success(), "demo failed:\n{stdout}\n{stderr}");
+
+    // One row per node: calls per upstream, measured RTT, and the reason.
+    let row = |node: &str| {
+        stdout
+            .lines()
+            .find(|l| l.starts_with(node))
+            .unwrap_or_else(|| panic!("no row for {node}:\n{stdout}"))
+            .split_whitespace()
+            .map(str::to_owned)
+            .collect::<Vec<_>>()
+    };
+    let calls = |cols: &[String]| cols[3].parse::<u32>().expect("calls column");
+    let rtt = |cols: &[String]| cols[2].parse::<f64>().expect("RTT column");
+    let (a, b, c) = (row("node-a"), row("node-b"), row("node-c"));
+    assert_eq!(calls(&a) + calls(&b) + calls(&c), 100, "{stdout}");
+    assert_eq!(calls(&c), 0, "the far node was used:\n{stdout}");
+    assert!(rtt(&b) > 3.0 && rtt(&b) < 20.0, "{stdout}");
+    assert!(rtt(&c) > 30.0, "{stdout}");
+    assert!(
+        c.join(" ").contains("over the hard requirement of 30 ms"),
+        "{stdout}"
+    );
+    for url in ["/v1/nodes", "/metrics", "echo.localhost"] {
+        assert!(stdout.contains(url), "demo does not print {url}:\n{stdout}");
+    }
+    assert!(stdout.contains("honoured the requirements"), "{stdout}");
+    // The table is not buried in logs.
+    assert!(
+        !stderr.contains(" INFO "),
+        "demo logs at info by default:\n{stderr}"
+    );
+}

@@ -37,7 +37,9 @@ pub struct Requirements {
 #[derive(Debug, Clone, PartialEq, Eq, Hash, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct Definition {
-    /// Routing name (`<name>.localhost`).
+    /// Routing name (`<name>.localhost`); the admin API fills it in from the
+    /// path when a body omits it.
+    #[serde(default)]
     pub name: String,
     /// Free-form version of the service (for example a semver).
     #[serde(default)]

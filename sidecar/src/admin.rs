@@ -14,7 +14,7 @@ use client::select::Requirements;
 use http::{Method, Request, Response, StatusCode};
 use http_body_util::{BodyExt, Full, Limited};
 use hyper::body::Incoming;
-use mesh_proto::api::RegisterInstance;
+use mesh_proto::api::{RegisterInstance, INDEX_HEADER};
 use mesh_proto::catalog::Definition;
 use mesh_proto::names::{validate_id, validate_service_name};
 use metrics_exporter_prometheus::PrometheusHandle;
@@ -37,7 +37,17 @@ pub async fn serve(agent: Arc<Agent>, listener: TcpListener) {
     let shutdown = agent.shutdown_signal();
     server::serve(listener, shutdown, move |request| {
         let agent = agent.clone();
-        async move { route(&agent, request).await }
+        async move {
+            let mut response = route(&agent, request).await;
+            // Errors carry the index too, so a watcher waiting for a name to
+            // appear can block on the index of its 404.
+            if !response.headers().contains_key(INDEX_HEADER) {
+                if let Ok(value) = http::HeaderValue::from_str(&agent.catalog.index().to_string()) {
+                    response.headers_mut().insert(INDEX_HEADER, value);
+                }
+            }
+            response
+        }
     })
     .await;
 }
@@ -144,6 +154,12 @@ async fn block(agent: &Agent, query: &Query) {
     // Jitter spreads the wake-ups of many watchers, as Consul does.
     let jitter = wait.mul_f64(rand::random::<f64>() / 16.0);
     let mut changes = agent.catalog.subscribe();
+    // An index above ours comes from before this agent restarted (the index
+    // starts again at 1): answer at once so the watcher picks up the new one,
+    // instead of blocking until the catalog happens to catch up.
+    if index > *changes.borrow() {
+        return;
+    }
     let _ = tokio::time::timeout(wait + jitter, changes.wait_for(|current| *current > index)).await;
 }
 
@@ -223,17 +239,43 @@ async fn route(agent: &Arc<Agent>, request: Request<Incoming>) -> JsonResponse {
         }
         (&Method::PUT, ["v1", "instances"]) => register(agent, request).await,
         (&Method::DELETE, ["v1", "instances", id]) => deregister(agent, id).await,
-        (_, ["v1", ..]) => reply::error(
-            StatusCode::NOT_FOUND,
-            format!("no route for {method} {path}"),
-            "see the admin API in README.md: /v1/health, /v1/nodes, /v1/services, /v1/instances",
-        ),
+        (_, ["v1", rest @ ..]) => match allowed_methods(rest) {
+            Some(allow) => method_not_allowed(&method, &path, allow),
+            None => reply::error(
+                StatusCode::NOT_FOUND,
+                format!("no route for {method} {path}"),
+                "see the admin API in README.md: /v1/health, /v1/nodes, /v1/services, /v1/instances",
+            ),
+        },
         _ => reply::error(
             StatusCode::NOT_FOUND,
             format!("no such path {path}"),
             "the admin API lives under /v1/",
         ),
     }
+}
+
+/// The methods a known path (after `/v1/`) accepts, for a 405 answer.
+fn allowed_methods(segments: &[&str]) -> Option<&'static str> {
+    match segments {
+        ["health"] | ["nodes"] | ["services"] | ["services", _, "instances"] => Some("GET"),
+        ["services", _] => Some("GET, PUT, DELETE"),
+        ["instances"] => Some("PUT"),
+        ["instances", _] => Some("DELETE"),
+        _ => None,
+    }
+}
+
+fn method_not_allowed(method: &Method, path: &str, allow: &'static str) -> JsonResponse {
+    let mut response = reply::error(
+        StatusCode::METHOD_NOT_ALLOWED,
+        format!("{method} is not supported on {path}"),
+        format!("use {allow}"),
+    );
+    response
+        .headers_mut()
+        .insert(http::header::ALLOW, http::HeaderValue::from_static(allow));
+    response
 }
 
 fn check_service_name(name: &str) -> Result<(), JsonResponse> {
@@ -295,11 +337,7 @@ async fn service(
                 Some(agent.catalog.index()),
             )
         }
-        _ => reply::error(
-            StatusCode::METHOD_NOT_ALLOWED,
-            format!("{method} is not supported on /v1/services/{name}"),
-            "use GET, PUT or DELETE",
-        ),
+        _ => method_not_allowed(method, &format!("/v1/services/{name}"), "GET, PUT, DELETE"),
     }
 }
 
@@ -360,6 +398,9 @@ async fn register(agent: &Arc<Agent>, request: Request<Incoming>) -> JsonRespons
     };
     match registry::register(agent, registration, true).await {
         Ok(instance) => reply::json(StatusCode::OK, &instance, Some(agent.catalog.index())),
+        Err(invalid) if invalid.conflict => {
+            reply::error(StatusCode::CONFLICT, invalid.error, invalid.hint)
+        }
         Err(invalid) => bad_request(invalid.error, invalid.hint),
     }
 }

@@ -186,16 +186,26 @@ pub fn encode_broadcast(record: &Record) -> Option<Vec<u8>> {
     (bytes.len() <= MAX_SWIM_PACKET / 2).then_some(bytes)
 }
 
+fn decode_broadcast(data: &[u8]) -> Result<(CatalogBroadcast, BroadcastKey), BroadcastRejected> {
+    let broadcast: CatalogBroadcast = codec::decode(data, MAX_SWIM_PACKET).map_err(|e| {
+        metrics::decode_error();
+        BroadcastRejected(e.to_string())
+    })?;
+    let key = BroadcastKey {
+        key: broadcast.record.key.clone(),
+        version: broadcast.record.version.clone(),
+    };
+    Ok((broadcast, key))
+}
+
 impl BroadcastReceiver for CatalogStore {
+    fn receive_own(&self, data: &[u8]) -> Result<Option<BroadcastKey>, BroadcastRejected> {
+        // `write` applied it already; it only needs to go out.
+        decode_broadcast(data).map(|(_, key)| Some(key))
+    }
+
     fn receive(&self, data: &[u8]) -> Result<Option<BroadcastKey>, BroadcastRejected> {
-        let broadcast: CatalogBroadcast = codec::decode(data, MAX_SWIM_PACKET).map_err(|e| {
-            metrics::decode_error();
-            BroadcastRejected(e.to_string())
-        })?;
-        let key = BroadcastKey {
-            key: broadcast.record.key.clone(),
-            version: broadcast.record.version.clone(),
-        };
+        let (broadcast, key) = decode_broadcast(data)?;
         match self.apply_remote(broadcast.record) {
             Ok(Applied::Newer) => Ok(Some(key)),
             Ok(Applied::Stale) => Ok(None),

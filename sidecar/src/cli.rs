@@ -379,6 +379,12 @@ async fn services(cli: &Cli, client: &Client, action: &ServicesAction) -> anyhow
                     file.display()
                 )
             })?;
+            if definition.name.is_empty() {
+                bail!(
+                    "{} has no \"name\"; add the service name, for example \"name\": \"billing\"",
+                    file.display()
+                );
+            }
             let stored = client.put_definition(&definition).await?;
             if cli.json {
                 return print_json(&stored);

@@ -54,6 +54,13 @@ pub trait BroadcastReceiver: Send + Sync + 'static {
     /// Applies an item; `Some` when it was new to us and must spread further,
     /// `None` when stale (foca would otherwise re-send it forever).
     fn receive(&self, data: &[u8]) -> Result<Option<BroadcastKey>, BroadcastRejected>;
+
+    /// An item of our own being queued (`Membership::broadcast`). The writer
+    /// has already applied it, so `receive` would call it stale and foca
+    /// would drop it; this must return its key for it to be gossiped.
+    fn receive_own(&self, data: &[u8]) -> Result<Option<BroadcastKey>, BroadcastRejected> {
+        self.receive(data)
+    }
 }
 
 struct Handler(Arc<dyn BroadcastReceiver>);
@@ -65,9 +72,13 @@ impl BroadcastHandler<NodeIdentity> for Handler {
     fn receive_item(
         &mut self,
         data: &[u8],
-        _sender: Option<&NodeIdentity>,
+        sender: Option<&NodeIdentity>,
     ) -> Result<Option<BroadcastKey>, BroadcastRejected> {
-        self.0.receive(data)
+        // foca passes no sender only from `add_broadcast`: our own item.
+        match sender {
+            None => self.0.receive_own(data),
+            Some(_) => self.0.receive(data),
+        }
     }
 }
 

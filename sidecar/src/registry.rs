@@ -20,14 +20,20 @@ pub struct Invalid {
     pub error: String,
     /// What to do.
     pub hint: String,
+    /// True when the request is valid but collides with another node's record.
+    pub conflict: bool,
 }
 
 fn invalid(error: impl Into<String>, hint: impl Into<String>) -> Invalid {
     Invalid {
         error: error.into(),
         hint: hint.into(),
+        conflict: false,
     }
 }
+
+/// Longest deployment id, as for ids (it appears in listings and logs).
+const MAX_DEPLOYMENT_ID: usize = 256;
 
 /// Writes a record as this node and gossips it.
 pub async fn publish(agent: &Agent, key: RecordKey, body: RecordBody) {
@@ -49,12 +55,15 @@ pub fn instance_from(agent: &Agent, request: &RegisterInstance) -> Result<Instan
         )
     })?;
     let address: SocketAddr = match (&request.address, request.port) {
-        (Some(address), _) => address.parse().map_err(|_| {
-            invalid(
-                format!("address {address:?} is not IP:PORT"),
-                "pass \"address\": \"127.0.0.1:8080\", or just \"port\": 8080",
-            )
-        })?,
+        (Some(address), _) => match address.parse::<SocketAddr>() {
+            Ok(parsed) if parsed.port() != 0 => parsed,
+            _ => {
+                return Err(invalid(
+                    format!("address {address:?} is not IP:PORT with a port from 1 to 65535"),
+                    "pass \"address\": \"127.0.0.1:8080\", or just \"port\": 8080",
+                ))
+            }
+        },
         (None, Some(port)) if port != 0 => SocketAddr::from(([127, 0, 0, 1], port)),
         _ => {
             return Err(invalid(
@@ -72,6 +81,28 @@ pub fn instance_from(agent: &Agent, request: &RegisterInstance) -> Result<Instan
         // Deterministic, so registering the same thing twice is idempotent.
         None => format!("{}-{}-{}", request.service, agent.node_id(), address.port()),
     };
+    // Instance ids are cluster-wide keys: taking one that another node owns
+    // would overwrite its instance everywhere.
+    let owner = agent
+        .catalog
+        .read(|c| c.instance(&id).map(|i| i.node.clone()));
+    if let Some(owner) = owner.filter(|owner| owner != agent.node_id()) {
+        return Err(Invalid {
+            error: format!("instance id {id:?} is already registered on node {owner}"),
+            hint: "choose another \"id\", or omit it to have one generated".to_owned(),
+            conflict: true,
+        });
+    }
+    if request
+        .deployment_id
+        .as_ref()
+        .is_some_and(|d| d.len() > MAX_DEPLOYMENT_ID)
+    {
+        return Err(invalid(
+            format!("deployment_id is longer than {MAX_DEPLOYMENT_ID} characters"),
+            "shorten the deployment id",
+        ));
+    }
     for tag in &request.tags {
         if tag.len() > 256 {
             return Err(invalid(

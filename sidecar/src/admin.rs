@@ -239,6 +239,9 @@ async fn route(agent: &Arc<Agent>, request: Request<Incoming>) -> JsonResponse {
         }
         (&Method::PUT, ["v1", "instances"]) => register(agent, request).await,
         (&Method::DELETE, ["v1", "instances", id]) => deregister(agent, id).await,
+        (_, ["v1", "supervise" | "placement", ..]) => {
+            crate::supervise::admin::route(agent, &method, &segments, request.uri().query()).await
+        }
         (_, ["v1", rest @ ..]) => match allowed_methods(rest) {
             Some(allow) => method_not_allowed(&method, &path, allow),
             None => reply::error(

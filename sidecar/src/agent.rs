@@ -53,6 +53,8 @@ pub struct Agent {
     pub http: LocalClient,
     /// Local instances marked critical and probed back to health.
     pub recovering: crate::health::Recovering,
+    /// Local services this agent runs (`--exec`, `[[supervise]]`).
+    pub supervisor: crate::supervise::Supervisor,
     /// When the agent started.
     pub started: Instant,
     /// Actual listener addresses (ports may have been 0).
@@ -104,6 +106,7 @@ impl RunningAgent {
     pub async fn stop(mut self) {
         let agent = self.agent.clone();
         info!(node = %agent.node_id(), "stopping: deregistering flag services and leaving the cluster");
+        crate::supervise::stop(&agent).await;
         registry::deregister_flag_services(&agent).await;
         // Give the deregistrations a moment to ride on gossip before leaving.
         tokio::time::sleep(Duration::from_millis(200)).await;
@@ -242,6 +245,7 @@ pub async fn start(config: AgentConfig) -> anyhow::Result<RunningAgent> {
         }),
         http: local_client(),
         recovering: Default::default(),
+        supervisor: Default::default(),
         started: Instant::now(),
         listeners,
         ready: AtomicBool::new(false),
@@ -260,6 +264,8 @@ pub async fn start(config: AgentConfig) -> anyhow::Result<RunningAgent> {
 
     write_node_meta(&agent).await;
     registry::restore(&agent).await;
+    // After restore, so an earlier run's stale instances are gone first.
+    tasks.spawn(crate::supervise::run(agent.clone()));
     let listeners_json = serde_json::to_vec_pretty(&agent.listeners)?;
     crate::persist::write_atomic(&agent.data.path().join("listeners.json"), &listeners_json)?;
     agent.ready.store(true, Ordering::Relaxed);

@@ -104,6 +104,9 @@ pub enum Command {
         /// Name reported in answers.
         #[arg(long, default_value = "echo")]
         name: String,
+        /// Port to listen on instead of --listen's (a supervising agent sets SERVICE_PORT).
+        #[arg(long, env = "SERVICE_PORT")]
+        port: Option<u16>,
     },
     /// Start a three-node mesh in this process and show routing by RTT.
     Demo {
@@ -113,6 +116,30 @@ pub enum Command {
         /// Calls to send through the proxy.
         #[arg(long, default_value_t = 200)]
         calls: u32,
+    },
+    /// Processes this agent supervises: pid, port, restarts, uptime, health.
+    Ps,
+    /// Logs of a supervised service, merged across copies, each line prefixed with its instance.
+    Logs {
+        /// Service name.
+        name: String,
+        /// Keep printing new lines.
+        #[arg(short, long)]
+        follow: bool,
+        /// Only the last N lines.
+        #[arg(long, value_name = "N")]
+        tail: Option<usize>,
+    },
+    /// Restart a supervised service one copy at a time, each out of rotation before it stops.
+    Restart {
+        /// Service name.
+        name: String,
+    },
+    /// Nodes with their CPU and memory, free and reserved.
+    Nodes {
+        /// Only the nodes with room for one copy of NAME (its definition's cpu_millis and memory_mb).
+        #[arg(long, value_name = "NAME")]
+        fits: Option<String>,
     },
 }
 
@@ -143,7 +170,8 @@ fn print_json<T: Serialize>(value: &T) -> anyhow::Result<()> {
     Ok(())
 }
 
-fn table(header: &[&str], rows: Vec<Vec<String>>) {
+/// Prints rows under a header, columns aligned.
+pub(crate) fn table(header: &[&str], rows: Vec<Vec<String>>) {
     let mut widths: Vec<usize> = header.iter().map(|h| h.len()).collect();
     for row in &rows {
         for (w, cell) in widths.iter_mut().zip(row) {
@@ -321,6 +349,9 @@ pub async fn run_operator(cli: &Cli) -> anyhow::Result<()> {
             hard_rtt,
             soft_rtt,
         } => crate::demo::call_cli(name, path, *proxy, *hard_rtt, *soft_rtt, cli.json).await?,
+        Command::Ps | Command::Logs { .. } | Command::Restart { .. } | Command::Nodes { .. } => {
+            crate::supervise::cli::run(cli).await?
+        }
         Command::Agent(_) | Command::Echo { .. } | Command::Demo { .. } => {
             bail!("not an operator command")
         }

@@ -114,6 +114,30 @@ pub struct AgentArgs {
     #[arg(long, value_name = "ADDR")]
     #[serde(default)]
     pub debug_link_drop: Vec<String>,
+    /// Supervise a local service NAME: run the command given after `--`, register it once it serves, restart it when it exits.
+    #[arg(long, env = "GOSSAMER_EXEC", value_name = "NAME")]
+    #[serde(skip)]
+    pub exec: Option<String>,
+    /// The supervised command and its arguments (after `--`); `${SERVICE_PORT}` is replaced by the copy's port.
+    #[arg(last = true, value_name = "CMD")]
+    #[serde(skip)]
+    pub exec_command: Vec<String>,
+    /// Port of the first --exec copy (copy i listens on PORT+i-1) [default: a free loopback port per copy].
+    #[arg(long, env = "GOSSAMER_EXEC_PORT")]
+    #[serde(skip)]
+    pub exec_port: Option<u16>,
+    /// HTTP path of the --exec service that must answer 2xx before a copy is registered [default: its port accepting].
+    #[arg(long, env = "GOSSAMER_EXEC_HEALTH", value_name = "PATH")]
+    #[serde(skip)]
+    pub exec_health: Option<String>,
+    /// Copies of the --exec service, each its own instance on its own port [default: 1].
+    #[arg(long, env = "GOSSAMER_SCALE")]
+    #[serde(skip)]
+    pub scale: Option<u32>,
+    /// Supervised services of the config file: `[[supervise]]` tables (see README.md).
+    #[arg(skip)]
+    #[serde(default)]
+    pub supervise: Vec<crate::supervise::config::ServiceFile>,
 }
 
 /// Where the cluster's trust comes from.
@@ -169,6 +193,8 @@ pub struct AgentConfig {
     pub link_delays: Vec<(SocketAddr, Duration)>,
     /// Test-only per-peer drops.
     pub link_drops: Vec<SocketAddr>,
+    /// Local services the agent runs and supervises.
+    pub supervise: Vec<crate::supervise::ServiceSpec>,
 }
 
 impl AgentArgs {
@@ -226,6 +252,16 @@ impl AgentArgs {
             dev: self.dev || file.dev,
             debug_link_delay: pick_vec(self.debug_link_delay, file.debug_link_delay),
             debug_link_drop: pick_vec(self.debug_link_drop, file.debug_link_drop),
+            exec: self.exec,
+            exec_command: self.exec_command,
+            exec_port: self.exec_port,
+            exec_health: self.exec_health,
+            scale: self.scale,
+            supervise: if self.supervise.is_empty() {
+                file.supervise
+            } else {
+                self.supervise
+            },
         }
     }
 
@@ -250,6 +286,7 @@ impl AgentArgs {
             );
         }
         let trust = self.trust(dev)?;
+        let supervise = crate::supervise::config::resolve(&self)?;
         let services = self
             .services
             .iter()
@@ -311,6 +348,7 @@ impl AgentArgs {
             ),
             link_delays,
             link_drops,
+            supervise,
         })
     }
 

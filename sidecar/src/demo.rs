@@ -52,6 +52,7 @@ pub fn local_config(
         base_ejection: Duration::from_secs(30),
         link_delays: delays,
         link_drops: Vec::new(),
+        supervise: Vec::new(),
     }
 }
 

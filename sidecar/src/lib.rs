@@ -24,6 +24,7 @@ pub mod reply;
 pub mod rtt;
 pub mod server;
 pub mod streams;
+pub mod supervise;
 pub mod sync;
 pub mod tls;
 pub mod transport;

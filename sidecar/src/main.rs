@@ -23,7 +23,14 @@ async fn main() {
         .init();
     let result = match cli.command {
         Command::Agent(ref args) => sidecar::agent::run_until_signal((**args).clone()).await,
-        Command::Echo { listen, ref name } => sidecar::echo::run(listen, name.clone()).await,
+        Command::Echo {
+            listen,
+            ref name,
+            port,
+        } => {
+            let listen = port.map_or(listen, |p| std::net::SocketAddr::new(listen.ip(), p));
+            sidecar::echo::run(listen, name.clone()).await
+        }
         Command::Demo { keep, calls } => sidecar::demo::run(keep, calls).await,
         _ => sidecar::cli::run_operator(&cli).await,
     };

@@ -336,6 +336,7 @@ impl Driver {
                 }
                 OwnedNotification::MemberDown(id) => {
                     info!(node = %id.node_id, "member down");
+                    self.transport.close_peer(id.addr);
                     changed = true;
                 }
                 OwnedNotification::Rename(old, new) => {

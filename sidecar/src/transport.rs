@@ -71,6 +71,9 @@ pub struct TransportTimings {
 
 type Slot = Arc<OnceCell<Connection>>;
 
+/// Application close code: membership declared the peer down.
+const PEER_DOWN: u32 = 2;
+
 /// The agent's QUIC endpoint and its connection cache.
 pub struct Transport {
     endpoint: Endpoint,
@@ -257,6 +260,16 @@ impl Transport {
             .with_context(|| format!("cannot open a stream to {addr}"))?;
         send.write_all(&[kind as u8]).await?;
         Ok((send, recv, connection))
+    }
+
+    /// Closes the connection to `addr`, if any: the peer was declared down,
+    /// so requests still waiting on it fail now (and safe ones are retried
+    /// elsewhere) instead of when the idle timeout finally notices.
+    pub fn close_peer(&self, addr: SocketAddr) {
+        let slot = self.lock_connections().remove(&addr);
+        if let Some(connection) = slot.as_ref().and_then(|s| s.get()) {
+            connection.close(PEER_DOWN.into(), b"peer declared down");
+        }
     }
 
     /// Closes every connection and waits briefly for the close to be sent.

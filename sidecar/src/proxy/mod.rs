@@ -236,8 +236,9 @@ async fn attempts(
             }
             Err(e) => {
                 in_flight.finish(false);
-                let retry = matches!(e, SendError::Connect { .. })
-                    && route.retryable
+                // A safe or idempotent request may go again even when the
+                // connection broke after sending (a node died mid-call).
+                let retry = route.retryable
                     && matches!(body, RequestBody::Replayable(_))
                     && tried.is_empty()
                     && agent

@@ -183,7 +183,25 @@ async fn read_json<T: DeserializeOwned>(request: Request<Incoming>) -> Result<T,
                 )
             }
         })?;
-    serde_json::from_slice(&body.to_bytes()).map_err(|e| {
+    let body = body.to_bytes();
+    // serde would also take a JSON array as a struct's fields in order;
+    // the API documents objects only.
+    match body.iter().find(|b| !b.is_ascii_whitespace()) {
+        Some(b'{') => {}
+        None => {
+            return Err(bad_request(
+                "the request body is empty",
+                "send a JSON object with the fields documented in README.md",
+            ))
+        }
+        Some(_) => {
+            return Err(bad_request(
+                "the request body is not a JSON object",
+                "send a JSON object ({...}) with the fields documented in README.md",
+            ))
+        }
+    }
+    serde_json::from_slice(&body).map_err(|e| {
         bad_request(
             format!("invalid JSON body: {e}"),
             "check field names and types against the API in README.md",

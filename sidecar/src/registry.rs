@@ -64,7 +64,13 @@ pub fn instance_from(agent: &Agent, request: &RegisterInstance) -> Result<Instan
                 ))
             }
         },
-        (None, Some(port)) if port != 0 => SocketAddr::from(([127, 0, 0, 1], port)),
+        (None, Some(0)) => {
+            return Err(invalid(
+                "port 0 is not a port an instance can listen on",
+                "pass the port the service listens on, from 1 to 65535",
+            ))
+        }
+        (None, Some(port)) => SocketAddr::from(([127, 0, 0, 1], port)),
         _ => {
             return Err(invalid(
                 "the instance has no port or address",
@@ -76,6 +82,14 @@ pub fn instance_from(agent: &Agent, request: &RegisterInstance) -> Result<Instan
         Some(id) => {
             validate_id("instance id", id)
                 .map_err(|e| invalid(e.to_string(), "omit \"id\" to have one generated"))?;
+            // Clients resolve "." and ".." away in URL paths, so such an
+            // instance could not be deregistered with DELETE /v1/instances/ID.
+            if id.bytes().all(|b| b == b'.') {
+                return Err(invalid(
+                    format!("invalid instance id {id:?}: it is only dots"),
+                    "use a letter or digit in the id, or omit \"id\" to have one generated",
+                ));
+            }
             id.clone()
         }
         // Deterministic, so registering the same thing twice is idempotent.

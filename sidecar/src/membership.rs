@@ -341,6 +341,10 @@ impl Driver {
                 }
                 OwnedNotification::Rename(old, new) => {
                     info!(node = %new.node_id, from = old.generation, to = new.generation, "member restarted");
+                    if old.addr != new.addr {
+                        // Whatever waits on the old incarnation's address waits in vain.
+                        self.transport.close_peer(old.addr);
+                    }
                     changed = true;
                 }
                 OwnedNotification::Defunct => {

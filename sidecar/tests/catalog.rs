@@ -13,7 +13,7 @@ use std::time::{Duration, Instant};
 
 use client::select::Requirements;
 use client::Client;
-use common::{eventually, wait_alive, AgentProc, Spec};
+use common::{cluster, eventually, wait_alive, AgentProc, Spec};
 use mesh_proto::api::{RegisterInstance, ServiceSummary, INDEX_HEADER};
 use mesh_proto::catalog::{Definition, Instance};
 
@@ -256,6 +256,54 @@ async fn definitions_written_through_api_and_cli_spread_and_deletes_follow() {
     assert!(
         winner == da || winner == db,
         "the winner is one of the writes"
+    );
+}
+
+#[tokio::test]
+async fn five_agents_all_see_a_write_made_on_any_one_and_its_delete() {
+    let agents = cluster("five", 5).await;
+    let refs: Vec<&AgentProc> = agents.iter().collect();
+    wait_alive(
+        &refs,
+        &["five-1", "five-2", "five-3", "five-4", "five-5"],
+        CONVERGE,
+    )
+    .await;
+
+    let started = Instant::now();
+    let stored = agents[0]
+        .client()
+        .put_definition(&definition("search", "1.0.0"))
+        .await
+        .expect("put on five-1");
+    let instance = agents[2]
+        .client()
+        .register(&registration("search", 18500))
+        .await
+        .expect("register on five-3");
+    wait_definition(&refs, "search", Some(&stored.content_hash)).await;
+    wait_instances(&refs, "search", &[&instance.id], CONVERGE).await;
+    eprintln!(
+        "a definition and an instance reached all 5 agents after {:?}",
+        started.elapsed()
+    );
+
+    let started = Instant::now();
+    agents[4]
+        .client()
+        .delete_definition("search")
+        .await
+        .expect("delete on five-5");
+    agents[2]
+        .client()
+        .deregister(&instance.id)
+        .await
+        .expect("deregister on five-3");
+    wait_definition(&refs, "search", None).await;
+    wait_instances(&refs, "search", &[], CONVERGE).await;
+    eprintln!(
+        "the deletes reached all 5 agents after {:?}",
+        started.elapsed()
     );
 }
 
@@ -619,14 +667,17 @@ async fn a_late_joiner_gets_the_whole_catalog_through_anti_entropy() {
     wait_instances(&[&b], "svc-0", &["svc-0-late-a-18400"], CONVERGE).await;
 
     // Long after those broadcasts stopped, a new agent joins.
-    let c = AgentProc::start(Spec::new("late-c").join(&a)).await;
     let started = Instant::now();
+    let c = AgentProc::start(Spec::new("late-c").join(&a)).await;
     for (i, hash) in hashes.iter().enumerate() {
         wait_definition(&[&c], &format!("svc-{i}"), Some(hash)).await;
     }
     wait_instances(&[&c], "svc-0", &["svc-0-late-a-18400"], CONVERGE).await;
     wait_instances(&[&c], "svc-1", &["svc-1-late-b-18401"], CONVERGE).await;
-    eprintln!("late joiner converged after {:?}", started.elapsed());
+    eprintln!(
+        "late joiner started and converged in {:?}",
+        started.elapsed()
+    );
     let names: Vec<String> = summaries(&c.client()).await.into_keys().collect();
     assert_eq!(names, ["svc-0", "svc-1", "svc-2", "svc-3", "svc-4"]);
 }

@@ -1,0 +1,599 @@
+//! Supervision end to end: real agents start `gossamer echo` as their
+//! supervised service (`--exec echo -- gossamer echo`), register it, restart
+//! it when it dies, scale it, restart it without failing calls, keep its
+//! logs, report strays of an earlier run, and place services by CPU and
+//! memory.
+
+mod common;
+
+use std::path::{Path, PathBuf};
+use std::process::Command;
+use std::time::{Duration, Instant};
+
+use common::{eventually, http_get, http_request, wait_alive, AgentProc, Spec};
+use sidecar::supervise::{PsView, RestartView};
+
+const GOSSAMER: &str = env!("CARGO_BIN_EXE_gossamer");
+
+/// An agent spec supervising `gossamer echo` as `echo` with `extra` flags
+/// (before the `--`).
+fn supervising(node: &str, extra: &[&str]) -> Spec {
+    let mut spec = Spec::new(node).arg("--exec").arg("echo");
+    for arg in extra {
+        spec = spec.arg(*arg);
+    }
+    spec.arg("--")
+        .arg(GOSSAMER)
+        .arg("echo")
+        .arg("--name")
+        .arg(format!("echo@{node}"))
+}
+
+/// Kills, when a test ends (passing or not), the agents it tracks and then
+/// every process their data dirs record, so a failed test leaves no
+/// supervised process behind. Declare it after the agents: it drops first.
+#[derive(Default)]
+struct Reaper {
+    tracked: Vec<(u32, PathBuf)>,
+}
+
+impl Reaper {
+    fn track(&mut self, agent: &AgentProc) {
+        if let Some(pid) = agent.pid() {
+            self.tracked.push((pid, agent.data_dir.clone()));
+        }
+    }
+}
+
+fn recorded_pids(data_dir: &Path) -> Vec<u32> {
+    let mut pids = Vec::new();
+    let Ok(services) = std::fs::read_dir(data_dir.join("supervise")) else {
+        return pids;
+    };
+    for service in services.flatten() {
+        for file in std::fs::read_dir(service.path())
+            .into_iter()
+            .flatten()
+            .flatten()
+        {
+            let record: Option<serde_json::Value> = std::fs::read(file.path())
+                .ok()
+                .and_then(|b| serde_json::from_slice(&b).ok());
+            if let Some(pid) = record.and_then(|r| r.get("pid").and_then(|p| p.as_u64())) {
+                pids.push(pid as u32);
+            }
+        }
+    }
+    pids
+}
+
+fn kill9(pid: u32) {
+    let _ = Command::new("kill")
+        .args(["-KILL", &pid.to_string()])
+        .status();
+}
+
+fn alive(pid: u32) -> bool {
+    // A zombie is as good as gone: its parent (the agent) reaps it.
+    std::fs::read_to_string(format!("/proc/{pid}/stat"))
+        .map(|stat| {
+            stat.rsplit(')')
+                .next()
+                .is_some_and(|rest| !rest.trim_start().starts_with('Z'))
+        })
+        .unwrap_or(false)
+}
+
+impl Drop for Reaper {
+    fn drop(&mut self) {
+        for (agent, _) in &self.tracked {
+            if alive(*agent) {
+                kill9(*agent);
+            }
+        }
+        for (_, dir) in &self.tracked {
+            for pid in recorded_pids(dir) {
+                if alive(pid) {
+                    kill9(pid);
+                }
+            }
+        }
+    }
+}
+
+async fn ps(agent: &AgentProc) -> Option<PsView> {
+    let (status, _, body) = http_get(agent.listeners.admin, "/v1/supervise", &[]).await?;
+    (status == 200).then(|| serde_json::from_str(&body).ok())?
+}
+
+/// Runs the `gossamer` CLI against `agent`: (success, stdout, stderr).
+fn cli(agent: &AgentProc, args: &[&str]) -> (bool, String, String) {
+    let output = Command::new(GOSSAMER)
+        .arg("--agent")
+        .arg(format!("http://{}", agent.listeners.admin))
+        .args(args)
+        .env_remove("GOSSAMER_AGENT")
+        .output()
+        .expect("run gossamer");
+    (
+        output.status.success(),
+        String::from_utf8_lossy(&output.stdout).into_owned(),
+        String::from_utf8_lossy(&output.stderr).into_owned(),
+    )
+}
+
+/// `(health, pid)` of every instance of `echo` that `agent` lists, by id.
+async fn echo_health(agent: &AgentProc) -> Vec<(String, String)> {
+    let Ok(view) = agent.client().instances("echo", &Default::default()).await else {
+        return Vec::new();
+    };
+    let mut out: Vec<(String, String)> = view
+        .eligible
+        .iter()
+        .chain(view.ineligible.iter())
+        .map(|i| {
+            (
+                i.instance.id.clone(),
+                format!("{:?}", i.instance.health).to_lowercase(),
+            )
+        })
+        .collect();
+    out.sort();
+    out
+}
+
+/// Waits until `agent` lists exactly `n` passing instances of echo.
+async fn wait_passing(agent: &AgentProc, n: usize) {
+    eventually(
+        &format!("{} to list {n} passing echo instances", agent.node_id()),
+        Duration::from_secs(30),
+        || async move {
+            let all = echo_health(agent).await;
+            (all.len() == n && all.iter().all(|(_, h)| h == "passing")).then_some(())
+        },
+    )
+    .await;
+}
+
+fn upstream(headers: &http::HeaderMap) -> String {
+    headers
+        .get("x-gossamer-upstream")
+        .and_then(|v| v.to_str().ok())
+        .unwrap_or("")
+        .to_owned()
+}
+
+#[tokio::test]
+async fn supervised_echo_serves_through_another_agent_and_comes_back_after_a_kill() {
+    let a = AgentProc::start(supervising("sup-a", &[])).await;
+    let b = AgentProc::start(Spec::new("sup-b").join(&a)).await;
+    let mut reaper = Reaper::default();
+    reaper.track(&a);
+    reaper.track(&b);
+    wait_alive(&[&a, &b], &["sup-a", "sup-b"], Duration::from_secs(20)).await;
+    wait_passing(&b, 1).await;
+
+    // A call from b's side reaches the copy a supervises.
+    let (status, headers, body) = http_get(b.listeners.proxy, "/", &[("host", "echo.localhost")])
+        .await
+        .expect("answer");
+    assert_eq!(status, 200, "{body}");
+    assert!(body.contains("echo@sup-a"), "{body}");
+    assert_eq!(upstream(&headers), "sup-a/echo-sup-a-1");
+
+    // The supervisor gave the copy its port and the agent's addresses.
+    let view = ps(&a).await.expect("ps");
+    let first = view.processes[0].clone();
+    let pid = first.pid.expect("running");
+    let environ = std::fs::read(format!("/proc/{pid}/environ")).expect("environ");
+    let environ = String::from_utf8_lossy(&environ);
+    let port = first.port.expect("port");
+    assert!(environ.contains(&format!("SERVICE_PORT={port}")));
+    assert!(environ.contains(&format!("PROXY_ADDR={}", a.listeners.proxy)));
+    assert!(environ.contains(&format!("GOSSAMER_AGENT=http://{}", a.listeners.admin)));
+    assert!(
+        !environ.contains("GOSSAMER_PSK"),
+        "the cluster passphrase must not leak into the service's environment"
+    );
+
+    // Killed: critical everywhere at once, then back after the restart.
+    kill9(pid);
+    let b_ref = &b;
+    eventually(
+        "b to see the copy critical",
+        Duration::from_secs(10),
+        || async move {
+            (echo_health(b_ref).await == [("echo-sup-a-1".to_owned(), "critical".to_owned())])
+                .then_some(())
+        },
+    )
+    .await;
+    wait_passing(&b, 1).await;
+    let view = ps(&a).await.expect("ps");
+    let now = &view.processes[0];
+    assert_eq!(now.restarts, 1, "{now:?}");
+    assert_ne!(now.pid, Some(pid));
+    assert!(
+        now.last_exit.as_deref().unwrap_or("").contains("signal 9"),
+        "{now:?}"
+    );
+    let (status, _, body) = http_get(b.listeners.proxy, "/", &[("host", "echo.localhost")])
+        .await
+        .expect("answer");
+    assert_eq!(status, 200, "{body}");
+
+    // SIGTERM: deregistered first (gone from b's list, not critical), then
+    // the process is stopped.
+    let new_pid = now.pid.expect("pid");
+    let mut a = a;
+    let status = a.terminate().expect("exit status");
+    assert!(status.success(), "agent exit: {status}");
+    assert!(!alive(new_pid), "the supervised process outlived its agent");
+    eventually(
+        "b to drop the instance",
+        Duration::from_secs(10),
+        || async move { echo_health(b_ref).await.is_empty().then_some(()) },
+    )
+    .await;
+}
+
+#[tokio::test]
+async fn scale_three_runs_three_instances_with_logs_and_ps() {
+    let a = AgentProc::start(supervising("scale-a", &["--scale", "3"])).await;
+    let mut reaper = Reaper::default();
+    reaper.track(&a);
+    wait_passing(&a, 3).await;
+
+    let view = ps(&a).await.expect("ps");
+    assert_eq!(view.processes.len(), 3);
+    let mut ports: Vec<u16> = view.processes.iter().filter_map(|p| p.port).collect();
+    ports.sort();
+    ports.dedup();
+    assert_eq!(ports.len(), 3, "each copy has its own port: {view:?}");
+    for p in &view.processes {
+        assert!(alive(p.pid.expect("pid")), "{p:?}");
+    }
+    let instances = a
+        .client()
+        .instances("echo", &Default::default())
+        .await
+        .expect("instances");
+    let mut addresses: Vec<u16> = instances
+        .eligible
+        .iter()
+        .map(|i| i.instance.address.port())
+        .collect();
+    addresses.sort();
+    assert_eq!(addresses, ports, "the catalog lists the ports ps shows");
+
+    // `ps` for people.
+    let (ok, out, err) = cli(&a, &["ps"]);
+    assert!(ok, "{err}");
+    assert!(out.starts_with("SERVICE"), "{out}");
+    for p in &view.processes {
+        let row = out
+            .lines()
+            .find(|l| l.contains(&p.instance))
+            .unwrap_or_else(|| panic!("no row for {}: {out}", p.instance));
+        for cell in [
+            p.pid.expect("pid").to_string(),
+            p.port.expect("port").to_string(),
+            "running".to_owned(),
+            "passing".to_owned(),
+        ] {
+            assert!(row.contains(&cell), "{cell} missing in {row:?}");
+        }
+    }
+
+    // Logs: every copy's output, prefixed with its instance, in time order.
+    let (ok, out, err) = cli(&a, &["logs", "echo"]);
+    assert!(ok, "{err}");
+    for p in &view.processes {
+        let prefix = format!("{} | echo service", p.instance);
+        assert!(
+            out.lines().any(|l| l.starts_with(&prefix)
+                && l.contains(&format!("127.0.0.1:{}", p.port.expect("port")))),
+            "no line {prefix:?} naming its port in:\n{out}"
+        );
+    }
+    let (ok, out, _) = cli(&a, &["--json", "logs", "echo"]);
+    assert!(ok);
+    let stamps: Vec<u64> = out
+        .lines()
+        .map(|l| {
+            serde_json::from_str::<serde_json::Value>(l).expect("json line")["ts_us"]
+                .as_u64()
+                .expect("ts")
+        })
+        .collect();
+    assert!(stamps.len() >= 6, "{out}");
+    assert!(
+        stamps.windows(2).all(|w| w[0] < w[1]),
+        "merged in time order"
+    );
+    let (ok, out, _) = cli(&a, &["logs", "echo", "--tail", "2"]);
+    assert!(ok);
+    assert_eq!(out.lines().count(), 2, "{out}");
+
+    // `logs -f` prints lines written after it started.
+    let mut follow = Command::new(GOSSAMER)
+        .arg("--agent")
+        .arg(format!("http://{}", a.listeners.admin))
+        .args(["logs", "echo", "-f", "--tail", "0"])
+        .stdout(std::process::Stdio::piped())
+        .spawn()
+        .expect("logs -f");
+    let victim = view.processes[1].clone();
+    kill9(victim.pid.expect("pid"));
+    let stdout = follow.stdout.take().expect("stdout");
+    let wanted = format!("{} | gossamer: exited", victim.instance);
+    let found = tokio::task::spawn_blocking(move || {
+        use std::io::BufRead;
+        let deadline = Instant::now() + Duration::from_secs(20);
+        std::io::BufReader::new(stdout)
+            .lines()
+            .map_while(Result::ok)
+            .take_while(|_| Instant::now() < deadline)
+            .any(|l| l.starts_with(&wanted))
+    });
+    let found = tokio::time::timeout(Duration::from_secs(30), found).await;
+    let _ = follow.kill();
+    let _ = follow.wait();
+    assert!(
+        matches!(found, Ok(Ok(true))),
+        "logs -f did not show the exit"
+    );
+    wait_passing(&a, 3).await;
+}
+
+#[tokio::test]
+async fn rolling_restart_under_load_loses_no_call() {
+    let a = AgentProc::start(supervising("roll-a", &["--scale", "2"])).await;
+    let b = AgentProc::start(Spec::new("roll-b").join(&a)).await;
+    let mut reaper = Reaper::default();
+    reaper.track(&a);
+    reaper.track(&b);
+    wait_alive(&[&a, &b], &["roll-a", "roll-b"], Duration::from_secs(20)).await;
+    wait_passing(&b, 2).await;
+    let before: Vec<u32> = ps(&a)
+        .await
+        .expect("ps")
+        .processes
+        .iter()
+        .filter_map(|p| p.pid)
+        .collect();
+
+    // The restart runs in the background while four workers send GETs
+    // through b, each taking 30 ms so some are always in flight at a copy
+    // when it is taken down: only a copy drained before it stops serves
+    // them all.
+    let admin = a.listeners.admin;
+    let restart = tokio::spawn(async move {
+        http_request(admin, "POST", "/v1/supervise/echo/restart", &[], Vec::new()).await
+    });
+    let done = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let deadline = Instant::now() + Duration::from_secs(45);
+    let workers: Vec<_> = (0..4)
+        .map(|_| {
+            let done = done.clone();
+            let proxy = b.listeners.proxy;
+            tokio::spawn(async move {
+                let mut calls = 0usize;
+                let mut failures = Vec::new();
+                let mut served = std::collections::BTreeMap::<String, usize>::new();
+                while !done.load(std::sync::atomic::Ordering::Relaxed)
+                    && calls < 5_000
+                    && Instant::now() < deadline
+                {
+                    calls += 1;
+                    match http_get(proxy, "/?delay_ms=30", &[("host", "echo.localhost")]).await {
+                        Some((200, headers, _)) => {
+                            *served.entry(upstream(&headers)).or_default() += 1
+                        }
+                        Some((status, _, body)) => failures.push(format!("{status}: {body}")),
+                        None => failures.push("no answer".to_owned()),
+                    }
+                }
+                (calls, failures, served)
+            })
+        })
+        .collect();
+    let finished = tokio::time::timeout(Duration::from_secs(45), restart).await;
+    done.store(true, std::sync::atomic::Ordering::Relaxed);
+    let mut calls = 0;
+    let mut failures = Vec::new();
+    let mut served = std::collections::BTreeMap::<String, usize>::new();
+    for worker in workers {
+        let (n, failed, by) = worker.await.expect("worker");
+        calls += n;
+        failures.extend(failed);
+        for (k, v) in by {
+            *served.entry(k).or_default() += v;
+        }
+    }
+    let restart = finished.expect("the rolling restart did not finish in time");
+    let (status, _, body) = restart.expect("join").expect("restart answer");
+    assert_eq!(status, 200, "{body}");
+    let report: RestartView = serde_json::from_str(&body).expect("restart view");
+    assert_eq!(report.restarted, ["echo-roll-a-1", "echo-roll-a-2"]);
+    eprintln!(
+        "{calls} GETs during a {} ms rolling restart, served by {served:?}",
+        report.took_ms
+    );
+    assert!(
+        failures.is_empty(),
+        "{} of {calls} calls failed: {failures:?}",
+        failures.len()
+    );
+    assert!(calls >= 20, "too few calls to mean anything: {calls}");
+
+    let after = ps(&a).await.expect("ps");
+    for p in &after.processes {
+        assert!(
+            !before.contains(&p.pid.expect("pid")),
+            "{p:?} was not restarted"
+        );
+        assert_eq!(p.restarts, 1);
+    }
+    for pid in before {
+        assert!(!alive(pid), "old process {pid} still runs");
+    }
+    // Unknown names are explained.
+    let (ok, _, err) = cli(&a, &["restart", "nosuch"]);
+    assert!(!ok);
+    assert!(
+        err.contains("supervises no service") && err.contains("echo"),
+        "{err}"
+    );
+}
+
+#[tokio::test]
+async fn an_earlier_runs_process_is_reported_not_killed() {
+    let mut a = AgentProc::start(supervising("stray-a", &[])).await;
+    let mut reaper = Reaper::default();
+    reaper.track(&a);
+    wait_passing(&a, 1).await;
+    let old = ps(&a).await.expect("ps").processes[0].clone();
+    let old_pid = old.pid.expect("pid");
+
+    // A crash of the agent leaves its process running.
+    a.kill();
+    assert!(alive(old_pid));
+    a.restart().await;
+    reaper.track(&a);
+    wait_passing(&a, 1).await;
+    let view = ps(&a).await.expect("ps");
+    assert_eq!(view.strays.len(), 1, "{view:?}");
+    let stray = &view.strays[0];
+    assert_eq!(stray.record.pid, old_pid);
+    assert!(stray.holds_port);
+    assert!(alive(old_pid), "the stray was killed");
+    assert_ne!(
+        view.processes[0].port, old.port,
+        "the new copy took a free port"
+    );
+    assert!(
+        a.log().contains(&format!("kill {old_pid}")),
+        "the stray is reported in the log"
+    );
+    let (ok, out, _) = cli(&a, &["ps"]);
+    assert!(ok);
+    assert!(
+        out.contains("earlier run") && out.contains(&old_pid.to_string()),
+        "{out}"
+    );
+
+    // Once the operator stops it, its record goes.
+    kill9(old_pid);
+    let a_ref = &a;
+    eventually(
+        "the stray to leave ps",
+        Duration::from_secs(10),
+        || async move { ps(a_ref).await.filter(|v| v.strays.is_empty()).map(|_| ()) },
+    )
+    .await;
+}
+
+#[tokio::test]
+async fn config_file_services_and_placement_by_cpu_and_memory() {
+    let dir = std::env::temp_dir().join(format!("gossamer-sup-conf-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).expect("dir");
+    let config = dir.join("agent.toml");
+    std::fs::write(
+        &config,
+        format!(
+            r#"
+[[supervise]]
+name = "huge"
+command = ["{GOSSAMER}", "echo", "--listen", "127.0.0.1:${{SERVICE_PORT}}", "--name", "huge"]
+env = {{ GREETING = "port ${{SERVICE_PORT}}" }}
+health = "/status/200"
+cpu_millis = 100000000
+memory_mb = 1
+"#
+        ),
+    )
+    .expect("write config");
+    let a = AgentProc::start(
+        Spec::new("place-a")
+            .arg("--config")
+            .arg(config.to_string_lossy()),
+    )
+    .await;
+    let b = AgentProc::start(Spec::new("place-b").join(&a)).await;
+    let mut reaper = Reaper::default();
+    reaper.track(&a);
+    reaper.track(&b);
+    wait_alive(&[&a, &b], &["place-a", "place-b"], Duration::from_secs(20)).await;
+
+    // The service runs, its requirements went to its definition, and its
+    // own node warned that it has no room for it.
+    let (a_ref, b_ref) = (&a, &b);
+    let view = eventually(
+        "the huge service to run",
+        Duration::from_secs(20),
+        || async move {
+            ps(a_ref)
+                .await
+                .filter(|v| v.processes.iter().any(|p| p.health.is_some()))
+        },
+    )
+    .await;
+    let pid = view.processes[0].pid.expect("pid");
+    let port = view.processes[0].port.expect("port");
+    let environ = std::fs::read(format!("/proc/{pid}/environ")).expect("environ");
+    assert!(String::from_utf8_lossy(&environ).contains(&format!("GREETING=port {port}")));
+    let definition = eventually(
+        "b to learn the definition",
+        Duration::from_secs(10),
+        || async move { b_ref.client().definition("huge").await.ok() },
+    )
+    .await;
+    assert_eq!(definition.requirements.cpu_millis, Some(100_000_000));
+    assert!(
+        a.log().contains("does not fit"),
+        "no placement warning in a's log"
+    );
+
+    let (ok, out, err) = cli(&b, &["nodes", "--fits", "huge"]);
+    assert!(ok, "{err}");
+    assert!(out.contains("0 of 2 nodes fit"), "{out}");
+
+    // A small service fits b, whose CPU nothing reserves, and not a.
+    let mut small = definition.clone();
+    small.name = "small".into();
+    small.requirements.cpu_millis = Some(100);
+    small.requirements.memory_mb = Some(16);
+    b.client().put_definition(&small).await.expect("put");
+    let out = eventually(
+        "a to learn the small definition",
+        Duration::from_secs(10),
+        || async move {
+            let (ok, out, _) = cli(a_ref, &["nodes", "--fits", "small"]);
+            (ok && out.contains("1 of 2 nodes fit")).then_some(out)
+        },
+    )
+    .await;
+    assert!(out.contains("place-b") && !out.contains("place-a"), "{out}");
+    let (ok, out, _) = cli(&a, &["--json", "nodes"]);
+    assert!(ok);
+    let nodes: serde_json::Value = serde_json::from_str(&out).expect("json");
+    let a_node = nodes["nodes"]
+        .as_array()
+        .expect("nodes")
+        .iter()
+        .find(|n| n["node"] == "place-a")
+        .expect("place-a")
+        .clone();
+    assert!(a_node["cpus"].as_u64().expect("cpus") >= 1);
+    assert!(a_node["memory_mb"].as_u64().expect("memory") > 0);
+    assert_eq!(
+        a_node["free_cpu_millis"], 0,
+        "the huge copy reserves every CPU"
+    );
+
+    let (ok, _, err) = cli(&a, &["nodes", "--fits", "nosuch"]);
+    assert!(!ok);
+    assert!(err.contains("no definition"), "{err}");
+    let _ = std::fs::remove_dir_all(dir);
+}

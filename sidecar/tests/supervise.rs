@@ -155,6 +155,14 @@ async fn wait_passing(agent: &AgentProc, n: usize) {
     .await;
 }
 
+/// The next line from a reader thread, if one comes within 20 s.
+async fn next_line(rx: &mut tokio::sync::mpsc::UnboundedReceiver<String>) -> Option<String> {
+    tokio::time::timeout(Duration::from_secs(20), rx.recv())
+        .await
+        .ok()
+        .flatten()
+}
+
 fn upstream(headers: &http::HeaderMap) -> String {
     headers
         .get("x-gossamer-upstream")
@@ -315,33 +323,42 @@ async fn scale_three_runs_three_instances_with_logs_and_ps() {
     assert!(ok);
     assert_eq!(out.lines().count(), 2, "{out}");
 
-    // `logs -f` prints lines written after it started.
+    // `logs -f --tail 1` prints the newest line, then only what comes after.
     let mut follow = Command::new(GOSSAMER)
         .arg("--agent")
         .arg(format!("http://{}", a.listeners.admin))
-        .args(["logs", "echo", "-f", "--tail", "0"])
+        .args(["logs", "echo", "-f", "--tail", "1"])
         .stdout(std::process::Stdio::piped())
         .spawn()
         .expect("logs -f");
-    let victim = view.processes[1].clone();
-    kill9(victim.pid.expect("pid"));
     let stdout = follow.stdout.take().expect("stdout");
-    let wanted = format!("{} | gossamer: exited", victim.instance);
-    let found = tokio::task::spawn_blocking(move || {
+    let (tx, mut rx) = tokio::sync::mpsc::unbounded_channel();
+    std::thread::spawn(move || {
         use std::io::BufRead;
-        let deadline = Instant::now() + Duration::from_secs(20);
-        std::io::BufReader::new(stdout)
+        for line in std::io::BufReader::new(stdout)
             .lines()
             .map_while(Result::ok)
-            .take_while(|_| Instant::now() < deadline)
-            .any(|l| l.starts_with(&wanted))
+        {
+            if tx.send(line).is_err() {
+                return;
+            }
+        }
     });
-    let found = tokio::time::timeout(Duration::from_secs(30), found).await;
+    let newest = next_line(&mut rx)
+        .await
+        .expect("logs -f printed the newest line");
+    let victim = view.processes[1].clone();
+    kill9(victim.pid.expect("pid"));
+    let wanted = format!("{} | gossamer: exited", victim.instance);
+    let after_kill = next_line(&mut rx).await;
     let _ = follow.kill();
     let _ = follow.wait();
     assert!(
-        matches!(found, Ok(Ok(true))),
-        "logs -f did not show the exit"
+        after_kill
+            .as_deref()
+            .is_some_and(|l| l.starts_with(&wanted)),
+        "after {newest:?}, logs -f showed {after_kill:?}, not the exit of {}",
+        victim.instance
     );
     wait_passing(&a, 3).await;
 }

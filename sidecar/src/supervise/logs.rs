@@ -354,19 +354,20 @@ pub fn read(dir: &Path, service: &str, after: u64, tail: Option<usize>) -> LogsV
         all.extend(newest_first.into_iter().rev().flatten());
     }
     all.sort_by_key(|l| l.ts_us);
-    let more;
-    let lines = if tail.is_some() {
-        more = false;
+    let newest = all.last().map_or(after, |l| l.ts_us);
+    let (lines, more, cursor) = if tail.is_some() {
+        // The lines left out are older than the tail: follow from the newest.
         let skip = all.len().saturating_sub(want);
-        all.split_off(skip)
+        (all.split_off(skip), false, newest)
     } else {
-        more = all.len() > want;
+        let more = all.len() > want;
         all.truncate(want);
-        all
+        let cursor = all.last().map_or(after, |l| l.ts_us);
+        (all, more, cursor)
     };
     LogsView {
         service: service.to_owned(),
-        cursor: lines.last().map_or(after, |l| l.ts_us),
+        cursor,
         lines,
         more,
     }
@@ -468,6 +469,10 @@ mod tests {
         let texts: Vec<&str> = tail.lines.iter().map(|l| l.text.as_str()).collect();
         assert_eq!(texts, ["b7", "b8", "a9"]);
         assert!(read(&dir, "svc", tail.cursor, None).lines.is_empty());
+        // `--tail 0` shows nothing yet and follows from the newest line.
+        let none = read(&dir, "svc", 0, Some(0));
+        assert!(none.lines.is_empty());
+        assert_eq!(none.cursor, tail.cursor);
         b.append(clock.stamp(), Stream::Err, b"new")
             .expect("append");
         let newer = read(&dir, "svc", tail.cursor, None);

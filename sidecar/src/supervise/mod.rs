@@ -207,7 +207,10 @@ pub async fn run(agent: Arc<Agent>) {
     let supervisor = &agent.supervisor;
     supervisor.done.send_replace(false);
     let drain_default = default_drain(agent.config.profile);
-    let mut tasks = JoinSet::new();
+    // Copies in one set (the supervisor is done when they are); log writers
+    // and later checks in another.
+    let mut copies_running = JoinSet::new();
+    let mut helpers = JoinSet::new();
     for spec in specs {
         let spec = Arc::new(spec);
         declare_requirements(&agent, &spec).await;
@@ -222,11 +225,11 @@ pub async fn run(agent: Arc<Agent>) {
             let log_path = dir.join("logs").join(format!("{instance}.log"));
             match logs::LogFile::open(log_path.clone(), spec.log_max_bytes, spec.log_files) {
                 Ok(file) => {
-                    tasks.spawn(logs::write_loop(file, supervisor.clock.clone(), log_rx));
+                    helpers.spawn(logs::write_loop(file, supervisor.clock.clone(), log_rx));
                 }
                 Err(e) => {
                     warn!(path = %log_path.display(), error = %e, "cannot open a supervised process's log; its output is dropped");
-                    tasks.spawn(async move {
+                    helpers.spawn(async move {
                         let mut rx = log_rx;
                         while rx.recv().await.is_some() {}
                     });
@@ -244,7 +247,7 @@ pub async fn run(agent: Arc<Agent>) {
                 drain,
                 leaving: supervisor.leaving.clone(),
             };
-            tasks.spawn(copy::run(ctx, control_rx, supervisor.stop.subscribe()));
+            copies_running.spawn(copy::run(ctx, control_rx, supervisor.stop.subscribe()));
             copies.push(CopyHandle {
                 copy,
                 instance,
@@ -258,7 +261,7 @@ pub async fn run(agent: Arc<Agent>) {
             let agent = agent.clone();
             let spec = spec.clone();
             let mut stop = supervisor.stop.subscribe();
-            tasks.spawn(async move {
+            helpers.spawn(async move {
                 tokio::select! {
                     _ = tokio::time::sleep(Duration::from_secs(10)) => { warn_if_no_room(&agent, &spec); }
                     _ = stopped(&mut stop) => {}
@@ -277,8 +280,14 @@ pub async fn run(agent: Arc<Agent>) {
                 restarting: tokio::sync::Mutex::new(()),
             }));
     }
-    while tasks.join_next().await.is_some() {}
+    while copies_running.join_next().await.is_some() {}
     supervisor.done.send_replace(true);
+    // Let the writers store the processes' last words; a grandchild that
+    // keeps a pipe open must not hold the agent's exit.
+    let _ = tokio::time::timeout(Duration::from_secs(1), async {
+        while helpers.join_next().await.is_some() {}
+    })
+    .await;
 }
 
 /// Deregisters every supervised instance, lets callers learn it, then stops

@@ -3,8 +3,9 @@
 use std::time::Duration;
 
 use bytes::Bytes;
-use http::{Method, Request, StatusCode, Uri};
+use http::{Method, Request, Response, StatusCode, Uri};
 use http_body_util::{BodyExt, Full};
+use hyper::body::Incoming;
 use hyper_util::client::legacy::connect::HttpConnector;
 use hyper_util::rt::TokioExecutor;
 use mesh_proto::api::{
@@ -35,6 +36,8 @@ pub struct Indexed<T> {
 #[derive(Clone)]
 pub struct Client {
     base: String,
+    /// `host:port` to open TCP connections to (port 80 when the URL has none).
+    connect_to: String,
     timeout: Duration,
     http: hyper_util::client::legacy::Client<HttpConnector, Full<Bytes>>,
 }
@@ -62,12 +65,16 @@ impl Client {
                 url: agent_url.to_owned(),
                 reason: e.to_string(),
             })?;
-        if uri.scheme_str() != Some("http") || uri.host().is_none() {
-            return Err(Error::InvalidUrl {
-                url: agent_url.to_owned(),
-                reason: "only http://HOST:PORT is supported".to_owned(),
-            });
-        }
+        let host = match (uri.scheme_str(), uri.host()) {
+            (Some("http"), Some(host)) => host,
+            _ => {
+                return Err(Error::InvalidUrl {
+                    url: agent_url.to_owned(),
+                    reason: "only http://HOST:PORT is supported".to_owned(),
+                })
+            }
+        };
+        let connect_to = format!("{host}:{}", uri.port_u16().unwrap_or(80));
         let mut connector = HttpConnector::new();
         connector.set_connect_timeout(Some(Duration::from_secs(5)));
         let http = hyper_util::client::legacy::Client::builder(TokioExecutor::new())
@@ -75,6 +82,7 @@ impl Client {
             .build(connector);
         Ok(Self {
             base,
+            connect_to,
             timeout: DEFAULT_TIMEOUT,
             http,
         })
@@ -128,14 +136,13 @@ impl Client {
         url: &str,
         body: Option<Vec<u8>>,
     ) -> Result<Indexed<T>, Error> {
-        let url = url.to_owned();
         let request = Request::builder()
             .method(method)
-            .uri(&url)
+            .uri(url)
             .header(http::header::CONTENT_TYPE, "application/json")
             .body(Full::new(Bytes::from(body.unwrap_or_default())))
             .map_err(|e| Error::InvalidUrl {
-                url: url.clone(),
+                url: url.to_owned(),
                 reason: e.to_string(),
             })?;
         let response = self
@@ -143,38 +150,21 @@ impl Client {
             .request(request)
             .await
             .map_err(|e| Error::Unreachable {
-                url: url.clone(),
+                url: url.to_owned(),
                 reason: e.to_string(),
             })?;
-        let status = response.status();
-        let index = response
-            .headers()
-            .get(INDEX_HEADER)
-            .and_then(|v| v.to_str().ok())
-            .and_then(|v| v.parse().ok())
-            .unwrap_or(0);
-        let bytes = response
-            .into_body()
-            .collect()
-            .await
-            .map_err(|e| Error::Unreachable {
-                url: url.clone(),
-                reason: e.to_string(),
-            })?
-            .to_bytes();
-        if status != StatusCode::OK {
-            let body: ErrorBody = serde_json::from_slice(&bytes).unwrap_or(ErrorBody {
-                error: String::from_utf8_lossy(&bytes).into_owned(),
-                hint: "see the agent's log".to_owned(),
-            });
-            return Err(Error::Api {
-                status: status.as_u16(),
-                error: body.error,
-                hint: body.hint,
-            });
-        }
-        let value = serde_json::from_slice(&bytes).map_err(|e| Error::Decode(e.to_string()))?;
-        Ok(Indexed { value, index })
+        read_answer(url, response).await
+    }
+
+    /// `host:port` of the agent, for a connection of one's own.
+    pub(crate) fn connect_to(&self) -> &str {
+        &self.connect_to
+    }
+
+    /// How long a query may take: the per-call timeout, plus the wait of a
+    /// blocking query and the up to 1/16 of jitter the agent adds to it.
+    pub(crate) fn limit_for(&self, after: Option<(u64, Duration)>) -> Duration {
+        after.map_or(Duration::ZERO, |(_, wait)| wait + wait / 16) + self.timeout
     }
 
     fn encode<T: Serialize>(value: &T) -> Result<Vec<u8>, Error> {
@@ -254,21 +244,8 @@ impl Client {
         requirements: &Requirements,
         after: Option<(u64, Duration)>,
     ) -> Result<Indexed<InstancesView>, Error> {
-        validate_service_name(name)?;
-        let mut query = Vec::new();
-        if let Some(hard) = requirements.hard_rtt_ms {
-            query.push(format!("hard_rtt_ms={hard}"));
-        }
-        if let Some(soft) = requirements.soft_rtt_ms {
-            query.push(format!("soft_rtt_ms={soft}"));
-        }
-        if let Some((index, wait)) = after {
-            query.push(format!("index={index}"));
-            query.push(format!("wait={}ms", wait.as_millis()));
-        }
-        let path = format!("/v1/services/{name}/instances?{}", query.join("&"));
-        // The agent adds up to 1/16 of jitter to the wait.
-        let limit = after.map_or(Duration::ZERO, |(_, wait)| wait + wait / 16) + self.timeout;
+        let path = instances_path(name, requirements, after)?;
+        let limit = self.limit_for(after);
         self.call_within(Method::GET, &path, None, limit).await
     }
 
@@ -301,4 +278,63 @@ impl Client {
             .await?;
         Ok(())
     }
+}
+
+/// Path and query of `GET /v1/services/{name}/instances`, blocking when
+/// `after` is given.
+pub(crate) fn instances_path(
+    name: &str,
+    requirements: &Requirements,
+    after: Option<(u64, Duration)>,
+) -> Result<String, Error> {
+    validate_service_name(name)?;
+    let mut query = Vec::new();
+    if let Some(hard) = requirements.hard_rtt_ms {
+        query.push(format!("hard_rtt_ms={hard}"));
+    }
+    if let Some(soft) = requirements.soft_rtt_ms {
+        query.push(format!("soft_rtt_ms={soft}"));
+    }
+    if let Some((index, wait)) = after {
+        query.push(format!("index={index}"));
+        query.push(format!("wait={}ms", wait.as_millis()));
+    }
+    Ok(format!("/v1/services/{name}/instances?{}", query.join("&")))
+}
+
+/// Reads an answer of the agent: the JSON body and `x-gossamer-index` of a
+/// 200, or the agent's `error` and `hint` otherwise.
+pub(crate) async fn read_answer<T: DeserializeOwned>(
+    url: &str,
+    response: Response<Incoming>,
+) -> Result<Indexed<T>, Error> {
+    let status = response.status();
+    let index = response
+        .headers()
+        .get(INDEX_HEADER)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(0);
+    let bytes = response
+        .into_body()
+        .collect()
+        .await
+        .map_err(|e| Error::Unreachable {
+            url: url.to_owned(),
+            reason: e.to_string(),
+        })?
+        .to_bytes();
+    if status != StatusCode::OK {
+        let body: ErrorBody = serde_json::from_slice(&bytes).unwrap_or(ErrorBody {
+            error: String::from_utf8_lossy(&bytes).into_owned(),
+            hint: "see the agent's log".to_owned(),
+        });
+        return Err(Error::Api {
+            status: status.as_u16(),
+            error: body.error,
+            hint: body.hint,
+        });
+    }
+    let value = serde_json::from_slice(&bytes).map_err(|e| Error::Decode(e.to_string()))?;
+    Ok(Indexed { value, index })
 }

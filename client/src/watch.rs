@@ -7,11 +7,15 @@ use std::pin::Pin;
 use std::task::{Context, Poll};
 use std::time::{Duration, Instant};
 
+use bytes::Bytes;
 use futures_util::stream::{self, Stream};
+use http_body_util::Full;
+use hyper::client::conn::http1::SendRequest;
+use hyper_util::rt::TokioIo;
 use mesh_proto::api::{Ineligible, InstancesView, RttSource};
 use mesh_proto::catalog::Instance;
 
-use crate::admin::{Client, Indexed};
+use crate::admin::{self, Client, Indexed};
 use crate::error::Error;
 use crate::select::Requirements;
 
@@ -76,12 +80,16 @@ impl WatchOptions {
 /// the last answer and returns when the agent's catalog index passes it,
 /// or after [`WatchOptions::wait`].
 ///
+/// **Agent restarts.** A watch keeps one HTTP connection of its own to the
+/// agent. A restarted agent counts its index from 1 again, so an index from
+/// before the restart means nothing to it; but a restart also closes every
+/// connection. So whenever the watch has to open a new connection, its
+/// first query there does not block: it reads the state as it is and takes
+/// the agent's index from that answer, even if it went backwards.
+///
 /// **Errors do not end the stream.** When the agent cannot be reached, is
 /// too slow or answers 5xx, the error comes out as an `Err` item, the watch
-/// backs off (see [`WatchOptions`]) and tries again, and after an error its
-/// next query does not block, so a restarted agent's state is seen at once.
-/// If the agent's index went backwards (it restarted and counts from 1
-/// again), the watch takes the agent's index as the new starting point.
+/// backs off (see [`WatchOptions`]) and tries again on a new connection.
 /// Only an error that cannot heal by waiting (a 4xx answer, an invalid
 /// service name) is the last item.
 ///
@@ -115,6 +123,7 @@ impl Watch {
             options,
             index: None,
             last: None,
+            connection: None,
             failures: 0,
             last_query: None,
             finished: false,
@@ -153,8 +162,10 @@ struct State {
     service: String,
     options: WatchOptions,
     /// Index to block on; `None` for a query that answers at once (the
-    /// first, and the first after an error).
+    /// first on every new connection).
     index: Option<u64>,
+    /// The watch's own connection to the agent; `None` after an error.
+    connection: Option<Connection>,
     /// What the last update showed, to tell a real change from a wake-up.
     last: Option<Fingerprint>,
     /// Failed queries in a row.
@@ -175,18 +186,15 @@ impl State {
         loop {
             self.pause().await;
             self.last_query = Some(Instant::now());
-            let after = self.index.map(|index| (index, self.options.wait));
-            let answer = self
-                .client
-                .instances_after(&self.service, &self.options.requirements, after)
-                .await;
+            let answer = self.query().await;
+            if answer.is_err() {
+                self.connection = None;
+            }
             match answer {
                 Ok(answer) => {
                     self.failures = 0;
-                    // Taken as is even when it went backwards: the agent
-                    // restarted, and its new count is the one to wait on.
-                    // Index 0 (no header) would make every query return at
-                    // once; 1 blocks until the first change.
+                    // Index 0 (no header) would make every blocking query
+                    // return at once; 1 blocks until the first change.
                     self.index = Some(answer.index.max(1));
                     let fingerprint = Fingerprint::of(&answer.value);
                     if self.last.as_ref() != Some(&fingerprint) {
@@ -196,7 +204,6 @@ impl State {
                 }
                 Err(error) if error.is_transient() => {
                     self.failures = self.failures.saturating_add(1);
-                    self.index = None;
                     return Some((Err(error), self));
                 }
                 Err(error) => {
@@ -204,6 +211,49 @@ impl State {
                     return Some((Err(error), self));
                 }
             }
+        }
+    }
+
+    /// One query on the watch's connection, opened first if need be; on a
+    /// new connection the query does not block.
+    async fn query(&mut self) -> Result<Indexed<InstancesView>, Error> {
+        let reusable = match self.connection.as_mut() {
+            // A connection the agent closed while idle is no error.
+            Some(c) => c.sender.ready().await.is_ok(),
+            None => false,
+        };
+        if !reusable {
+            self.connection = None;
+            self.index = None;
+        }
+        let connection = match self.connection.as_mut() {
+            Some(connection) => connection,
+            None => self
+                .connection
+                .insert(Connection::open(&self.client).await?),
+        };
+        let after = self.index.map(|index| (index, self.options.wait));
+        let path = admin::instances_path(&self.service, &self.options.requirements, after)?;
+        let limit = self.client.limit_for(after);
+        let url = format!("{}{path}", self.client.url());
+        let request = http::Request::get(&path)
+            .header(http::header::HOST, self.client.connect_to())
+            .body(Full::new(Bytes::new()))
+            .map_err(|e| Error::InvalidUrl {
+                url: url.clone(),
+                reason: e.to_string(),
+            })?;
+        let unreachable = |e: hyper::Error| Error::Unreachable {
+            url: url.clone(),
+            reason: e.to_string(),
+        };
+        let exchange = async {
+            let response = connection.sender.send_request(request).await;
+            admin::read_answer(&url, response.map_err(unreachable)?).await
+        };
+        match tokio::time::timeout(limit, exchange).await {
+            Ok(answer) => answer,
+            Err(_) => Err(Error::Timeout { url, after: limit }),
         }
     }
 
@@ -219,6 +269,47 @@ impl State {
         if !pause.is_zero() {
             tokio::time::sleep(pause).await;
         }
+    }
+}
+
+/// An HTTP/1.1 connection owned by one watch: while it stays open, the
+/// agent at the other end is the same process, and its index can be trusted.
+struct Connection {
+    sender: SendRequest<Full<Bytes>>,
+    driver: tokio::task::JoinHandle<()>,
+}
+
+// === impl Connection ===
+
+impl Connection {
+    async fn open(client: &Client) -> Result<Self, Error> {
+        let to = client.connect_to();
+        let unreachable = |reason: String| Error::Unreachable {
+            url: client.url().to_owned(),
+            reason,
+        };
+        let stream = tokio::time::timeout(client.timeout(), tokio::net::TcpStream::connect(to))
+            .await
+            .map_err(|_| Error::Timeout {
+                url: client.url().to_owned(),
+                after: client.timeout(),
+            })?
+            .map_err(|e| unreachable(e.to_string()))?;
+        let _ = stream.set_nodelay(true);
+        let (sender, connection) = hyper::client::conn::http1::handshake(TokioIo::new(stream))
+            .await
+            .map_err(|e| unreachable(e.to_string()))?;
+        let driver = tokio::spawn(async move {
+            // Its end is seen by the sender; nothing to add here.
+            let _ = connection.await;
+        });
+        Ok(Self { sender, driver })
+    }
+}
+
+impl Drop for Connection {
+    fn drop(&mut self) {
+        self.driver.abort();
     }
 }
 

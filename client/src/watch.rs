@@ -217,6 +217,8 @@ impl State {
     /// One query on the watch's connection, opened first if need be; on a
     /// new connection the query does not block.
     async fn query(&mut self) -> Result<Indexed<InstancesView>, Error> {
+        // A bad name is final whether or not the agent is up.
+        mesh_proto::names::validate_service_name(&self.service)?;
         let reusable = match self.connection.as_mut() {
             // A connection the agent closed while idle is no error.
             Some(c) => c.sender.ready().await.is_ok(),
@@ -432,6 +434,33 @@ mod tests {
             }),
         )]);
         assert_eq!(Fingerprint::of(&over), Fingerprint::of(&further));
+    }
+
+    #[tokio::test]
+    async fn an_invalid_name_ends_the_stream_after_one_error() {
+        use futures_util::StreamExt;
+        let client = Client::new("http://127.0.0.1:9").expect("client");
+        let mut watch = client.watch("Not A Name");
+        assert!(matches!(watch.next().await, Some(Err(Error::InvalidName(_)))));
+        assert!(watch.next().await.is_none());
+    }
+
+    #[tokio::test]
+    async fn an_absent_agent_gives_transient_errors_and_the_stream_goes_on() {
+        use futures_util::StreamExt;
+        let client = Client::new("http://127.0.0.1:9").expect("client");
+        let options = WatchOptions {
+            min_backoff: Duration::from_millis(1),
+            max_backoff: Duration::from_millis(2),
+            ..WatchOptions::default()
+        };
+        let mut watch = client.watch_with("web", options);
+        for _ in 0..3 {
+            match watch.next().await {
+                Some(Err(e)) => assert!(e.is_transient(), "{e}"),
+                other => panic!("expected a transient error, got {other:?}"),
+            }
+        }
     }
 
     #[test]

@@ -441,7 +441,10 @@ mod tests {
         use futures_util::StreamExt;
         let client = Client::new("http://127.0.0.1:9").expect("client");
         let mut watch = client.watch("Not A Name");
-        assert!(matches!(watch.next().await, Some(Err(Error::InvalidName(_)))));
+        assert!(matches!(
+            watch.next().await,
+            Some(Err(Error::InvalidName(_)))
+        ));
         assert!(watch.next().await.is_none());
     }
 

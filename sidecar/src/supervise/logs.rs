@@ -200,19 +200,40 @@ impl LogFile {
 /// What a copy's log writer receives.
 pub type LogSender = mpsc::Sender<(Stream, Vec<u8>)>;
 
+/// Most lines written in one blocking batch.
+const BATCH: usize = 256;
+
 /// Writes what arrives on `lines` to `file` until every sender is gone.
+/// Lines are stamped as they arrive and written in batches on the blocking
+/// pool, so a chatty process never stalls the agent's own tasks.
 pub async fn write_loop(
     mut file: LogFile,
     clock: std::sync::Arc<LogClock>,
     mut lines: mpsc::Receiver<(Stream, Vec<u8>)>,
 ) {
     let mut failed = false;
-    while let Some((stream, text)) = lines.recv().await {
-        let stamp = clock.stamp();
-        match file.append(stamp, stream, &text) {
+    let mut batch = Vec::with_capacity(BATCH);
+    while lines.recv_many(&mut batch, BATCH).await > 0 {
+        let stamped: Vec<(u64, Stream, Vec<u8>)> = batch
+            .drain(..)
+            .map(|(stream, text)| (clock.stamp(), stream, text))
+            .collect();
+        let last = stamped.last().map_or(0, |(stamp, _, _)| *stamp);
+        let written = tokio::task::spawn_blocking(move || {
+            let result = stamped
+                .iter()
+                .try_for_each(|(stamp, stream, text)| file.append(*stamp, *stream, text));
+            (file, result)
+        })
+        .await;
+        let Ok((returned, result)) = written else {
+            return;
+        };
+        file = returned;
+        match result {
             Ok(()) => {
                 failed = false;
-                clock.written(stamp);
+                clock.written(last);
             }
             Err(e) if !failed => {
                 // Warn once per failure streak, not once per line.

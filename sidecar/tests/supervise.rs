@@ -509,6 +509,24 @@ async fn an_earlier_runs_process_is_reported_not_killed() {
         || async move { ps(a_ref).await.filter(|v| v.strays.is_empty()).map(|_| ()) },
     )
     .await;
+
+    // A crash that took the process down too leaves only a record: removed
+    // at the next start, with nothing reported.
+    let current = ps(&a).await.expect("ps").processes[0].pid.expect("pid");
+    a.kill();
+    kill9(current);
+    let record = a.data_dir.join("supervise/echo/1.pid.json");
+    assert!(record.exists(), "the crash left the process record");
+    a.restart().await;
+    reaper.track(&a);
+    wait_passing(&a, 1).await;
+    let view = ps(&a).await.expect("ps");
+    assert!(view.strays.is_empty(), "{view:?}");
+    assert_ne!(view.processes[0].pid, Some(current));
+    let now: serde_json::Value =
+        serde_json::from_slice(&std::fs::read(&record).expect("the new copy's record"))
+            .expect("json");
+    assert_eq!(now["pid"].as_u64(), view.processes[0].pid.map(u64::from));
 }
 
 #[tokio::test]

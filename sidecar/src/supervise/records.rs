@@ -25,7 +25,7 @@ pub struct PidRecord {
     pub pid: u32,
     /// Port the process was given.
     pub port: u16,
-    /// The program as started (argv[0]), to tell a reused pid apart.
+    /// The program as started (`argv[0]`), to tell a reused pid apart.
     pub program: String,
     /// When it started, ms since the Unix epoch.
     pub started_ms: u64,

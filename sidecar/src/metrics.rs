@@ -37,6 +37,42 @@ pub const RELAY_REFUSALS: &str = "gossamer_relay_refusals_total";
 /// `gossamer_build_info{version}`.
 pub const BUILD_INFO: &str = "gossamer_build_info";
 
+/// The metric names shared/DESIGN.md makes a contract (histograms by base name).
+pub const DESIGN_CONTRACT: [&str; 13] = [
+    MEMBERS,
+    GOSSIP_PACKETS,
+    GOSSIP_BYTES,
+    PEER_RTT,
+    CATALOG_RECORDS,
+    CATALOG_INDEX,
+    HANDSHAKE_FAILURES,
+    DECODE_ERRORS,
+    PROXY_REQUESTS,
+    PROXY_DURATION,
+    EJECTIONS,
+    RTT_REJECTIONS,
+    RETRIES,
+];
+
+/// Every metric the agent exports: the contract, build info and relay refusals.
+pub const EXPORTED: [&str; 15] = [
+    MEMBERS,
+    GOSSIP_PACKETS,
+    GOSSIP_BYTES,
+    PEER_RTT,
+    CATALOG_RECORDS,
+    CATALOG_INDEX,
+    HANDSHAKE_FAILURES,
+    DECODE_ERRORS,
+    PROXY_REQUESTS,
+    PROXY_DURATION,
+    EJECTIONS,
+    RTT_REJECTIONS,
+    RETRIES,
+    BUILD_INFO,
+    RELAY_REFUSALS,
+];
+
 /// Buckets that resolve sub-millisecond proxy latency up to the 30 s timeout.
 const DURATION_BUCKETS: &[f64] = &[
     0.0001, 0.00025, 0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5,

@@ -1,28 +1,20 @@
 //! `gossamer demo`, the README's first command: it must end by itself, exit 0
 //! only when every call honoured the requirements, and show why.
 
-use std::process::{Command, Stdio};
-use std::time::{Duration, Instant};
+mod common;
+
+use std::process::Command;
+use std::time::Duration;
 
 #[test]
 fn the_demo_routes_by_rtt_and_explains_itself() {
-    let mut child = Command::new(env!("CARGO_BIN_EXE_gossamer"))
-        .args(["demo", "--calls", "100"])
-        .env_remove("GOSSAMER_LOG")
-        .stdin(Stdio::null())
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .spawn()
-        .expect("run gossamer demo");
-    let deadline = Instant::now() + Duration::from_secs(60);
-    while child.try_wait().expect("wait").is_none() {
-        if Instant::now() > deadline {
-            let _ = child.kill();
-            panic!("gossamer demo did not end by itself within 60 s");
-        }
-        std::thread::sleep(Duration::from_millis(100));
-    }
-    let output = child.wait_with_output().expect("output");
+    let output = common::run_bounded(
+        Command::new(env!("CARGO_BIN_EXE_gossamer"))
+            .args(["demo", "--calls", "100"])
+            .env_remove("GOSSAMER_LOG"),
+        Duration::from_secs(60),
+        "gossamer demo (it must end by itself)",
+    );
     let stdout = String::from_utf8_lossy(&output.stdout);
     let stderr = String::from_utf8_lossy(&output.stderr);
     assert!(output.status.success(), "demo failed:\n{stdout}\n{stderr}");

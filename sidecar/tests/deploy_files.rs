@@ -15,22 +15,9 @@ use serde::Deserialize;
 use serde_json::Value as Json;
 use serde_norway::Value as Yaml;
 
-/// The metric names DESIGN.md ("Metrics") declares; histograms by base name.
-const CONTRACT_METRICS: &[&str] = &[
-    "gossamer_members",
-    "gossamer_gossip_packets_total",
-    "gossamer_gossip_bytes_total",
-    "gossamer_peer_rtt_seconds",
-    "gossamer_catalog_records",
-    "gossamer_catalog_index",
-    "gossamer_handshake_failures_total",
-    "gossamer_decode_errors_total",
-    "gossamer_proxy_requests_total",
-    "gossamer_proxy_request_duration_seconds",
-    "gossamer_upstream_ejections_total",
-    "gossamer_rtt_rejections_total",
-    "gossamer_retries_total",
-];
+#[path = "common/dashboard.rs"]
+mod dashboard;
+use dashboard::{dashboard_metric_names, dashboard_panels, load_dashboard, metric_names_in};
 
 /// `gossamer agent` flags (DESIGN.md "The agent", plus those `gossamer agent
 /// --help` adds); a variable `GOSSAMER_<FLAG>` must name one of them.
@@ -162,86 +149,6 @@ fn port_of(addr: &str) -> u16 {
 fn flag_of_env(var: &str) -> Option<String> {
     var.strip_prefix("GOSSAMER_")
         .map(|rest| rest.to_ascii_lowercase().replace('_', "-"))
-}
-
-// === dashboard ===
-
-fn load_dashboard() -> Json {
-    let path = deploy_dir().join("grafana/gossamer-dashboard.json");
-    serde_json::from_str(&read(&path))
-        .unwrap_or_else(|e| panic!("{} is not valid JSON: {e}", path.display()))
-}
-
-/// Every panel, with the panels nested in collapsed rows.
-fn dashboard_panels(dashboard: &Json) -> Vec<&Json> {
-    fn collect<'a>(panels: &'a Json, out: &mut Vec<&'a Json>) {
-        for panel in panels.as_array().into_iter().flatten() {
-            out.push(panel);
-            if let Some(nested) = panel.get("panels") {
-                collect(nested, out);
-            }
-        }
-    }
-    let mut out = Vec::new();
-    collect(&dashboard["panels"], &mut out);
-    out
-}
-
-/// Every PromQL query of the dashboard: panel targets and template variables.
-fn dashboard_queries(dashboard: &Json) -> Vec<String> {
-    let mut queries: Vec<String> = dashboard_panels(dashboard)
-        .into_iter()
-        .flat_map(|p| p["targets"].as_array().cloned().unwrap_or_default())
-        .filter_map(|t| t["expr"].as_str().map(str::to_owned))
-        .collect();
-    for var in dashboard["templating"]["list"]
-        .as_array()
-        .into_iter()
-        .flatten()
-    {
-        if var["type"] == "query" {
-            let query = var["query"]["query"].as_str().or(var["query"].as_str());
-            queries.extend(query.map(str::to_owned));
-        }
-    }
-    queries
-}
-
-/// The `gossamer_*` metric names a PromQL expression reads, histogram series
-/// (`_bucket`, `_sum`, `_count`) folded into their base name.
-fn metric_names_in(expr: &str) -> BTreeSet<String> {
-    let bytes = expr.as_bytes();
-    let mut names = BTreeSet::new();
-    let mut from = 0;
-    while let Some(found) = expr[from..].find("gossamer_") {
-        let start = from + found;
-        let mut end = start + "gossamer_".len();
-        while end < bytes.len() && (bytes[end].is_ascii_lowercase() || bytes[end] == b'_') {
-            end += 1;
-        }
-        let inside_word = start > 0
-            && (bytes[start - 1].is_ascii_alphanumeric()
-                || matches!(bytes[start - 1], b'_' | b'$'));
-        if !inside_word {
-            let name = &expr[start..end];
-            let base = ["_bucket", "_sum", "_count"]
-                .iter()
-                .find_map(|suffix| name.strip_suffix(suffix))
-                .unwrap_or(name);
-            names.insert(base.to_owned());
-        }
-        from = end;
-    }
-    names
-}
-
-/// The metric names the Grafana dashboard queries (panels and variables), by
-/// base name. A test against a live agent can check each against a scrape.
-fn dashboard_metric_names(dashboard: &Json) -> BTreeSet<String> {
-    dashboard_queries(dashboard)
-        .iter()
-        .flat_map(|q| metric_names_in(q))
-        .collect()
 }
 
 /// `$name` and `${name}` references in a string.
@@ -428,7 +335,10 @@ fn metric_name_extraction_folds_histogram_series() {
 #[test]
 fn dashboard_queries_only_contract_metrics() {
     let used = dashboard_metric_names(&load_dashboard());
-    let contract: BTreeSet<String> = CONTRACT_METRICS.iter().map(|s| s.to_string()).collect();
+    let contract: BTreeSet<String> = sidecar::metrics::DESIGN_CONTRACT
+        .iter()
+        .map(|s| s.to_string())
+        .collect();
     let unknown: Vec<_> = used.difference(&contract).collect();
     assert!(
         unknown.is_empty(),
@@ -439,7 +349,7 @@ fn dashboard_queries_only_contract_metrics() {
 #[test]
 fn dashboard_shows_every_contract_metric() {
     let used = dashboard_metric_names(&load_dashboard());
-    let missing: Vec<_> = CONTRACT_METRICS
+    let missing: Vec<_> = sidecar::metrics::DESIGN_CONTRACT
         .iter()
         .filter(|m| !used.contains(**m))
         .collect();

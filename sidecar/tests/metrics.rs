@@ -3,34 +3,15 @@
 //! dashboard queries is in that scrape.
 
 mod common;
+#[path = "common/dashboard.rs"]
+mod dashboard;
 
 use std::collections::BTreeSet;
-use std::path::Path;
 use std::time::Duration;
 
 use common::{
     delayed_trio, eventually, http_get, metric_value, wait_instances_measured, AgentProc, Spec,
 };
-use mesh_proto::api::RegisterInstance;
-
-/// Every metric name of the contract (shared/DESIGN.md, "Metrics").
-const CONTRACT: &[&str] = &[
-    "gossamer_build_info",
-    "gossamer_members",
-    "gossamer_gossip_packets_total",
-    "gossamer_gossip_bytes_total",
-    "gossamer_peer_rtt_seconds",
-    "gossamer_catalog_records",
-    "gossamer_catalog_index",
-    "gossamer_handshake_failures_total",
-    "gossamer_decode_errors_total",
-    "gossamer_proxy_requests_total",
-    "gossamer_proxy_request_duration_seconds",
-    "gossamer_upstream_ejections_total",
-    "gossamer_rtt_rejections_total",
-    "gossamer_retries_total",
-    "gossamer_relay_refusals_total",
-];
 
 /// Metric names (without histogram suffixes) in a Prometheus text scrape.
 fn scraped_names(text: &str) -> BTreeSet<String> {
@@ -43,43 +24,6 @@ fn scraped_names(text: &str) -> BTreeSet<String> {
                 .find_map(|suffix| name.strip_suffix(suffix))
                 .unwrap_or(name)
                 .to_owned()
-        })
-        .collect()
-}
-
-/// Metric names a dashboard's queries use.
-fn dashboard_metrics(dashboard: &serde_json::Value) -> BTreeSet<String> {
-    fn walk(value: &serde_json::Value, out: &mut Vec<String>) {
-        match value {
-            serde_json::Value::Object(map) => {
-                for (key, v) in map {
-                    match (key.as_str(), v) {
-                        ("expr" | "query", serde_json::Value::String(expr)) => {
-                            out.push(expr.clone())
-                        }
-                        _ => walk(v, out),
-                    }
-                }
-            }
-            serde_json::Value::Array(items) => items.iter().for_each(|v| walk(v, out)),
-            _ => {}
-        }
-    }
-    let mut exprs = Vec::new();
-    walk(dashboard, &mut exprs);
-    exprs
-        .iter()
-        .flat_map(|expr| {
-            expr.split(|c: char| !(c.is_ascii_alphanumeric() || c == '_'))
-                .filter(|word| word.starts_with("gossamer_"))
-                .map(|word| {
-                    ["_bucket", "_sum", "_count"]
-                        .iter()
-                        .find_map(|suffix| word.strip_suffix(suffix))
-                        .unwrap_or(word)
-                        .to_owned()
-                })
-                .collect::<Vec<_>>()
         })
         .collect()
 }
@@ -125,19 +69,7 @@ async fn every_contract_metric_is_scraped_and_moves() {
         .and_then(|l| l.local_addr())
         .map(|a| a.port())
         .expect("free port");
-    trio.b
-        .client()
-        .register(&RegisterInstance {
-            service: "gone".to_owned(),
-            port: Some(dead_port),
-            address: None,
-            id: None,
-            deployment_id: None,
-            tags: Vec::new(),
-            health: None,
-        })
-        .await
-        .expect("register");
+    common::register_port(&trio.b, "gone", dead_port).await;
     wait_instances_measured(&trio.a, "gone", 1).await;
     let (status, _, _) = http_get(proxy, "/", &[("host", "gone.localhost")])
         .await
@@ -240,15 +172,10 @@ async fn every_contract_metric_is_scraped_and_moves() {
     }
 
     let names = scraped_names(&text);
-    for name in CONTRACT {
-        assert!(names.contains(*name), "{name} missing from the scrape");
+    for name in sidecar::metrics::EXPORTED {
+        assert!(names.contains(name), "{name} missing from the scrape");
     }
-    let dashboard_path =
-        Path::new(env!("CARGO_MANIFEST_DIR")).join("../deploy/grafana/gossamer-dashboard.json");
-    let dashboard: serde_json::Value =
-        serde_json::from_str(&std::fs::read_to_string(dashboard_path).expect("dashboard"))
-            .expect("dashboard JSON");
-    let queried = dashboard_metrics(&dashboard);
+    let queried = dashboard::dashboard_metric_names(&dashboard::load_dashboard());
     assert!(queried.len() >= 8, "dashboard queries: {queried:?}");
     for name in &queried {
         assert!(

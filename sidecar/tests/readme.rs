@@ -3,9 +3,11 @@
 //! bash with `gossamer` on the PATH. The tour uses fixed ports (4200, 4201,
 //! 4210, 4211, 4300, 4310, 9102, 9112, 18080): this is the only test that does.
 
+mod common;
+
 use std::path::Path;
-use std::process::{Command, Stdio};
-use std::time::{Duration, Instant};
+use std::process::Command;
+use std::time::Duration;
 
 fn tour_blocks(readme: &str) -> Vec<String> {
     let begin = readme
@@ -59,27 +61,17 @@ fn the_readme_tour_runs_as_written() {
     }
     std::fs::write(work.join("tour.sh"), &script).expect("write script");
 
-    let mut child = Command::new("bash")
-        .arg("tour.sh")
-        .current_dir(&work)
-        .env("PATH", path)
-        .env("GOSSAMER_LOG", "warn")
-        .env_remove("GOSSAMER_AGENT")
-        .env_remove("GOSSAMER_JOIN")
-        .stdin(Stdio::null())
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .spawn()
-        .expect("run bash");
-    let deadline = Instant::now() + Duration::from_secs(120);
-    while child.try_wait().expect("wait").is_none() {
-        if Instant::now() > deadline {
-            let _ = child.kill();
-            panic!("the README tour did not finish within 120 s");
-        }
-        std::thread::sleep(Duration::from_millis(100));
-    }
-    let output = child.wait_with_output().expect("output");
+    let output = common::run_bounded(
+        Command::new("bash")
+            .arg("tour.sh")
+            .current_dir(&work)
+            .env("PATH", path)
+            .env("GOSSAMER_LOG", "warn")
+            .env_remove("GOSSAMER_AGENT")
+            .env_remove("GOSSAMER_JOIN"),
+        Duration::from_secs(120),
+        "the README tour",
+    );
     let stdout = String::from_utf8_lossy(&output.stdout);
     let stderr = String::from_utf8_lossy(&output.stderr);
     let _ = std::fs::remove_dir_all(&work);

@@ -489,3 +489,40 @@ pub fn peer_transport(psk: &str, name: &str) -> std::sync::Arc<sidecar::transpor
     )
     .expect("bind peer transport")
 }
+
+/// Registers `service` at `127.0.0.1:port` on `agent`'s node.
+pub async fn register_port(agent: &AgentProc, service: &str, port: u16) {
+    agent
+        .client()
+        .register(&mesh_proto::api::RegisterInstance {
+            service: service.to_owned(),
+            port: Some(port),
+            address: None,
+            id: None,
+            deployment_id: None,
+            tags: Vec::new(),
+            health: None,
+        })
+        .await
+        .unwrap_or_else(|e| panic!("register {service} on {}: {e}", agent.node_id()));
+}
+
+/// Runs `command` to its end with piped output, killing it and panicking
+/// if it takes longer than `limit`.
+pub fn run_bounded(command: &mut Command, limit: Duration, what: &str) -> std::process::Output {
+    let mut child = command
+        .stdin(Stdio::null())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap_or_else(|e| panic!("cannot start {what}: {e}"));
+    let deadline = Instant::now() + limit;
+    while child.try_wait().ok().flatten().is_none() {
+        if Instant::now() > deadline {
+            let _ = child.kill();
+            panic!("{what} did not finish within {limit:?}");
+        }
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    child.wait_with_output().expect("collect output")
+}

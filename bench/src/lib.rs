@@ -6,6 +6,8 @@
 //! run every scenario briefly and check the output.
 #![forbid(unsafe_code)]
 
+pub mod balance;
+pub mod gossip;
 pub mod load;
 pub mod proxy;
 pub mod report;

@@ -12,8 +12,12 @@ struct Cli {
 
 #[derive(Debug, Subcommand)]
 enum Scenario {
+    /// Upstream choice: requirements honoured, tail latency against round robin and random.
+    Balance(bench::balance::BalanceArgs),
     /// Proxy overhead: direct, one sidecar, two sidecars over QUIC, nginx, HAProxy.
     Proxy(bench::proxy::ProxyArgs),
+    /// N agents in one process: spread, failure detection, traffic, memory.
+    Gossip(bench::gossip::GossipArgs),
     /// foca and the catalog merge over an in-memory network with loss and delay.
     Sim(bench::sim::SimArgs),
 }
@@ -26,7 +30,9 @@ fn runtime() -> anyhow::Result<tokio::runtime::Runtime> {
 
 fn main() -> anyhow::Result<()> {
     match Cli::parse().scenario {
+        Scenario::Balance(args) => bench::balance::run(&args).map(|_| ()),
         Scenario::Proxy(args) => runtime()?.block_on(bench::proxy::run(&args)).map(|_| ()),
+        Scenario::Gossip(args) => runtime()?.block_on(bench::gossip::run(&args)).map(|_| ()),
         Scenario::Sim(args) => bench::sim::run(&args).map(|_| ()),
     }
 }

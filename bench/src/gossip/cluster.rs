@@ -1,0 +1,239 @@
+//! N real agents in this process on loopback (`local` profile), and what
+//! the gossip scenario reads from them: members, catalog, the gossip
+//! counters of the metrics recorder, QUIC statistics and resident memory.
+
+use std::collections::HashMap;
+use std::path::PathBuf;
+use std::time::{Duration, Instant};
+
+use anyhow::bail;
+use mesh_proto::NodeId;
+use rand::RngExt;
+use sidecar::agent::{self, RunningAgent};
+use sidecar::config::Profile;
+use sidecar::demo::local_config;
+
+/// Renders the process-wide Prometheus text every in-process agent writes to.
+pub struct Metrics(Box<dyn Fn() -> String + Send + Sync>);
+
+impl Metrics {
+    /// Installs the agents' recorder (once per process) before any agent starts.
+    pub fn install() -> anyhow::Result<Self> {
+        let handle = sidecar::metrics::recorder()?;
+        Ok(Self(Box::new(move || handle.render())))
+    }
+
+    /// Sum of every sample of `name` whose labels contain `label`.
+    pub fn counter(&self, name: &str, label: &str) -> f64 {
+        let text = (self.0)();
+        text.lines()
+            .filter(|l| l.starts_with(name) && l[name.len()..].starts_with(['{', ' ']))
+            .filter(|l| l.contains(label))
+            .filter_map(|l| l.rsplit_once(' ')?.1.parse::<f64>().ok())
+            .sum()
+    }
+}
+
+/// UDP bytes and datagrams sent on each live QUIC connection, by (agent, connection id).
+type QuicTx = HashMap<(String, usize), (u64, u64)>;
+
+/// Gossip traffic counters of the whole process at one instant.
+#[derive(Debug, Clone, Default)]
+pub struct Counters {
+    /// SWIM bytes sent (`gossamer_gossip_bytes_total{direction="out"}`).
+    pub swim_bytes: f64,
+    /// SWIM packets sent.
+    pub swim_packets: f64,
+    /// What every agent's cached QUIC connections sent (all traffic: SWIM,
+    /// RTT pings, anti-entropy, keep-alives, QUIC overhead).
+    pub quic: QuicTx,
+    /// When the sample was taken.
+    pub at: Option<Instant>,
+}
+
+/// Per-node rates between two samples.
+#[derive(Debug, Clone, Copy, Default, serde::Serialize)]
+pub struct Rates {
+    /// Seconds between the samples.
+    pub window_s: f64,
+    /// Agents the rates are divided by.
+    pub nodes: usize,
+    /// SWIM bytes sent per node per second.
+    pub swim_bytes_per_node_s: f64,
+    /// SWIM packets sent per node per second.
+    pub swim_packets_per_node_s: f64,
+    /// QUIC UDP bytes sent per node per second (everything on the wire).
+    /// A lower bound: connections that closed between the samples and
+    /// connections no agent caches are not counted.
+    pub quic_bytes_per_node_s: f64,
+    /// QUIC UDP datagrams sent per node per second.
+    pub quic_datagrams_per_node_s: f64,
+}
+
+impl Rates {
+    /// Rates from `before` to `after`, divided over `nodes` agents.
+    pub fn between(before: &Counters, after: &Counters, nodes: usize) -> Self {
+        let window_s = match (before.at, after.at) {
+            (Some(a), Some(b)) => b.duration_since(a).as_secs_f64(),
+            _ => 0.0,
+        };
+        let per = |a: f64, b: f64| (b - a).max(0.0) / (window_s.max(1e-9) * nodes.max(1) as f64);
+        let (mut quic_bytes, mut quic_datagrams) = (0u64, 0u64);
+        for (key, (bytes, datagrams)) in &after.quic {
+            let (b0, d0) = before.quic.get(key).copied().unwrap_or((0, 0));
+            quic_bytes += bytes.saturating_sub(b0);
+            quic_datagrams += datagrams.saturating_sub(d0);
+        }
+        Self {
+            window_s,
+            nodes,
+            swim_bytes_per_node_s: per(before.swim_bytes, after.swim_bytes),
+            swim_packets_per_node_s: per(before.swim_packets, after.swim_packets),
+            quic_bytes_per_node_s: per(0.0, quic_bytes as f64),
+            quic_datagrams_per_node_s: per(0.0, quic_datagrams as f64),
+        }
+    }
+}
+
+/// Resident memory of this process, in KiB (`VmRSS`).
+pub fn rss_kib() -> u64 {
+    status_kib("/proc/self/status", "VmRSS:")
+}
+
+/// A `kB` field of a `/proc/PID/status` file.
+pub fn status_kib(path: &str, field: &str) -> u64 {
+    std::fs::read_to_string(path)
+        .ok()
+        .and_then(|t| {
+            t.lines()
+                .find(|l| l.starts_with(field))
+                .and_then(|l| l.split_whitespace().nth(1))
+                .and_then(|v| v.parse().ok())
+        })
+        .unwrap_or(0)
+}
+
+/// The in-process agents.
+pub struct Cluster {
+    /// Running agents; index 0 is the seed everyone joins through.
+    pub agents: Vec<RunningAgent>,
+    /// Where their data dirs live (removed at shutdown).
+    dir: PathBuf,
+    next_name: usize,
+}
+
+impl Cluster {
+    /// An empty cluster whose agents keep their data under a fresh temp dir.
+    pub fn new() -> Self {
+        Self {
+            agents: Vec::new(),
+            dir: std::env::temp_dir().join(format!(
+                "gossamer-bench-gossip-{}-{}",
+                std::process::id(),
+                rand::random::<u32>()
+            )),
+            next_name: 0,
+        }
+    }
+
+    /// The seed's QUIC address, once there is one.
+    pub fn seed(&self) -> Option<String> {
+        self.agents
+            .first()
+            .map(|a| a.agent.listeners.quic.to_string())
+    }
+
+    /// Starts one more agent joining the seed and a random other member;
+    /// returns how long `agent::start` took (start to ready).
+    pub async fn add(&mut self) -> anyhow::Result<Duration> {
+        let name = format!("gossip-{:04}", self.next_name);
+        self.next_name += 1;
+        let mut join: Vec<String> = self.seed().into_iter().collect();
+        if self.agents.len() > 1 {
+            let other = rand::rng().random_range(1..self.agents.len());
+            join.push(self.agents[other].agent.listeners.quic.to_string());
+        }
+        let mut config = local_config(&name, join, Vec::new());
+        config.profile = Profile::Local;
+        config.data_dir = self.dir.join(&name);
+        config.ephemeral_data_dir = false;
+        let started = Instant::now();
+        let running = agent::start(config).await?;
+        let took = started.elapsed();
+        self.agents.push(running);
+        Ok(took)
+    }
+
+    /// Members (alive or suspect, self excluded) each agent sees.
+    pub fn active_counts(&self) -> Vec<usize> {
+        self.agents
+            .iter()
+            .map(|a| a.agent.membership.active().borrow().len())
+            .collect()
+    }
+
+    /// Waits until every agent sees every other; returns how long it took.
+    pub async fn wait_formed(&self, within: Duration) -> anyhow::Result<Duration> {
+        let started = Instant::now();
+        let want = self.agents.len().saturating_sub(1);
+        loop {
+            let counts = self.active_counts();
+            if counts.iter().all(|&c| c == want) {
+                return Ok(started.elapsed());
+            }
+            if started.elapsed() > within {
+                let short = counts.iter().filter(|&&c| c != want).count();
+                let min = counts.iter().min().copied().unwrap_or(0);
+                bail!(
+                    "{short} of {} agents do not see all {want} peers after {within:?} \
+                     (the fewest: {min}); the machine may be overloaded, try fewer --nodes",
+                    self.agents.len()
+                );
+            }
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+    }
+
+    /// Kills agent `index` without leaving (as a crash would) and returns its id.
+    pub async fn kill(&mut self, index: usize) -> NodeId {
+        let running = self.agents.remove(index);
+        let id = running.agent.node_id().clone();
+        running.abort().await;
+        id
+    }
+
+    /// A snapshot of the gossip counters.
+    pub fn counters(&self, metrics: &Metrics) -> Counters {
+        let mut quic = QuicTx::new();
+        for running in &self.agents {
+            let agent = &running.agent;
+            let peers = agent.membership.active().borrow().clone();
+            for identity in peers.values() {
+                if let Some(connection) = agent.transport.cached(identity.addr) {
+                    let stats = connection.stats();
+                    quic.insert(
+                        (agent.node_id().to_string(), connection.stable_id()),
+                        (stats.udp_tx.bytes, stats.udp_tx.datagrams),
+                    );
+                }
+            }
+        }
+        Counters {
+            swim_bytes: metrics.counter(sidecar::metrics::GOSSIP_BYTES, "direction=\"out\""),
+            swim_packets: metrics.counter(sidecar::metrics::GOSSIP_PACKETS, "direction=\"out\""),
+            quic,
+            at: Some(Instant::now()),
+        }
+    }
+
+    /// Stops every agent at once (no leave: the whole cluster goes) and
+    /// removes the data dirs.
+    pub async fn shutdown(self) {
+        let mut tasks = tokio::task::JoinSet::new();
+        for running in self.agents {
+            tasks.spawn(running.abort());
+        }
+        while tasks.join_next().await.is_some() {}
+        let _ = std::fs::remove_dir_all(&self.dir);
+    }
+}

@@ -1,0 +1,394 @@
+//! `bench gossip --nodes N`: N real agents in one process on loopback, with
+//! the `local` profile.
+//!
+//! Measures, in order: start-to-ready of each agent and the time for the
+//! cluster to form; gossip traffic per node at rest; the time from
+//! registering an instance on one agent to its presence in every agent's
+//! catalog (over repeats); the time from killing an agent without leave to
+//! its being down on every other; gossip traffic during churn (an agent
+//! killed and a new one started every second); resident memory per agent;
+//! and, when the `gossamer` binary is built, one more agent as its own
+//! process for its start-to-ready time and its memory alone.
+
+mod cluster;
+mod probe;
+
+use std::path::PathBuf;
+use std::time::{Duration, Instant};
+
+use anyhow::bail;
+use mesh_proto::api::RegisterInstance;
+use rand::RngExt;
+use serde::Serialize;
+
+use crate::report::{self, fmt_us, percentile, Table};
+use cluster::{rss_kib, Cluster, Metrics, Rates};
+use probe::ProbeResult;
+
+/// Options of `bench gossip`.
+#[derive(Debug, Clone, clap::Args, Serialize)]
+pub struct GossipArgs {
+    /// Agents in the cluster.
+    #[arg(long, default_value_t = 100)]
+    pub nodes: usize,
+    /// Registrations whose spread is timed.
+    #[arg(long, default_value_t = 20)]
+    pub repeats: usize,
+    /// Agents killed (one at a time) whose detection is timed.
+    #[arg(long, default_value_t = 5)]
+    pub kills: usize,
+    /// Seconds to let the cluster settle after forming, before "at rest".
+    #[arg(long, default_value_t = 3.0)]
+    pub settle: f64,
+    /// Seconds of traffic measured at rest.
+    #[arg(long, default_value_t = 10.0)]
+    pub rest: f64,
+    /// Seconds of churn (one agent killed and one started per second).
+    #[arg(long, default_value_t = 10.0)]
+    pub churn: f64,
+    /// The `gossamer` binary for the separate-process probe [default: next to this binary].
+    #[arg(long)]
+    pub agent_bin: Option<PathBuf>,
+    /// Skip the separate-process probe.
+    #[arg(long)]
+    pub no_probe: bool,
+    /// Directory for the JSON results.
+    #[arg(long, default_value = report::DEFAULT_OUT)]
+    #[serde(skip)]
+    pub out: PathBuf,
+}
+
+/// p50, p99 and max of some durations, in milliseconds.
+#[derive(Debug, Clone, Copy, Default, Serialize)]
+pub struct Spread {
+    /// Samples.
+    pub count: usize,
+    /// Median.
+    pub p50_ms: f64,
+    /// 99th percentile (nearest rank).
+    pub p99_ms: f64,
+    /// Largest.
+    pub max_ms: f64,
+}
+
+impl Spread {
+    fn of(samples: &[Duration]) -> Self {
+        let mut ms: Vec<f64> = samples.iter().map(|d| d.as_secs_f64() * 1000.0).collect();
+        ms.sort_by(f64::total_cmp);
+        Self {
+            count: ms.len(),
+            p50_ms: percentile(&ms, 0.5),
+            p99_ms: percentile(&ms, 0.99),
+            max_ms: ms.last().copied().unwrap_or(0.0),
+        }
+    }
+}
+
+/// Everything `bench gossip` measured.
+#[derive(Debug, Clone, Serialize)]
+pub struct GossipResults {
+    /// Agents at the start.
+    pub nodes: usize,
+    /// `agent::start` of each in-process agent (start to ready).
+    pub start_to_ready: Spread,
+    /// From the first agent's start until every agent saw every other, in s.
+    pub formation_s: f64,
+    /// Traffic at rest.
+    pub rest: Rates,
+    /// Registration on one agent to presence in every catalog.
+    pub registration_spread: Spread,
+    /// Registrations that never reached every agent within 30 s.
+    pub registration_timeouts: usize,
+    /// Kill without leave to down on every other agent.
+    pub kill_to_down: Spread,
+    /// Kills not detected everywhere within 60 s.
+    pub kill_timeouts: usize,
+    /// Traffic during churn.
+    pub churn: Rates,
+    /// Resident memory of this process before any agent, in KiB.
+    pub rss_before_kib: u64,
+    /// Resident memory with every agent idle, in KiB.
+    pub rss_idle_kib: u64,
+    /// (idle − before) / nodes, in KiB.
+    pub rss_per_agent_kib: f64,
+    /// The separate agent process, when measured.
+    pub probe: Option<ProbeResult>,
+    /// Why the probe was skipped or failed.
+    pub probe_note: Option<String>,
+}
+
+/// Runs `bench gossip`.
+pub async fn run(args: &GossipArgs) -> anyhow::Result<GossipResults> {
+    if !(2..=1000).contains(&args.nodes) {
+        bail!("--nodes {} must be from 2 to 1000", args.nodes);
+    }
+    if args.kills >= args.nodes - 1 {
+        bail!(
+            "--kills {} must leave at least two agents of {}",
+            args.kills,
+            args.nodes
+        );
+    }
+    let metrics = Metrics::install()?;
+    let rss_before = rss_kib();
+    let mut cluster = Cluster::new();
+    let result = measure(args, &metrics, &mut cluster, rss_before).await;
+    cluster.shutdown().await;
+    let results = result?;
+    print_table(&results);
+    let path = report::write_json(
+        &args.out,
+        &format!("gossip-{}", args.nodes),
+        "gossip",
+        args,
+        &results,
+    )?;
+    println!("\nwrote {}", path.display());
+    Ok(results)
+}
+
+async fn measure(
+    args: &GossipArgs,
+    metrics: &Metrics,
+    cluster: &mut Cluster,
+    rss_before: u64,
+) -> anyhow::Result<GossipResults> {
+    println!(
+        "starting {} agents in this process (local profile)...",
+        args.nodes
+    );
+    let started = Instant::now();
+    let mut starts = Vec::new();
+    for _ in 0..args.nodes {
+        starts.push(cluster.add().await?);
+    }
+    let formed = cluster.wait_formed(Duration::from_secs(180)).await?;
+    let formation_s = started.elapsed().as_secs_f64();
+    println!(
+        "formed in {formation_s:.1} s ({:.1} s after the last start)",
+        formed.as_secs_f64()
+    );
+
+    // Let the joins' anti-entropy and RTT probing settle before "at rest".
+    tokio::time::sleep(Duration::from_secs_f64(args.settle.clamp(0.0, 600.0))).await;
+    let before = cluster.counters(metrics);
+    tokio::time::sleep(Duration::from_secs_f64(args.rest.max(0.5))).await;
+    let rest = Rates::between(&before, &cluster.counters(metrics), cluster.agents.len());
+    let rss_idle = rss_kib();
+
+    println!("timing {} registrations...", args.repeats);
+    let mut spreads = Vec::new();
+    let mut registration_timeouts = 0;
+    for k in 0..args.repeats {
+        match registration(cluster, k).await? {
+            Some(took) => spreads.push(took),
+            None => registration_timeouts += 1,
+        }
+        let pause = rand::rng().random_range(100..300);
+        tokio::time::sleep(Duration::from_millis(pause)).await;
+    }
+
+    println!("timing {} kills without leave...", args.kills);
+    let mut kills = Vec::new();
+    let mut kill_timeouts = 0;
+    for _ in 0..args.kills {
+        let victim = rand::rng().random_range(1..cluster.agents.len());
+        match kill(cluster, victim).await {
+            Some(took) => kills.push(took),
+            None => kill_timeouts += 1,
+        }
+    }
+
+    println!("churn for {:.0} s...", args.churn);
+    let churn = churn(cluster, metrics, args.churn).await?;
+
+    let (probe, probe_note) = if args.no_probe {
+        (None, Some("skipped (--no-probe)".to_owned()))
+    } else {
+        match (
+            probe::find_binary(args.agent_bin.as_deref()),
+            cluster.seed(),
+        ) {
+            (Some(binary), Some(seed)) => {
+                println!(
+                    "probe: one more agent as its own process ({})...",
+                    binary.display()
+                );
+                cluster.wait_formed(Duration::from_secs(60)).await?;
+                let expect = cluster.agents.len() + 1;
+                match probe::measure(&binary, &seed, expect, Duration::from_secs(5)).await {
+                    Ok(result) => (Some(result), None),
+                    Err(e) => (None, Some(format!("probe failed: {e:#}"))),
+                }
+            }
+            _ => (
+                None,
+                Some(
+                    "skipped: no gossamer binary next to this one; \
+                     build it with `cargo build --release -p sidecar` or pass --agent-bin"
+                        .to_owned(),
+                ),
+            ),
+        }
+    };
+
+    Ok(GossipResults {
+        nodes: args.nodes,
+        start_to_ready: Spread::of(&starts),
+        formation_s,
+        rest,
+        registration_spread: Spread::of(&spreads),
+        registration_timeouts,
+        kill_to_down: Spread::of(&kills),
+        kill_timeouts,
+        churn,
+        rss_before_kib: rss_before,
+        rss_idle_kib: rss_idle,
+        rss_per_agent_kib: rss_idle.saturating_sub(rss_before) as f64 / args.nodes as f64,
+        probe,
+        probe_note,
+    })
+}
+
+/// Registers an instance on one agent and times its arrival everywhere.
+async fn registration(cluster: &Cluster, k: usize) -> anyhow::Result<Option<Duration>> {
+    let writer = k % cluster.agents.len();
+    let id = format!("spread-{k}");
+    let request = RegisterInstance {
+        service: "bench-spread".to_owned(),
+        port: None,
+        address: Some(format!("127.0.0.1:{}", 20_000 + k)),
+        id: Some(id.clone()),
+        deployment_id: None,
+        tags: Vec::new(),
+        health: None,
+    };
+    let started = Instant::now();
+    sidecar::registry::register(&cluster.agents[writer].agent, request, false)
+        .await
+        .map_err(|e| anyhow::anyhow!("cannot register: {e}"))?;
+    let mut pending: Vec<usize> = (0..cluster.agents.len()).collect();
+    while started.elapsed() < Duration::from_secs(30) {
+        pending.retain(|&i| {
+            !cluster.agents[i]
+                .agent
+                .catalog
+                .read(|c| c.instance(&id).is_some())
+        });
+        if pending.is_empty() {
+            return Ok(Some(started.elapsed()));
+        }
+        tokio::time::sleep(Duration::from_millis(2)).await;
+    }
+    Ok(None)
+}
+
+/// Kills agent `victim` without leave and times until no other agent has
+/// it among its active members.
+async fn kill(cluster: &mut Cluster, victim: usize) -> Option<Duration> {
+    let started = Instant::now();
+    let id = cluster.kill(victim).await;
+    while started.elapsed() < Duration::from_secs(60) {
+        let still = cluster
+            .agents
+            .iter()
+            .any(|a| a.agent.membership.active().borrow().contains_key(&id));
+        if !still {
+            return Some(started.elapsed());
+        }
+        tokio::time::sleep(Duration::from_millis(5)).await;
+    }
+    None
+}
+
+/// Replaces one agent per second for `secs` and measures gossip traffic.
+async fn churn(cluster: &mut Cluster, metrics: &Metrics, secs: f64) -> anyhow::Result<Rates> {
+    let before = cluster.counters(metrics);
+    let started = Instant::now();
+    let rounds = secs.max(1.0).round() as u32;
+    for round in 1..=rounds {
+        let victim = rand::rng().random_range(1..cluster.agents.len());
+        cluster.kill(victim).await;
+        cluster.add().await?;
+        let next = started + Duration::from_secs(u64::from(round));
+        tokio::time::sleep_until(next.into()).await;
+    }
+    Ok(Rates::between(
+        &before,
+        &cluster.counters(metrics),
+        cluster.agents.len(),
+    ))
+}
+
+fn print_table(r: &GossipResults) {
+    let ms = |v: f64| fmt_us(v * 1000.0);
+    let mut t = Table::new(&["measure", "p50", "p99", "max", "count", "target"]);
+    let spread_row = |t: &mut Table, name: &str, s: &Spread, target: &str| {
+        t.row(vec![
+            name.to_owned(),
+            ms(s.p50_ms),
+            ms(s.p99_ms),
+            ms(s.max_ms),
+            s.count.to_string(),
+            target.to_owned(),
+        ]);
+    };
+    spread_row(
+        &mut t,
+        "start to ready (in process)",
+        &r.start_to_ready,
+        "≤ 100 ms",
+    );
+    spread_row(
+        &mut t,
+        "registration on all",
+        &r.registration_spread,
+        "p99 ≤ 2 s",
+    );
+    spread_row(&mut t, "kill to down on all", &r.kill_to_down, "≤ 5 s");
+    println!(
+        "\nGossip on {} agents (local profile), formed in {:.1} s",
+        r.nodes, r.formation_s
+    );
+    print!("{}", t.render());
+    if r.registration_timeouts + r.kill_timeouts > 0 {
+        println!(
+            "timeouts: {} registrations, {} kills",
+            r.registration_timeouts, r.kill_timeouts
+        );
+    }
+    let mut traffic = Table::new(&[
+        "traffic per node",
+        "SWIM B/s",
+        "SWIM pkts/s",
+        "QUIC B/s",
+        "QUIC dgrams/s",
+    ]);
+    for (name, rates) in [("at rest", &r.rest), ("during churn", &r.churn)] {
+        traffic.row(vec![
+            name.to_owned(),
+            format!("{:.0}", rates.swim_bytes_per_node_s),
+            format!("{:.1}", rates.swim_packets_per_node_s),
+            format!("{:.0}", rates.quic_bytes_per_node_s),
+            format!("{:.1}", rates.quic_datagrams_per_node_s),
+        ]);
+    }
+    println!();
+    print!("{}", traffic.render());
+    println!(
+        "\nmemory: {:.0} KiB per agent in process ((RSS {} − {} KiB) / {})",
+        r.rss_per_agent_kib, r.rss_idle_kib, r.rss_before_kib, r.nodes
+    );
+    match (&r.probe, &r.probe_note) {
+        (Some(p), _) => println!(
+            "separate agent process: start to ready {:.1} ms, full view of {} members after {:.1} s, RSS {:.1} MiB idle (peak {:.1} MiB)",
+            p.start_to_ready_ms,
+            p.members_seen,
+            p.full_view_s,
+            p.rss_kib as f64 / 1024.0,
+            p.hwm_kib as f64 / 1024.0
+        ),
+        (None, Some(note)) => println!("separate agent process: {note}"),
+        (None, None) => {}
+    }
+}

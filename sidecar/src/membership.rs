@@ -13,8 +13,8 @@ use std::time::{Duration, Instant};
 
 use bytes::Bytes;
 use foca::{
-    AccumulatingRuntime, BroadcastHandler, Config, Foca, Invalidates, OwnedNotification,
-    PeriodicParams, PostcardCodec, State, Timer,
+    AccumulatingRuntime, BroadcastHandler, Config, Foca, Incarnation, Invalidates, Member,
+    OwnedNotification, PeriodicParams, PostcardCodec, State, Timer,
 };
 use mesh_proto::api::MemberState;
 use mesh_proto::catalog::RecordKey;
@@ -23,7 +23,7 @@ use mesh_proto::{NodeId, NodeIdentity, Version};
 use rand::rngs::SmallRng;
 use rand::SeedableRng;
 use tokio::sync::{mpsc, oneshot, watch};
-use tracing::{debug, info, warn};
+use tracing::{debug, info, warn, Instrument};
 
 use crate::config::Profile;
 use crate::metrics;
@@ -140,8 +140,11 @@ impl Membership {
             active: active_tx,
             last_heard: HashMap::new(),
             sized_for: 1,
+            suspects: HashMap::new(),
         };
-        tokio::spawn(driver.run(swim_packets, command_rx));
+        // The span names the node, for logs of several agents in one process.
+        let span = tracing::info_span!("membership", node = %local.node_id);
+        tokio::spawn(driver.run(swim_packets, command_rx).instrument(span));
         Self {
             commands,
             active,
@@ -199,6 +202,8 @@ struct Driver {
     active: watch::Sender<ActiveMembers>,
     last_heard: HashMap<NodeId, Instant>,
     sized_for: usize,
+    /// Members seen suspect, with the incarnation and when it was first seen.
+    suspects: HashMap<(NodeIdentity, Incarnation), Instant>,
 }
 
 impl Driver {
@@ -207,9 +212,12 @@ impl Driver {
         mut packets: mpsc::Receiver<Bytes>,
         mut commands: mpsc::Receiver<Command>,
     ) {
+        let mut watchdog = tokio::time::interval(foca_config(self.profile, 1).probe_period);
+        watchdog.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         loop {
             let started = Instant::now();
             tokio::select! {
+                _ = watchdog.tick() => self.expire_stuck_suspicions(),
                 Some(packet) = packets.recv() => {
                     if let Err(e) = self.foca.handle_data(&packet, &mut self.runtime) {
                         self.note_bad_packet(e);
@@ -254,6 +262,53 @@ impl Driver {
                 let _ = reply.send(self.snapshot());
             }
             Command::Leave(_) => {}
+        }
+    }
+
+    /// Declares down a member that stayed suspect, unrefuted, well past the
+    /// suspicion timeout.
+    ///
+    /// foca runs that timeout only on the member that raised the suspicion,
+    /// and drops it if that member changes identity meanwhile (it rejoins
+    /// after a partition, say). Then nobody declares the suspect down, and
+    /// once the suspicion has been gossiped its allotted times the suspect
+    /// never hears of it to refute it: it would stay suspect forever. Every
+    /// member running this check (as memberlist runs a timer on every
+    /// member that learns of a suspicion) restores SWIM's rule.
+    fn expire_stuck_suspicions(&mut self) {
+        let config = foca_config(self.profile, self.sized_for);
+        let limit = config.suspect_to_down_after * 2 + config.probe_period;
+        let now = Instant::now();
+        let mut seen = HashMap::new();
+        let mut expired = Vec::new();
+        for member in self.foca.iter_membership_state() {
+            if member.state() != State::Suspect {
+                continue;
+            }
+            let key = (member.id().clone(), member.incarnation());
+            let since = self.suspects.get(&key).copied().unwrap_or(now);
+            if now.duration_since(since) > limit {
+                expired.push(Member::new(
+                    member.id().clone(),
+                    member.incarnation(),
+                    State::Down,
+                ));
+            } else {
+                seen.insert(key, since);
+            }
+        }
+        self.suspects = seen;
+        if expired.is_empty() {
+            return;
+        }
+        for member in &expired {
+            warn!(node = %member.id().node_id, ?limit, "member suspect for too long without refuting; declaring it down");
+        }
+        if let Err(e) = self
+            .foca
+            .apply_many(expired.into_iter(), true, &mut self.runtime)
+        {
+            debug!(error = %e, "could not declare stale suspects down");
         }
     }
 

@@ -306,19 +306,27 @@ impl Transport {
         }
     }
 
-    /// Counts a handshake that failed for a reason other than silence, and
-    /// logs it at most once per peer per minute.
+    /// Counts a handshake the TLS or QUIC layer refused (another passphrase
+    /// or CA, an incompatible peer), and logs it at most once per peer per
+    /// minute. Silence, resets and deliberate closes are not refusals.
     fn note_failed_handshake(&self, peer: SocketAddr, error: &ConnectionError) {
-        if matches!(
-            error,
-            ConnectionError::TimedOut | ConnectionError::LocallyClosed
-        ) {
+        if !is_refusal(error) {
+            debug!(%peer, %error, "QUIC connection attempt ended");
             return;
         }
         metrics::handshake_failure();
         if self.failure_log.due(peer) {
             warn!(%peer, %error, "QUIC handshake failed (wrong passphrase or CA?); ignoring this peer; logged at most once a minute per peer");
         }
+    }
+}
+
+/// True for a handshake refused by the TLS or QUIC layer, on either side.
+fn is_refusal(error: &ConnectionError) -> bool {
+    match error {
+        ConnectionError::TransportError(_) | ConnectionError::VersionMismatch => true,
+        ConnectionError::ConnectionClosed(_) => is_tls_alert(error),
+        _ => false,
     }
 }
 

@@ -15,6 +15,8 @@ use std::time::{Duration, Instant};
 
 use common::{echo_service, eventually, wait_alive, wait_instances_measured, AgentProc, Spec};
 use mesh_proto::api::RegisterInstance;
+use mesh_proto::catalog::{Definition, RecordKey};
+use mesh_proto::Version;
 
 const CONVERGE: Duration = Duration::from_secs(20);
 /// Generous bound on SWIM failure detection with the `local` profile
@@ -422,4 +424,336 @@ async fn a_restarted_agent_is_unavailable_only_while_down_and_restores_its_regis
         "solo lives only on c, so calls sent while every agent knew c was down cannot succeed"
     );
     assert!(solo_after > 0, "solo served calls after c came back");
+}
+
+// === Partition 2 + 3, write on both sides, heal ===
+
+/// An agent in this process, so the test can cut and heal its links at run
+/// time through the link shim.
+struct Node {
+    running: sidecar::agent::RunningAgent,
+    client: client::Client,
+}
+
+impl Node {
+    async fn start(name: &str, join: Option<&Node>) -> Self {
+        let join = join
+            .map(|seed| vec![seed.quic().to_string()])
+            .unwrap_or_default();
+        let mut config = sidecar::demo::local_config(name, join, Vec::new());
+        // An inert rule makes the shim wrap the socket from the start, so
+        // the rules this test sets later apply.
+        config.link_drops = vec!["127.0.0.1:9".parse().expect("addr")];
+        let running = sidecar::agent::start(config).await.expect("agent starts");
+        let client = client::Client::new(&format!("http://{}", running.agent.listeners.admin))
+            .expect("client");
+        Self { running, client }
+    }
+
+    fn name(&self) -> &str {
+        self.running.agent.node_id().as_str()
+    }
+
+    fn quic(&self) -> SocketAddr {
+        self.running.agent.listeners.quic
+    }
+
+    /// Drops (or, with `cut == false`, restores) every datagram to `peers`.
+    fn cut(&self, peers: &[&Node], cut: bool) {
+        for peer in peers {
+            if cut {
+                self.running
+                    .agent
+                    .link_rules
+                    .set(peer.quic(), sidecar::link_shim::LinkRule::Drop);
+            } else {
+                self.running.agent.link_rules.clear(peer.quic());
+            }
+        }
+    }
+
+    async fn alive(&self) -> Vec<String> {
+        let mut ids: Vec<String> = self
+            .client
+            .nodes()
+            .await
+            .unwrap_or_default()
+            .into_iter()
+            .filter(|n| n.state.as_str() == "alive")
+            .map(|n| n.id)
+            .collect();
+        ids.sort();
+        ids
+    }
+
+    /// The version field of definition `name`, or None when absent or deleted.
+    async fn definition_version(&self, name: &str) -> Option<String> {
+        self.client.definition(name).await.ok().map(|d| d.version)
+    }
+
+    fn digest(&self) -> mesh_proto::catalog::Digest {
+        self.running.agent.catalog.read(|c| c.digest())
+    }
+
+    /// The version of the record (definition or tombstone) under `name`.
+    fn record_version(&self, name: &str) -> Option<Version> {
+        let key = RecordKey::Definition(name.to_owned());
+        self.running
+            .agent
+            .catalog
+            .read(|c| c.get(&key).map(|r| r.version.clone()))
+    }
+
+    /// What this node just wrote under `name`, as it stamped it.
+    fn written(&self, name: &str, value: Option<&str>) -> Written {
+        Written {
+            name: name.to_owned(),
+            value: value.map(str::to_owned),
+            version: self
+                .record_version(name)
+                .expect("the write is held locally"),
+        }
+    }
+
+    async fn delete(&self, name: &str) -> Written {
+        self.client
+            .delete_definition(name)
+            .await
+            .unwrap_or_else(|e| panic!("delete {name} on {}: {e}", self.name()));
+        self.written(name, None)
+    }
+
+    async fn put(&self, name: &str, version: &str) -> Written {
+        let definition = Definition {
+            name: name.to_owned(),
+            version: version.to_owned(),
+            port: Some(8080),
+            image: None,
+            endpoints: BTreeMap::new(),
+            client_sdks: BTreeMap::new(),
+            requirements: Default::default(),
+            content_hash: String::new(),
+        };
+        self.client
+            .put_definition(&definition)
+            .await
+            .unwrap_or_else(|e| panic!("put {name} on {}: {e}", self.name()));
+        self.written(name, Some(version))
+    }
+}
+
+/// One write of the partition test: the definition's `version` field
+/// (None for a delete) and the catalog version it was stamped with.
+#[derive(Debug)]
+struct Written {
+    name: String,
+    value: Option<String>,
+    version: Version,
+}
+
+/// Each node's member table: (id, state) sorted by id.
+async fn states(node: &Node) -> Vec<(String, String)> {
+    let mut states: Vec<(String, String)> = node
+        .client
+        .nodes()
+        .await
+        .unwrap_or_default()
+        .into_iter()
+        .map(|n| (n.id, n.state.as_str().to_owned()))
+        .collect();
+    states.sort();
+    states
+}
+
+/// Waits until each of `nodes` lists the nodes of `nodes` alive and those
+/// of `gone` down; on timeout, the panic shows every node's member table.
+async fn wait_side(nodes: &[&Node], gone: &[&Node], timeout: Duration) {
+    let mut want: Vec<(String, String)> = nodes
+        .iter()
+        .map(|n| (n.name().to_owned(), "alive".to_owned()))
+        .chain(
+            gone.iter()
+                .map(|n| (n.name().to_owned(), "down".to_owned())),
+        )
+        .collect();
+    want.sort();
+    let deadline = Instant::now() + timeout;
+    for node in nodes {
+        while states(node).await != want {
+            if Instant::now() > deadline {
+                let mut tables = String::new();
+                for node in nodes.iter().chain(gone) {
+                    let table = node.client.nodes().await.map(|list| {
+                        list.into_iter()
+                            .map(|n| format!("{}@{}={}", n.id, n.generation, n.state.as_str()))
+                            .collect::<Vec<_>>()
+                    });
+                    tables.push_str(&format!("\n  {}: {table:?}", node.name()));
+                }
+                panic!(
+                    "timed out after {timeout:?} waiting for {} to list {want:?}; members:{tables}",
+                    node.name()
+                );
+            }
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+    }
+}
+
+/// Waits until every node of `nodes` has definition `name` at `version`
+/// (None: absent or deleted).
+async fn wait_definition(nodes: &[&Node], name: &str, version: Option<&str>, timeout: Duration) {
+    for node in nodes {
+        eventually(
+            &format!("{} to have {name} at {version:?}", node.name()),
+            timeout,
+            || async move {
+                (node.definition_version(name).await.as_deref() == version).then_some(())
+            },
+        )
+        .await;
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_healed_partition_converges_to_one_catalog_with_no_unsuperseded_write_lost() {
+    // The agents log into the test's output, shown when it fails.
+    let _ = tracing_subscriber::fmt()
+        .with_env_filter(
+            tracing_subscriber::EnvFilter::try_from_default_env()
+                .unwrap_or_else(|_| "sidecar=info".into()),
+        )
+        .with_ansi(false)
+        .with_test_writer()
+        .try_init();
+    let p1 = Node::start("part-1", None).await;
+    let mut others = Vec::new();
+    for i in 2..=5 {
+        others.push(Node::start(&format!("part-{i}"), Some(&p1)).await);
+    }
+    let [p2, p3, p4, p5]: [Node; 4] = others.try_into().ok().expect("four nodes");
+    let all = [&p1, &p2, &p3, &p4, &p5];
+    wait_side(&all, &[], CONVERGE).await;
+
+    // Before the split: two definitions everybody has.
+    p1.put("shared", "before").await;
+    p1.put("doomed", "before").await;
+    p1.put("contested", "before").await;
+    wait_definition(&all, "shared", Some("before"), CONVERGE).await;
+    wait_definition(&all, "doomed", Some("before"), CONVERGE).await;
+    wait_definition(&all, "contested", Some("before"), CONVERGE).await;
+
+    // Split 2 + 3: every datagram across is dropped, both ways.
+    let (left, right) = ([&p1, &p2], [&p3, &p4, &p5]);
+    for node in left {
+        node.cut(&right, true);
+    }
+    for node in right {
+        node.cut(&left, true);
+    }
+    let split_at = Instant::now();
+    tracing::info!("test: partition 2+3 cut");
+    wait_side(&left, &right, CONVERGE).await;
+    wait_side(&right, &left, CONVERGE).await;
+    let split_seen = split_at.elapsed();
+
+    // Writes on both sides: each side adds definitions of its own, and both
+    // write "shared", "contested" and "doomed" (one side deletes it), so
+    // those conflict; the higher version must win everywhere.
+    let mut writes = vec![
+        p2.put("doomed", "left-update").await,
+        p1.put("left-only-1", "1").await,
+        p2.put("left-only-2", "1").await,
+        p1.put("contested", "left").await,
+        p4.put("contested", "right").await,
+        p4.put("shared", "right").await,
+        p3.put("right-only-1", "1").await,
+        p5.put("right-only-2", "1").await,
+        p3.delete("doomed").await,
+    ];
+    writes.push(p2.put("shared", "left").await);
+    // Each side converges on its own writes...
+    for (name, value) in [
+        ("left-only-1", Some("1")),
+        ("left-only-2", Some("1")),
+        ("doomed", Some("left-update")),
+        ("shared", Some("left")),
+        ("contested", Some("left")),
+    ] {
+        wait_definition(&left, name, value, CONVERGE).await;
+    }
+    for (name, value) in [
+        ("right-only-1", Some("1")),
+        ("right-only-2", Some("1")),
+        ("doomed", None),
+        ("shared", Some("right")),
+        ("contested", Some("right")),
+    ] {
+        wait_definition(&right, name, value, CONVERGE).await;
+    }
+    // ...and sees none of the other's: the split is real.
+    for node in left {
+        assert_eq!(node.definition_version("right-only-1").await, None);
+    }
+    for node in right {
+        assert_eq!(node.definition_version("left-only-1").await, None);
+    }
+
+    // Heal.
+    for node in all {
+        node.cut(&all, false);
+    }
+    let healed_at = Instant::now();
+    tracing::info!("test: partition healed");
+    wait_side(&all, &[], Duration::from_secs(45)).await;
+    let members_back = healed_at.elapsed();
+    let digest = eventually(
+        "every agent to hold the same catalog",
+        Duration::from_secs(45),
+        || async {
+            let first = p1.digest();
+            all.iter().all(|n| n.digest() == first).then_some(first)
+        },
+    )
+    .await;
+    let converged = healed_at.elapsed();
+
+    // No write is lost unless a higher version superseded it: every agent
+    // holds, for each key written, the highest version written to it.
+    let mut winners: BTreeMap<&str, &Written> = BTreeMap::new();
+    for write in &writes {
+        let best = winners.entry(write.name.as_str()).or_insert(write);
+        if write.version > best.version {
+            *best = write;
+        }
+    }
+    for node in all {
+        for (name, winner) in &winners {
+            assert_eq!(
+                node.definition_version(name).await,
+                winner.value,
+                "{name} on {}: the winner of {:?}",
+                node.name(),
+                writes
+                    .iter()
+                    .filter(|w| w.name == *name)
+                    .collect::<Vec<_>>()
+            );
+            let held = node.record_version(name).expect("record or tombstone held");
+            assert_eq!(held, winner.version, "{name} on {}", node.name());
+        }
+    }
+    println!(
+        "partition 2+3: split seen by all {:.2} s after the cut; {} writes across both sides; \
+         after the heal all 5 alive everywhere in {:.2} s, one catalog ({} records) in {:.2} s",
+        split_seen.as_secs_f64(),
+        writes.len(),
+        members_back.as_secs_f64(),
+        digest.len(),
+        converged.as_secs_f64()
+    );
+
+    for node in [p1, p2, p3, p4, p5] {
+        node.running.stop().await;
+    }
 }

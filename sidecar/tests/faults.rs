@@ -472,20 +472,6 @@ impl Node {
         }
     }
 
-    async fn alive(&self) -> Vec<String> {
-        let mut ids: Vec<String> = self
-            .client
-            .nodes()
-            .await
-            .unwrap_or_default()
-            .into_iter()
-            .filter(|n| n.state.as_str() == "alive")
-            .map(|n| n.id)
-            .collect();
-        ids.sort();
-        ids
-    }
-
     /// The version field of definition `name`, or None when absent or deleted.
     async fn definition_version(&self, name: &str) -> Option<String> {
         self.client.definition(name).await.ok().map(|d| d.version)

@@ -6,6 +6,7 @@
 //! run every scenario briefly and check the output.
 #![forbid(unsafe_code)]
 
+pub mod agent_proc;
 pub mod balance;
 pub mod gossip;
 pub mod load;

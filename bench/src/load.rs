@@ -167,9 +167,19 @@ pub fn process_tree_cpu(pid: u32) -> Duration {
     total
 }
 
-/// CPU time of this process plus, when given, an external proxy's.
-pub fn cpu_now(external: Option<u32>) -> Duration {
-    process_cpu() + external.map_or(Duration::ZERO, process_tree_cpu)
+/// CPU time of this process plus that of the external processes (proxies,
+/// agent processes) and their children.
+pub fn cpu_now(external: &[u32]) -> Duration {
+    process_cpu()
+        + external
+            .iter()
+            .map(|&pid| process_tree_cpu(pid))
+            .sum::<Duration>()
+}
+
+/// Sends one request on a fresh connection; true when it was answered 2xx.
+pub async fn one_request(target: &Target) -> bool {
+    Conn::new(Arc::new(target.clone())).request().await
 }
 
 /// Counters one worker keeps, merged at the end.
@@ -209,7 +219,7 @@ pub async fn closed_loop(
     concurrency: usize,
     warmup: Duration,
     duration: Duration,
-    external: Option<u32>,
+    external: &[u32],
 ) -> anyhow::Result<LoadResult> {
     let target = Arc::new(target.clone());
     let start = Instant::now();
@@ -281,7 +291,7 @@ pub async fn open_loop(
     connections: usize,
     warmup: Duration,
     duration: Duration,
-    external: Option<u32>,
+    external: &[u32],
 ) -> anyhow::Result<LoadResult> {
     let rate = rate.max(1);
     let target = Arc::new(target.clone());

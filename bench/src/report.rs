@@ -54,6 +54,19 @@ pub fn machine() -> Machine {
     }
 }
 
+/// The source tree's commit, `-dirty` when it has uncommitted changes.
+pub fn commit() -> Option<String> {
+    let output = std::process::Command::new("git")
+        .args(["describe", "--always", "--dirty"])
+        .current_dir(env!("CARGO_MANIFEST_DIR"))
+        .output()
+        .ok()?;
+    output
+        .status
+        .success()
+        .then(|| String::from_utf8_lossy(&output.stdout).trim().to_owned())
+}
+
 /// The current UTC time as `YYYY-MM-DDTHH:MM:SSZ`.
 pub fn utc_now() -> String {
     let secs = SystemTime::now()
@@ -210,6 +223,8 @@ pub struct Document<'a, A: Serialize, R: Serialize> {
     pub date: String,
     /// Where it ran.
     pub machine: Machine,
+    /// `git describe --always --dirty` of the source tree, when git can tell.
+    pub commit: Option<String>,
     /// The options it ran with.
     pub args: &'a A,
     /// What it measured.
@@ -234,6 +249,7 @@ pub fn write_json<A: Serialize, R: Serialize>(
         scenario,
         date: utc_now(),
         machine: machine(),
+        commit: commit(),
         args,
         results,
     };

@@ -105,7 +105,9 @@ async fn proxy_measures_every_in_process_path() {
         open_connections: 8,
         duration: 0.5,
         warmup: 0.2,
+        rounds: 1,
         paths: vec!["sidecar".into(), "two-sidecars".into()],
+        agent_bin: None,
         out: out.clone(),
     };
     let results = proxy::run(&args).await.expect("proxy runs");

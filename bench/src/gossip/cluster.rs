@@ -7,6 +7,8 @@ use std::path::PathBuf;
 use std::time::{Duration, Instant};
 
 use anyhow::bail;
+use mesh_proto::codec;
+use mesh_proto::gossip::SyncMessage;
 use mesh_proto::NodeId;
 use rand::RngExt;
 use sidecar::agent::{self, RunningAgent};
@@ -192,6 +194,29 @@ impl Cluster {
             }
             tokio::time::sleep(Duration::from_millis(20)).await;
         }
+    }
+
+    /// Each agent's catalog index.
+    pub fn catalog_indexes(&self) -> Vec<u64> {
+        self.agents
+            .iter()
+            .map(|a| a.agent.catalog.index())
+            .collect()
+    }
+
+    /// Records in the first agent's catalog.
+    pub fn catalog_records(&self) -> usize {
+        self.agents
+            .first()
+            .map_or(0, |a| a.agent.catalog.read(|c| c.len()))
+    }
+
+    /// Encoded size of the first agent's anti-entropy digest.
+    pub fn digest_bytes(&self) -> usize {
+        self.agents.first().map_or(0, |a| {
+            let digest = SyncMessage::Digest(a.agent.catalog.read(|c| c.digest()));
+            codec::encode(&digest).map_or(0, |b| b.len())
+        })
     }
 
     /// Kills agent `index` without leaving (as a crash would) and returns its id.

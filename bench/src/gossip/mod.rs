@@ -84,6 +84,21 @@ impl Spread {
     }
 }
 
+/// What the traffic at rest is made of.
+#[derive(Debug, Clone, Copy, Default, Serialize)]
+pub struct RestDetail {
+    /// Catalog index increments per agent per second (records changed
+    /// anywhere, e.g. node metadata republished with a moved coordinate).
+    pub catalog_changes_per_agent_s: f64,
+    /// Records in the first agent's catalog.
+    pub catalog_records: usize,
+    /// Bytes of one anti-entropy digest (sent by every agent every second
+    /// with the local profile).
+    pub digest_bytes: usize,
+    /// Live QUIC connections cached per agent, on average.
+    pub connections_per_agent: f64,
+}
+
 /// Everything `bench gossip` measured.
 #[derive(Debug, Clone, Serialize)]
 pub struct GossipResults {
@@ -91,10 +106,15 @@ pub struct GossipResults {
     pub nodes: usize,
     /// `agent::start` of each in-process agent (start to ready).
     pub start_to_ready: Spread,
-    /// From the first agent's start until every agent saw every other, in s.
-    pub formation_s: f64,
+    /// From the first agent's start until every agent saw every other, in s
+    /// (None when that did not happen within 180 s; see `formation_note`).
+    pub formation_s: Option<f64>,
+    /// Why the cluster did not fully form, if it did not.
+    pub formation_note: Option<String>,
     /// Traffic at rest.
     pub rest: Rates,
+    /// What keeps the cluster busy at rest.
+    pub rest_detail: RestDetail,
     /// Registration on one agent to presence in every catalog.
     pub registration_spread: Spread,
     /// Registrations that never reached every agent within 30 s.
@@ -162,18 +182,41 @@ async fn measure(
     for _ in 0..args.nodes {
         starts.push(cluster.add().await?);
     }
-    let formed = cluster.wait_formed(Duration::from_secs(180)).await?;
-    let formation_s = started.elapsed().as_secs_f64();
-    println!(
-        "formed in {formation_s:.1} s ({:.1} s after the last start)",
-        formed.as_secs_f64()
-    );
+    let (formation_s, formation_note) = match cluster.wait_formed(Duration::from_secs(180)).await {
+        Ok(after_last) => {
+            let total = started.elapsed().as_secs_f64();
+            println!(
+                "formed in {total:.1} s ({:.1} s after the last start)",
+                after_last.as_secs_f64()
+            );
+            (Some(total), None)
+        }
+        Err(e) => {
+            println!("warning: {e:#}; measuring anyway");
+            (None, Some(format!("{e:#}")))
+        }
+    };
 
     // Let the joins' anti-entropy and RTT probing settle before "at rest".
     tokio::time::sleep(Duration::from_secs_f64(args.settle.clamp(0.0, 600.0))).await;
     let before = cluster.counters(metrics);
+    let index_before = cluster.catalog_indexes();
     tokio::time::sleep(Duration::from_secs_f64(args.rest.max(0.5))).await;
-    let rest = Rates::between(&before, &cluster.counters(metrics), cluster.agents.len());
+    let after = cluster.counters(metrics);
+    let rest = Rates::between(&before, &after, cluster.agents.len());
+    let index_after = cluster.catalog_indexes();
+    let changes: u64 = index_after
+        .iter()
+        .zip(&index_before)
+        .map(|(a, b)| a.saturating_sub(*b))
+        .sum();
+    let rest_detail = RestDetail {
+        catalog_changes_per_agent_s: changes as f64
+            / (cluster.agents.len().max(1) as f64 * rest.window_s.max(1e-9)),
+        catalog_records: cluster.catalog_records(),
+        digest_bytes: cluster.digest_bytes(),
+        connections_per_agent: after.quic.len() as f64 / cluster.agents.len().max(1) as f64,
+    };
     let rss_idle = rss_kib();
 
     println!("timing {} registrations...", args.repeats);
@@ -206,7 +249,7 @@ async fn measure(
         (None, Some("skipped (--no-probe)".to_owned()))
     } else {
         match (
-            probe::find_binary(args.agent_bin.as_deref()),
+            crate::agent_proc::find_binary(args.agent_bin.as_deref()),
             cluster.seed(),
         ) {
             (Some(binary), Some(seed)) => {
@@ -214,7 +257,9 @@ async fn measure(
                     "probe: one more agent as its own process ({})...",
                     binary.display()
                 );
-                cluster.wait_formed(Duration::from_secs(60)).await?;
+                // A cluster that did not settle is still worth probing; the
+                // probe reports how many members it saw.
+                let _ = cluster.wait_formed(Duration::from_secs(60)).await;
                 let expect = cluster.agents.len() + 1;
                 match probe::measure(&binary, &seed, expect, Duration::from_secs(5)).await {
                     Ok(result) => (Some(result), None),
@@ -236,7 +281,9 @@ async fn measure(
         nodes: args.nodes,
         start_to_ready: Spread::of(&starts),
         formation_s,
+        formation_note,
         rest,
+        rest_detail,
         registration_spread: Spread::of(&spreads),
         registration_timeouts,
         kill_to_down: Spread::of(&kills),
@@ -346,10 +393,16 @@ fn print_table(r: &GossipResults) {
         "p99 ≤ 2 s",
     );
     spread_row(&mut t, "kill to down on all", &r.kill_to_down, "≤ 5 s");
-    println!(
-        "\nGossip on {} agents (local profile), formed in {:.1} s",
-        r.nodes, r.formation_s
-    );
+    match r.formation_s {
+        Some(s) => println!(
+            "\nGossip on {} agents (local profile), formed in {s:.1} s",
+            r.nodes
+        ),
+        None => println!(
+            "\nGossip on {} agents (local profile), NOT fully formed",
+            r.nodes
+        ),
+    }
     print!("{}", t.render());
     if r.registration_timeouts + r.kill_timeouts > 0 {
         println!(
@@ -375,6 +428,11 @@ fn print_table(r: &GossipResults) {
     }
     println!();
     print!("{}", traffic.render());
+    let d = &r.rest_detail;
+    println!(
+        "at rest: {:.2} catalog changes per agent per second, {} records, digest {} B, {:.1} QUIC connections per agent",
+        d.catalog_changes_per_agent_s, d.catalog_records, d.digest_bytes, d.connections_per_agent
+    );
     println!(
         "\nmemory: {:.0} KiB per agent in process ((RSS {} − {} KiB) / {})",
         r.rss_per_agent_kib, r.rss_idle_kib, r.rss_before_kib, r.nodes

@@ -2,14 +2,14 @@
 //! in-process cluster: its start-to-ready time includes process start, and
 //! its resident memory is one agent's alone, idle with every member known.
 
-use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Stdio};
+use std::path::Path;
 use std::time::{Duration, Instant};
 
-use anyhow::{bail, Context};
+use anyhow::bail;
 use serde::Serialize;
 
 use super::cluster::status_kib;
+use crate::agent_proc::AgentProcess;
 
 /// What the separate agent process measured.
 #[derive(Debug, Clone, Serialize)]
@@ -26,29 +26,6 @@ pub struct ProbeResult {
     pub hwm_kib: u64,
 }
 
-/// The `gossamer` binary next to this one (`target/release/gossamer`).
-pub fn find_binary(explicit: Option<&Path>) -> Option<PathBuf> {
-    if let Some(path) = explicit {
-        return path.is_file().then(|| path.to_path_buf());
-    }
-    let exe = std::env::current_exe().ok()?;
-    let dir = exe.parent()?;
-    // Tests run from target/<profile>/deps; the binary sits one level up.
-    [dir.join("gossamer"), dir.parent()?.join("gossamer")]
-        .into_iter()
-        .find(|p| p.is_file())
-}
-
-struct Killed(Child, PathBuf);
-
-impl Drop for Killed {
-    fn drop(&mut self) {
-        let _ = self.0.kill();
-        let _ = self.0.wait();
-        let _ = std::fs::remove_dir_all(&self.1);
-    }
-}
-
 /// Starts the agent binary joined to `seed`, waits until it sees
 /// `expect_members` alive (itself included), lets it idle for `settle`,
 /// reads its memory and kills it.
@@ -58,55 +35,13 @@ pub async fn measure(
     expect_members: usize,
     settle: Duration,
 ) -> anyhow::Result<ProbeResult> {
-    let dir = std::env::temp_dir().join(format!(
-        "gossamer-bench-probe-{}-{}",
-        std::process::id(),
-        rand::random::<u32>()
-    ));
-    std::fs::create_dir_all(&dir)?;
-    let log = std::fs::File::create(dir.join("agent.log"))?;
-    let started = Instant::now();
-    let child = Command::new(binary)
-        .arg("agent")
-        .args(["--node-id", "gossip-probe"])
-        .args(["--bind", "127.0.0.1:0"])
-        .args(["--admin-listen", "127.0.0.1:0"])
-        .args(["--proxy-listen", "127.0.0.1:0"])
-        .args(["--metrics-listen", "127.0.0.1:0"])
-        .args(["--profile", "local"])
-        .args(["--psk", "gossamer-demo-passphrase"])
-        .args(["--join", seed])
-        .arg("--data-dir")
-        .arg(dir.join("data"))
-        .env_remove("GOSSAMER_JOIN")
-        .stdin(Stdio::null())
-        .stdout(log.try_clone()?)
-        .stderr(log)
-        .spawn()
-        .with_context(|| format!("cannot start {}", binary.display()))?;
-    let mut guard = Killed(child, dir.clone());
-    let listeners = dir.join("data").join("listeners.json");
-    let deadline = Instant::now() + Duration::from_secs(20);
-    let admin = loop {
-        if let Ok(bytes) = std::fs::read(&listeners) {
-            if let Ok(value) = serde_json::from_slice::<serde_json::Value>(&bytes) {
-                if let Some(admin) = value.get("admin").and_then(|a| a.as_str()) {
-                    break admin.to_owned();
-                }
-            }
-        }
-        if let Ok(Some(status)) = guard.0.try_wait() {
-            bail!(
-                "the probe agent exited with {status}; see {}",
-                dir.join("agent.log").display()
-            );
-        }
-        if Instant::now() > deadline {
-            bail!("the probe agent was not ready within 20 s");
-        }
-        tokio::time::sleep(Duration::from_millis(2)).await;
-    };
-    let start_to_ready = started.elapsed();
+    let extra: Vec<String> = ["--profile", "local", "--join", seed]
+        .iter()
+        .map(|s| (*s).to_owned())
+        .collect();
+    let process = AgentProcess::start(binary, "gossip-probe", &extra).await?;
+    let start_to_ready = process.start_to_ready;
+    let admin = process.addrs.admin;
     let ready_at = Instant::now();
     let client = client::Client::new(&format!("http://{admin}"))?;
     let deadline = Instant::now() + Duration::from_secs(90);
@@ -125,7 +60,7 @@ pub async fn measure(
     }
     let full_view = ready_at.elapsed();
     tokio::time::sleep(settle).await;
-    let status = format!("/proc/{}/status", guard.0.id());
+    let status = format!("/proc/{}/status", process.pid());
     Ok(ProbeResult {
         start_to_ready_ms: start_to_ready.as_secs_f64() * 1000.0,
         members_seen: seen,

@@ -18,7 +18,7 @@ use anyhow::bail;
 use serde::Serialize;
 
 use crate::load::{closed_loop, open_loop, LoadResult, Target};
-use crate::report::{self, fmt_us, Table};
+use crate::report::{self, fmt_us, Latency, Table};
 use external::Kind;
 
 /// Options of `bench proxy`.
@@ -34,19 +34,37 @@ pub struct ProxyArgs {
     #[arg(long, default_value_t = 64)]
     pub open_connections: usize,
     /// Measured seconds of each run.
-    #[arg(long, default_value_t = 10.0)]
+    #[arg(long, default_value_t = 8.0)]
     pub duration: f64,
+    /// Rounds over every path; each figure is the median over the rounds.
+    #[arg(long, default_value_t = 3)]
+    pub rounds: usize,
     /// Unmeasured seconds before each run (connections, caches, QUIC warm up).
     #[arg(long, default_value_t = 2.0)]
     pub warmup: f64,
-    /// Paths to measure, comma-separated (direct is always measured first).
-    #[arg(long, value_delimiter = ',', default_values_t = ["sidecar".to_string(), "two-sidecars".to_string(), "nginx".to_string(), "haproxy".to_string()])]
+    /// Paths to measure, comma-separated, from: sidecar, two-sidecars (in
+    /// this process), sidecar-proc, two-sidecars-proc (`gossamer agent`
+    /// processes), nginx, haproxy. Direct is always measured first.
+    #[arg(long, value_delimiter = ',', default_values_t = PATHS.map(String::from))]
     pub paths: Vec<String>,
+    /// The `gossamer` binary for the -proc paths [default: next to this binary].
+    #[arg(long)]
+    pub agent_bin: Option<PathBuf>,
     /// Directory for the JSON results.
     #[arg(long, default_value = report::DEFAULT_OUT)]
     #[serde(skip)]
     pub out: PathBuf,
 }
+
+/// Every path but direct, in the order they run.
+pub const PATHS: [&str; 6] = [
+    "sidecar",
+    "two-sidecars",
+    "sidecar-proc",
+    "two-sidecars-proc",
+    "nginx",
+    "haproxy",
+];
 
 /// The measurements of one path.
 #[derive(Debug, Clone, Serialize)]
@@ -67,6 +85,8 @@ pub struct PathResult {
     pub added_p50_us: i64,
     /// Open-loop p99 minus direct's, in µs.
     pub added_p99_us: i64,
+    /// Every round's closed and open loop, as measured.
+    pub rounds: Vec<(LoadResult, LoadResult)>,
 }
 
 /// One target of issue 10 and whether this run met it.
@@ -94,7 +114,108 @@ pub struct ProxyResults {
 enum Guard {
     None,
     Agents(Vec<sidecar::agent::RunningAgent>),
+    Processes(Vec<crate::agent_proc::AgentProcess>),
     External(external::External),
+}
+
+impl Guard {
+    /// Processes whose CPU time counts with this path's.
+    fn pids(&self) -> Vec<u32> {
+        match self {
+            Guard::Processes(agents) => agents.iter().map(|a| a.pid()).collect(),
+            Guard::External(proxy) => vec![proxy.pid()],
+            Guard::None | Guard::Agents(_) => Vec::new(),
+        }
+    }
+}
+
+/// Why a path cannot run here, if it cannot.
+fn unavailable(name: &str, args: &ProxyArgs) -> anyhow::Result<Option<String>> {
+    Ok(match name {
+        "direct" | "sidecar" | "two-sidecars" => None,
+        "sidecar-proc" | "two-sidecars-proc" => {
+            crate::agent_proc::find_binary(args.agent_bin.as_deref())
+                .is_none()
+                .then(|| {
+                    "skipped: no gossamer binary next to this one; build it with \
+                 `cargo build --release -p sidecar` or pass --agent-bin"
+                        .to_owned()
+                })
+        }
+        "nginx" => Kind::Nginx
+            .find()
+            .is_none()
+            .then(|| Kind::Nginx.missing_note()),
+        "haproxy" => Kind::Haproxy
+            .find()
+            .is_none()
+            .then(|| Kind::Haproxy.missing_note()),
+        other => bail!("unknown path {other:?}; choose from {}", PATHS.join(", ")),
+    })
+}
+
+/// Starts what `name` needs in front of the echo service.
+async fn set_up(
+    name: &str,
+    args: &ProxyArgs,
+    echo: SocketAddr,
+) -> anyhow::Result<(SocketAddr, &'static str, Guard)> {
+    let binary = || {
+        crate::agent_proc::find_binary(args.agent_bin.as_deref())
+            .ok_or_else(|| anyhow::anyhow!("the gossamer binary disappeared"))
+    };
+    Ok(match name {
+        "sidecar" => {
+            let (addr, agents) = paths::one_sidecar(echo).await?;
+            (
+                addr,
+                "client → sidecar → echo (same node; in the bench process)",
+                Guard::Agents(agents),
+            )
+        }
+        "two-sidecars" => {
+            let (addr, agents) = paths::two_sidecars(echo).await?;
+            (
+                addr,
+                "client → sidecar ⇒ QUIC+mTLS ⇒ sidecar → echo (in the bench process)",
+                Guard::Agents(agents),
+            )
+        }
+        "sidecar-proc" => {
+            let (addr, agents) = paths::one_sidecar_process(&binary()?, echo).await?;
+            (
+                addr,
+                "client → sidecar process → echo (same node)",
+                Guard::Processes(agents),
+            )
+        }
+        "two-sidecars-proc" => {
+            let (addr, agents) = paths::two_sidecars_process(&binary()?, echo).await?;
+            (
+                addr,
+                "client → sidecar process ⇒ QUIC+mTLS ⇒ sidecar process → echo",
+                Guard::Processes(agents),
+            )
+        }
+        "nginx" | "haproxy" => {
+            let kind = if name == "nginx" {
+                Kind::Nginx
+            } else {
+                Kind::Haproxy
+            };
+            let binary = kind
+                .find()
+                .ok_or_else(|| anyhow::anyhow!("{} disappeared", kind.name()))?;
+            let proxy = external::start(kind, &binary, echo).await?;
+            let description = if name == "nginx" {
+                "client → nginx → echo (keep-alive upstream)"
+            } else {
+                "client → HAProxy → echo (keep-alive upstream)"
+            };
+            (proxy.addr, description, Guard::External(proxy))
+        }
+        _ => (echo, "client → echo", Guard::None),
+    })
 }
 
 /// Runs `bench proxy`.
@@ -105,59 +226,62 @@ pub async fn run(args: &ProxyArgs) -> anyhow::Result<ProxyResults> {
     if !(0.1..=3600.0).contains(&args.duration) || !(0.0..=600.0).contains(&args.warmup) {
         bail!("--duration must be from 0.1 to 3600 s and --warmup from 0 to 600 s");
     }
+    if !(1..=20).contains(&args.rounds) {
+        bail!("--rounds {} must be from 1 to 20", args.rounds);
+    }
     let echo = paths::start_echo().await?;
-    let mut results: Vec<PathResult> = Vec::new();
     let mut skipped = Vec::new();
     let mut names = vec!["direct".to_string()];
-    names.extend(args.paths.iter().filter(|p| *p != "direct").cloned());
-    for name in names {
-        let (addr, description, guard) = match name.as_str() {
-            "direct" => (echo, "client → echo".to_owned(), Guard::None),
-            "sidecar" => {
-                let (addr, agents) = paths::one_sidecar(echo).await?;
-                (
-                    addr,
-                    "client → sidecar → echo (same node)".to_owned(),
-                    Guard::Agents(agents),
-                )
+    for name in args.paths.iter().filter(|p| *p != "direct") {
+        match unavailable(name, args)? {
+            Some(note) => {
+                println!("{name}: {note}");
+                skipped.push((name.clone(), note));
             }
-            "two-sidecars" => {
-                let (addr, agents) = paths::two_sidecars(echo).await?;
-                (
-                    addr,
-                    "client → sidecar ⇒ QUIC+mTLS ⇒ sidecar → echo".to_owned(),
-                    Guard::Agents(agents),
-                )
-            }
-            "nginx" | "haproxy" => {
-                let kind = if name == "nginx" {
-                    Kind::Nginx
-                } else {
-                    Kind::Haproxy
-                };
-                let Some(binary) = kind.find() else {
-                    println!("{}: {}", kind.name(), kind.missing_note());
-                    skipped.push((name.clone(), kind.missing_note()));
-                    continue;
-                };
-                let proxy = external::start(kind, &binary, echo).await?;
-                (
-                    proxy.addr,
-                    format!("client → {} → echo (keep-alive upstream)", kind.name()),
-                    Guard::External(proxy),
-                )
-            }
-            other => {
-                bail!("unknown path {other:?}; choose from sidecar, two-sidecars, nginx, haproxy")
-            }
-        };
-        let measured = measure(args, &name, &description, addr, &guard, results.first()).await;
-        match guard {
-            Guard::Agents(agents) => paths::stop_agents(agents).await,
-            Guard::External(proxy) => drop(proxy),
-            Guard::None => {}
+            None => names.push(name.clone()),
         }
-        results.push(measured?);
+    }
+    let mut rounds: Vec<Vec<(LoadResult, LoadResult)>> = vec![Vec::new(); names.len()];
+    let mut descriptions = vec![""; names.len()];
+    for round in 1..=args.rounds {
+        for (i, name) in names.iter().enumerate() {
+            let (addr, description, guard) = set_up(name, args, echo).await?;
+            descriptions[i] = description;
+            println!("round {round}/{}: {name}...", args.rounds);
+            let measured = measure(args, name, addr, &guard).await;
+            match guard {
+                Guard::Agents(agents) => paths::stop_agents(agents).await,
+                Guard::External(proxy) => drop(proxy),
+                Guard::Processes(agents) => drop(agents),
+                Guard::None => {}
+            }
+            rounds[i].push(measured?);
+        }
+    }
+    let mut results: Vec<PathResult> = Vec::new();
+    for ((name, description), runs) in names.iter().zip(descriptions).zip(rounds) {
+        let closed = median(runs.iter().map(|r| &r.0));
+        let open = median(runs.iter().map(|r| &r.1));
+        let (rps_ratio, p99_ratio, added_p50_us, added_p99_us) = match results.first() {
+            Some(d) => (
+                closed.rps / d.closed.rps.max(1e-9),
+                closed.latency.p99_us as f64 / (d.closed.latency.p99_us.max(1)) as f64,
+                open.latency.p50_us as i64 - d.open.latency.p50_us as i64,
+                open.latency.p99_us as i64 - d.open.latency.p99_us as i64,
+            ),
+            None => (1.0, 1.0, 0, 0),
+        };
+        results.push(PathResult {
+            name: name.clone(),
+            description: description.to_owned(),
+            closed,
+            open,
+            rps_ratio,
+            p99_ratio,
+            added_p50_us,
+            added_p99_us,
+            rounds: runs,
+        });
     }
     let targets = check_targets(&results);
     print_tables(args, &results, &skipped, &targets);
@@ -171,35 +295,65 @@ pub async fn run(args: &ProxyArgs) -> anyhow::Result<ProxyResults> {
     Ok(out)
 }
 
+fn median_of<T: Copy + Default>(
+    values: impl Iterator<Item = T>,
+    cmp: impl Fn(&T, &T) -> std::cmp::Ordering,
+) -> T {
+    let mut v: Vec<T> = values.collect();
+    v.sort_by(&cmp);
+    v.get(v.len().saturating_sub(1) / 2)
+        .copied()
+        .unwrap_or_default()
+}
+
+/// Each figure's median over the rounds (rounds interleave the paths, so
+/// background load on a shared machine hits every path alike).
+fn median<'a>(runs: impl Iterator<Item = &'a LoadResult> + Clone) -> LoadResult {
+    let f = |get: &dyn Fn(&LoadResult) -> f64| median_of(runs.clone().map(get), f64::total_cmp);
+    let u = |get: &dyn Fn(&LoadResult) -> u64| median_of(runs.clone().map(get), Ord::cmp);
+    let latency = |get: &dyn Fn(&LoadResult) -> Latency| Latency {
+        count: u(&|r| get(r).count),
+        mean_us: f(&|r| get(r).mean_us),
+        p50_us: u(&|r| get(r).p50_us),
+        p99_us: u(&|r| get(r).p99_us),
+        p999_us: u(&|r| get(r).p999_us),
+        max_us: u(&|r| get(r).max_us),
+    };
+    let has_service = runs.clone().any(|r| r.service.is_some());
+    LoadResult {
+        latency: latency(&|r| r.latency),
+        service: has_service.then(|| latency(&|r| r.service.unwrap_or_default())),
+        dispatch_lag: has_service.then(|| latency(&|r| r.dispatch_lag.unwrap_or_default())),
+        ok: u(&|r| r.ok),
+        errors: u(&|r| r.errors),
+        window_s: f(&|r| r.window_s),
+        rps: f(&|r| r.rps),
+        cpu_us_per_request: f(&|r| r.cpu_us_per_request),
+    }
+}
+
 async fn measure(
     args: &ProxyArgs,
     name: &str,
-    description: &str,
     addr: SocketAddr,
     guard: &Guard,
-    direct: Option<&PathResult>,
-) -> anyhow::Result<PathResult> {
+) -> anyhow::Result<(LoadResult, LoadResult)> {
     let target = Target {
         addr,
         host: format!("{}.localhost", paths::SERVICE),
         path: "/".to_owned(),
     };
-    let external = match guard {
-        Guard::External(proxy) => Some(proxy.pid()),
-        _ => None,
-    };
+    let external = guard.pids();
     let warmup = Duration::from_secs_f64(args.warmup);
     let duration = Duration::from_secs_f64(args.duration);
-    println!("{name}: closed loop, {} connections...", args.concurrency);
-    let closed = closed_loop(&target, args.concurrency, warmup, duration, external).await?;
-    println!("{name}: open loop, {} requests/s...", args.rate);
+    let closed = closed_loop(&target, args.concurrency, warmup, duration, &external).await?;
     let open = open_loop(
         &target,
         args.rate,
         args.open_connections,
         warmup,
         duration,
-        external,
+        &external,
     )
     .await?;
     if closed.ok == 0 || open.ok == 0 {
@@ -210,47 +364,32 @@ async fn measure(
             open.errors
         );
     }
-    let (rps_ratio, p99_ratio, added_p50_us, added_p99_us) = match direct {
-        Some(d) => (
-            closed.rps / d.closed.rps.max(1e-9),
-            closed.latency.p99_us as f64 / (d.closed.latency.p99_us.max(1)) as f64,
-            open.latency.p50_us as i64 - d.open.latency.p50_us as i64,
-            open.latency.p99_us as i64 - d.open.latency.p99_us as i64,
-        ),
-        None => (1.0, 1.0, 0, 0),
-    };
-    Ok(PathResult {
-        name: name.to_owned(),
-        description: description.to_owned(),
-        closed,
-        open,
-        rps_ratio,
-        p99_ratio,
-        added_p50_us,
-        added_p99_us,
-    })
+    Ok((closed, open))
 }
 
 fn check_targets(results: &[PathResult]) -> Vec<TargetCheck> {
     let find = |name: &str| results.iter().find(|r| r.name == name);
-    let (sidecar, two, haproxy) = (find("sidecar"), find("two-sidecars"), find("haproxy"));
+    let haproxy = find("haproxy");
     let mut out = Vec::new();
-    let mut check = |target: &str, measured: String, met: Option<bool>| {
+    let mut check = |target: String, measured: String, met: Option<bool>| {
         out.push(TargetCheck {
-            target: target.to_owned(),
+            target,
             measured,
             met,
         });
     };
-    match (sidecar, haproxy) {
-        (Some(s), Some(h)) => {
+    for (one, two, how) in [
+        ("sidecar", "two-sidecars", "in process"),
+        ("sidecar-proc", "two-sidecars-proc", "as processes"),
+    ] {
+        if let (Some(s), Some(h)) = (find(one), haproxy) {
             check(
-                "one sidecar: req/s ratio to direct at least HAProxy's",
+                format!("one sidecar ({how}): req/s ratio to direct at least HAProxy's"),
                 format!("{:.3} vs HAProxy {:.3}", s.rps_ratio, h.rps_ratio),
                 Some(s.rps_ratio >= h.rps_ratio),
             );
             check(
-                "one sidecar: p99 no higher than HAProxy's",
+                format!("one sidecar ({how}): p99 no higher than HAProxy's"),
                 format!(
                     "{} vs HAProxy {}",
                     fmt_us(s.closed.latency.p99_us as f64),
@@ -259,27 +398,29 @@ fn check_targets(results: &[PathResult]) -> Vec<TargetCheck> {
                 Some(s.closed.latency.p99_us <= h.closed.latency.p99_us),
             );
         }
-        _ => check(
-            "one sidecar against HAProxy",
-            "not measured (sidecar or haproxy path absent)".to_owned(),
-            None,
-        ),
+        if let Some(t) = find(two) {
+            check(
+                format!("two sidecars ({how}): at least 0.35 of direct req/s"),
+                format!("{:.3}", t.rps_ratio),
+                Some(t.rps_ratio >= 0.35),
+            );
+            check(
+                format!("two sidecars ({how}): p99 at most 2 ms at the closed-loop concurrency"),
+                fmt_us(t.closed.latency.p99_us as f64),
+                Some(t.closed.latency.p99_us <= 2_000),
+            );
+            check(
+                format!("two sidecars ({how}): p50 added at most 150 µs in the open loop"),
+                format!("{} µs", t.added_p50_us),
+                Some(t.added_p50_us <= 150),
+            );
+        }
     }
-    if let Some(t) = two {
+    if haproxy.is_none() {
         check(
-            "two sidecars: at least 0.35 of direct req/s",
-            format!("{:.3}", t.rps_ratio),
-            Some(t.rps_ratio >= 0.35),
-        );
-        check(
-            "two sidecars: p99 at most 2 ms at the closed-loop concurrency",
-            fmt_us(t.closed.latency.p99_us as f64),
-            Some(t.closed.latency.p99_us <= 2_000),
-        );
-        check(
-            "two sidecars: p50 added at most 150 µs in the open loop",
-            format!("{} µs", t.added_p50_us),
-            Some(t.added_p50_us <= 150),
+            "one sidecar against HAProxy".to_owned(),
+            "not measured: HAProxy absent".to_owned(),
+            None,
         );
     }
     out

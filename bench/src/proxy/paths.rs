@@ -1,15 +1,20 @@
-//! The in-process paths of `bench proxy`: the echo service, one local
-//! sidecar in front of it, and two sidecars joined over QUIC with mutual TLS.
-//! Agents run the `lan` profile, the production default, so background
-//! gossip is what a deployment would have.
+//! The sidecar paths of `bench proxy`: the echo service, one local sidecar
+//! in front of it, and two sidecars joined over QUIC with mutual TLS; each
+//! either in this process (sharing its runtime with the load generator and
+//! the echo service) or as `gossamer agent` processes, like nginx and
+//! HAProxy. Agents run the `lan` profile, the production default, so
+//! background gossip is what a deployment would have.
 
 use std::net::SocketAddr;
+use std::path::Path;
 use std::time::{Duration, Instant};
 
 use anyhow::{bail, Context};
 use sidecar::agent::{self, RunningAgent};
 use sidecar::config::Profile;
 use sidecar::demo::local_config;
+
+use crate::agent_proc::AgentProcess;
 
 /// Service name the bench registers.
 pub const SERVICE: &str = "echo";
@@ -87,4 +92,61 @@ pub async fn stop_agents(agents: Vec<RunningAgent>) {
     for agent in agents {
         agent.stop().await;
     }
+}
+
+/// Polls `proxy` with requests for the bench service until one is answered.
+async fn wait_routable(proxy: SocketAddr, within: Duration) -> anyhow::Result<()> {
+    let target = crate::load::Target {
+        addr: proxy,
+        host: format!("{SERVICE}.localhost"),
+        path: "/".to_owned(),
+    };
+    let deadline = Instant::now() + within;
+    while !crate::load::one_request(&target).await {
+        if Instant::now() > deadline {
+            bail!("the proxy at {proxy} did not route to {SERVICE} within {within:?}");
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    Ok(())
+}
+
+/// One `gossamer agent` process with the echo service registered on it.
+pub async fn one_sidecar_process(
+    binary: &Path,
+    echo: SocketAddr,
+) -> anyhow::Result<(SocketAddr, Vec<AgentProcess>)> {
+    let flags = [
+        "--profile".to_owned(),
+        "lan".to_owned(),
+        "--service".to_owned(),
+        format!("{SERVICE}={}", echo.port()),
+    ];
+    let local = AgentProcess::start(binary, "bench-local-proc", &flags).await?;
+    wait_routable(local.addrs.proxy, Duration::from_secs(20)).await?;
+    Ok((local.addrs.proxy, vec![local]))
+}
+
+/// Two `gossamer agent` processes, the caller's and the callee's (echo
+/// registered), joined over QUIC.
+pub async fn two_sidecars_process(
+    binary: &Path,
+    echo: SocketAddr,
+) -> anyhow::Result<(SocketAddr, Vec<AgentProcess>)> {
+    let flags = [
+        "--profile".to_owned(),
+        "lan".to_owned(),
+        "--service".to_owned(),
+        format!("{SERVICE}={}", echo.port()),
+    ];
+    let callee = AgentProcess::start(binary, "bench-callee-proc", &flags).await?;
+    let flags = [
+        "--profile".to_owned(),
+        "lan".to_owned(),
+        "--join".to_owned(),
+        callee.addrs.quic.to_string(),
+    ];
+    let caller = AgentProcess::start(binary, "bench-caller-proc", &flags).await?;
+    wait_routable(caller.addrs.proxy, Duration::from_secs(30)).await?;
+    Ok((caller.addrs.proxy, vec![caller, callee]))
 }

@@ -4,8 +4,98 @@
 //! panic, never read past its size limit, and never allocate what the input
 //! cannot describe. The cargo-fuzz targets in `mesh-proto/fuzz` run the same
 //! decoders for longer; these run on stable in CI.
+//!
+//! "What the input cannot describe" is measured: every decode here runs
+//! under a counting allocator and must hold at most [`HEAP_PER_BYTE`] bytes
+//! of heap per input byte, plus [`HEAP_SLACK`]. The factor is what the
+//! in-memory types cost against their most compact encoding (a 7-byte
+//! tombstone record is a 264-byte `Record`, and a growing `Vec` briefly
+//! holds its old and new buffers); a decoder that preallocated from a
+//! length claim would blow it at once.
 
 mod common;
+
+/// Measures the heap each decode uses, on the decoding thread only (the
+/// tests of this binary run in parallel). A test-only global allocator is
+/// the one place this workspace needs `unsafe`: it forwards every call to
+/// the system allocator and keeps two thread-local counters.
+mod heap {
+    use std::alloc::{GlobalAlloc, Layout, System};
+    use std::cell::Cell;
+
+    thread_local! {
+        static LIVE: Cell<isize> = const { Cell::new(0) };
+        static PEAK: Cell<isize> = const { Cell::new(0) };
+    }
+
+    /// The system allocator, counting this thread's live bytes and their peak.
+    pub struct Tracking;
+
+    fn note(delta: isize) {
+        let _ = LIVE.try_with(|live| {
+            let now = live.get() + delta;
+            live.set(now);
+            let _ = PEAK.try_with(|peak| peak.set(peak.get().max(now)));
+        });
+    }
+
+    fn size(layout: Layout) -> isize {
+        isize::try_from(layout.size()).unwrap_or(isize::MAX)
+    }
+
+    // SAFETY: every call is forwarded unchanged to `System`; the counters
+    // are const-initialised thread-local cells, which never allocate.
+    unsafe impl GlobalAlloc for Tracking {
+        unsafe fn alloc(&self, layout: Layout) -> *mut u8 {
+            note(size(layout));
+            // SAFETY: the caller upholds `GlobalAlloc::alloc`'s contract.
+            unsafe { System.alloc(layout) }
+        }
+
+        unsafe fn dealloc(&self, ptr: *mut u8, layout: Layout) {
+            note(-size(layout));
+            // SAFETY: the caller upholds `GlobalAlloc::dealloc`'s contract.
+            unsafe { System.dealloc(ptr, layout) }
+        }
+
+        unsafe fn realloc(&self, ptr: *mut u8, layout: Layout, new_size: usize) -> *mut u8 {
+            // Counted as if the old block lived until the new one exists.
+            note(isize::try_from(new_size).unwrap_or(isize::MAX));
+            // SAFETY: the caller upholds `GlobalAlloc::realloc`'s contract.
+            let out = unsafe { System.realloc(ptr, layout, new_size) };
+            note(-size(layout));
+            out
+        }
+    }
+
+    /// Runs `f`; returns its result and the most heap it held at once.
+    pub fn peak_during<T>(f: impl FnOnce() -> T) -> (T, usize) {
+        let start = LIVE.with(Cell::get);
+        PEAK.with(|peak| peak.set(start));
+        let out = f();
+        let peak = PEAK.with(Cell::get) - start;
+        (out, usize::try_from(peak).unwrap_or(0))
+    }
+}
+
+#[global_allocator]
+static HEAP: heap::Tracking = heap::Tracking;
+
+/// Heap a decode may hold per input byte (see the file's doc).
+const HEAP_PER_BYTE: usize = 128;
+/// Heap any decode may hold whatever its input (error values, small buffers).
+const HEAP_SLACK: usize = 64 * 1024;
+
+/// Runs one decode under the heap counter and checks the bound.
+fn bounded<T>(what: &str, input_len: usize, decode: impl FnOnce() -> T) -> T {
+    let (out, peak) = heap::peak_during(decode);
+    let bound = HEAP_PER_BYTE * input_len + HEAP_SLACK;
+    assert!(
+        peak <= bound,
+        "decoding {input_len} bytes as {what} held {peak} bytes of heap; the bound is {bound}"
+    );
+    out
+}
 
 use std::fmt::Debug;
 use std::net::SocketAddr;
@@ -15,7 +105,8 @@ use mesh_proto::codec::{self, DecodeError, WIRE_VERSION};
 use mesh_proto::coordinate::{Coordinate, DIMENSIONS};
 use mesh_proto::frame::{ProxyFrame, MAX_FRAME};
 use mesh_proto::gossip::{
-    CatalogBroadcast, Ping, SyncMessage, MAX_STREAM_PACKET, MAX_SWIM_PACKET, MAX_SYNC_MESSAGE,
+    CatalogBroadcast, DatagramKind, Ping, StreamKind, SyncMessage, MAX_STREAM_PACKET,
+    MAX_SWIM_PACKET, MAX_SYNC_MESSAGE,
 };
 use mesh_proto::{NodeId, NodeIdentity, Record};
 use proptest::collection::vec;
@@ -35,7 +126,10 @@ const SYNC_LIMIT: usize = MAX_SYNC_MESSAGE;
 /// trip through the codec byte for byte. Bytes rather than `==`, because a
 /// coordinate may hold a NaN, which is not equal to itself.
 fn exercise<T: Serialize + DeserializeOwned>(bytes: &[u8], limit: usize) -> bool {
-    let Ok(value) = codec::decode::<T>(bytes, limit) else {
+    let decoded = bounded(std::any::type_name::<T>(), bytes.len(), || {
+        codec::decode::<T>(bytes, limit)
+    });
+    let Ok(value) = decoded else {
         return false;
     };
     let encoded = codec::encode(&value).expect("a decoded value encodes");
@@ -52,7 +146,7 @@ fn exercise_all(bytes: &[u8]) {
     exercise::<Ping>(bytes, PING_LIMIT);
     exercise::<Record>(bytes, RECORD_LIMIT);
     exercise::<NodeIdentity>(bytes, IDENTITY_LIMIT);
-    if let Ok(frame) = ProxyFrame::decode(bytes) {
+    if let Ok(frame) = bounded("ProxyFrame", bytes.len(), || ProxyFrame::decode(bytes)) {
         let encoded = frame.encode().expect("a decoded frame encodes");
         assert_eq!(ProxyFrame::decode(&encoded[2..]), Ok(frame));
     }
@@ -61,7 +155,7 @@ fn exercise_all(bytes: &[u8]) {
         if let Ok(len) = ProxyFrame::body_len([*a, *b]) {
             assert!(len <= MAX_FRAME);
             if let Some(body) = rest.get(..len) {
-                let _ = ProxyFrame::decode(body);
+                let _ = bounded("ProxyFrame", body.len(), || ProxyFrame::decode(body));
             }
         }
     }
@@ -304,6 +398,75 @@ fn every_decoder_refuses_one_byte_over_its_limit_without_parsing() {
     );
 }
 
+#[test]
+fn every_tag_byte_parses_to_one_kind_or_none() {
+    for byte in 0..=u8::MAX {
+        if let Some(kind) = DatagramKind::from_byte(byte) {
+            assert_eq!(kind as u8, byte);
+        }
+        if let Some(kind) = StreamKind::from_byte(byte) {
+            assert_eq!(kind as u8, byte);
+        }
+    }
+    for kind in [DatagramKind::Swim, DatagramKind::Ping, DatagramKind::Pong] {
+        assert_eq!(DatagramKind::from_byte(kind as u8), Some(kind));
+    }
+    for kind in [
+        StreamKind::Swim,
+        StreamKind::Sync,
+        StreamKind::Proxy,
+        StreamKind::Hello,
+    ] {
+        assert_eq!(StreamKind::from_byte(kind as u8), Some(kind));
+    }
+}
+
+#[test]
+fn the_densest_valid_messages_stay_within_the_heap_bound() {
+    // The most compact record: an empty definition name, a one-letter
+    // writer, a tombstone. Seven bytes on the wire, a 264-byte `Record`.
+    let record = Record {
+        key: mesh_proto::RecordKey::Definition(String::new()),
+        version: mesh_proto::Version {
+            hlc: mesh_proto::Hlc {
+                wall_ms: 0,
+                logical: 0,
+            },
+            writer: NodeId::new("a").expect("valid id"),
+        },
+        body: mesh_proto::RecordBody::Tombstone,
+    };
+    for n in [1usize, 100, 10_000, 100_000] {
+        let messages = [
+            SyncMessage::Push(vec![record.clone(); n]),
+            SyncMessage::Digest(vec![(record.key.clone(), record.version.clone()); n]),
+            SyncMessage::Records {
+                records: vec![record.clone(); n],
+                wanted: vec![record.key.clone(); n],
+            },
+        ];
+        for message in messages {
+            let bytes = codec::encode(&message).expect("encodes");
+            let back = bounded("SyncMessage", bytes.len(), || {
+                codec::decode::<SyncMessage>(&bytes, SYNC_LIMIT)
+            });
+            assert_eq!(back.as_ref(), Ok(&message));
+        }
+    }
+    let broadcast = codec::encode(&CatalogBroadcast { record }).expect("encodes");
+    assert!(bounded("CatalogBroadcast", broadcast.len(), || {
+        codec::decode::<CatalogBroadcast>(&broadcast, BROADCAST_LIMIT)
+    })
+    .is_ok());
+}
+
+/// Runs a decode of a 20-byte input, which may hold no more than 4 KiB.
+fn tiny<T>(decode: impl FnOnce() -> T) -> T {
+    let (out, peak) = heap::peak_during(decode);
+    assert!(peak <= 4096, "a 20-byte input held {peak} bytes of heap");
+    out
+}
+
 /// postcard's varint encoding of `n`.
 fn varint(mut n: u64) -> Vec<u8> {
     let mut out = Vec::new();
@@ -332,28 +495,34 @@ fn absurd_length_claims_fail_fast_instead_of_allocating() {
     // is the check.
     for claim in [1u64 << 32, u64::from(u32::MAX), u64::MAX, 1 << 20] {
         let n = varint(claim);
+        // Each input is 20 bytes: whatever it claims, a few KiB of heap at most.
 
         // SyncMessage::Digest (variant 0) with `claim` entries, in 20 bytes.
         let head = [&[WIRE_VERSION, 0][..], &n].concat();
-        assert!(codec::decode::<SyncMessage>(&padded(&head, 20), SYNC_LIMIT).is_err());
+        assert!(tiny(|| codec::decode::<SyncMessage>(&padded(&head, 20), SYNC_LIMIT)).is_err());
 
         // SyncMessage::Records (variant 1) and Push (variant 2) likewise.
         for variant in [1u8, 2] {
             let head = [&[WIRE_VERSION, variant][..], &n].concat();
-            assert!(codec::decode::<SyncMessage>(&padded(&head, 20), SYNC_LIMIT).is_err());
+            assert!(tiny(|| codec::decode::<SyncMessage>(&padded(&head, 20), SYNC_LIMIT)).is_err());
         }
 
         // A record whose key is a definition name of `claim` bytes.
         let head = [&[WIRE_VERSION, 0][..], &n].concat();
-        assert!(codec::decode::<Record>(&padded(&head, 20), RECORD_LIMIT).is_err());
-        assert!(codec::decode::<CatalogBroadcast>(&padded(&head, 20), BROADCAST_LIMIT).is_err());
+        assert!(tiny(|| codec::decode::<Record>(&padded(&head, 20), RECORD_LIMIT)).is_err());
+        assert!(
+            tiny(|| codec::decode::<CatalogBroadcast>(&padded(&head, 20), BROADCAST_LIMIT))
+                .is_err()
+        );
 
         // An identity whose node id claims `claim` bytes.
         let head = [&[WIRE_VERSION][..], &n].concat();
-        assert!(codec::decode::<NodeIdentity>(&padded(&head, 20), IDENTITY_LIMIT).is_err());
+        assert!(
+            tiny(|| codec::decode::<NodeIdentity>(&padded(&head, 20), IDENTITY_LIMIT)).is_err()
+        );
 
         // A proxy frame whose instance id claims `claim` bytes.
-        assert!(ProxyFrame::decode(&padded(&head, 20)).is_err());
+        assert!(tiny(|| ProxyFrame::decode(&padded(&head, 20))).is_err());
     }
 }
 

@@ -13,6 +13,9 @@ use std::path::Path;
 use std::time::Duration;
 
 use common::{eventually, metric_value, wait_alive, AgentProc, Spec};
+use proptest::collection::vec;
+use proptest::prelude::*;
+use proptest::sample::Index;
 use rcgen::{
     BasicConstraints, CertificateParams, DistinguishedName, DnType, IsCa, Issuer, KeyPair,
     KeyUsagePurpose,
@@ -293,4 +296,100 @@ async fn garbage_datagrams_to_the_quic_port_are_counted_logged_once_per_source_a
     assert_eq!(counter(&b, DECODE_ERRORS).await, 0.0);
     let log = plain_log(&a).join("\n");
     assert!(!log.contains("panicked"), "{log}");
+}
+
+// === SWIM packets from a peer ===
+
+type Swim = foca::Foca<
+    mesh_proto::NodeIdentity,
+    foca::PostcardCodec,
+    rand::rngs::SmallRng,
+    foca::NoCustomBroadcast,
+>;
+
+fn swim_node(name: &str, port: u16) -> Swim {
+    use rand::SeedableRng;
+    let identity = mesh_proto::NodeIdentity {
+        node_id: mesh_proto::NodeId::new(name).expect("valid id"),
+        addr: SocketAddr::from(([127, 0, 0, 1], port)),
+        generation: 1,
+    };
+    foca::Foca::new(
+        identity,
+        sidecar::membership::foca_config(sidecar::config::Profile::Local, 3),
+        rand::rngs::SmallRng::seed_from_u64(u64::from(port)),
+        foca::PostcardCodec,
+    )
+}
+
+/// Real SWIM packets as an agent's foca sends them: announces, the feeds
+/// (member lists) that answer them, and whatever follows, delivered
+/// between three nodes until they fall quiet.
+fn real_swim_packets() -> Vec<Vec<u8>> {
+    let mut nodes = [
+        swim_node("swim-a", 1),
+        swim_node("swim-b", 2),
+        swim_node("swim-c", 3),
+    ];
+    let mut runtime = foca::AccumulatingRuntime::new();
+    let b = nodes[1].identity().clone();
+    nodes[2]
+        .announce(b.clone(), &mut runtime)
+        .expect("announce");
+    nodes[0].announce(b, &mut runtime).expect("announce");
+    let mut packets = Vec::new();
+    while let Some((to, packet)) = runtime.to_send() {
+        packets.push(packet.to_vec());
+        if packets.len() > 50 {
+            break;
+        }
+        let node = nodes
+            .iter_mut()
+            .find(|n| n.identity().node_id == to.node_id)
+            .expect("addressed to one of the three");
+        node.handle_data(&packet, &mut runtime)
+            .expect("real packets are accepted");
+    }
+    assert!(packets.len() >= 4, "announces and feeds: {}", packets.len());
+    packets
+}
+
+proptest! {
+    #![proptest_config(ProptestConfig {
+        cases: 256,
+        failure_persistence: None,
+        ..ProptestConfig::default()
+    })]
+
+    /// foca decodes SWIM packets with our identity type: random bytes, cut
+    /// and bit-flipped real packets end in an error or a harmless update,
+    /// never a panic.
+    #[test]
+    fn swim_packets_of_any_shape_never_panic_the_decoder(
+        random in vec(any::<u8>(), 0..1200),
+        which in any::<Index>(),
+        cut in any::<Index>(),
+        flips in vec((any::<Index>(), 0u8..8), 1..6),
+    ) {
+        let packets = real_swim_packets();
+        let packet = which.get(&packets);
+        let mut runtime = foca::AccumulatingRuntime::new();
+        let mut receiver = swim_node("swim-receiver", 9);
+        let _ = receiver.handle_data(&random, &mut runtime);
+        // A prefix may still be a valid, shorter packet (foca lists members
+        // up to the end of the buffer): only a panic would be wrong.
+        let len = cut.index(packet.len());
+        let _ = receiver.handle_data(&packet[..len], &mut runtime);
+        let mut flipped = packet.clone();
+        for (at, bit) in flips {
+            let i = at.index(flipped.len());
+            flipped[i] ^= 1 << bit;
+        }
+        let _ = receiver.handle_data(&flipped, &mut runtime);
+        // Whole packets still work after all that.
+        let mut fresh = swim_node("swim-fresh", 10);
+        for packet in &packets {
+            let _ = fresh.handle_data(packet, &mut runtime);
+        }
+    }
 }

@@ -36,13 +36,14 @@ fn sim_runs_a_small_cluster() {
         delay: 2.0,
         seed: 7,
         profile: sidecar::config::Profile::Lan,
+        records: 2,
         rest: 1.0,
         budget: 60,
         out: out.clone(),
     };
     let results = sim::run(&args).expect("sim runs");
     assert_eq!(results.len(), 1);
-    let doc = document(&out, "sim-40", "sim");
+    let doc = document(&out, "sim-40-loss0.01-delay2", "sim");
     let r = &doc["results"][0];
     assert_eq!(r["nodes"], 40);
     assert!(r["record"]["reached"].as_u64().is_some_and(|n| n >= 1));
@@ -58,6 +59,7 @@ fn sim_is_deterministic_from_its_seed() {
             delay: 3.0,
             seed: 11,
             profile: sidecar::config::Profile::Lan,
+            records: 2,
             rest: 1.0,
             budget: 60,
             out: scratch("sim-seed"),

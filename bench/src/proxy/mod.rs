@@ -419,7 +419,7 @@ fn check_targets(results: &[PathResult]) -> Vec<TargetCheck> {
     if haproxy.is_none() {
         check(
             "one sidecar against HAProxy".to_owned(),
-            "not measured: HAProxy absent".to_owned(),
+            "not measured: no haproxy path in this run".to_owned(),
             None,
         );
     }

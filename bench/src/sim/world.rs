@@ -255,10 +255,11 @@ impl World {
 
     /// Writes an instance record on `writer` and gossips it, as the agent's
     /// registry does; starts watching it spread.
-    pub fn write_record(&mut self, writer: u32) -> anyhow::Result<()> {
+    pub fn write_record(&mut self, writer: u32, serial: usize) -> anyhow::Result<()> {
         let node_id = NodeId::new(format!("node-{writer:05}"))
             .map_err(|e| anyhow!("simulated node id: {e}"))?;
-        let key = RecordKey::Instance(format!("sim-{writer}"));
+        let id = format!("sim-{writer}-{serial}");
+        let key = RecordKey::Instance(id.clone());
         let record = Record {
             key: key.clone(),
             version: Version {
@@ -269,7 +270,7 @@ impl World {
                 writer: node_id.clone(),
             },
             body: RecordBody::Instance(Instance {
-                id: format!("sim-{writer}"),
+                id,
                 service: "sim".to_owned(),
                 node: node_id,
                 address: std::net::SocketAddr::from(([10, 0, 0, 1], 8080)),

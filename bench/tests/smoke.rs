@@ -43,7 +43,7 @@ fn sim_runs_a_small_cluster() {
     };
     let results = sim::run(&args).expect("sim runs");
     assert_eq!(results.len(), 1);
-    let doc = document(&out, "sim-40-loss0.01-delay2", "sim");
+    let doc = document(&out, "sim-40-lan-loss0.01-delay2", "sim");
     let r = &doc["results"][0];
     assert_eq!(r["nodes"], 40);
     assert!(r["record"]["reached"].as_u64().is_some_and(|n| n >= 1));

@@ -184,12 +184,24 @@ impl Cluster {
                 return Ok(started.elapsed());
             }
             if started.elapsed() > within {
-                let short = counts.iter().filter(|&&c| c != want).count();
-                let min = counts.iter().min().copied().unwrap_or(0);
+                let short: Vec<String> = counts
+                    .iter()
+                    .enumerate()
+                    .filter(|(_, &c)| c != want)
+                    .map(|(i, c)| format!("{} sees {c}", self.agents[i].agent.node_id()))
+                    .collect();
+                let shown = short
+                    .iter()
+                    .take(10)
+                    .cloned()
+                    .collect::<Vec<_>>()
+                    .join(", ");
                 bail!(
-                    "{short} of {} agents do not see all {want} peers after {within:?} \
-                     (the fewest: {min}); the machine may be overloaded, try fewer --nodes",
-                    self.agents.len()
+                    "{} of {} agents do not see all {want} peers after {within:?} ({shown}{}); \
+                     the machine may be overloaded, try fewer --nodes",
+                    short.len(),
+                    self.agents.len(),
+                    if short.len() > 10 { ", ..." } else { "" }
                 );
             }
             tokio::time::sleep(Duration::from_millis(20)).await;

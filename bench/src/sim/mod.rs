@@ -180,12 +180,17 @@ pub fn run(args: &SimArgs) -> anyhow::Result<Vec<SimResult>> {
     }
     print_tables(&results);
     let name = format!(
-        "sim-{}-loss{}-delay{}",
+        "sim-{}-{}-loss{}-delay{}",
         args.nodes
             .iter()
             .map(usize::to_string)
             .collect::<Vec<_>>()
             .join("-"),
+        match args.profile {
+            Profile::Local => "local",
+            Profile::Lan => "lan",
+            Profile::Wan => "wan",
+        },
         args.loss,
         args.delay
     );

@@ -16,6 +16,8 @@ use crate::agent::Agent;
 
 const FIRST_BACKOFF: Duration = Duration::from_millis(200);
 const MAX_BACKOFF: Duration = Duration::from_secs(30);
+/// How long an announce may go unanswered before it is sent again.
+const ANNOUNCE_ANSWER: Duration = Duration::from_secs(2);
 /// Largest Hello answer accepted.
 pub const MAX_HELLO: usize = 1024;
 
@@ -41,12 +43,26 @@ pub async fn run(agent: Arc<Agent>) {
                 Err(_) => {}
             }
         }
-        if joined {
+        // The announce and its answer are single datagrams: if either was
+        // lost, nobody knows us and foca's periodic announces (to known
+        // members only) cannot repair it, so only a member in our table counts.
+        if joined && admitted(&agent, ANNOUNCE_ANSWER).await {
             return;
+        }
+        if joined {
+            warn!(attempt, "announced but no member answered; announcing again");
         }
         tokio::time::sleep(backoff).await;
         backoff = (backoff * 2).min(MAX_BACKOFF);
     }
+}
+
+/// Whether the membership table holds a member within `within`.
+async fn admitted(agent: &Agent, within: Duration) -> bool {
+    let mut active = agent.membership.active();
+    let wait = active.wait_for(|members| !members.is_empty());
+    let answered = tokio::time::timeout(within, wait).await;
+    matches!(answered, Ok(Ok(_)))
 }
 
 async fn join_one(agent: &Arc<Agent>, target: &str) -> anyhow::Result<NodeIdentity> {

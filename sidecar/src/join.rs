@@ -50,7 +50,10 @@ pub async fn run(agent: Arc<Agent>) {
             return;
         }
         if joined {
-            warn!(attempt, "announced but no member answered; announcing again");
+            warn!(
+                attempt,
+                "announced but no member answered; announcing again"
+            );
         }
         tokio::time::sleep(backoff).await;
         backoff = (backoff * 2).min(MAX_BACKOFF);

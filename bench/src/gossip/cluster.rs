@@ -184,12 +184,32 @@ impl Cluster {
                 return Ok(started.elapsed());
             }
             if started.elapsed() > within {
-                let short: Vec<String> = counts
+                let mut missing: Vec<(usize, usize)> = counts
                     .iter()
+                    .copied()
                     .enumerate()
-                    .filter(|(_, &c)| c != want)
-                    .map(|(i, c)| format!("{} sees {c}", self.agents[i].agent.node_id()))
+                    .filter(|&(_, c)| c != want)
                     .collect();
+                missing.sort_by_key(|&(_, c)| c);
+                let mut short = Vec::new();
+                for &(i, c) in &missing {
+                    let agent = &self.agents[i].agent;
+                    let mut text = format!("{} sees {c}", agent.node_id());
+                    if short.is_empty() {
+                        // The worst one: what its own member table says.
+                        let members = agent.membership.members().await;
+                        let down = members
+                            .iter()
+                            .filter(|m| m.state == mesh_proto::api::MemberState::Down)
+                            .count();
+                        text.push_str(&format!(
+                            " (generation {}, {} members known, {down} down)",
+                            agent.membership.local().generation,
+                            members.len()
+                        ));
+                    }
+                    short.push(text);
+                }
                 let shown = short
                     .iter()
                     .take(10)

@@ -263,10 +263,13 @@ async fn a_dead_instance_costs_no_failed_get_and_comes_back() {
     .await;
     wait_instances_measured(&a, "echo", 2).await;
 
-    // A bounded loop of GETs; b's service dies a third of the way in.
+    // A bounded loop of GETs; b's service dies after 100 calls. The loop
+    // goes on until a call has found b dead (P2C may avoid b for a while
+    // when its latency estimate is the worse one), at most 5000 calls or 60 s.
     let deadline = Instant::now() + Duration::from_secs(60);
     let mut served_by = std::collections::BTreeMap::<String, usize>::new();
-    for i in 0..300 {
+    let mut b_found_dead = false;
+    for i in 0..5000 {
         assert!(
             Instant::now() < deadline,
             "GET loop ran out of time at call {i}"
@@ -280,7 +283,19 @@ async fn a_dead_instance_costs_no_failed_get_and_comes_back() {
                 .unwrap_or_else(|| panic!("call {i}: no answer"));
         assert_eq!(status, 200, "call {i} failed: {body}");
         *served_by.entry(upstream_node(&headers)).or_default() += 1;
+        if i >= 300 && i % 25 == 0 {
+            let retried = metric_value(
+                &a.metrics_text().await,
+                "gossamer_retries_total",
+                &[("service", "echo")],
+            );
+            if retried >= 1.0 {
+                b_found_dead = true;
+                break;
+            }
+        }
     }
+    assert!(b_found_dead, "no call was ever sent to b after its death");
     eprintln!("GETs served by {served_by:?}");
     assert!(
         served_by.get("die-b").copied().unwrap_or(0) > 0,

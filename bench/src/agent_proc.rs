@@ -113,6 +113,23 @@ impl AgentProcess {
     pub fn pid(&self) -> u32 {
         self.child.id()
     }
+
+    /// Stops it with SIGTERM (it leaves the cluster and drains), waiting up
+    /// to 10 s before the kill of `Drop`.
+    pub async fn stop(&mut self) {
+        let _ = Command::new("kill")
+            .args(["-TERM", &self.child.id().to_string()])
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .status();
+        let deadline = Instant::now() + Duration::from_secs(10);
+        while Instant::now() < deadline {
+            if let Ok(Some(_)) = self.child.try_wait() {
+                return;
+            }
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+    }
 }
 
 impl Drop for AgentProcess {

@@ -2,13 +2,14 @@
 //! the `local` profile.
 //!
 //! Measures, in order: start-to-ready of each agent and the time for the
-//! cluster to form; gossip traffic per node at rest; the time from
-//! registering an instance on one agent to its presence in every agent's
-//! catalog (over repeats); the time from killing an agent without leave to
-//! its being down on every other; gossip traffic during churn (an agent
-//! killed and a new one started every second); resident memory per agent;
-//! and, when the `gossamer` binary is built, one more agent as its own
-//! process for its start-to-ready time and its memory alone.
+//! cluster to form; gossip traffic per node at rest and resident memory per
+//! agent; when the `gossamer` binary is built, one more agent as its own
+//! process, for its start-to-ready time and its memory alone with every
+//! member known (it then leaves); the time from registering an instance on
+//! one agent to its presence in every agent's catalog (over repeats); the
+//! time from killing an agent without leave to its being down on every
+//! other; and gossip traffic during churn (an agent killed and a new one
+//! started every second).
 
 mod cluster;
 mod probe;
@@ -219,6 +220,36 @@ async fn measure(
     };
     let rss_idle = rss_kib();
 
+    // Before any kill, so the probe joins a cluster of exactly --nodes agents.
+    let (probe, probe_note) = if args.no_probe {
+        (None, Some("skipped (--no-probe)".to_owned()))
+    } else {
+        match (
+            crate::agent_proc::find_binary(args.agent_bin.as_deref()),
+            cluster.seed(),
+        ) {
+            (Some(binary), Some(seed)) => {
+                println!(
+                    "probe: one more agent as its own process ({})...",
+                    binary.display()
+                );
+                let expect = cluster.agents.len() + 1;
+                match probe::measure(&binary, &seed, expect, Duration::from_secs(5)).await {
+                    Ok(result) => (Some(result), None),
+                    Err(e) => (None, Some(format!("probe failed: {e:#}"))),
+                }
+            }
+            _ => (
+                None,
+                Some(
+                    "skipped: no gossamer binary next to this one; \
+                     build it with `cargo build --release -p sidecar` or pass --agent-bin"
+                        .to_owned(),
+                ),
+            ),
+        }
+    };
+
     println!("timing {} registrations...", args.repeats);
     let mut spreads = Vec::new();
     let mut registration_timeouts = 0;
@@ -244,38 +275,6 @@ async fn measure(
 
     println!("churn for {:.0} s...", args.churn);
     let churn = churn(cluster, metrics, args.churn).await?;
-
-    let (probe, probe_note) = if args.no_probe {
-        (None, Some("skipped (--no-probe)".to_owned()))
-    } else {
-        match (
-            crate::agent_proc::find_binary(args.agent_bin.as_deref()),
-            cluster.seed(),
-        ) {
-            (Some(binary), Some(seed)) => {
-                println!(
-                    "probe: one more agent as its own process ({})...",
-                    binary.display()
-                );
-                // A cluster that did not settle is still worth probing; the
-                // probe reports how many members it saw.
-                let _ = cluster.wait_formed(Duration::from_secs(60)).await;
-                let expect = cluster.agents.len() + 1;
-                match probe::measure(&binary, &seed, expect, Duration::from_secs(5)).await {
-                    Ok(result) => (Some(result), None),
-                    Err(e) => (None, Some(format!("probe failed: {e:#}"))),
-                }
-            }
-            _ => (
-                None,
-                Some(
-                    "skipped: no gossamer binary next to this one; \
-                     build it with `cargo build --release -p sidecar` or pass --agent-bin"
-                        .to_owned(),
-                ),
-            ),
-        }
-    };
 
     Ok(GossipResults {
         nodes: args.nodes,

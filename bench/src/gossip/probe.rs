@@ -39,7 +39,7 @@ pub async fn measure(
         .iter()
         .map(|s| (*s).to_owned())
         .collect();
-    let process = AgentProcess::start(binary, "gossip-probe", &extra).await?;
+    let mut process = AgentProcess::start(binary, "gossip-probe", &extra).await?;
     let start_to_ready = process.start_to_ready;
     let admin = process.addrs.admin;
     let ready_at = Instant::now();
@@ -61,11 +61,14 @@ pub async fn measure(
     let full_view = ready_at.elapsed();
     tokio::time::sleep(settle).await;
     let status = format!("/proc/{}/status", process.pid());
-    Ok(ProbeResult {
+    let result = ProbeResult {
         start_to_ready_ms: start_to_ready.as_secs_f64() * 1000.0,
         members_seen: seen,
         full_view_s: full_view.as_secs_f64(),
         rss_kib: status_kib(&status, "VmRSS:"),
         hwm_kib: status_kib(&status, "VmHWM:"),
-    })
+    };
+    // It leaves cleanly, so the measurements after it see no failure.
+    process.stop().await;
+    Ok(result)
 }

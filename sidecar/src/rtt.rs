@@ -27,7 +27,14 @@ const SAMPLE_EVERY: Duration = Duration::from_secs(1);
 /// Largest ping datagram accepted.
 const MAX_PING: usize = 512;
 /// Republish our coordinate in node metadata when it moved this much.
-const COORDINATE_REPUBLISH: Duration = Duration::from_millis(2);
+/// Peers we ping get our live coordinate on every pong; the broadcast only
+/// serves peers that never measured us, which an estimate a few ms and a
+/// few tens of seconds old serves well. Every republish is a catalog record
+/// gossiped to every node: on a loaded machine RTT jitter moved coordinates
+/// by 2 ms constantly, which was most of the gossip at rest (bench/).
+const COORDINATE_REPUBLISH: Duration = Duration::from_millis(5);
+/// Sampling ticks between checks of whether to republish the coordinate.
+const REPUBLISH_CHECK_TICKS: u64 = 30;
 
 #[derive(Debug, Clone, Copy)]
 struct Measured {
@@ -167,7 +174,7 @@ pub async fn run(
                 seq += 1;
                 ticks += 1;
                 sample_all(&agent, seq).await;
-                if ticks.is_multiple_of(10) && agent.rtt.coordinate_moved() {
+                if ticks.is_multiple_of(REPUBLISH_CHECK_TICKS) && agent.rtt.coordinate_moved() {
                     crate::agent::write_node_meta(&agent).await;
                 }
             }

@@ -55,6 +55,13 @@ pub enum EventKind {
         /// Which node.
         node: u32,
     },
+    /// A joiner checks that its announce was answered, else announces again.
+    JoinCheck {
+        /// The joiner.
+        node: u32,
+        /// Where it announces.
+        seed: u32,
+    },
 }
 
 struct Event {

@@ -29,6 +29,10 @@ pub fn mix(seed: u64, index: u64) -> u64 {
     z ^ (z >> 31)
 }
 
+/// How long a joiner waits for a member before announcing again (the
+/// agent's `join::run` waits 2 s, then backs off).
+const JOIN_RETRY: Duration = Duration::from_secs(2);
+
 /// How a call to [`World::run_until`] ended.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum RunEnd {
@@ -178,7 +182,9 @@ impl World {
     fn dispatch(&mut self, kind: EventKind) {
         let index = match &kind {
             EventKind::Deliver { to, .. } => *to,
-            EventKind::Timer { node, .. } | EventKind::SyncTick { node } => *node,
+            EventKind::Timer { node, .. }
+            | EventKind::SyncTick { node }
+            | EventKind::JoinCheck { node, .. } => *node,
         };
         let Some(node) = self.nodes.get_mut(index as usize) else {
             return;
@@ -217,6 +223,23 @@ impl World {
             EventKind::Timer { timer, .. } => {
                 if node.foca.handle_timer(timer, &mut rt).is_err() {
                     self.foca_errors += 1;
+                }
+            }
+            EventKind::JoinCheck { seed, .. } => {
+                // As the agent's join loop: no member yet means the announce
+                // or its answer was lost; announce again.
+                if node.foca.num_members() == 0 {
+                    let to = SimId {
+                        index: seed,
+                        generation: 0,
+                    };
+                    if node.foca.announce(to, &mut rt).is_err() {
+                        self.foca_errors += 1;
+                    }
+                    self.queue.push(
+                        self.now + nanos(JOIN_RETRY),
+                        EventKind::JoinCheck { node: index, seed },
+                    );
                 }
             }
             EventKind::SyncTick { .. } => {
@@ -320,6 +343,10 @@ impl World {
         node.foca
             .announce(to, &mut rt)
             .map_err(|e| anyhow!("the joiner cannot announce: {e}"))?;
+        self.queue.push(
+            self.now + nanos(JOIN_RETRY),
+            EventKind::JoinCheck { node: index, seed },
+        );
         let first_sync = self.now
             + self
                 .rng

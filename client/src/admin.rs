@@ -18,7 +18,6 @@ use serde::Serialize;
 
 pub use crate::error::Error;
 use crate::select::Requirements;
-use crate::watch::{Watch, WatchOptions};
 
 /// How long an ordinary (non-blocking) call may take by default.
 pub const DEFAULT_TIMEOUT: Duration = Duration::from_secs(10);
@@ -247,17 +246,6 @@ impl Client {
         let path = instances_path(name, requirements, after)?;
         let limit = self.limit_for(after);
         self.call_within(Method::GET, &path, None, limit).await
-    }
-
-    /// A stream of the instances of `name`: the current view first, then a
-    /// new one each time it changes. See [`Watch`].
-    pub fn watch(&self, name: &str) -> Watch {
-        self.watch_with(name, WatchOptions::default())
-    }
-
-    /// [`watch`](Client::watch) with requirements, wait and back-off of your choosing.
-    pub fn watch_with(&self, name: &str, options: WatchOptions) -> Watch {
-        Watch::new(self.clone(), name, options)
     }
 
     /// `PUT /v1/instances`: registers an instance on the agent's node and

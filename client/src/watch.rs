@@ -364,6 +364,21 @@ fn reason_kind(reason: &Ineligible) -> &'static str {
     }
 }
 
+// The watch methods live here, beside the stream they make, so the admin
+// client does not depend on its watcher.
+impl Client {
+    /// A stream of the instances of `name`: the current view first, then a
+    /// new one each time it changes. See [`Watch`].
+    pub fn watch(&self, name: &str) -> Watch {
+        self.watch_with(name, WatchOptions::default())
+    }
+
+    /// [`watch`](Client::watch) with requirements, wait and back-off of your choosing.
+    pub fn watch_with(&self, name: &str, options: WatchOptions) -> Watch {
+        Watch::new(self.clone(), name, options)
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

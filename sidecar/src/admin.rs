@@ -22,9 +22,12 @@ use serde::de::DeserializeOwned;
 use sha2::{Digest, Sha256};
 use tokio::net::TcpListener;
 
-use crate::agent::Agent;
+use crate::catalog::CatalogSnapshot;
+use crate::handles::AdminHandles;
 use crate::reply::{self, JsonResponse};
-use crate::{registry, server, views};
+use crate::{server, views};
+
+pub mod supervise;
 
 /// Largest request body accepted.
 const MAX_BODY: usize = 1024 * 1024;
@@ -33,8 +36,8 @@ const DEFAULT_WAIT: Duration = Duration::from_secs(300);
 const MAX_WAIT: Duration = Duration::from_secs(600);
 
 /// Serves the admin API until the agent stops.
-pub async fn serve(agent: Arc<Agent>, listener: TcpListener) {
-    let shutdown = agent.shutdown_signal();
+pub async fn serve(agent: Arc<AdminHandles>, listener: TcpListener) {
+    let shutdown = agent.shutdown.clone();
     server::serve(listener, shutdown, move |request| {
         let agent = agent.clone();
         async move {
@@ -53,8 +56,11 @@ pub async fn serve(agent: Arc<Agent>, listener: TcpListener) {
 }
 
 /// Serves `/metrics`.
-pub async fn serve_metrics(listener: TcpListener, handle: PrometheusHandle) {
-    let (_never, shutdown) = tokio::sync::watch::channel(false);
+pub async fn serve_metrics(
+    listener: TcpListener,
+    handle: PrometheusHandle,
+    shutdown: tokio::sync::watch::Receiver<bool>,
+) {
     server::serve(listener, shutdown, move |request: Request<Incoming>| {
         let handle = handle.clone();
         async move {
@@ -147,20 +153,62 @@ fn parse_wait(text: &str) -> Result<Duration, JsonResponse> {
     Ok(duration.min(MAX_WAIT))
 }
 
-/// Waits until the catalog index passes `query.index` or the wait ends.
-async fn block(agent: &Agent, query: &Query) {
-    let Some(index) = query.index else { return };
+/// What a blocking read watches: the index of its own answer, so a watcher
+/// of one service is not woken by writes to another.
+#[derive(Debug, Clone, Copy)]
+enum Watched<'a> {
+    /// The whole catalog (service lists, nodes).
+    Catalog,
+    /// One service's definition and instances.
+    Service(&'a str),
+}
+
+impl Watched<'_> {
+    /// The index of the answer in `snapshot`; a service nobody named yet
+    /// answers with the catalog's index, so the watcher waits for it to appear.
+    fn index(self, snapshot: &CatalogSnapshot) -> u64 {
+        match self {
+            Watched::Catalog => snapshot.index,
+            Watched::Service(name) => snapshot.service(name).map_or(snapshot.index, |s| s.index),
+        }
+    }
+
+    fn changed_past(self, snapshot: &CatalogSnapshot, index: u64) -> bool {
+        match self {
+            Watched::Catalog => snapshot.index > index,
+            Watched::Service(name) => snapshot.service(name).is_some_and(|s| s.index > index),
+        }
+    }
+}
+
+/// Waits until what `watched` answers changed past `query.index`, or the
+/// wait ends; returns the snapshot to answer from.
+async fn block(agent: &AdminHandles, query: &Query, watched: Watched<'_>) -> Arc<CatalogSnapshot> {
+    let mut changes = agent.catalog.subscribe();
+    let Some(index) = query.index else {
+        return changes.borrow().clone();
+    };
     let wait = query.wait.unwrap_or(DEFAULT_WAIT);
     // Jitter spreads the wake-ups of many watchers, as Consul does.
     let jitter = wait.mul_f64(rand::random::<f64>() / 16.0);
-    let mut changes = agent.catalog.subscribe();
     // An index above ours comes from before this agent restarted (the index
     // starts again at 1): answer at once so the watcher picks up the new one,
     // instead of blocking until the catalog happens to catch up.
-    if index > *changes.borrow() {
-        return;
+    if index > changes.borrow().index {
+        return changes.borrow().clone();
     }
-    let _ = tokio::time::timeout(wait + jitter, changes.wait_for(|current| *current > index)).await;
+    let mut stopping = agent.shutdown.clone();
+    // A stopping agent answers blocked readers at once, so they can go to
+    // another agent instead of holding this one's drain.
+    tokio::select! {
+        _ = tokio::time::timeout(
+            wait + jitter,
+            changes.wait_for(|snapshot| watched.changed_past(snapshot, index)),
+        ) => {}
+        _ = stopping.wait_for(|stop| *stop) => {}
+    }
+    let snapshot = changes.borrow().clone();
+    snapshot
 }
 
 async fn read_json<T: DeserializeOwned>(request: Request<Incoming>) -> Result<T, JsonResponse> {
@@ -209,7 +257,7 @@ async fn read_json<T: DeserializeOwned>(request: Request<Incoming>) -> Result<T,
     })
 }
 
-async fn route(agent: &Arc<Agent>, request: Request<Incoming>) -> JsonResponse {
+async fn route(agent: &Arc<AdminHandles>, request: Request<Incoming>) -> JsonResponse {
     let method = request.method().clone();
     let path = request.uri().path().to_owned();
     let query = match parse_query(request.uri().query()) {
@@ -224,19 +272,19 @@ async fn route(agent: &Arc<Agent>, request: Request<Incoming>) -> JsonResponse {
             Some(agent.catalog.index()),
         ),
         (&Method::GET, ["v1", "nodes"]) => {
-            block(agent, &query).await;
+            let snapshot = block(agent, &query, Watched::Catalog).await;
             reply::json(
                 StatusCode::OK,
                 &views::nodes(agent).await,
-                Some(agent.catalog.index()),
+                Some(snapshot.index),
             )
         }
         (&Method::GET, ["v1", "services"]) => {
-            block(agent, &query).await;
+            let snapshot = block(agent, &query, Watched::Catalog).await;
             reply::json(
                 StatusCode::OK,
                 &views::services(agent),
-                Some(agent.catalog.index()),
+                Some(snapshot.index),
             )
         }
         (_, ["v1", "services", name]) => service(agent, &method, name, &query, request).await,
@@ -244,7 +292,8 @@ async fn route(agent: &Arc<Agent>, request: Request<Incoming>) -> JsonResponse {
             if let Err(response) = check_service_name(name) {
                 return response;
             }
-            block(agent, &query).await;
+            let watched = Watched::Service(name);
+            let snapshot = block(agent, &query, watched).await;
             let caller = Requirements {
                 hard_rtt_ms: query.hard_rtt_ms,
                 soft_rtt_ms: query.soft_rtt_ms,
@@ -252,13 +301,13 @@ async fn route(agent: &Arc<Agent>, request: Request<Incoming>) -> JsonResponse {
             reply::json(
                 StatusCode::OK,
                 &views::instances(agent, name, caller),
-                Some(agent.catalog.index()),
+                Some(watched.index(&snapshot)),
             )
         }
         (&Method::PUT, ["v1", "instances"]) => register(agent, request).await,
         (&Method::DELETE, ["v1", "instances", id]) => deregister(agent, id).await,
         (_, ["v1", "supervise" | "placement", ..]) => {
-            crate::supervise::admin::route(agent, &method, &segments, request.uri().query()).await
+            supervise::route(agent, &method, &segments, request.uri().query()).await
         }
         (_, ["v1", rest @ ..]) => match allowed_methods(rest) {
             Some(allow) => method_not_allowed(&method, &path, allow),
@@ -309,7 +358,7 @@ fn check_service_name(name: &str) -> Result<(), JsonResponse> {
 }
 
 async fn service(
-    agent: &Arc<Agent>,
+    agent: &Arc<AdminHandles>,
     method: &Method,
     name: &str,
     query: &Query,
@@ -327,12 +376,21 @@ async fn service(
     };
     match *method {
         Method::GET => {
-            block(agent, query).await;
-            match agent.catalog.read(|c| c.definition(name).cloned()) {
+            let watched = Watched::Service(name);
+            let snapshot = block(agent, query, watched).await;
+            match snapshot.definition(name) {
                 Some(definition) => {
-                    reply::json(StatusCode::OK, &definition, Some(agent.catalog.index()))
+                    reply::json(StatusCode::OK, definition, Some(watched.index(&snapshot)))
                 }
-                None => not_found(),
+                None => {
+                    let mut response = not_found();
+                    if let Ok(value) =
+                        http::HeaderValue::from_str(&watched.index(&snapshot).to_string())
+                    {
+                        response.headers_mut().insert(INDEX_HEADER, value);
+                    }
+                    response
+                }
             }
         }
         Method::PUT => {
@@ -344,14 +402,14 @@ async fn service(
                 Ok(d) => d,
                 Err(response) => return response,
             };
-            registry::put_definition(agent, definition.clone()).await;
+            agent.registry.put_definition(definition.clone()).await;
             reply::json(StatusCode::OK, &definition, Some(agent.catalog.index()))
         }
         Method::DELETE => {
-            if agent.catalog.read(|c| c.definition(name).is_none()) {
+            if agent.catalog.snapshot().definition(name).is_none() {
                 return not_found();
             }
-            registry::delete_definition(agent, name).await;
+            agent.registry.delete_definition(name).await;
             reply::json(
                 StatusCode::OK,
                 &serde_json::json!({ "deleted": name }),
@@ -412,12 +470,12 @@ fn check_definition(name: &str, mut definition: Definition) -> Result<Definition
     Ok(definition)
 }
 
-async fn register(agent: &Arc<Agent>, request: Request<Incoming>) -> JsonResponse {
+async fn register(agent: &Arc<AdminHandles>, request: Request<Incoming>) -> JsonResponse {
     let registration: RegisterInstance = match read_json(request).await {
         Ok(r) => r,
         Err(response) => return response,
     };
-    match registry::register(agent, registration, true).await {
+    match agent.registry.register(registration, true).await {
         Ok(instance) => reply::json(StatusCode::OK, &instance, Some(agent.catalog.index())),
         Err(invalid) if invalid.conflict => {
             reply::error(StatusCode::CONFLICT, invalid.error, invalid.hint)
@@ -426,14 +484,14 @@ async fn register(agent: &Arc<Agent>, request: Request<Incoming>) -> JsonRespons
     }
 }
 
-async fn deregister(agent: &Arc<Agent>, id: &str) -> JsonResponse {
+async fn deregister(agent: &Arc<AdminHandles>, id: &str) -> JsonResponse {
     if let Err(e) = validate_id("instance id", id) {
         return bad_request(
             e.to_string(),
             "pass the id shown by GET /v1/services/NAME/instances",
         );
     }
-    if registry::deregister(agent, id).await {
+    if agent.registry.deregister(id).await {
         reply::json(
             StatusCode::OK,
             &serde_json::json!({ "deregistered": id }),

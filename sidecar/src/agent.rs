@@ -1,6 +1,9 @@
-//! The agent: builds every part from the configuration, starts the
-//! long-lived tasks, and stops them cleanly. Every task the agent runs is
-//! started in [`start`], so this file is the map of a running sidecar.
+//! The agent, layer 6: the composition root and the only module that
+//! imports every other. It builds each service with the narrow handles it
+//! uses, starts every long-lived task under one tracker, and on stop
+//! deregisters, leaves, drains and persists, in that order. Every task the
+//! agent runs is started in [`start`], so this file is the map of a running
+//! sidecar.
 
 use std::net::SocketAddr;
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -8,26 +11,38 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use anyhow::Context;
-use mesh_proto::api::RegisterInstance;
-use mesh_proto::catalog::{NodeMeta, RecordBody, RecordKey};
 use mesh_proto::{NodeId, NodeIdentity};
-use tokio::sync::{mpsc, watch, Mutex};
-use tokio::task::JoinSet;
+use tokio::sync::{mpsc, watch};
+use tokio_util::task::TaskTracker;
 use tracing::{info, warn};
 
 use crate::catalog::{wall_ms, CatalogStore};
-use crate::config::{is_local_only, AgentConfig, Profile};
+use crate::config::{is_local_only, AgentConfig};
+use crate::handles::AdminHandles;
+use crate::health::PassiveHealth;
 use crate::link_shim::{LinkRule, LinkRules};
 use crate::membership::Membership;
 use crate::persist::DataDir;
-use crate::proxy::forward::{local_client, LocalClient};
-use crate::rtt::RttTable;
-use crate::transport::{Inbound, Transport, TransportTimings};
+use crate::proxy::forward::local_client;
+use crate::proxy::ProxyHandles;
+use crate::registry::Registry;
+use crate::rtt::{RttSampler, RttTable};
+use crate::streams::StreamHandles;
+use crate::supervise::{SuperviseContext, Supervisor};
+use crate::sync::AntiEntropy;
+use crate::transport::{Inbound, Transport};
 use crate::upstreams::Upstreams;
-use crate::{admin, join, metrics, proxy, registry, streams, sync, tls};
+use crate::{admin, join, metrics, proxy, streams, sync, tls};
 use client::select::BalancerConfig;
 
-/// Everything a running agent shares between its tasks.
+pub use crate::listeners::Listeners;
+
+/// How long stop waits for tasks to finish on their own before it cancels
+/// what is left (a proxied call that streams forever must not hold the exit).
+const DRAIN: Duration = Duration::from_secs(5);
+
+/// The handles of a running agent, for in-process users (demo, tests,
+/// bench). The agent's own tasks each hold only the handles they use.
 pub struct Agent {
     /// Resolved configuration.
     pub config: AgentConfig,
@@ -41,40 +56,22 @@ pub struct Agent {
     pub membership: Membership,
     /// Replicated catalog.
     pub catalog: Arc<CatalogStore>,
+    /// This node's writes to the catalog.
+    pub registry: Arc<Registry>,
     /// RTT to peers.
     pub rtt: Arc<RttTable>,
-    /// Instances registered on this node through the API (persisted).
-    pub registrations: Mutex<Vec<RegisterInstance>>,
     /// Link rules of the test-only shim (tests change them at run time).
     pub link_rules: LinkRules,
-    /// One balancer per service (proxy and instance listings).
-    pub upstreams: Upstreams,
-    /// Keep-alive HTTP client for instances on this node.
-    pub http: LocalClient,
-    /// Local instances marked critical and probed back to health.
-    pub recovering: crate::health::Recovering,
+    /// Candidates and one balancer per service.
+    pub upstreams: Arc<Upstreams>,
     /// Local services this agent runs (`--exec`, `[[supervise]]`).
-    pub supervisor: crate::supervise::Supervisor,
+    pub supervisor: Arc<Supervisor>,
     /// When the agent started.
     pub started: Instant,
     /// Actual listener addresses (ports may have been 0).
     pub listeners: Listeners,
-    ready: AtomicBool,
+    ready: Arc<AtomicBool>,
     shutdown: watch::Sender<bool>,
-}
-
-/// Where the agent's listeners ended up (written to `listeners.json` in the
-/// data dir once ready, for tools and tests that asked for port 0).
-#[derive(Debug, Clone, Copy, serde::Serialize, serde::Deserialize)]
-pub struct Listeners {
-    /// QUIC endpoint.
-    pub quic: SocketAddr,
-    /// Admin API.
-    pub admin: SocketAddr,
-    /// Proxy.
-    pub proxy: SocketAddr,
-    /// Metrics, when enabled.
-    pub metrics: Option<SocketAddr>,
 }
 
 impl Agent {
@@ -92,63 +89,54 @@ impl Agent {
     pub fn shutdown_signal(&self) -> watch::Receiver<bool> {
         self.shutdown.subscribe()
     }
+
+    /// RTT to `node` (ms) and its source, as the proxy sees it.
+    pub fn rtt_to(&self, node: &NodeId) -> (Option<f64>, mesh_proto::api::RttSource) {
+        self.upstreams.rtt_to(&self.catalog.snapshot(), node)
+    }
 }
 
 /// A started agent; [`RunningAgent::stop`] leaves the cluster and drains.
 pub struct RunningAgent {
     /// The shared state, for in-process users (demo, tests, bench).
     pub agent: Arc<Agent>,
-    tasks: JoinSet<()>,
+    tasks: TaskTracker,
 }
 
 impl RunningAgent {
-    /// Deregisters `--service` instances, leaves the cluster, stops every task.
-    pub async fn stop(mut self) {
+    /// Deregisters local instances, leaves the cluster, drains every task
+    /// (bounded), persists the catalog.
+    pub async fn stop(self) {
         let agent = self.agent.clone();
-        info!(node = %agent.node_id(), "stopping: deregistering flag services and leaving the cluster");
-        crate::supervise::stop(&agent).await;
-        registry::deregister_flag_services(&agent).await;
+        info!(node = %agent.node_id(), "stopping: deregistering local services and leaving the cluster");
+        crate::supervise::stop(&agent.supervisor).await;
+        agent.registry.deregister_flag_services().await;
         // Give the deregistrations a moment to ride on gossip before leaving.
         tokio::time::sleep(Duration::from_millis(200)).await;
         agent.membership.leave().await;
         let _ = agent.shutdown.send(true);
-        if let Err(e) = agent.catalog.read(|c| agent.data.save_snapshot(c)) {
+        if let Err(e) = sync::save_snapshot(&agent.catalog, &agent.data).await {
             warn!(error = %e, "cannot save the catalog snapshot at stop");
         }
         agent.transport.shutdown().await;
-        self.tasks.abort_all();
-        while self.tasks.join_next().await.is_some() {}
+        self.tasks.close();
+        if tokio::time::timeout(DRAIN, self.tasks.wait())
+            .await
+            .is_err()
+        {
+            warn!(drain = ?DRAIN, "some tasks did not finish within the drain time; they are dropped with the runtime");
+        }
         if agent.config.ephemeral_data_dir {
             let _ = std::fs::remove_dir_all(agent.data.path());
         }
     }
 
     /// Stops without leaving or deregistering, as a crash would (tests).
-    pub async fn abort(mut self) {
+    pub async fn abort(self) {
         let _ = self.agent.shutdown.send(true);
         self.agent.transport.shutdown().await;
-        self.tasks.abort_all();
-        while self.tasks.join_next().await.is_some() {}
-    }
-}
-
-fn timings(profile: Profile) -> TransportTimings {
-    match profile {
-        Profile::Local => TransportTimings {
-            connect_timeout: Duration::from_secs(1),
-            idle_timeout: Duration::from_secs(10),
-            keep_alive: Duration::from_secs(2),
-        },
-        Profile::Lan => TransportTimings {
-            connect_timeout: Duration::from_secs(3),
-            idle_timeout: Duration::from_secs(30),
-            keep_alive: Duration::from_secs(5),
-        },
-        Profile::Wan => TransportTimings {
-            connect_timeout: Duration::from_secs(10),
-            idle_timeout: Duration::from_secs(60),
-            keep_alive: Duration::from_secs(10),
-        },
+        self.tasks.close();
+        let _ = tokio::time::timeout(DRAIN, self.tasks.wait()).await;
     }
 }
 
@@ -186,7 +174,7 @@ pub async fn start(config: AgentConfig) -> anyhow::Result<RunningAgent> {
         config.bind,
         &trust,
         link_rules.clone(),
-        timings(config.profile),
+        config.profile.transport(),
         inbound,
     )?;
     let quic = transport.local_addr()?;
@@ -210,11 +198,21 @@ pub async fn start(config: AgentConfig) -> anyhow::Result<RunningAgent> {
         catalog.clone(),
     );
     let rtt = RttTable::new(node_id.clone(), config.allow_estimated_rtt);
+    let registry = Arc::new(Registry::new(
+        node_id.clone(),
+        catalog.clone(),
+        membership.clone(),
+        data.clone(),
+        config.services.clone(),
+        config.zone.clone(),
+    )?);
 
     let admin_listener = bind_tcp(config.admin_listen, "--admin-listen").await?;
     let proxy_listener = bind_tcp(config.proxy_listen, "--proxy-listen").await?;
+    let tasks = TaskTracker::new();
+    let (shutdown, _) = watch::channel(false);
     let metrics_addr = match config.metrics_listen {
-        Some(addr) => Some(start_metrics(addr).await?),
+        Some(addr) => Some(start_metrics(&tasks, addr, shutdown.subscribe()).await?),
         None => None,
     };
     let listeners = Listeners {
@@ -224,10 +222,95 @@ pub async fn start(config: AgentConfig) -> anyhow::Result<RunningAgent> {
         metrics: metrics_addr,
     };
 
-    let registrations = data.registrations()?;
-    let config_allow_estimated = config.allow_estimated_rtt;
-    let config_base_ejection = config.base_ejection;
-    let (shutdown, _) = watch::channel(false);
+    let upstreams = Arc::new(Upstreams::new(
+        node_id.clone(),
+        catalog.clone(),
+        membership.active(),
+        rtt.clone(),
+        BalancerConfig {
+            allow_estimated_rtt: config.allow_estimated_rtt,
+            base_ejection: config.base_ejection,
+            ..BalancerConfig::default()
+        },
+    ));
+    let supervisor = Arc::new(Supervisor::new(SuperviseContext {
+        registry: registry.clone(),
+        root: data.path().join("supervise"),
+        listeners,
+        profile: config.profile,
+        specs: config.supervise.clone(),
+    }));
+    let ready = Arc::new(AtomicBool::new(false));
+    let health = PassiveHealth::new(registry.clone(), shutdown.subscribe());
+    let proxy_handles = Arc::new(ProxyHandles {
+        upstreams: upstreams.clone(),
+        transport: transport.clone(),
+        http: local_client(),
+        health,
+        shutdown: shutdown.subscribe(),
+    });
+    let admin_handles = Arc::new(AdminHandles {
+        identity: identity.clone(),
+        catalog: catalog.clone(),
+        membership: membership.clone(),
+        registry: registry.clone(),
+        upstreams: upstreams.clone(),
+        supervisor: supervisor.clone(),
+        ready: ready.clone(),
+        shutdown: shutdown.subscribe(),
+    });
+    let stream_handles = Arc::new(StreamHandles {
+        identity: identity.clone(),
+        catalog: catalog.clone(),
+        proxy: proxy_handles.clone(),
+    });
+    let anti_entropy = AntiEntropy {
+        catalog: catalog.clone(),
+        transport: transport.clone(),
+        members: membership.active(),
+        interval: config.profile.anti_entropy_interval(),
+    };
+
+    let stopping = shutdown.subscribe();
+    let until_stop = |task| until(stopping.clone(), task);
+    tasks.spawn(until_stop(Box::pin(streams::dispatch(
+        stream_handles,
+        stream_rx,
+    ))));
+    tasks.spawn(until_stop(Box::pin(crate::rtt::run(
+        RttSampler {
+            rtt: rtt.clone(),
+            transport: transport.clone(),
+            members: membership.active(),
+            registry: registry.clone(),
+        },
+        rtt_rx,
+    ))));
+    tasks.spawn(admin::serve(admin_handles, admin_listener));
+    tasks.spawn(proxy::serve(proxy_handles, proxy_listener));
+    tasks.spawn(until_stop(Box::pin(sync::run(anti_entropy.clone()))));
+    tasks.spawn(until_stop(Box::pin(sync::persist_loop(
+        catalog.clone(),
+        data.clone(),
+    ))));
+    tasks.spawn(until_stop(Box::pin(join::run(join::Joiner {
+        targets: config.join.clone(),
+        identity: identity.clone(),
+        bound: quic,
+        membership: membership.clone(),
+        transport: transport.clone(),
+    }))));
+    tasks.spawn(until_stop(Box::pin(watch_membership(
+        membership.clone(),
+        catalog.clone(),
+        rtt.clone(),
+        anti_entropy,
+    ))));
+
+    registry.publish_node_meta(rtt.coordinate()).await;
+    registry.restore().await;
+    // After restore, so an earlier run's stale instances are gone first.
+    tasks.spawn(crate::supervise::run(supervisor.clone()));
     let agent = Arc::new(Agent {
         config,
         identity,
@@ -235,37 +318,16 @@ pub async fn start(config: AgentConfig) -> anyhow::Result<RunningAgent> {
         transport,
         membership,
         catalog,
+        registry,
         rtt,
-        registrations: Mutex::new(registrations),
         link_rules,
-        upstreams: Upstreams::new(BalancerConfig {
-            allow_estimated_rtt: config_allow_estimated,
-            base_ejection: config_base_ejection,
-            ..BalancerConfig::default()
-        }),
-        http: local_client(),
-        recovering: Default::default(),
-        supervisor: Default::default(),
+        upstreams,
+        supervisor,
         started: Instant::now(),
         listeners,
-        ready: AtomicBool::new(false),
+        ready,
         shutdown,
     });
-
-    let mut tasks = JoinSet::new();
-    tasks.spawn(streams::dispatch(agent.clone(), stream_rx));
-    tasks.spawn(crate::rtt::run(agent.clone(), rtt_rx));
-    tasks.spawn(admin::serve(agent.clone(), admin_listener));
-    tasks.spawn(proxy::serve(agent.clone(), proxy_listener));
-    tasks.spawn(sync::run(agent.clone()));
-    tasks.spawn(sync::persist_loop(agent.clone()));
-    tasks.spawn(join::run(agent.clone()));
-    tasks.spawn(watch_membership(agent.clone()));
-
-    write_node_meta(&agent).await;
-    registry::restore(&agent).await;
-    // After restore, so an earlier run's stale instances are gone first.
-    tasks.spawn(crate::supervise::run(agent.clone()));
     let listeners_json = serde_json::to_vec_pretty(&agent.listeners)?;
     crate::persist::write_atomic(&agent.data.path().join("listeners.json"), &listeners_json)?;
     agent.ready.store(true, Ordering::Relaxed);
@@ -279,6 +341,44 @@ pub async fn start(config: AgentConfig) -> anyhow::Result<RunningAgent> {
         "agent ready"
     );
     Ok(RunningAgent { agent, tasks })
+}
+
+type BoxedTask = std::pin::Pin<Box<dyn std::future::Future<Output = ()> + Send>>;
+
+/// Runs `task` until the agent stops (loops that have no shutdown of their own).
+async fn until(mut stopping: watch::Receiver<bool>, task: BoxedTask) {
+    tokio::select! {
+        _ = task => {}
+        _ = stopping.wait_for(|stop| *stop) => {}
+    }
+}
+
+/// Reacts to membership changes: catalog views change when nodes come and go.
+async fn watch_membership(
+    membership: Membership,
+    catalog: Arc<CatalogStore>,
+    rtt: Arc<RttTable>,
+    anti_entropy: AntiEntropy,
+) {
+    let mut active = membership.active();
+    let mut known = active.borrow().clone();
+    while active.changed().await.is_ok() {
+        let now = active.borrow().clone();
+        for (id, identity) in now.iter() {
+            if known.get(id) != Some(identity) {
+                // A node that (re)joined gets our catalog at once instead of
+                // waiting for the next anti-entropy round.
+                let anti_entropy = anti_entropy.clone();
+                let peer = identity.addr;
+                tokio::spawn(async move { sync::sync_with(&anti_entropy, peer).await });
+            }
+        }
+        for id in known.keys().filter(|id| !now.contains_key(*id)) {
+            rtt.forget(id);
+        }
+        known = now;
+        catalog.touch();
+    }
 }
 
 fn warn_about_addresses(config: &AgentConfig) {
@@ -307,65 +407,16 @@ async fn bind_tcp(addr: SocketAddr, flag: &str) -> anyhow::Result<tokio::net::Tc
     })
 }
 
-async fn start_metrics(addr: SocketAddr) -> anyhow::Result<SocketAddr> {
+async fn start_metrics(
+    tasks: &TaskTracker,
+    addr: SocketAddr,
+    shutdown: watch::Receiver<bool>,
+) -> anyhow::Result<SocketAddr> {
     let handle = metrics::recorder()?;
     let listener = bind_tcp(addr, "--metrics-listen").await?;
     let local = listener.local_addr()?;
-    tokio::spawn(admin::serve_metrics(listener, handle));
+    tasks.spawn(admin::serve_metrics(listener, handle, shutdown));
     Ok(local)
-}
-
-/// Publishes this node's metadata (CPU, memory, zone, version, coordinate).
-pub async fn write_node_meta(agent: &Agent) {
-    let meta = NodeMeta {
-        node: agent.node_id().clone(),
-        cpus: std::thread::available_parallelism().map_or(1, |n| n.get() as u32),
-        memory_mb: total_memory_mb(),
-        zone: agent.config.zone.clone(),
-        agent_version: env!("CARGO_PKG_VERSION").to_owned(),
-        coordinate: Some(agent.rtt.coordinate()),
-    };
-    registry::publish(
-        agent,
-        RecordKey::Node(agent.node_id().clone()),
-        RecordBody::Node(meta),
-    )
-    .await;
-}
-
-fn total_memory_mb() -> u64 {
-    std::fs::read_to_string("/proc/meminfo")
-        .ok()
-        .and_then(|text| {
-            text.lines()
-                .find(|l| l.starts_with("MemTotal:"))
-                .and_then(|l| l.split_whitespace().nth(1))
-                .and_then(|kb| kb.parse::<u64>().ok())
-        })
-        .map_or(0, |kb| kb / 1024)
-}
-
-/// Reacts to membership changes: catalog views change when nodes come and go.
-async fn watch_membership(agent: Arc<Agent>) {
-    let mut active = agent.membership.active();
-    let mut known = active.borrow().clone();
-    while active.changed().await.is_ok() {
-        let now = active.borrow().clone();
-        for (id, identity) in now.iter() {
-            if known.get(id) != Some(identity) {
-                // A node that (re)joined gets our catalog at once instead of
-                // waiting for the next anti-entropy round.
-                let agent = agent.clone();
-                let peer = identity.addr;
-                tokio::spawn(async move { sync::sync_with(&agent, peer).await });
-            }
-        }
-        for id in known.keys().filter(|id| !now.contains_key(*id)) {
-            agent.rtt.forget(id);
-        }
-        known = now;
-        agent.catalog.touch();
-    }
 }
 
 /// Runs an agent until SIGINT or SIGTERM, then leaves the cluster and drains.

@@ -1,10 +1,11 @@
-//! The agent's catalog store: the merged catalog behind a lock, its hybrid
-//! logical clock, and the index that blocking queries wait on.
+//! The catalog service: owns the [`CatalogCore`] and publishes its
+//! snapshots.
 //!
-//! Writes made here are stamped with this node's clock and returned so the
-//! caller can gossip them; records from peers are checked (an instance may
-//! only be written by its own node) and merged with the pure rule from
-//! `mesh-proto`.
+//! Writers (this node's registry, gossip, anti-entropy) take the core's
+//! lock for an in-memory merge only, never across I/O. Readers (the proxy,
+//! the admin API, DNS) never take it: they clone the `Arc` of the latest
+//! [`CatalogSnapshot`] from a watch channel, which also wakes blocking
+//! queries.
 
 use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::{SystemTime, UNIX_EPOCH};
@@ -12,22 +13,19 @@ use std::time::{SystemTime, UNIX_EPOCH};
 use mesh_proto::catalog::{Applied, Catalog, Record, RecordBody, RecordKey};
 use mesh_proto::codec;
 use mesh_proto::gossip::{CatalogBroadcast, MAX_SWIM_PACKET};
-use mesh_proto::{HlcClock, NodeId, Version};
+use mesh_proto::NodeId;
 use tokio::sync::watch;
 
+use crate::core::catalog::{CatalogCore, RecordCounts};
+pub use crate::core::catalog::{CatalogSnapshot, OwnershipError, ServiceEntry};
 use crate::membership::{BroadcastKey, BroadcastReceiver, BroadcastRejected};
 use crate::metrics;
-
-struct Inner {
-    catalog: Catalog,
-    clock: HlcClock,
-}
 
 /// The catalog as this agent knows it.
 pub struct CatalogStore {
     node_id: NodeId,
-    inner: Mutex<Inner>,
-    index: watch::Sender<u64>,
+    core: Mutex<CatalogCore>,
+    published: watch::Sender<Arc<CatalogSnapshot>>,
 }
 
 /// Wall-clock milliseconds since the Unix epoch.
@@ -41,23 +39,20 @@ pub fn wall_ms() -> u64 {
 impl CatalogStore {
     /// A store for `node_id`, starting from `catalog` (a snapshot, or empty).
     pub fn new(node_id: NodeId, catalog: Catalog) -> Arc<Self> {
-        let mut clock = HlcClock::default();
-        for record in catalog.records() {
-            clock.observe(record.version.hlc);
-        }
-        let store = Arc::new(Self {
+        let core = CatalogCore::new(node_id.clone(), catalog);
+        let (published, _) = watch::channel(core.snapshot());
+        publish_gauges(core.counts(), core.index());
+        Arc::new(Self {
             node_id,
-            inner: Mutex::new(Inner { catalog, clock }),
-            index: watch::channel(1).0,
-        });
-        store.publish_gauges(&store.lock());
-        store
+            core: Mutex::new(core),
+            published,
+        })
     }
 
-    fn lock(&self) -> MutexGuard<'_, Inner> {
-        // The catalog is only mutated through `apply`, which cannot leave it
-        // half-written, so a poisoned lock still guards valid data.
-        self.inner.lock().unwrap_or_else(|p| p.into_inner())
+    fn lock(&self) -> MutexGuard<'_, CatalogCore> {
+        // The core changes only through methods that leave it whole, so a
+        // poisoned lock still guards valid data.
+        self.core.lock().unwrap_or_else(|p| p.into_inner())
     }
 
     /// This node's id.
@@ -65,114 +60,83 @@ impl CatalogStore {
         &self.node_id
     }
 
+    /// The latest snapshot; never blocks on a writer.
+    pub fn snapshot(&self) -> Arc<CatalogSnapshot> {
+        self.published.borrow().clone()
+    }
+
     /// Writes `body` under `key` as this node, returning the stamped record.
     pub fn write(&self, key: RecordKey, body: RecordBody) -> Record {
-        let mut inner = self.lock();
-        let hlc = inner.clock.tick(wall_ms());
-        let record = Record {
-            key,
-            version: Version {
-                hlc,
-                writer: self.node_id.clone(),
-            },
-            body,
-        };
-        inner.catalog.apply(record.clone());
-        self.changed(&inner);
-        record
+        self.change(|core| core.write(key, body, wall_ms()))
     }
 
-    /// Merges a record from a peer; returns whether it was new.
-    pub fn apply_remote(&self, record: Record) -> Result<Applied, String> {
-        let mut inner = self.lock();
-        check_ownership(&inner.catalog, &record)?;
-        inner.clock.observe(record.version.hlc);
-        let applied = inner.catalog.apply(record);
-        if applied == Applied::Newer {
-            self.changed(&inner);
-        }
-        Ok(applied)
+    /// Merges a record from a peer.
+    pub fn apply_remote(&self, record: Record) -> Result<Applied, OwnershipError> {
+        self.change(|core| core.apply_remote(record))
     }
 
-    /// Runs `f` on the current catalog.
+    /// Runs `f` on the merged catalog (anti-entropy digests and selections).
+    /// In-memory only: never call I/O inside.
     pub fn read<T>(&self, f: impl FnOnce(&Catalog) -> T) -> T {
-        f(&self.lock().catalog)
+        f(self.lock().catalog())
+    }
+
+    /// Every record, copied out for a persisted snapshot, with the index
+    /// they were taken at.
+    pub fn records(&self) -> (u64, Vec<Record>) {
+        let core = self.lock();
+        (core.index(), core.records())
     }
 
     /// Current index: grows on every change the agent observes.
     pub fn index(&self) -> u64 {
-        *self.index.borrow()
+        self.published.borrow().index
     }
 
-    /// Subscribes to index changes (blocking queries).
-    pub fn subscribe(&self) -> watch::Receiver<u64> {
-        self.index.subscribe()
+    /// Subscribes to new snapshots (blocking queries).
+    pub fn subscribe(&self) -> watch::Receiver<Arc<CatalogSnapshot>> {
+        self.published.subscribe()
     }
 
     /// Bumps the index without a catalog change (membership changed what
     /// the catalog shows, for example a node went down).
     pub fn touch(&self) {
-        self.index.send_modify(|i| *i += 1);
-        metrics::index(self.index());
+        self.change(CatalogCore::touch);
     }
 
     /// Drops tombstones older than `ttl_ms`.
     pub fn expire_tombstones(&self, ttl_ms: u64) -> usize {
-        let mut inner = self.lock();
-        let removed = inner.catalog.expire_tombstones(wall_ms(), ttl_ms);
-        if removed > 0 {
-            self.changed(&inner);
-        }
-        removed
+        self.change(|core| core.expire_tombstones(wall_ms(), ttl_ms))
     }
 
-    fn changed(&self, inner: &Inner) {
-        self.index.send_modify(|i| *i += 1);
-        self.publish_gauges(inner);
-    }
-
-    fn publish_gauges(&self, inner: &Inner) {
-        let mut counts = [0usize; 4];
-        for record in inner.catalog.records() {
-            let slot = match (&record.body, &record.key) {
-                (RecordBody::Tombstone, _) => 3,
-                (_, RecordKey::Definition(_)) => 0,
-                (_, RecordKey::Instance(_)) => 1,
-                (_, RecordKey::Node(_)) => 2,
-            };
-            counts[slot] += 1;
+    /// Runs one change on the core and publishes the snapshot it left.
+    fn change<T>(&self, f: impl FnOnce(&mut CatalogCore) -> T) -> T {
+        let mut core = self.lock();
+        let before = core.index();
+        let result = f(&mut core);
+        if core.index() != before {
+            let snapshot = core.snapshot();
+            let counts = core.counts();
+            // Published under the core's lock so snapshots never go back in
+            // index; the watch swap is a pointer store.
+            self.published.send_replace(snapshot);
+            drop(core);
+            publish_gauges(counts, self.index());
         }
-        for (kind, n) in ["definition", "instance", "node", "tombstone"]
-            .iter()
-            .zip(counts)
-        {
-            ::metrics::gauge!(metrics::CATALOG_RECORDS, "kind" => *kind).set(n as f64);
-        }
-        metrics::index(self.index());
+        result
     }
 }
 
-/// Instances and node metadata may only be written by the node they describe.
-fn check_ownership(catalog: &Catalog, record: &Record) -> Result<(), String> {
-    let writer = &record.version.writer;
-    let owner = match &record.body {
-        RecordBody::Instance(instance) => Some(&instance.node),
-        RecordBody::Node(meta) => Some(&meta.node),
-        RecordBody::Definition(_) => None,
-        RecordBody::Tombstone => match catalog.get(&record.key).map(|r| &r.body) {
-            Some(RecordBody::Instance(instance)) => Some(&instance.node),
-            Some(RecordBody::Node(meta)) => Some(&meta.node),
-            _ => None,
-        },
-    };
-    match owner {
-        Some(owner) if owner != writer => Err(format!(
-            "{} {:?} written by {writer}, but only {owner} may write it",
-            record.key.kind(),
-            record.key
-        )),
-        _ => Ok(()),
+fn publish_gauges(counts: RecordCounts, index: u64) {
+    for (kind, n) in [
+        ("definition", counts.definitions),
+        ("instance", counts.instances),
+        ("node", counts.nodes),
+        ("tombstone", counts.tombstones),
+    ] {
+        ::metrics::gauge!(metrics::CATALOG_RECORDS, "kind" => kind).set(n as f64);
     }
+    metrics::index(index);
 }
 
 /// Encodes a record as a gossip broadcast, or None when it is too large to
@@ -209,7 +173,7 @@ impl BroadcastReceiver for CatalogStore {
         match self.apply_remote(broadcast.record) {
             Ok(Applied::Newer) => Ok(Some(key)),
             Ok(Applied::Stale) => Ok(None),
-            Err(reason) => Err(BroadcastRejected(reason)),
+            Err(reason) => Err(BroadcastRejected(reason.to_string())),
         }
     }
 }

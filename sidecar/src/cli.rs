@@ -1,195 +1,23 @@
 //! The operator CLI: subcommands that talk to the local agent's admin API
 //! (tables for people, `--json` for scripts), plus `agent`, `echo` and `demo`.
 
-use std::path::PathBuf;
-
 use anyhow::{bail, Context};
-use clap::{Parser, Subcommand};
 use client::select::Requirements;
 use client::Client;
 use mesh_proto::api::{InstanceView, RegisterInstance};
 use mesh_proto::catalog::Definition;
 use serde::Serialize;
 
-use crate::config::AgentArgs;
+pub mod args;
+pub mod supervise;
+pub mod table;
 
-/// Gossamer: a service mesh sidecar.
-#[derive(Debug, Parser)]
-#[command(name = "gossamer", version, about, propagate_version = true)]
-pub struct Cli {
-    /// Admin API of the agent to talk to.
-    #[arg(
-        long,
-        global = true,
-        env = "GOSSAMER_AGENT",
-        default_value = "http://127.0.0.1:4200"
-    )]
-    pub agent: String,
-    /// Print JSON instead of tables.
-    #[arg(long, global = true)]
-    pub json: bool,
-    /// What to do.
-    #[command(subcommand)]
-    pub command: Command,
-}
-
-/// Subcommands.
-#[derive(Debug, Subcommand)]
-pub enum Command {
-    /// Run a sidecar agent.
-    Agent(Box<AgentArgs>),
-    /// List cluster members with state and RTT.
-    Members,
-    /// Service definitions.
-    Services {
-        /// list, get, put or delete.
-        #[command(subcommand)]
-        action: ServicesAction,
-    },
-    /// Instances of a service, eligible first, under optional requirements.
-    Instances {
-        /// Service name.
-        name: String,
-        /// Hard RTT requirement in ms.
-        #[arg(long)]
-        hard_rtt: Option<u32>,
-        /// Soft RTT requirement in ms.
-        #[arg(long)]
-        soft_rtt: Option<u32>,
-    },
-    /// Register an instance of NAME on the agent's node.
-    Register {
-        /// Service name.
-        name: String,
-        /// Port on 127.0.0.1 the instance listens on.
-        #[arg(long)]
-        port: u16,
-        /// Instance id (generated when absent).
-        #[arg(long)]
-        id: Option<String>,
-        /// Deployment id.
-        #[arg(long)]
-        deployment: Option<String>,
-        /// Tag, repeatable.
-        #[arg(long = "tag")]
-        tags: Vec<String>,
-    },
-    /// Deregister an instance of the agent's node.
-    Deregister {
-        /// Instance id.
-        id: String,
-    },
-    /// Call a service through the local proxy and print the answer.
-    Call {
-        /// Service name.
-        name: String,
-        /// Path, for example /health.
-        #[arg(default_value = "/")]
-        path: String,
-        /// The agent's proxy address.
-        #[arg(long, env = "GOSSAMER_PROXY", default_value = "127.0.0.1:4201")]
-        proxy: std::net::SocketAddr,
-        /// Hard RTT requirement in ms.
-        #[arg(long)]
-        hard_rtt: Option<u32>,
-        /// Soft RTT requirement in ms.
-        #[arg(long)]
-        soft_rtt: Option<u32>,
-    },
-    /// Run a small HTTP echo service (demos and tests).
-    Echo {
-        /// Address to listen on.
-        #[arg(long, default_value = "127.0.0.1:8080")]
-        listen: std::net::SocketAddr,
-        /// Name reported in answers.
-        #[arg(long, default_value = "echo")]
-        name: String,
-        /// Port to listen on instead of --listen's (a supervising agent sets SERVICE_PORT).
-        #[arg(long, env = "SERVICE_PORT")]
-        port: Option<u16>,
-    },
-    /// Start a three-node mesh in this process and show routing by RTT.
-    Demo {
-        /// Stay up until Ctrl-C.
-        #[arg(long)]
-        keep: bool,
-        /// Calls to send through the proxy.
-        #[arg(long, default_value_t = 200)]
-        calls: u32,
-    },
-    /// Processes this agent supervises: pid, port, restarts, uptime, health.
-    Ps,
-    /// Logs of a supervised service, merged across copies, each line prefixed with its instance.
-    Logs {
-        /// Service name.
-        name: String,
-        /// Keep printing new lines.
-        #[arg(short, long)]
-        follow: bool,
-        /// Only the last N lines.
-        #[arg(long, value_name = "N")]
-        tail: Option<usize>,
-    },
-    /// Restart a supervised service one copy at a time, each out of rotation before it stops.
-    Restart {
-        /// Service name.
-        name: String,
-    },
-    /// Nodes with their CPU and memory, free and reserved.
-    Nodes {
-        /// Only the nodes with room for one copy of NAME (its definition's cpu_millis and memory_mb).
-        #[arg(long, value_name = "NAME")]
-        fits: Option<String>,
-    },
-}
-
-/// `gossamer services` actions.
-#[derive(Debug, Subcommand)]
-pub enum ServicesAction {
-    /// List services.
-    List,
-    /// Show one definition.
-    Get {
-        /// Service name.
-        name: String,
-    },
-    /// Write a definition from a JSON file ("-" for stdin).
-    Put {
-        /// JSON file with the definition.
-        file: PathBuf,
-    },
-    /// Delete a definition.
-    Delete {
-        /// Service name.
-        name: String,
-    },
-}
+pub use args::{Cli, Command, ServicesAction};
+use table::table;
 
 fn print_json<T: Serialize>(value: &T) -> anyhow::Result<()> {
     println!("{}", serde_json::to_string_pretty(value)?);
     Ok(())
-}
-
-/// Prints rows under a header, columns aligned.
-pub(crate) fn table(header: &[&str], rows: Vec<Vec<String>>) {
-    let mut widths: Vec<usize> = header.iter().map(|h| h.len()).collect();
-    for row in &rows {
-        for (w, cell) in widths.iter_mut().zip(row) {
-            *w = (*w).max(cell.chars().count());
-        }
-    }
-    let line = |cells: Vec<String>| {
-        let text: Vec<String> = cells
-            .iter()
-            .zip(&widths)
-            .map(|(c, w)| format!("{c:<w$}"))
-            .collect();
-        println!("{}", text.join("  ").trim_end());
-    };
-    line(header.iter().map(|h| h.to_string()).collect());
-    for row in rows {
-        line(row);
-    }
 }
 
 fn ms(value: Option<f64>) -> String {
@@ -350,7 +178,7 @@ pub async fn run_operator(cli: &Cli) -> anyhow::Result<()> {
             soft_rtt,
         } => crate::demo::call_cli(name, path, *proxy, *hard_rtt, *soft_rtt, cli.json).await?,
         Command::Ps | Command::Logs { .. } | Command::Restart { .. } | Command::Nodes { .. } => {
-            crate::supervise::cli::run(cli).await?
+            supervise::run(cli).await?
         }
         Command::Agent(_) | Command::Echo { .. } | Command::Demo { .. } => {
             bail!("not an operator command")

@@ -12,6 +12,8 @@ use serde::Deserialize;
 
 use mesh_proto::names::validate_service_name;
 
+pub mod supervise;
+
 /// Default QUIC endpoint.
 pub const DEFAULT_BIND: &str = "0.0.0.0:4300";
 /// Default admin API listener.
@@ -34,6 +36,54 @@ pub enum Profile {
     Lan,
     /// memberlist's WAN timings.
     Wan,
+}
+
+/// Timings of the QUIC layer.
+#[derive(Debug, Clone, Copy)]
+pub struct TransportTimings {
+    /// Give up dialling a peer after this long.
+    pub connect_timeout: Duration,
+    /// Close a connection that has been silent this long.
+    pub idle_timeout: Duration,
+    /// Send a keep-alive when nothing else was sent for this long.
+    pub keep_alive: Duration,
+}
+
+/// The profile tables: every timing a profile sets, except foca's own
+/// (`membership::foca_config`, which follows foca's presets).
+impl Profile {
+    /// QUIC timings.
+    pub fn transport(self) -> TransportTimings {
+        let (connect, idle, keep_alive) = match self {
+            Profile::Local => (1, 10, 2),
+            Profile::Lan => (3, 30, 5),
+            Profile::Wan => (10, 60, 10),
+        };
+        TransportTimings {
+            connect_timeout: Duration::from_secs(connect),
+            idle_timeout: Duration::from_secs(idle),
+            keep_alive: Duration::from_secs(keep_alive),
+        }
+    }
+
+    /// Time between anti-entropy rounds.
+    pub fn anti_entropy_interval(self) -> Duration {
+        match self {
+            Profile::Local => Duration::from_secs(1),
+            Profile::Lan => Duration::from_secs(5),
+            Profile::Wan => Duration::from_secs(15),
+        }
+    }
+
+    /// How long a supervised copy drains (deregistered, still serving)
+    /// before it is stopped, unless its service sets its own.
+    pub fn default_drain(self) -> Duration {
+        match self {
+            Profile::Local => Duration::from_millis(1000),
+            Profile::Lan => Duration::from_millis(2000),
+            Profile::Wan => Duration::from_millis(5000),
+        }
+    }
 }
 
 /// `gossamer agent` flags. Every flag also reads `GOSSAMER_<FLAG>`, and a
@@ -137,7 +187,7 @@ pub struct AgentArgs {
     /// Supervised services of the config file: `[[supervise]]` tables (see README.md).
     #[arg(skip)]
     #[serde(default)]
-    pub supervise: Vec<crate::supervise::config::ServiceFile>,
+    pub supervise: Vec<supervise::ServiceFile>,
 }
 
 /// Where the cluster's trust comes from.
@@ -194,7 +244,7 @@ pub struct AgentConfig {
     /// Test-only per-peer drops.
     pub link_drops: Vec<SocketAddr>,
     /// Local services the agent runs and supervises.
-    pub supervise: Vec<crate::supervise::ServiceSpec>,
+    pub supervise: Vec<supervise::ServiceSpec>,
 }
 
 impl AgentArgs {
@@ -286,7 +336,7 @@ impl AgentArgs {
             );
         }
         let trust = self.trust(dev)?;
-        let supervise = crate::supervise::config::resolve(&self)?;
+        let supervise = supervise::resolve(&self)?;
         let services = self
             .services
             .iter()

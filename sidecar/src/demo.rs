@@ -103,9 +103,8 @@ pub async fn run(keep: bool, calls: u32) -> anyhow::Result<()> {
     let node_a = agent::start(config_a).await?;
     let a = node_a.agent.clone();
 
-    crate::registry::put_definition(
-        &a,
-        Definition {
+    a.registry
+        .put_definition(Definition {
             name: "echo".to_owned(),
             version: "1.0.0".to_owned(),
             port: Some(8080),
@@ -122,16 +121,18 @@ pub async fn run(keep: bool, calls: u32) -> anyhow::Result<()> {
                 memory_mb: Some(64),
             },
             content_hash: String::new(),
-        },
-    )
-    .await;
+        })
+        .await;
 
     // Wait for the mesh: three echo instances seen by A, RTT measured to B and C.
     loop {
-        let instances = crate::upstreams::live_instances(&a, "echo").len();
+        let instances = a
+            .upstreams
+            .live_instances(&a.catalog.snapshot(), "echo")
+            .len();
         let measured = far
             .iter()
-            .all(|(r, _)| a.rtt.get(r.agent.node_id()).1 == mesh_proto::api::RttSource::Measured);
+            .all(|(r, _)| a.rtt_to(r.agent.node_id()).1 == mesh_proto::api::RttSource::Measured);
         if instances == 3 && measured {
             break;
         }
@@ -178,7 +179,7 @@ pub async fn run(keep: bool, calls: u32) -> anyhow::Result<()> {
     );
     let mut honoured = failures == 0;
     for (name, node, delay) in nodes {
-        let (rtt, _) = a.rtt.get(node.node_id());
+        let (rtt, _) = a.rtt_to(node.node_id());
         let rtt = rtt.unwrap_or(f64::NAN);
         let count = per_node.get(name).copied().unwrap_or(0);
         let why = if rtt > f64::from(HARD_MS) {

@@ -11,12 +11,12 @@ use std::collections::HashSet;
 use std::sync::{Arc, Mutex, PoisonError};
 use std::time::Duration;
 
-use mesh_proto::catalog::{Health, RecordBody, RecordKey};
+use mesh_proto::catalog::Health;
 use tokio::net::TcpStream;
+use tokio::sync::watch;
 use tracing::{info, warn};
 
-use crate::agent::Agent;
-use crate::registry;
+use crate::registry::Registry;
 
 /// How often a critical instance's port is probed.
 const PROBE_INTERVAL: Duration = Duration::from_millis(500);
@@ -25,7 +25,7 @@ const PROBE_TIMEOUT: Duration = Duration::from_secs(1);
 
 /// Instances of this node being probed back to health.
 #[derive(Debug, Default)]
-pub struct Recovering {
+struct Recovering {
     ids: Mutex<HashSet<String>>,
 }
 
@@ -46,71 +46,63 @@ impl Recovering {
     }
 }
 
-/// A call to local instance `id` could not connect: mark it critical and
-/// probe it until it is back. Instances of other nodes are not ours to mark.
-pub async fn connect_failed(agent: &Arc<Agent>, id: &str) {
-    if !set_health(agent, id, Health::Critical).await {
-        return;
-    }
-    if !agent.recovering.claim(id) {
-        return;
-    }
-    warn!(instance = %id, "local instance refuses connections; marked critical until its port accepts again");
-    let agent = agent.clone();
-    let id = id.to_owned();
-    tokio::spawn(async move {
-        probe_until_back(&agent, &id).await;
-        agent.recovering.release(&id);
-    });
+/// Passive health of this node's instances, as traffic reports it.
+pub struct PassiveHealth {
+    registry: Arc<Registry>,
+    recovering: Recovering,
+    shutdown: watch::Receiver<bool>,
 }
 
-async fn probe_until_back(agent: &Arc<Agent>, id: &str) {
-    let mut shutdown = agent.shutdown_signal();
-    loop {
-        tokio::select! {
-            _ = tokio::time::sleep(PROBE_INTERVAL) => {}
-            _ = shutdown.changed() => return,
-        }
-        // Deregistered (or never ours) while down: nothing left to recover.
-        let Some(address) = local_instance(agent, id).map(|i| i.address) else {
+impl PassiveHealth {
+    /// Health marked through `registry`; probes stop when `shutdown` turns true.
+    pub fn new(registry: Arc<Registry>, shutdown: watch::Receiver<bool>) -> Arc<Self> {
+        Arc::new(Self {
+            registry,
+            recovering: Recovering::default(),
+            shutdown,
+        })
+    }
+
+    /// A call to local instance `id` could not connect: mark it critical and
+    /// probe it until it is back. Instances of other nodes are not ours to mark.
+    pub async fn connect_failed(self: &Arc<Self>, id: &str) {
+        if !self.registry.set_health(id, Health::Critical).await {
             return;
-        };
-        let accepted = matches!(
-            tokio::time::timeout(PROBE_TIMEOUT, TcpStream::connect(address)).await,
-            Ok(Ok(_))
-        );
-        if accepted {
-            if set_health(agent, id, Health::Passing).await {
-                info!(instance = %id, "local instance accepts connections again; marked passing");
+        }
+        if !self.recovering.claim(id) {
+            return;
+        }
+        warn!(instance = %id, "local instance refuses connections; marked critical until its port accepts again");
+        let health = self.clone();
+        let id = id.to_owned();
+        tokio::spawn(async move {
+            health.probe_until_back(&id).await;
+            health.recovering.release(&id);
+        });
+    }
+
+    async fn probe_until_back(&self, id: &str) {
+        let mut shutdown = self.shutdown.clone();
+        loop {
+            tokio::select! {
+                _ = tokio::time::sleep(PROBE_INTERVAL) => {}
+                _ = shutdown.changed() => return,
             }
-            return;
+            // Deregistered (or never ours) while down: nothing left to recover.
+            let snapshot = self.registry.catalog().snapshot();
+            let Some(address) = snapshot.local_instance(id).map(|i| i.address) else {
+                return;
+            };
+            let accepted = matches!(
+                tokio::time::timeout(PROBE_TIMEOUT, TcpStream::connect(address)).await,
+                Ok(Ok(_))
+            );
+            if accepted {
+                if self.registry.set_health(id, Health::Passing).await {
+                    info!(instance = %id, "local instance accepts connections again; marked passing");
+                }
+                return;
+            }
         }
     }
-}
-
-fn local_instance(agent: &Agent, id: &str) -> Option<mesh_proto::Instance> {
-    agent.catalog.read(|c| {
-        c.instance(id)
-            .filter(|i| i.node == *agent.node_id())
-            .cloned()
-    })
-}
-
-/// Publishes a new health for a local instance; false if it is not ours or
-/// already has that health.
-async fn set_health(agent: &Agent, id: &str, health: Health) -> bool {
-    let Some(mut instance) = local_instance(agent, id) else {
-        return false;
-    };
-    if instance.health == health {
-        return false;
-    }
-    instance.health = health;
-    registry::publish(
-        agent,
-        RecordKey::Instance(instance.id.clone()),
-        RecordBody::Instance(instance),
-    )
-    .await;
-    true
 }

@@ -12,7 +12,8 @@ use mesh_proto::gossip::StreamKind;
 use mesh_proto::NodeIdentity;
 use tracing::{info, warn};
 
-use crate::agent::Agent;
+use crate::membership::Membership;
+use crate::transport::Transport;
 
 const FIRST_BACKOFF: Duration = Duration::from_millis(200);
 const MAX_BACKOFF: Duration = Duration::from_secs(30);
@@ -21,9 +22,23 @@ const ANNOUNCE_ANSWER: Duration = Duration::from_secs(2);
 /// Largest Hello answer accepted.
 pub const MAX_HELLO: usize = 1024;
 
+/// What joining uses.
+pub struct Joiner {
+    /// `--join` targets (host:port, resolved on every attempt).
+    pub targets: Vec<String>,
+    /// This node's identity (never joined through itself).
+    pub identity: NodeIdentity,
+    /// The address the QUIC endpoint is bound to.
+    pub bound: SocketAddr,
+    /// Where the announce goes.
+    pub membership: Membership,
+    /// Hello streams.
+    pub transport: Arc<Transport>,
+}
+
 /// Joins through the configured targets; returns once one answered.
-pub async fn run(agent: Arc<Agent>) {
-    if agent.config.join.is_empty() {
+pub async fn run(agent: Joiner) {
+    if agent.targets.is_empty() {
         return;
     }
     let mut backoff = FIRST_BACKOFF;
@@ -31,7 +46,7 @@ pub async fn run(agent: Arc<Agent>) {
     loop {
         attempt += 1;
         let mut joined = false;
-        for target in &agent.config.join {
+        for target in &agent.targets {
             match join_one(&agent, target).await {
                 Ok(peer) => {
                     info!(%target, peer = %peer.node_id, "joined the cluster");
@@ -61,25 +76,25 @@ pub async fn run(agent: Arc<Agent>) {
 }
 
 /// Whether the membership table holds a member within `within`.
-async fn admitted(agent: &Agent, within: Duration) -> bool {
+async fn admitted(agent: &Joiner, within: Duration) -> bool {
     let mut active = agent.membership.active();
     let wait = active.wait_for(|members| !members.is_empty());
     let answered = tokio::time::timeout(within, wait).await;
     matches!(answered, Ok(Ok(_)))
 }
 
-async fn join_one(agent: &Arc<Agent>, target: &str) -> anyhow::Result<NodeIdentity> {
+async fn join_one(agent: &Joiner, target: &str) -> anyhow::Result<NodeIdentity> {
     let addrs: Vec<SocketAddr> = tokio::net::lookup_host(target)
         .await
         .with_context(|| format!("cannot resolve {target}"))?
         .collect();
     let mut last_error = anyhow!("{target} resolved to no address");
     for addr in addrs {
-        if addr == agent.listeners.quic || addr == agent.identity.addr {
+        if addr == agent.bound || addr == agent.identity.addr {
             continue;
         }
-        match hello(agent, addr).await {
-            Ok(peer) if peer.node_id == *agent.node_id() => {
+        match hello(&agent.transport, addr).await {
+            Ok(peer) if peer.node_id == agent.identity.node_id => {
                 last_error = anyhow!("{target} is this node itself");
             }
             Ok(peer) => {
@@ -93,8 +108,8 @@ async fn join_one(agent: &Arc<Agent>, target: &str) -> anyhow::Result<NodeIdenti
 }
 
 /// Asks the agent at `addr` who it is.
-pub async fn hello(agent: &Arc<Agent>, addr: SocketAddr) -> anyhow::Result<NodeIdentity> {
-    let (mut send, mut recv, _) = agent.transport.open_stream(addr, StreamKind::Hello).await?;
+pub async fn hello(transport: &Arc<Transport>, addr: SocketAddr) -> anyhow::Result<NodeIdentity> {
+    let (mut send, mut recv, _) = transport.open_stream(addr, StreamKind::Hello).await?;
     send.finish()?;
     let bytes = tokio::time::timeout(Duration::from_secs(5), recv.read_to_end(MAX_HELLO))
         .await

@@ -6,6 +6,7 @@
 use std::fs;
 use std::io::Write;
 use std::path::{Path, PathBuf};
+use std::sync::{Arc, Condvar, Mutex, PoisonError};
 
 use anyhow::{anyhow, Context};
 use mesh_proto::api::RegisterInstance;
@@ -19,10 +20,43 @@ const SNAPSHOT_FILE: &str = "catalog.snapshot";
 /// Largest snapshot read back (the catalog of a very large cluster).
 const MAX_SNAPSHOT: usize = 256 * 1024 * 1024;
 
-/// An opened, writable data directory.
+/// An opened, writable data directory. Its writes block (they fsync): call
+/// them from the blocking pool, never from a runtime thread.
 #[derive(Debug, Clone)]
 pub struct DataDir {
     root: PathBuf,
+    gate: Arc<WriteGate>,
+}
+
+/// TEST ONLY: lets a test hold every write to a data dir, to show that
+/// nothing but the writes themselves waits on the disk.
+#[derive(Debug, Default)]
+struct WriteGate {
+    held: Mutex<bool>,
+    released: Condvar,
+}
+
+impl WriteGate {
+    fn wait_open(&self) {
+        let mut held = self.held.lock().unwrap_or_else(PoisonError::into_inner);
+        while *held {
+            held = self
+                .released
+                .wait(held)
+                .unwrap_or_else(PoisonError::into_inner);
+        }
+    }
+}
+
+/// TEST ONLY: while this lives, writes to the data dir wait.
+#[derive(Debug)]
+pub struct HeldWrites(Arc<WriteGate>);
+
+impl Drop for HeldWrites {
+    fn drop(&mut self) {
+        *self.0.held.lock().unwrap_or_else(PoisonError::into_inner) = false;
+        self.0.released.notify_all();
+    }
 }
 
 impl DataDir {
@@ -44,7 +78,20 @@ impl DataDir {
         let _ = fs::remove_file(probe);
         Ok(Self {
             root: root.to_owned(),
+            gate: Arc::default(),
         })
+    }
+
+    /// TEST ONLY: holds every later write to this directory until the
+    /// returned guard is dropped (a disk that stalls).
+    #[doc(hidden)]
+    pub fn hold_writes_for_test(&self) -> HeldWrites {
+        *self
+            .gate
+            .held
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner) = true;
+        HeldWrites(self.gate.clone())
     }
 
     /// The directory path.
@@ -100,6 +147,7 @@ impl DataDir {
     /// Saves this node's registrations.
     pub fn save_registrations(&self, registrations: &[RegisterInstance]) -> anyhow::Result<()> {
         let bytes = serde_json::to_vec_pretty(registrations)?;
+        self.gate.wait_open();
         write_atomic(&self.root.join(REGISTRATIONS_FILE), &bytes)
     }
 
@@ -123,10 +171,10 @@ impl DataDir {
         catalog
     }
 
-    /// Saves a catalog snapshot.
-    pub fn save_snapshot(&self, catalog: &Catalog) -> anyhow::Result<()> {
-        let records: Vec<&Record> = catalog.records().collect();
+    /// Saves a catalog snapshot of `records`.
+    pub fn save_snapshot(&self, records: &[Record]) -> anyhow::Result<()> {
         let bytes = codec::encode(&records).map_err(|e| anyhow!("{e}"))?;
+        self.gate.wait_open();
         write_atomic(&self.root.join(SNAPSHOT_FILE), &bytes)
     }
 }

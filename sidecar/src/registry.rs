@@ -1,16 +1,36 @@
 //! Writes this node makes to the catalog: its instances (from the API, from
-//! `--service`, restored from disk) and its definitions, each stamped,
-//! applied locally and gossiped.
+//! `--service`, restored from disk), its definitions and its node metadata,
+//! each stamped, applied locally and gossiped. Registrations are saved to
+//! the data dir on the blocking pool before the write is acknowledged.
 
 use std::net::SocketAddr;
+use std::sync::Arc;
 
 use mesh_proto::api::RegisterInstance;
-use mesh_proto::catalog::{Definition, Health, Instance, RecordBody, RecordKey};
+use mesh_proto::catalog::{Definition, Health, Instance, NodeMeta, RecordBody, RecordKey};
+use mesh_proto::coordinate::Coordinate;
 use mesh_proto::names::{validate_id, validate_service_name};
+use mesh_proto::NodeId;
+use tokio::sync::Mutex;
 use tracing::{info, warn};
 
-use crate::agent::Agent;
-use crate::catalog::encode_broadcast;
+use crate::catalog::{encode_broadcast, CatalogStore};
+use crate::membership::Membership;
+use crate::persist::DataDir;
+
+/// This node's writer of catalog records.
+pub struct Registry {
+    node_id: NodeId,
+    catalog: Arc<CatalogStore>,
+    membership: Membership,
+    data: DataDir,
+    /// Instances registered through the API, as saved in the data dir.
+    saved: Mutex<Vec<RegisterInstance>>,
+    /// `--service NAME=PORT` flags.
+    flag_services: Vec<(String, u16)>,
+    /// `--zone`, published in node metadata.
+    zone: Option<String>,
+}
 
 /// A registration the API refuses, with the reason and what to do.
 #[derive(Debug, thiserror::Error)]
@@ -35,240 +55,326 @@ fn invalid(error: impl Into<String>, hint: impl Into<String>) -> Invalid {
 /// Longest deployment id, as for ids (it appears in listings and logs).
 const MAX_DEPLOYMENT_ID: usize = 256;
 
-/// Writes a record as this node and gossips it.
-pub async fn publish(agent: &Agent, key: RecordKey, body: RecordBody) {
-    let record = agent.catalog.write(key, body);
-    match encode_broadcast(&record) {
-        Some(item) => agent.membership.broadcast(item).await,
-        None => {
-            info!(key = ?record.key, "record too large for gossip; anti-entropy will spread it")
+impl Registry {
+    /// A registry writing as `node_id`, with the registrations saved in `data`.
+    pub fn new(
+        node_id: NodeId,
+        catalog: Arc<CatalogStore>,
+        membership: Membership,
+        data: DataDir,
+        flag_services: Vec<(String, u16)>,
+        zone: Option<String>,
+    ) -> anyhow::Result<Self> {
+        let saved = data.registrations()?;
+        Ok(Self {
+            node_id,
+            catalog,
+            membership,
+            data,
+            saved: Mutex::new(saved),
+            flag_services,
+            zone,
+        })
+    }
+
+    /// This node's id.
+    pub fn node_id(&self) -> &NodeId {
+        &self.node_id
+    }
+
+    /// The catalog this registry writes to.
+    pub fn catalog(&self) -> &Arc<CatalogStore> {
+        &self.catalog
+    }
+
+    /// Writes a record as this node and gossips it.
+    pub async fn publish(&self, key: RecordKey, body: RecordBody) {
+        let record = self.catalog.write(key, body);
+        match encode_broadcast(&record) {
+            Some(item) => self.membership.broadcast(item).await,
+            None => {
+                info!(key = ?record.key, "record too large for gossip; anti-entropy will spread it")
+            }
         }
     }
-}
 
-/// Turns a registration request into the instance it describes.
-pub fn instance_from(agent: &Agent, request: &RegisterInstance) -> Result<Instance, Invalid> {
-    validate_service_name(&request.service).map_err(|e| {
-        invalid(
-            e.to_string(),
-            "service names are DNS labels, for example \"billing-api\"",
+    /// Publishes this node's metadata (CPU, memory, zone, version, coordinate).
+    pub async fn publish_node_meta(&self, coordinate: Coordinate) {
+        let meta = NodeMeta {
+            node: self.node_id.clone(),
+            cpus: std::thread::available_parallelism().map_or(1, |n| n.get() as u32),
+            memory_mb: total_memory_mb(),
+            zone: self.zone.clone(),
+            agent_version: env!("CARGO_PKG_VERSION").to_owned(),
+            coordinate: Some(coordinate),
+        };
+        self.publish(
+            RecordKey::Node(self.node_id.clone()),
+            RecordBody::Node(meta),
         )
-    })?;
-    let address: SocketAddr = match (&request.address, request.port) {
-        (Some(address), _) => match address.parse::<SocketAddr>() {
-            Ok(parsed) if parsed.port() != 0 => parsed,
-            _ => {
+        .await;
+    }
+
+    /// Saves the registrations on the blocking pool (the write fsyncs).
+    async fn save(&self, saved: &[RegisterInstance]) -> anyhow::Result<()> {
+        let data = self.data.clone();
+        let saved = saved.to_vec();
+        tokio::task::spawn_blocking(move || data.save_registrations(&saved))
+            .await
+            .map_err(|e| anyhow::anyhow!("the save task failed: {e}"))?
+    }
+
+    /// Turns a registration request into the instance it describes.
+    pub fn instance_from(&self, request: &RegisterInstance) -> Result<Instance, Invalid> {
+        validate_service_name(&request.service).map_err(|e| {
+            invalid(
+                e.to_string(),
+                "service names are DNS labels, for example \"billing-api\"",
+            )
+        })?;
+        let address: SocketAddr = match (&request.address, request.port) {
+            (Some(address), _) => match address.parse::<SocketAddr>() {
+                Ok(parsed) if parsed.port() != 0 => parsed,
+                _ => {
+                    return Err(invalid(
+                        format!("address {address:?} is not IP:PORT with a port from 1 to 65535"),
+                        "pass \"address\": \"127.0.0.1:8080\", or just \"port\": 8080",
+                    ))
+                }
+            },
+            (None, Some(0)) => {
                 return Err(invalid(
-                    format!("address {address:?} is not IP:PORT with a port from 1 to 65535"),
-                    "pass \"address\": \"127.0.0.1:8080\", or just \"port\": 8080",
+                    "port 0 is not a port an instance can listen on",
+                    "pass the port the service listens on, from 1 to 65535",
                 ))
             }
-        },
-        (None, Some(0)) => {
-            return Err(invalid(
-                "port 0 is not a port an instance can listen on",
-                "pass the port the service listens on, from 1 to 65535",
-            ))
-        }
-        (None, Some(port)) => SocketAddr::from(([127, 0, 0, 1], port)),
-        _ => {
-            return Err(invalid(
-                "the instance has no port or address",
-                "pass \"port\" (the service listens on 127.0.0.1:PORT) or \"address\"",
-            ))
-        }
-    };
-    let id = match &request.id {
-        Some(id) => {
-            validate_id("instance id", id)
-                .map_err(|e| invalid(e.to_string(), "omit \"id\" to have one generated"))?;
-            // Clients resolve "." and ".." away in URL paths, so such an
-            // instance could not be deregistered with DELETE /v1/instances/ID.
-            if id.bytes().all(|b| b == b'.') {
+            (None, Some(port)) => SocketAddr::from(([127, 0, 0, 1], port)),
+            _ => {
                 return Err(invalid(
-                    format!("invalid instance id {id:?}: it is only dots"),
-                    "use a letter or digit in the id, or omit \"id\" to have one generated",
-                ));
+                    "the instance has no port or address",
+                    "pass \"port\" (the service listens on 127.0.0.1:PORT) or \"address\"",
+                ))
             }
-            id.clone()
+        };
+        let id = match &request.id {
+            Some(id) => {
+                validate_id("instance id", id)
+                    .map_err(|e| invalid(e.to_string(), "omit \"id\" to have one generated"))?;
+                // Clients resolve "." and ".." away in URL paths, so such an
+                // instance could not be deregistered with DELETE /v1/instances/ID.
+                if id.bytes().all(|b| b == b'.') {
+                    return Err(invalid(
+                        format!("invalid instance id {id:?}: it is only dots"),
+                        "use a letter or digit in the id, or omit \"id\" to have one generated",
+                    ));
+                }
+                id.clone()
+            }
+            // Deterministic, so registering the same thing twice is idempotent.
+            None => format!("{}-{}-{}", request.service, self.node_id, address.port()),
+        };
+        // Instance ids are cluster-wide keys: taking one that another node owns
+        // would overwrite its instance everywhere.
+        let owner = self.instance_owner(&id);
+        if let Some(owner) = owner.filter(|owner| *owner != self.node_id) {
+            return Err(Invalid {
+                error: format!("instance id {id:?} is already registered on node {owner}"),
+                hint: "choose another \"id\", or omit it to have one generated".to_owned(),
+                conflict: true,
+            });
         }
-        // Deterministic, so registering the same thing twice is idempotent.
-        None => format!("{}-{}-{}", request.service, agent.node_id(), address.port()),
-    };
-    // Instance ids are cluster-wide keys: taking one that another node owns
-    // would overwrite its instance everywhere.
-    let owner = agent
-        .catalog
-        .read(|c| c.instance(&id).map(|i| i.node.clone()));
-    if let Some(owner) = owner.filter(|owner| owner != agent.node_id()) {
-        return Err(Invalid {
-            error: format!("instance id {id:?} is already registered on node {owner}"),
-            hint: "choose another \"id\", or omit it to have one generated".to_owned(),
-            conflict: true,
-        });
-    }
-    if request
-        .deployment_id
-        .as_ref()
-        .is_some_and(|d| d.len() > MAX_DEPLOYMENT_ID)
-    {
-        return Err(invalid(
-            format!("deployment_id is longer than {MAX_DEPLOYMENT_ID} characters"),
-            "shorten the deployment id",
-        ));
-    }
-    for tag in &request.tags {
-        if tag.len() > 256 {
+        if request
+            .deployment_id
+            .as_ref()
+            .is_some_and(|d| d.len() > MAX_DEPLOYMENT_ID)
+        {
             return Err(invalid(
-                "a tag is longer than 256 characters",
-                "shorten the tag",
+                format!("deployment_id is longer than {MAX_DEPLOYMENT_ID} characters"),
+                "shorten the deployment id",
             ));
         }
-    }
-    if request.tags.len() > 64 {
-        return Err(invalid("more than 64 tags", "use at most 64 tags"));
-    }
-    Ok(Instance {
-        id,
-        service: request.service.clone(),
-        node: agent.node_id().clone(),
-        address,
-        deployment_id: request.deployment_id.clone(),
-        tags: request.tags.clone(),
-        health: request.health.unwrap_or(Health::Passing),
-    })
-}
-
-/// Registers an instance on this node; `persist` keeps it across restarts.
-pub async fn register(
-    agent: &Agent,
-    request: RegisterInstance,
-    persist: bool,
-) -> Result<Instance, Invalid> {
-    let instance = instance_from(agent, &request)?;
-    if persist {
-        let mut saved = agent.registrations.lock().await;
-        saved.retain(|r| {
-            instance_from(agent, r)
-                .map(|i| i.id != instance.id)
-                .unwrap_or(false)
-        });
-        saved.push(RegisterInstance {
-            id: Some(instance.id.clone()),
-            ..request
-        });
-        if let Err(e) = agent.data.save_registrations(&saved) {
-            warn!(error = %e, "cannot persist registrations; the instance is registered until restart");
-        }
-    }
-    publish(
-        agent,
-        RecordKey::Instance(instance.id.clone()),
-        RecordBody::Instance(instance.clone()),
-    )
-    .await;
-    Ok(instance)
-}
-
-/// Removes an instance of this node. Returns false if it is not ours or unknown.
-pub async fn deregister(agent: &Agent, id: &str) -> bool {
-    let ours = agent
-        .catalog
-        .read(|c| c.instance(id).is_some_and(|i| i.node == *agent.node_id()));
-    if !ours {
-        return false;
-    }
-    {
-        let mut saved = agent.registrations.lock().await;
-        let before = saved.len();
-        saved.retain(|r| r.id.as_deref() != Some(id));
-        if saved.len() != before {
-            if let Err(e) = agent.data.save_registrations(&saved) {
-                warn!(error = %e, "cannot persist registrations");
+        for tag in &request.tags {
+            if tag.len() > 256 {
+                return Err(invalid(
+                    "a tag is longer than 256 characters",
+                    "shorten the tag",
+                ));
             }
         }
-    }
-    publish(
-        agent,
-        RecordKey::Instance(id.to_owned()),
-        RecordBody::Tombstone,
-    )
-    .await;
-    true
-}
-
-/// Writes a definition (any node may).
-pub async fn put_definition(agent: &Agent, definition: Definition) {
-    publish(
-        agent,
-        RecordKey::Definition(definition.name.clone()),
-        RecordBody::Definition(definition),
-    )
-    .await;
-}
-
-/// Re-registers what was saved, and the `--service` flags, at start.
-pub async fn restore(agent: &Agent) {
-    let saved = agent.registrations.lock().await.clone();
-    for request in saved {
-        if let Err(e) = register(agent, request, false).await {
-            warn!(error = %e, "skipping a saved registration that is no longer valid");
+        if request.tags.len() > 64 {
+            return Err(invalid("more than 64 tags", "use at most 64 tags"));
         }
+        Ok(Instance {
+            id,
+            service: request.service.clone(),
+            node: self.node_id.clone(),
+            address,
+            deployment_id: request.deployment_id.clone(),
+            tags: request.tags.clone(),
+            health: request.health.unwrap_or(Health::Passing),
+        })
     }
-    for (service, port) in &agent.config.services {
-        let request = RegisterInstance {
-            service: service.clone(),
-            port: Some(*port),
-            address: None,
-            id: None,
-            deployment_id: None,
-            tags: vec!["flag".to_owned()],
-            health: None,
-        };
-        match register(agent, request, false).await {
-            Ok(instance) => {
-                info!(id = %instance.id, address = %instance.address, "registered --service instance")
+
+    /// The node that owns instance `id`, if the catalog knows it.
+    fn instance_owner(&self, id: &str) -> Option<NodeId> {
+        if self.catalog.snapshot().local_instance(id).is_some() {
+            return Some(self.node_id.clone());
+        }
+        self.catalog
+            .read(|c| c.instance(id).map(|i| i.node.clone()))
+    }
+
+    /// Registers an instance on this node; `persist` keeps it across restarts.
+    pub async fn register(
+        &self,
+        request: RegisterInstance,
+        persist: bool,
+    ) -> Result<Instance, Invalid> {
+        let instance = self.instance_from(&request)?;
+        if persist {
+            let mut saved = self.saved.lock().await;
+            saved.retain(|r| {
+                self.instance_from(r)
+                    .map(|i| i.id != instance.id)
+                    .unwrap_or(false)
+            });
+            saved.push(RegisterInstance {
+                id: Some(instance.id.clone()),
+                ..request
+            });
+            if let Err(e) = self.save(&saved).await {
+                warn!(error = %e, "cannot persist registrations; the instance is registered until restart");
             }
-            Err(e) => warn!(error = %e, "cannot register --service instance"),
         }
+        self.publish(
+            RecordKey::Instance(instance.id.clone()),
+            RecordBody::Instance(instance.clone()),
+        )
+        .await;
+        Ok(instance)
     }
-    // Our own instances from an earlier run that nobody re-registered are stale.
-    let live: Vec<String> = agent.catalog.read(|c| {
-        c.instances()
-            .filter(|i| i.node == *agent.node_id())
+
+    /// Removes an instance of this node. Returns false if it is not ours or unknown.
+    pub async fn deregister(&self, id: &str) -> bool {
+        if self.catalog.snapshot().local_instance(id).is_none() {
+            return false;
+        }
+        {
+            let mut saved = self.saved.lock().await;
+            let before = saved.len();
+            saved.retain(|r| r.id.as_deref() != Some(id));
+            if saved.len() != before {
+                if let Err(e) = self.save(&saved).await {
+                    warn!(error = %e, "cannot persist registrations");
+                }
+            }
+        }
+        self.publish(RecordKey::Instance(id.to_owned()), RecordBody::Tombstone)
+            .await;
+        true
+    }
+
+    /// Writes a definition (any node may).
+    pub async fn put_definition(&self, definition: Definition) {
+        self.publish(
+            RecordKey::Definition(definition.name.clone()),
+            RecordBody::Definition(definition),
+        )
+        .await;
+    }
+
+    /// Re-registers what was saved, and the `--service` flags, at start.
+    pub async fn restore(&self) {
+        let saved = self.saved.lock().await.clone();
+        for request in saved {
+            if let Err(e) = self.register(request, false).await {
+                warn!(error = %e, "skipping a saved registration that is no longer valid");
+            }
+        }
+        for (service, port) in &self.flag_services {
+            let request = RegisterInstance {
+                service: service.clone(),
+                port: Some(*port),
+                address: None,
+                id: None,
+                deployment_id: None,
+                tags: vec!["flag".to_owned()],
+                health: None,
+            };
+            match self.register(request, false).await {
+                Ok(instance) => {
+                    info!(id = %instance.id, address = %instance.address, "registered --service instance")
+                }
+                Err(e) => warn!(error = %e, "cannot register --service instance"),
+            }
+        }
+        // Our own instances from an earlier run that nobody re-registered are stale.
+        let live: Vec<String> = self
+            .catalog
+            .snapshot()
+            .local_instances()
             .map(|i| i.id.clone())
-            .collect()
-    });
-    let kept: Vec<String> = {
-        let saved = agent.registrations.lock().await;
-        saved.iter().filter_map(|r| r.id.clone()).collect()
-    };
-    for id in live {
-        let from_flag = agent
-            .config
-            .services
-            .iter()
-            .any(|(service, port)| id == format!("{service}-{}-{port}", agent.node_id()));
-        if !kept.contains(&id) && !from_flag {
-            publish(agent, RecordKey::Instance(id), RecordBody::Tombstone).await;
+            .collect();
+        let kept: Vec<String> = {
+            let saved = self.saved.lock().await;
+            saved.iter().filter_map(|r| r.id.clone()).collect()
+        };
+        for id in live {
+            let from_flag = self
+                .flag_services
+                .iter()
+                .any(|(service, port)| id == format!("{service}-{}-{port}", self.node_id));
+            if !kept.contains(&id) && !from_flag {
+                self.publish(RecordKey::Instance(id), RecordBody::Tombstone)
+                    .await;
+            }
         }
     }
-}
 
-/// Deregisters the `--service` instances (clean stop).
-pub async fn deregister_flag_services(agent: &Agent) {
-    for (service, port) in &agent.config.services {
-        let id = format!("{service}-{}-{port}", agent.node_id());
-        deregister(agent, &id).await;
+    /// Deregisters the `--service` instances (clean stop).
+    pub async fn deregister_flag_services(&self) {
+        for (service, port) in &self.flag_services {
+            let id = format!("{service}-{}-{port}", self.node_id);
+            self.deregister(&id).await;
+        }
+    }
+
+    /// Deletes a definition (a tombstone that wins over older writes).
+    pub async fn delete_definition(&self, name: &str) {
+        self.publish(
+            RecordKey::Definition(name.to_owned()),
+            RecordBody::Tombstone,
+        )
+        .await;
+    }
+
+    /// Publishes a new health for one of this node's instances; false if it is
+    /// not ours or already has that health.
+    pub async fn set_health(&self, id: &str, health: Health) -> bool {
+        let Some(mut instance) = self.catalog.snapshot().local_instance(id).cloned() else {
+            return false;
+        };
+        if instance.health == health {
+            return false;
+        }
+        instance.health = health;
+        self.publish(
+            RecordKey::Instance(instance.id.clone()),
+            RecordBody::Instance(instance),
+        )
+        .await;
+        true
     }
 }
 
-/// Deletes a definition (a tombstone that wins over older writes).
-pub async fn delete_definition(agent: &Agent, name: &str) {
-    publish(
-        agent,
-        RecordKey::Definition(name.to_owned()),
-        RecordBody::Tombstone,
-    )
-    .await;
+fn total_memory_mb() -> u64 {
+    std::fs::read_to_string("/proc/meminfo")
+        .ok()
+        .and_then(|text| {
+            text.lines()
+                .find(|l| l.starts_with("MemTotal:"))
+                .and_then(|l| l.split_whitespace().nth(1))
+                .and_then(|kb| kb.parse::<u64>().ok())
+        })
+        .map_or(0, |kb| kb / 1024)
 }

@@ -14,11 +14,13 @@ use mesh_proto::coordinate::{Coordinate, Vivaldi, VivaldiConfig};
 use mesh_proto::gossip::{DatagramKind, Ping};
 use mesh_proto::NodeId;
 use quinn::Connection;
-use tokio::sync::mpsc;
+use tokio::sync::{mpsc, watch};
 use tracing::debug;
 
-use crate::agent::Agent;
+use crate::membership::ActiveMembers;
 use crate::metrics;
+use crate::registry::Registry;
+use crate::transport::Transport;
 
 /// Weight of a new sample in the smoothed RTT.
 const EWMA_ALPHA: f64 = 0.3;
@@ -82,8 +84,10 @@ impl RttTable {
         self.allow_estimated
     }
 
-    /// RTT to `node` in ms and where it came from; this node is 0 ms, measured.
-    pub fn get(&self, node: &NodeId) -> (Option<f64>, RttSource) {
+    /// RTT to `node` in ms and where it came from; this node is 0 ms,
+    /// measured. `published` is the coordinate the node published in the
+    /// catalog, used when no pong carried a fresher one.
+    pub fn get(&self, node: &NodeId, published: Option<&Coordinate>) -> (Option<f64>, RttSource) {
         if *node == self.local {
             return (Some(0.0), RttSource::Measured);
         }
@@ -91,7 +95,8 @@ impl RttTable {
         if let Some(m) = inner.measured.get(node) {
             return (Some(m.smoothed_ms), RttSource::Measured);
         }
-        match inner.coordinates.get(node) {
+        let published = published.filter(|c| c.is_valid());
+        match inner.coordinates.get(node).or(published) {
             Some(theirs) => {
                 let estimate = inner.vivaldi.coordinate().distance_to(theirs);
                 (Some(estimate.as_secs_f64() * 1000.0), RttSource::Estimated)
@@ -125,19 +130,11 @@ impl RttTable {
         }
     }
 
-    /// Remembers a peer's coordinate from gossip (for estimates).
-    pub fn learn_coordinate(&self, node: &NodeId, coordinate: &Coordinate) {
-        if *node != self.local && coordinate.is_valid() {
-            self.lock()
-                .coordinates
-                .insert(node.clone(), coordinate.clone());
-        }
-    }
-
     /// Drops what we know of a departed peer.
     pub fn forget(&self, node: &NodeId) {
         let mut inner = self.lock();
         inner.measured.remove(node);
+        inner.coordinates.remove(node);
         inner.vivaldi.forget(node.as_str());
     }
 
@@ -159,11 +156,24 @@ impl RttTable {
     }
 }
 
+/// What the sampling task uses.
+pub struct RttSampler {
+    /// The table it fills.
+    pub rtt: Arc<RttTable>,
+    /// Connections to sample.
+    pub transport: Arc<Transport>,
+    /// Who to sample.
+    pub members: watch::Receiver<ActiveMembers>,
+    /// Where a moved coordinate is republished.
+    pub registry: Arc<Registry>,
+}
+
 /// Samples every active peer each second and answers pings.
 pub async fn run(
-    agent: Arc<Agent>,
+    sampler: RttSampler,
     mut datagrams: mpsc::Receiver<(DatagramKind, Bytes, Connection)>,
 ) {
+    let sampler = &sampler;
     let mut tick = tokio::time::interval(SAMPLE_EVERY);
     tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     let mut seq = 0u64;
@@ -173,33 +183,33 @@ pub async fn run(
             _ = tick.tick() => {
                 seq += 1;
                 ticks += 1;
-                sample_all(&agent, seq).await;
-                if ticks.is_multiple_of(REPUBLISH_CHECK_TICKS) && agent.rtt.coordinate_moved() {
-                    crate::agent::write_node_meta(&agent).await;
+                sample_all(sampler, seq);
+                if ticks.is_multiple_of(REPUBLISH_CHECK_TICKS) && sampler.rtt.coordinate_moved() {
+                    sampler.registry.publish_node_meta(sampler.rtt.coordinate()).await;
                 }
             }
             Some((kind, body, connection)) = datagrams.recv() => {
-                handle_datagram(&agent, kind, &body, &connection);
+                handle_datagram(sampler, kind, &body, &connection);
             }
         }
     }
 }
 
-async fn sample_all(agent: &Arc<Agent>, seq: u64) {
-    let members = agent.membership.active().borrow().clone();
+fn sample_all(sampler: &RttSampler, seq: u64) {
+    let members = sampler.members.borrow().clone();
     for (node, identity) in members.iter() {
         // Dial in the background: a dead peer must not hold up the others.
-        let Some(connection) = agent.transport.cached(identity.addr) else {
-            let agent = agent.clone();
+        let Some(connection) = sampler.transport.cached(identity.addr) else {
+            let transport = sampler.transport.clone();
             let addr = identity.addr;
             tokio::spawn(async move {
-                let _ = agent.transport.connection(addr).await;
+                let _ = transport.connection(addr).await;
             });
             continue;
         };
         // quinn's estimate includes the handshake's round trip, so it is a
         // real measurement from the first moment the connection exists.
-        agent.rtt.observe(node, connection.rtt());
+        sampler.rtt.observe(node, connection.rtt());
         send_ping(&connection, DatagramKind::Ping, seq, None);
     }
 }
@@ -219,7 +229,7 @@ fn send_ping(
     let _ = connection.send_datagram(Bytes::from(datagram));
 }
 
-fn handle_datagram(agent: &Agent, kind: DatagramKind, body: &[u8], connection: &Connection) {
+fn handle_datagram(sampler: &RttSampler, kind: DatagramKind, body: &[u8], connection: &Connection) {
     let Ok(ping) = codec::decode::<Ping>(body, MAX_PING) else {
         metrics::decode_error();
         return;
@@ -229,16 +239,16 @@ fn handle_datagram(agent: &Agent, kind: DatagramKind, body: &[u8], connection: &
             connection,
             DatagramKind::Pong,
             ping.seq,
-            Some(agent.rtt.coordinate()),
+            Some(sampler.rtt.coordinate()),
         ),
         DatagramKind::Pong => {
             let Some(coordinate) = ping.coordinate.filter(Coordinate::is_valid) else {
                 return;
             };
             let peer = connection.remote_address();
-            let members = agent.membership.active().borrow().clone();
+            let members = sampler.members.borrow().clone();
             if let Some((node, _)) = members.iter().find(|(_, m)| m.addr == peer) {
-                agent
+                sampler
                     .rtt
                     .observe_coordinate(node, &coordinate, connection.rtt());
             }

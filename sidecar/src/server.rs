@@ -1,5 +1,7 @@
 //! The HTTP/1.1 accept loop shared by the admin API, the metrics endpoint and
-//! the proxy: one task per connection, keep-alive, stop on shutdown.
+//! the proxy: one task per connection, keep-alive; on shutdown it stops
+//! accepting, lets requests in flight finish, closes idle connections, and
+//! returns once every connection is done (the agent bounds the wait).
 
 use std::convert::Infallible;
 use std::future::Future;
@@ -13,6 +15,7 @@ use hyper::service::service_fn;
 use hyper_util::rt::TokioIo;
 use tokio::net::TcpListener;
 use tokio::sync::watch;
+use tokio_util::task::TaskTracker;
 use tracing::debug;
 
 /// Serves HTTP/1.1 on `listener` with `handler` until `shutdown` turns true.
@@ -24,10 +27,11 @@ where
     B::Error: Into<Box<dyn std::error::Error + Send + Sync>>,
 {
     let handler = Arc::new(handler);
+    let connections = TaskTracker::new();
     loop {
         let accepted = tokio::select! {
             accepted = listener.accept() => accepted,
-            _ = shutdown.wait_for(|stop| *stop) => return,
+            _ = shutdown.wait_for(|stop| *stop) => break,
         };
         let (stream, peer) = match accepted {
             Ok(pair) => pair,
@@ -40,7 +44,8 @@ where
         };
         let _ = stream.set_nodelay(true);
         let handler = handler.clone();
-        tokio::spawn(async move {
+        let mut stopping = shutdown.clone();
+        connections.spawn(async move {
             let service = service_fn(move |request| {
                 let response = handler(request);
                 async move { Ok::<_, Infallible>(response.await) }
@@ -48,9 +53,24 @@ where
             let connection = hyper::server::conn::http1::Builder::new()
                 .max_buf_size(256 * 1024)
                 .serve_connection(TokioIo::new(stream), service);
-            if let Err(e) = connection.await {
+            let mut connection = std::pin::pin!(connection);
+            let result = tokio::select! {
+                result = connection.as_mut() => result,
+                _ = stopped(&mut stopping) => {
+                    connection.as_mut().graceful_shutdown();
+                    connection.await
+                }
+            };
+            if let Err(e) = result {
                 debug!(%peer, error = %e, "HTTP connection ended with an error");
             }
         });
     }
+    connections.close();
+    connections.wait().await;
+}
+
+/// Resolves once `shutdown` turns true (without holding its guard).
+async fn stopped(shutdown: &mut watch::Receiver<bool>) {
+    let _ = shutdown.wait_for(|stop| *stop).await;
 }

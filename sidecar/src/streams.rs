@@ -4,23 +4,35 @@ use std::sync::Arc;
 
 use mesh_proto::codec;
 use mesh_proto::gossip::StreamKind;
+use mesh_proto::NodeIdentity;
 use tokio::sync::mpsc;
 use tracing::debug;
 
-use crate::agent::Agent;
+use crate::catalog::CatalogStore;
+use crate::proxy::ProxyHandles;
 use crate::transport::InboundStream;
 use crate::{proxy, sync};
 
+/// What inbound streams are served with.
+pub struct StreamHandles {
+    /// Answered to Hello.
+    pub identity: NodeIdentity,
+    /// Anti-entropy partner.
+    pub catalog: Arc<CatalogStore>,
+    /// Proxied requests.
+    pub proxy: Arc<ProxyHandles>,
+}
+
 /// Hands every inbound stream to its handler, each on its own task.
-pub async fn dispatch(agent: Arc<Agent>, mut streams: mpsc::Receiver<InboundStream>) {
+pub async fn dispatch(agent: Arc<StreamHandles>, mut streams: mpsc::Receiver<InboundStream>) {
     while let Some(stream) = streams.recv().await {
         let agent = agent.clone();
         tokio::spawn(async move {
             let peer = stream.connection.remote_address();
             let result = match stream.kind {
                 StreamKind::Hello => answer_hello(&agent, stream).await,
-                StreamKind::Sync => sync::answer(&agent, stream).await,
-                StreamKind::Proxy => proxy::inbound::serve_stream(&agent, stream).await,
+                StreamKind::Sync => sync::answer(&agent.catalog, stream).await,
+                StreamKind::Proxy => proxy::inbound::serve_stream(&agent.proxy, stream).await,
                 StreamKind::Swim => Ok(()),
             };
             if let Err(e) = result {
@@ -30,7 +42,7 @@ pub async fn dispatch(agent: Arc<Agent>, mut streams: mpsc::Receiver<InboundStre
     }
 }
 
-async fn answer_hello(agent: &Agent, mut stream: InboundStream) -> anyhow::Result<()> {
+async fn answer_hello(agent: &StreamHandles, mut stream: InboundStream) -> anyhow::Result<()> {
     let bytes = codec::encode(&agent.identity)?;
     stream.send.write_all(&bytes).await?;
     stream.send.finish()?;

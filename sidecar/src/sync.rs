@@ -12,35 +12,41 @@ use mesh_proto::codec;
 use mesh_proto::gossip::{StreamKind, SyncMessage, MAX_SYNC_MESSAGE};
 use quinn::{RecvStream, SendStream};
 use rand::seq::IteratorRandom;
+use tokio::sync::watch;
 use tracing::{debug, warn};
 
-use crate::agent::Agent;
-use crate::config::Profile;
+use crate::catalog::CatalogStore;
+use crate::membership::ActiveMembers;
 use crate::metrics;
-use crate::transport::InboundStream;
+use crate::persist::DataDir;
+use crate::transport::{InboundStream, Transport};
 
 /// Tombstones are kept this long so late copies cannot resurrect a delete.
 pub const TOMBSTONE_TTL_MS: u64 = 24 * 60 * 60 * 1000;
 
-fn interval(profile: Profile) -> Duration {
-    match profile {
-        Profile::Local => Duration::from_secs(1),
-        Profile::Lan => Duration::from_secs(5),
-        Profile::Wan => Duration::from_secs(15),
-    }
+/// What anti-entropy rounds use.
+#[derive(Clone)]
+pub struct AntiEntropy {
+    /// The catalog to repair.
+    pub catalog: Arc<CatalogStore>,
+    /// Streams to peers.
+    pub transport: Arc<Transport>,
+    /// Partners to pick from.
+    pub members: watch::Receiver<ActiveMembers>,
+    /// Time between rounds.
+    pub interval: Duration,
 }
 
 /// The periodic push-pull loop.
-pub async fn run(agent: Arc<Agent>) {
-    let mut tick = tokio::time::interval(interval(agent.config.profile));
+pub async fn run(agent: AntiEntropy) {
+    let mut tick = tokio::time::interval(agent.interval);
     tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     let mut rounds = 0u64;
     loop {
         tick.tick().await;
         rounds += 1;
         let peer = {
-            let active = agent.membership.active();
-            let members = active.borrow();
+            let members = agent.members.borrow();
             members.values().map(|m| m.addr).choose(&mut rand::rng())
         };
         if let Some(peer) = peer {
@@ -53,7 +59,7 @@ pub async fn run(agent: Arc<Agent>) {
 }
 
 /// One push-pull round with `peer`; failures are logged and left to the next round.
-pub async fn sync_with(agent: &Arc<Agent>, peer: SocketAddr) {
+pub async fn sync_with(agent: &AntiEntropy, peer: SocketAddr) {
     let result = tokio::time::timeout(Duration::from_secs(10), initiate(agent, peer)).await;
     match result {
         Ok(Ok(())) => {}
@@ -62,14 +68,14 @@ pub async fn sync_with(agent: &Arc<Agent>, peer: SocketAddr) {
     }
 }
 
-async fn initiate(agent: &Arc<Agent>, peer: SocketAddr) -> anyhow::Result<()> {
+async fn initiate(agent: &AntiEntropy, peer: SocketAddr) -> anyhow::Result<()> {
     let (mut send, mut recv, _) = agent.transport.open_stream(peer, StreamKind::Sync).await?;
     let digest = agent.catalog.read(|c| c.digest());
     write_message(&mut send, &SyncMessage::Digest(digest)).await?;
     let SyncMessage::Records { records, wanted } = read_message(&mut recv).await? else {
         bail!("peer answered a digest with something else");
     };
-    apply_all(agent, records);
+    apply_all(&agent.catalog, records);
     let push = agent.catalog.read(|c| c.select(&wanted));
     write_message(&mut send, &SyncMessage::Push(push)).await?;
     send.finish()?;
@@ -77,24 +83,22 @@ async fn initiate(agent: &Arc<Agent>, peer: SocketAddr) -> anyhow::Result<()> {
 }
 
 /// Answers a push-pull round a peer started.
-pub async fn answer(agent: &Arc<Agent>, mut stream: InboundStream) -> anyhow::Result<()> {
+pub async fn answer(catalog: &CatalogStore, mut stream: InboundStream) -> anyhow::Result<()> {
     let SyncMessage::Digest(digest) = read_message(&mut stream.recv).await? else {
         bail!("sync stream did not start with a digest");
     };
-    let (records, wanted) = agent
-        .catalog
-        .read(|c| (c.newer_than(&digest), c.wanted_from(&digest)));
+    let (records, wanted) = catalog.read(|c| (c.newer_than(&digest), c.wanted_from(&digest)));
     write_message(&mut stream.send, &SyncMessage::Records { records, wanted }).await?;
     if let SyncMessage::Push(records) = read_message(&mut stream.recv).await? {
-        apply_all(agent, records);
+        apply_all(catalog, records);
     }
     stream.send.finish()?;
     Ok(())
 }
 
-fn apply_all(agent: &Agent, records: Vec<mesh_proto::Record>) {
+fn apply_all(catalog: &CatalogStore, records: Vec<mesh_proto::Record>) {
     for record in records {
-        if let Err(reason) = agent.catalog.apply_remote(record) {
+        if let Err(reason) = catalog.apply_remote(record) {
             warn!(%reason, "refused a record from anti-entropy");
         }
     }
@@ -130,18 +134,29 @@ async fn read_message(recv: &mut RecvStream) -> anyhow::Result<SyncMessage> {
 }
 
 /// Saves a catalog snapshot whenever the catalog changed, at most every 2 s.
-pub async fn persist_loop(agent: Arc<Agent>) {
+/// The records are copied out under the catalog's lock (memory only); the
+/// encoding and the fsync run on the blocking pool, so a slow disk delays
+/// the next snapshot and nothing else.
+pub async fn persist_loop(catalog: Arc<CatalogStore>, data: DataDir) {
     let mut saved = 0u64;
     loop {
         tokio::time::sleep(Duration::from_secs(2)).await;
-        let index = agent.catalog.index();
-        if index == saved {
+        if catalog.index() == saved {
             continue;
         }
-        let result = agent.catalog.read(|c| agent.data.save_snapshot(c));
-        match result {
-            Ok(()) => saved = index,
+        match save_snapshot(&catalog, &data).await {
+            Ok(index) => saved = index,
             Err(e) => warn!(error = %e, "cannot save the catalog snapshot; will retry"),
         }
     }
+}
+
+/// Saves one catalog snapshot now; returns the index it holds.
+pub async fn save_snapshot(catalog: &CatalogStore, data: &DataDir) -> anyhow::Result<u64> {
+    let (index, records) = catalog.records();
+    let data = data.clone();
+    tokio::task::spawn_blocking(move || data.save_snapshot(&records))
+        .await
+        .map_err(|e| anyhow!("the snapshot task failed: {e}"))??;
+    Ok(index)
 }

@@ -52,16 +52,7 @@ pub struct Inbound {
     pub streams: mpsc::Sender<InboundStream>,
 }
 
-/// Timings of the QUIC layer.
-#[derive(Debug, Clone, Copy)]
-pub struct TransportTimings {
-    /// Give up dialling a peer after this long.
-    pub connect_timeout: Duration,
-    /// Close a connection that has been silent this long.
-    pub idle_timeout: Duration,
-    /// Send a keep-alive when nothing else was sent for this long.
-    pub keep_alive: Duration,
-}
+pub use crate::config::TransportTimings;
 
 type Slot = Arc<OnceCell<Connection>>;
 

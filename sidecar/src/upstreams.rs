@@ -1,29 +1,68 @@
-//! The upstream candidates of a service as this node sees them (catalog +
-//! membership + RTT), and one balancer per service, shared by the proxy and
-//! the admin API's instance listing.
+//! The upstream candidates of a service as this node sees them (catalog
+//! snapshot + membership + RTT), and one balancer per service, shared by the
+//! proxy, the admin API's instance listing and DNS.
+//!
+//! Nothing here takes a lock a writer holds across I/O, and the work per
+//! call is proportional to the service's instances: the catalog snapshot is
+//! indexed by service and the member table is a shared `Arc`.
 
 use std::collections::HashMap;
-use std::sync::Mutex;
+use std::sync::{Arc, Mutex};
 use std::time::Instant;
 
 use client::select::{Balancer, BalancerConfig, Candidate, Ranking, Requirements};
+use mesh_proto::api::RttSource;
 use mesh_proto::catalog::Instance;
+use mesh_proto::NodeId;
+use tokio::sync::watch;
 
-use crate::agent::Agent;
+use crate::catalog::{CatalogSnapshot, CatalogStore};
+use crate::core::candidates;
+use crate::membership::ActiveMembers;
+use crate::rtt::RttTable;
 
-/// Balancers by service name.
+/// Balancers by service name, and the views that feed them.
 pub struct Upstreams {
+    node_id: NodeId,
+    catalog: Arc<CatalogStore>,
+    members: watch::Receiver<ActiveMembers>,
+    rtt: Arc<RttTable>,
     config: BalancerConfig,
     balancers: Mutex<HashMap<String, Balancer>>,
 }
 
 impl Upstreams {
     /// No balancer yet; each is made on first use.
-    pub fn new(config: BalancerConfig) -> Self {
+    pub fn new(
+        node_id: NodeId,
+        catalog: Arc<CatalogStore>,
+        members: watch::Receiver<ActiveMembers>,
+        rtt: Arc<RttTable>,
+        config: BalancerConfig,
+    ) -> Self {
         Self {
+            node_id,
+            catalog,
+            members,
+            rtt,
             config,
             balancers: Mutex::new(HashMap::new()),
         }
+    }
+
+    /// This node's id.
+    pub fn node_id(&self) -> &NodeId {
+        &self.node_id
+    }
+
+    /// The catalog snapshot to read from.
+    pub fn snapshot(&self) -> Arc<CatalogSnapshot> {
+        self.catalog.snapshot()
+    }
+
+    /// The RTT table.
+    pub fn rtt(&self) -> &Arc<RttTable> {
+        &self.rtt
     }
 
     /// Runs `f` on the balancer of `service`.
@@ -46,49 +85,40 @@ impl Upstreams {
             b.rank(candidates, requirements, Instant::now())
         })
     }
-}
 
-/// Live instances of `service` on nodes that are up (ours, or active members).
-pub fn live_instances(agent: &Agent, service: &str) -> Vec<Instance> {
-    let active = agent.membership.active().borrow().clone();
-    agent.catalog.read(|catalog| {
-        catalog
-            .instances()
-            .filter(|i| i.service == service)
-            .filter(|i| i.node == *agent.node_id() || active.contains_key(&i.node))
-            .cloned()
-            .collect()
-    })
-}
+    /// Live instances of `service` in `snapshot` on nodes that are up (ours,
+    /// or active members).
+    pub fn live_instances(&self, snapshot: &CatalogSnapshot, service: &str) -> Vec<Instance> {
+        let Some(entry) = snapshot.service(service) else {
+            return Vec::new();
+        };
+        let active = self.members.borrow().clone();
+        candidates::live_instances(entry, &self.node_id, &active)
+    }
 
-/// The selection module's view of instances.
-pub fn candidates(agent: &Agent, instances: &[Instance]) -> Vec<Candidate> {
-    instances
-        .iter()
-        .map(|instance| {
-            let (rtt_ms, rtt_source) = agent.rtt.get(&instance.node);
-            Candidate {
-                instance_id: instance.id.clone(),
-                node: instance.node.to_string(),
-                local: instance.node == *agent.node_id(),
-                rtt_ms,
-                rtt_source,
-                health: instance.health,
-                node_alive: true,
-            }
-        })
-        .collect()
-}
+    /// The selection module's view of instances.
+    pub fn candidates(&self, snapshot: &CatalogSnapshot, instances: &[Instance]) -> Vec<Candidate> {
+        candidates::candidates(instances, &self.node_id, |node| self.rtt_to(snapshot, node))
+    }
 
-/// The definition's requirements made stricter by the caller's.
-pub fn effective_requirements(agent: &Agent, service: &str, caller: Requirements) -> Requirements {
-    let defined = agent
-        .catalog
-        .read(|c| c.definition(service).map(|d| d.requirements.clone()))
-        .map(|r| Requirements {
-            hard_rtt_ms: r.hard_rtt_ms,
-            soft_rtt_ms: r.soft_rtt_ms,
-        })
-        .unwrap_or_default();
-    defined.stricter(caller)
+    /// RTT to `node`: measured, or estimated from its published coordinate.
+    pub fn rtt_to(&self, snapshot: &CatalogSnapshot, node: &NodeId) -> (Option<f64>, RttSource) {
+        let published = snapshot.node(node).and_then(|m| m.coordinate.as_ref());
+        self.rtt.get(node, published)
+    }
+
+    /// The QUIC address of `node`'s sidecar, while it is an active member.
+    pub fn sidecar_addr(&self, node: &NodeId) -> Option<std::net::SocketAddr> {
+        self.members.borrow().get(node).map(|m| m.addr)
+    }
+
+    /// The definition's requirements made stricter by the caller's.
+    pub fn effective_requirements(
+        &self,
+        snapshot: &CatalogSnapshot,
+        service: &str,
+        caller: Requirements,
+    ) -> Requirements {
+        candidates::effective_requirements(snapshot.definition(service), caller)
+    }
 }

@@ -10,11 +10,10 @@ use mesh_proto::api::{
 };
 use mesh_proto::catalog::Health;
 
-use crate::agent::Agent;
-use crate::upstreams::{self, live_instances};
+use crate::handles::AdminHandles;
 
 /// `GET /v1/health`.
-pub async fn health(agent: &Agent) -> HealthView {
+pub async fn health(agent: &AdminHandles) -> HealthView {
     let members = agent.membership.members().await;
     let count = |state| members.iter().filter(|m| m.state == state).count();
     HealthView {
@@ -31,21 +30,17 @@ pub async fn health(agent: &Agent) -> HealthView {
 }
 
 /// `GET /v1/nodes`: every member foca remembers, with RTT and metadata.
-pub async fn nodes(agent: &Agent) -> Vec<NodeView> {
+pub async fn nodes(agent: &AdminHandles) -> Vec<NodeView> {
     let members = agent.membership.members().await;
-    let metas: BTreeMap<_, _> = agent
-        .catalog
-        .read(|c| c.nodes().map(|n| (n.node.clone(), n.clone())).collect());
+    let snapshot = agent.catalog.snapshot();
+    let metas = snapshot.nodes();
     let now = Instant::now();
     let mut views: Vec<NodeView> = members
         .into_iter()
         .map(|member| {
             let node = &member.identity.node_id;
             let is_self = node == agent.node_id();
-            if let Some(Some(coordinate)) = metas.get(node).map(|m| m.coordinate.as_ref()) {
-                agent.rtt.learn_coordinate(node, coordinate);
-            }
-            let (rtt_ms, rtt_source) = agent.rtt.get(node);
+            let (rtt_ms, rtt_source) = agent.upstreams.rtt_to(&snapshot, node);
             NodeView {
                 id: node.to_string(),
                 address: member.identity.addr.to_string(),
@@ -66,48 +61,29 @@ pub async fn nodes(agent: &Agent) -> Vec<NodeView> {
 }
 
 /// `GET /v1/services`: definitions and services that only have instances.
-pub fn services(agent: &Agent) -> Vec<ServiceSummary> {
-    let mut summaries: BTreeMap<String, ServiceSummary> = agent.catalog.read(|c| {
-        c.definitions()
-            .map(|d| {
-                (
-                    d.name.clone(),
-                    ServiceSummary {
-                        name: d.name.clone(),
-                        definition: Some(d.clone()),
-                        instances: 0,
-                        passing: 0,
-                    },
-                )
-            })
-            .collect()
-    });
-    let names: Vec<String> = agent
-        .catalog
-        .read(|c| c.instances().map(|i| i.service.clone()).collect());
-    for name in names {
-        summaries
-            .entry(name.clone())
-            .or_insert_with(|| ServiceSummary {
-                name,
-                definition: None,
-                instances: 0,
-                passing: 0,
-            });
-    }
-    for summary in summaries.values_mut() {
-        let live = live_instances(agent, &summary.name);
-        summary.instances = live.len();
-        summary.passing = live.iter().filter(|i| i.health == Health::Passing).count();
-    }
-    summaries.into_values().collect()
+pub fn services(agent: &AdminHandles) -> Vec<ServiceSummary> {
+    let snapshot = agent.catalog.snapshot();
+    snapshot
+        .services()
+        .map(|(name, entry)| {
+            let live = agent.upstreams.live_instances(&snapshot, name);
+            ServiceSummary {
+                name: name.clone(),
+                definition: entry.definition.clone(),
+                instances: live.len(),
+                passing: live.iter().filter(|i| i.health == Health::Passing).count(),
+            }
+        })
+        .collect()
 }
 
 /// `GET /v1/services/{name}/instances`: eligible first (best first), then the rest with reasons.
-pub fn instances(agent: &Agent, service: &str, caller: Requirements) -> InstancesView {
-    let requirements = upstreams::effective_requirements(agent, service, caller);
-    let live = live_instances(agent, service);
-    let candidates = upstreams::candidates(agent, &live);
+pub fn instances(agent: &AdminHandles, service: &str, caller: Requirements) -> InstancesView {
+    let snapshot = agent.catalog.snapshot();
+    let upstreams = &agent.upstreams;
+    let requirements = upstreams.effective_requirements(&snapshot, service, caller);
+    let live = upstreams.live_instances(&snapshot, service);
+    let candidates = upstreams.candidates(&snapshot, &live);
     let ranking = agent.upstreams.rank(service, &candidates, requirements);
     let by_id: BTreeMap<&str, &mesh_proto::Instance> =
         live.iter().map(|i| (i.id.as_str(), i)).collect();

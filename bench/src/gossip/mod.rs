@@ -310,7 +310,10 @@ async fn registration(cluster: &Cluster, k: usize) -> anyhow::Result<Option<Dura
         health: None,
     };
     let started = Instant::now();
-    sidecar::registry::register(&cluster.agents[writer].agent, request, false)
+    cluster.agents[writer]
+        .agent
+        .registry
+        .register(request, false)
         .await
         .map_err(|e| anyhow::anyhow!("cannot register: {e}"))?;
     let mut pending: Vec<usize> = (0..cluster.agents.len()).collect();

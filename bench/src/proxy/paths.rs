@@ -48,7 +48,11 @@ async fn wait_for_instances(
 ) -> anyhow::Result<()> {
     let deadline = Instant::now() + within;
     loop {
-        let seen = sidecar::upstreams::live_instances(&agent.agent, SERVICE).len();
+        let a = &agent.agent;
+        let seen = a
+            .upstreams
+            .live_instances(&a.catalog.snapshot(), SERVICE)
+            .len();
         if seen >= want {
             return Ok(());
         }

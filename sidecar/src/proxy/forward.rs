@@ -15,7 +15,7 @@ use hyper_util::rt::{TokioExecutor, TokioIo};
 use mesh_proto::frame::ProxyFrame;
 use mesh_proto::gossip::StreamKind;
 
-use crate::agent::Agent;
+use crate::transport::Transport;
 
 /// Errors crossing the proxy.
 pub type BoxError = Box<dyn std::error::Error + Send + Sync>;
@@ -120,7 +120,7 @@ pub async fn to_local(
 
 /// Sends to an instance on another node through that node's sidecar.
 pub async fn over_quic(
-    agent: &Arc<Agent>,
+    transport: &Arc<Transport>,
     sidecar: SocketAddr,
     frame: &ProxyFrame,
     mut request: Request<ProxyBody>,
@@ -130,8 +130,7 @@ pub async fn over_quic(
         target: target.clone(),
         reason,
     };
-    let (mut send, recv, _) = agent
-        .transport
+    let (mut send, recv, _) = transport
         .open_stream(sidecar, StreamKind::Proxy)
         .await
         .map_err(|e| connect(e.to_string()))?;

@@ -16,12 +16,15 @@ use tracing::warn;
 
 use super::forward::{self, ProxyBody, SendError, CONNECT_FAILURE_HEADER};
 use super::json_error;
-use crate::agent::Agent;
+use super::ProxyHandles;
 use crate::metrics;
 use crate::transport::InboundStream;
 
 /// Serves one proxied request stream.
-pub async fn serve_stream(agent: &Arc<Agent>, mut stream: InboundStream) -> anyhow::Result<()> {
+pub async fn serve_stream(
+    agent: &Arc<ProxyHandles>,
+    mut stream: InboundStream,
+) -> anyhow::Result<()> {
     let mut prefix = [0u8; 2];
     stream.recv.read_exact(&mut prefix).await?;
     let len = ProxyFrame::body_len(prefix).inspect_err(|_| metrics::decode_error())?;
@@ -30,10 +33,11 @@ pub async fn serve_stream(agent: &Arc<Agent>, mut stream: InboundStream) -> anyh
     let frame = ProxyFrame::decode(&body).inspect_err(|_| metrics::decode_error())?;
 
     let peer = stream.connection.remote_address();
-    let allowed = agent.catalog.read(|c| {
-        c.instance(&frame.instance_id)
-            .is_some_and(|i| i.node == *agent.node_id() && i.address == frame.address)
-    });
+    let allowed = agent
+        .upstreams
+        .snapshot()
+        .local_instance(&frame.instance_id)
+        .is_some_and(|i| i.address == frame.address);
     if !allowed {
         ::metrics::counter!(metrics::RELAY_REFUSALS).increment(1);
         warn!(%peer, instance = %frame.instance_id, address = %frame.address, "refused a proxy frame naming no instance of this node");
@@ -58,7 +62,7 @@ pub async fn serve_stream(agent: &Arc<Agent>, mut stream: InboundStream) -> anyh
 }
 
 async fn handle(
-    agent: &Arc<Agent>,
+    agent: &Arc<ProxyHandles>,
     frame: &ProxyFrame,
     allowed: bool,
     request: Request<Incoming>,
@@ -85,7 +89,7 @@ async fn handle(
                 "the instance is down or not listening; the caller's sidecar retries safe requests elsewhere",
             );
             if matches!(e, SendError::Connect { .. }) {
-                crate::health::connect_failed(agent, &frame.instance_id).await;
+                agent.health.connect_failed(&frame.instance_id).await;
                 response
                     .headers_mut()
                     .insert(CONNECT_FAILURE_HEADER, http::HeaderValue::from_static("1"));

@@ -20,22 +20,46 @@ use http_body::Body as _;
 use http_body_util::{BodyExt, Full};
 use hyper::body::Incoming;
 use mesh_proto::frame::ProxyFrame;
-use mesh_proto::Instance;
+use mesh_proto::{Instance, NodeId};
 use tokio::net::TcpListener;
 use tracing::debug;
 
-use crate::agent::Agent;
+use tokio::sync::watch;
+
+use crate::health::PassiveHealth;
 use crate::metrics;
-use crate::upstreams::{candidates, effective_requirements, live_instances};
-use forward::{ProxyBody, SendError};
+use crate::transport::Transport;
+use crate::upstreams::Upstreams;
+use forward::{LocalClient, ProxyBody, SendError};
 use route::Route;
+
+/// What the proxy uses, on the calling side and the receiving side.
+pub struct ProxyHandles {
+    /// Candidates, RTT and balancers.
+    pub upstreams: Arc<Upstreams>,
+    /// Streams to peer sidecars.
+    pub transport: Arc<Transport>,
+    /// Keep-alive client for instances on this node.
+    pub http: LocalClient,
+    /// Marks local instances that refuse connections.
+    pub health: Arc<PassiveHealth>,
+    /// Turns true when the agent stops.
+    pub shutdown: watch::Receiver<bool>,
+}
+
+impl ProxyHandles {
+    /// This node's id.
+    pub fn node_id(&self) -> &NodeId {
+        self.upstreams.node_id()
+    }
+}
 
 /// Bodies up to this size of retryable requests are kept to be re-sent.
 const REPLAYABLE_BODY: u64 = 64 * 1024;
 
 /// Serves the proxy until the agent stops.
-pub async fn serve(agent: Arc<Agent>, listener: TcpListener) {
-    let shutdown = agent.shutdown_signal();
+pub async fn serve(agent: Arc<ProxyHandles>, listener: TcpListener) {
+    let shutdown = agent.shutdown.clone();
     crate::server::serve(listener, shutdown, move |request| {
         let agent = agent.clone();
         async move { handle(&agent, request).await }
@@ -72,7 +96,7 @@ impl RequestBody {
     }
 }
 
-async fn handle(agent: &Arc<Agent>, request: Request<Incoming>) -> Response<ProxyBody> {
+async fn handle(agent: &Arc<ProxyHandles>, request: Request<Incoming>) -> Response<ProxyBody> {
     let started = Instant::now();
     let route = match route::route(request.method(), request.headers()) {
         Ok(route) => route,
@@ -131,7 +155,7 @@ async fn handle(agent: &Arc<Agent>, request: Request<Incoming>) -> Response<Prox
 /// Reports the outcome of a picked instance even when the attempt is dropped
 /// (timeout): otherwise its in-flight count would never come down.
 struct InFlight<'a> {
-    agent: &'a Agent,
+    agent: &'a ProxyHandles,
     service: &'a str,
     instance: String,
     started: Instant,
@@ -165,7 +189,7 @@ impl Drop for InFlight<'_> {
     }
 }
 
-fn report(agent: &Agent, service: &str, instance: &str, latency: Duration, success: bool) {
+fn report(agent: &ProxyHandles, service: &str, instance: &str, latency: Duration, success: bool) {
     let outcome = if success {
         Outcome::Success { latency }
     } else {
@@ -184,18 +208,22 @@ fn report(agent: &Agent, service: &str, instance: &str, latency: Duration, succe
 
 /// Picks, sends, and retries once on another instance when that is safe.
 async fn attempts(
-    agent: &Arc<Agent>,
+    agent: &Arc<ProxyHandles>,
     route: &Route,
     parts: http::request::Parts,
     mut body: RequestBody,
 ) -> (Response<ProxyBody>, Option<String>) {
     let service = route.service.as_str();
-    let requirements = effective_requirements(agent, service, route.requirements);
+    let snapshot = agent.upstreams.snapshot();
+    let requirements =
+        agent
+            .upstreams
+            .effective_requirements(&snapshot, service, route.requirements);
     let mut tried: Vec<String> = Vec::new();
     let mut last_failure: Option<Failure> = None;
     loop {
-        let live = live_instances(agent, service);
-        let candidates = candidates(agent, &live);
+        let live = agent.upstreams.live_instances(&snapshot, service);
+        let candidates = agent.upstreams.candidates(&snapshot, &live);
         let excluded: Vec<&str> = tried.iter().map(String::as_str).collect();
         let pick = agent.upstreams.with(service, |b| {
             b.pick(&candidates, requirements, &excluded, Instant::now())
@@ -260,7 +288,7 @@ async fn attempts(
 }
 
 async fn send(
-    agent: &Arc<Agent>,
+    agent: &ProxyHandles,
     service: &str,
     instance: &Instance,
     request: Request<ProxyBody>,
@@ -268,16 +296,13 @@ async fn send(
     if instance.node == *agent.node_id() {
         let result = forward::to_local(&agent.http, instance.address, request).await;
         if matches!(result, Err(SendError::Connect { .. })) {
-            crate::health::connect_failed(agent, &instance.id).await;
+            agent.health.connect_failed(&instance.id).await;
         }
         return result;
     }
     let sidecar = agent
-        .membership
-        .active()
-        .borrow()
-        .get(&instance.node)
-        .map(|m| m.addr)
+        .upstreams
+        .sidecar_addr(&instance.node)
         .ok_or_else(|| SendError::Connect {
             target: instance.node.to_string(),
             reason: "the node left the cluster".to_owned(),
@@ -288,7 +313,7 @@ async fn send(
         service: service.to_owned(),
         timeout_ms: 0,
     };
-    forward::over_quic(agent, sidecar, &frame, request).await
+    forward::over_quic(&agent.transport, sidecar, &frame, request).await
 }
 
 fn annotate(response: &mut Response<ProxyBody>, instance: &Instance, rtt_ms: Option<f64>) {

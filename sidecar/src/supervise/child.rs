@@ -10,7 +10,7 @@ use std::time::{Duration, Instant};
 use tokio::net::TcpStream;
 use tokio::process::{Child, Command};
 
-use super::config::ServiceSpec;
+use crate::config::supervise::ServiceSpec;
 
 /// How long one probe may take.
 const PROBE_TIMEOUT: Duration = Duration::from_secs(2);
@@ -257,8 +257,8 @@ mod tests {
 
     #[tokio::test]
     async fn stop_terminates_then_kills() {
-        let spec = super::super::config::check(
-            super::super::config::ServiceFile {
+        let spec = crate::config::supervise::check(
+            crate::config::supervise::ServiceFile {
                 name: "t".into(),
                 command: vec![
                     "/bin/sh".into(),
@@ -289,8 +289,8 @@ mod tests {
         assert!(killed, "ignored SIGTERM, so SIGKILL was needed");
         assert_eq!(describe(status), "signal 9");
 
-        let spec = super::super::config::check(
-            super::super::config::ServiceFile {
+        let spec = crate::config::supervise::check(
+            crate::config::supervise::ServiceFile {
                 name: "t".into(),
                 command: vec!["/bin/sh".into(), "-c".into(), "exec sleep 30".into()],
                 ..Default::default()

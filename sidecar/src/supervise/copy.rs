@@ -16,11 +16,11 @@ use tokio::sync::{mpsc, oneshot, watch};
 use tracing::{info, warn};
 
 use super::child::{self, Placement};
-use super::config::ServiceSpec;
 use super::logs::{self, LogSender, Stream};
 use super::records::{self, PidRecord};
-use crate::agent::Agent;
-use crate::registry;
+use crate::config::supervise::ServiceSpec;
+use crate::listeners::Listeners;
+use crate::registry::Registry;
 
 /// A process that ran this long before exiting starts the backoff over.
 const STABLE_AFTER: Duration = Duration::from_secs(60);
@@ -85,8 +85,10 @@ pub type SharedStatus = Arc<Mutex<CopyStatus>>;
 
 /// Everything one copy's task needs that does not change.
 pub struct CopyContext {
-    /// The agent.
-    pub agent: Arc<Agent>,
+    /// Where the copy is registered.
+    pub registry: Arc<Registry>,
+    /// The agent's listeners, for the copy's environment.
+    pub listeners: Listeners,
     /// The service.
     pub spec: Arc<ServiceSpec>,
     /// Copy number, from 1.
@@ -181,13 +183,13 @@ impl CopyContext {
             tags,
             health: Some(health),
         };
-        if let Err(e) = registry::register(&self.agent, request, false).await {
+        if let Err(e) = self.registry.register(request, false).await {
             warn!(instance = %self.instance, error = %e, hint = %e.hint, "cannot register a supervised instance");
         }
     }
 
     fn placement(&self, port: u16) -> Placement {
-        let listeners = self.agent.listeners;
+        let listeners = self.listeners;
         let loopback = |addr: std::net::SocketAddr| {
             if addr.ip().is_unspecified() {
                 std::net::SocketAddr::from(([127, 0, 0, 1], addr.port()))
@@ -251,7 +253,7 @@ pub async fn run(
     for reply in waiting.drain(..) {
         let _ = reply.send(Err("the agent is stopping".to_owned()));
     }
-    registry::deregister(&ctx.agent, &ctx.instance).await;
+    ctx.registry.deregister(&ctx.instance).await;
     records::remove(&ctx.dir, ctx.copy);
     ctx.update(|s| {
         s.state = CopyState::Stopped;

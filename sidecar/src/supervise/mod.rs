@@ -5,20 +5,18 @@
 //! time on request without failing calls, and stopped gracefully after
 //! being deregistered when the agent stops.
 //!
-//! Layout: [`config`] (what to run), [`copy`] (the life of one copy),
-//! [`child`] (one process: environment, probes, signals), [`logs`]
+//! Layout: `config::supervise` (what to run), [`copy`] (the life of one
+//! copy), [`child`] (one process: environment, probes, signals), [`logs`]
 //! (captured output, rotated by size, merged in time order), [`records`]
-//! (pid files and strays of an earlier run), [`placement`] (CPU and memory),
-//! [`admin`] and [`cli`] (the API and the operator commands).
+//! (pid files and strays of an earlier run), [`placement`] (CPU and memory);
+//! the API and the operator commands are fronts (`admin::supervise`,
+//! `cli::supervise`).
 //!
 //! Data dir layout: `supervise/<service>/<copy>.pid.json` while a copy's
 //! process runs, `supervise/<service>/stray-<pid>.json` for processes an
 //! earlier run left running, and `supervise/<service>/logs/<instance>.log*`.
 
-pub mod admin;
 pub mod child;
-pub mod cli;
-pub mod config;
 pub mod copy;
 pub mod logs;
 pub mod placement;
@@ -36,16 +34,30 @@ use tokio::sync::{mpsc, oneshot, watch};
 use tokio::task::JoinSet;
 use tracing::{info, warn};
 
-use crate::agent::Agent;
+pub use crate::config::supervise::ServiceSpec;
 use crate::config::Profile;
-use crate::registry;
-pub use config::ServiceSpec;
+use crate::listeners::Listeners;
+use crate::registry::Registry;
 use copy::{stopped, Control, CopyContext, CopyState, CopyStatus, SharedStatus};
 use logs::LogClock;
 
-/// The supervisor of one agent; empty until [`run`] starts the services.
-#[derive(Debug)]
+/// What the supervisor uses of the agent.
+pub struct SuperviseContext {
+    /// Where copies are registered and deregistered.
+    pub registry: Arc<Registry>,
+    /// `supervise/` in the data dir.
+    pub root: PathBuf,
+    /// The agent's listeners, handed to each copy's environment.
+    pub listeners: Listeners,
+    /// Gossip profile (default drain time).
+    pub profile: Profile,
+    /// The services to run.
+    pub specs: Vec<ServiceSpec>,
+}
+
+/// The supervisor of one agent; empty until [`Supervisor::run`] starts the services.
 pub struct Supervisor {
+    ctx: Arc<SuperviseContext>,
     services: Mutex<Vec<Arc<Service>>>,
     stop: watch::Sender<bool>,
     done: watch::Sender<bool>,
@@ -54,9 +66,11 @@ pub struct Supervisor {
     pub clock: Arc<LogClock>,
 }
 
-impl Default for Supervisor {
-    fn default() -> Self {
+impl Supervisor {
+    /// A supervisor of `ctx.specs`, started by [`Supervisor::run`].
+    pub fn new(ctx: SuperviseContext) -> Self {
         Self {
+            ctx: Arc::new(ctx),
             services: Mutex::new(Vec::new()),
             stop: watch::channel(false).0,
             done: watch::channel(true).0,
@@ -157,33 +171,22 @@ pub enum RestartError {
     Stopping,
 }
 
-/// The directory under the data dir that holds every service's records and logs.
-pub fn root(agent: &Agent) -> PathBuf {
-    agent.data.path().join("supervise")
-}
-
-fn default_drain(profile: Profile) -> Duration {
-    match profile {
-        Profile::Local => Duration::from_millis(1000),
-        Profile::Lan => Duration::from_millis(2000),
-        Profile::Wan => Duration::from_millis(5000),
-    }
-}
-
 /// Instance id of a copy.
-pub fn instance_id(agent: &Agent, service: &str, copy: u32) -> String {
-    format!("{service}-{}-{copy}", agent.node_id())
+pub fn instance_id(node: &mesh_proto::NodeId, service: &str, copy: u32) -> String {
+    format!("{service}-{node}-{copy}")
 }
 
 /// Cleans up after an earlier run, then runs every configured service until
 /// [`stop`]. Started by the agent after it restored its registrations.
-pub async fn run(agent: Arc<Agent>) {
-    let root = root(&agent);
+pub async fn run(supervisor: Arc<Supervisor>) {
+    let ctx = supervisor.ctx.clone();
+    let registry = &ctx.registry;
+    let root = ctx.root.clone();
     // What an earlier run left: records of processes that are gone are
     // removed with their instances; live processes are reported, not killed.
     let (strays, gone) = records::sweep(&root);
     for record in gone {
-        if registry::deregister(&agent, &record.instance).await {
+        if registry.deregister(&record.instance).await {
             info!(instance = %record.instance, pid = record.pid, "removed the instance of a process an earlier run started, which is gone");
         }
     }
@@ -200,26 +203,25 @@ pub async fn run(agent: Arc<Agent>) {
             r.pid
         );
     }
-    let specs = agent.config.supervise.clone();
+    let specs = ctx.specs.clone();
     if specs.is_empty() {
         return;
     }
-    let supervisor = &agent.supervisor;
     supervisor.done.send_replace(false);
-    let drain_default = default_drain(agent.config.profile);
+    let drain_default = ctx.profile.default_drain();
     // Copies in one set (the supervisor is done when they are); log writers
     // and later checks in another.
     let mut copies_running = JoinSet::new();
     let mut helpers = JoinSet::new();
     for spec in specs {
         let spec = Arc::new(spec);
-        declare_requirements(&agent, &spec).await;
-        let placement_known = warn_if_no_room(&agent, &spec);
+        declare_requirements(registry, &spec).await;
+        let placement_known = warn_if_no_room(registry, &spec);
         let dir = root.join(&spec.name);
         let drain = spec.drain.unwrap_or(drain_default);
         let mut copies = Vec::new();
         for copy in 1..=spec.scale {
-            let instance = instance_id(&agent, &spec.name, copy);
+            let instance = instance_id(registry.node_id(), &spec.name, copy);
             let status: SharedStatus = Arc::new(Mutex::new(CopyStatus::default()));
             let (log_tx, log_rx) = mpsc::channel(1024);
             let log_path = dir.join("logs").join(format!("{instance}.log"));
@@ -236,8 +238,9 @@ pub async fn run(agent: Arc<Agent>) {
                 }
             }
             let (control_tx, control_rx) = mpsc::channel(8);
-            let ctx = CopyContext {
-                agent: agent.clone(),
+            let copy_ctx = CopyContext {
+                registry: registry.clone(),
+                listeners: ctx.listeners,
                 spec: spec.clone(),
                 copy,
                 instance: instance.clone(),
@@ -247,7 +250,7 @@ pub async fn run(agent: Arc<Agent>) {
                 drain,
                 leaving: supervisor.leaving.clone(),
             };
-            copies_running.spawn(copy::run(ctx, control_rx, supervisor.stop.subscribe()));
+            copies_running.spawn(copy::run(copy_ctx, control_rx, supervisor.stop.subscribe()));
             copies.push(CopyHandle {
                 copy,
                 instance,
@@ -258,12 +261,12 @@ pub async fn run(agent: Arc<Agent>) {
         info!(service = %spec.name, scale = spec.scale, command = ?spec.command, "supervising");
         if !placement_known {
             // The definition may arrive with the first sync: check again then.
-            let agent = agent.clone();
+            let registry = registry.clone();
             let spec = spec.clone();
             let mut stop = supervisor.stop.subscribe();
             helpers.spawn(async move {
                 tokio::select! {
-                    _ = tokio::time::sleep(Duration::from_secs(10)) => { warn_if_no_room(&agent, &spec); }
+                    _ = tokio::time::sleep(Duration::from_secs(10)) => { warn_if_no_room(&registry, &spec); }
                     _ = stopped(&mut stop) => {}
                 }
             });
@@ -292,8 +295,7 @@ pub async fn run(agent: Arc<Agent>) {
 
 /// Deregisters every supervised instance, lets callers learn it, then stops
 /// the processes (SIGTERM, SIGKILL after each service's grace period).
-pub async fn stop(agent: &Agent) {
-    let supervisor = &agent.supervisor;
+pub async fn stop(supervisor: &Supervisor) {
     let services = supervisor.services();
     if services.is_empty() {
         return;
@@ -301,7 +303,7 @@ pub async fn stop(agent: &Agent) {
     supervisor.leaving.store(true, Ordering::Release);
     for service in &services {
         for copy in &service.copies {
-            registry::deregister(agent, &copy.instance).await;
+            supervisor.ctx.registry.deregister(&copy.instance).await;
         }
     }
     let drain = services.iter().map(|s| s.drain).max().unwrap_or_default();
@@ -353,19 +355,18 @@ impl Supervisor {
 }
 
 /// `gossamer ps`: every copy with pid, port, restarts, uptime and health.
-pub fn ps(agent: &Agent) -> PsView {
+pub fn ps(supervisor: &Supervisor) -> PsView {
     let now = Instant::now();
     let mut processes = Vec::new();
-    for service in agent.supervisor.services() {
+    let snapshot = supervisor.ctx.registry.catalog().snapshot();
+    for service in supervisor.services() {
         for copy in &service.copies {
             let status = copy
                 .status
                 .lock()
                 .unwrap_or_else(PoisonError::into_inner)
                 .clone();
-            let health = agent
-                .catalog
-                .read(|c| c.instance(&copy.instance).map(|i| i.health));
+            let health = snapshot.local_instance(&copy.instance).map(|i| i.health);
             processes.push(ProcessView {
                 service: service.spec.name.clone(),
                 instance: copy.instance.clone(),
@@ -383,18 +384,17 @@ pub fn ps(agent: &Agent) -> PsView {
         }
     }
     PsView {
-        node: agent.node_id().to_string(),
+        node: supervisor.ctx.registry.node_id().to_string(),
         processes,
-        strays: records::current_strays(&root(agent)),
+        strays: records::current_strays(&supervisor.ctx.root),
     }
 }
 
 /// `gossamer restart NAME`: one copy at a time, each out of rotation before
 /// it stops and back once healthy; the next waits until callers had time to
 /// learn the previous one is back.
-pub async fn restart(agent: &Agent, name: &str) -> Result<RestartView, RestartError> {
-    let service = agent
-        .supervisor
+pub async fn restart(supervisor: &Supervisor, name: &str) -> Result<RestartView, RestartError> {
+    let service = supervisor
         .service(name)
         .ok_or_else(|| RestartError::Unknown(name.to_owned()))?;
     let _running = service
@@ -439,11 +439,15 @@ pub async fn restart(agent: &Agent, name: &str) -> Result<RestartView, RestartEr
 
 /// Writes the requirements a `[[supervise]]` table declares into the
 /// service's definition (keeping its other fields), so placement sees them.
-async fn declare_requirements(agent: &Agent, spec: &ServiceSpec) {
+async fn declare_requirements(registry: &Registry, spec: &ServiceSpec) {
     if !spec.declares_requirements() {
         return;
     }
-    let current = agent.catalog.read(|c| c.definition(&spec.name).cloned());
+    let current = registry
+        .catalog()
+        .snapshot()
+        .definition(&spec.name)
+        .cloned();
     let mut definition = current.clone().unwrap_or_else(|| Definition {
         name: spec.name.clone(),
         version: String::new(),
@@ -475,14 +479,14 @@ async fn declare_requirements(agent: &Agent, spec: &ServiceSpec) {
         .map(|b| format!("{b:02x}"))
         .collect();
     info!(service = %spec.name, requirements = ?definition.requirements, "writing the declared requirements to the service definition");
-    registry::put_definition(agent, definition).await;
+    registry.put_definition(definition).await;
 }
 
 /// Warns when this node has no room for the service's copies; false when
 /// the service's requirements are not known yet.
-fn warn_if_no_room(agent: &Agent, spec: &ServiceSpec) -> bool {
-    let node = agent.node_id().clone();
-    let (requirements, resources) = agent.catalog.read(|c| {
+fn warn_if_no_room(registry: &Registry, spec: &ServiceSpec) -> bool {
+    let node = registry.node_id().clone();
+    let (requirements, resources) = registry.catalog().read(|c| {
         let requirements = c.definition(&spec.name).map(|d| d.requirements.clone());
         let resources = placement::resources(
             c,

@@ -18,17 +18,17 @@ use std::time::Duration;
 use http::{Method, StatusCode};
 use mesh_proto::names::validate_service_name;
 
-use super::placement::{self, PlacementView};
-use super::{logs, RestartError};
-use crate::agent::Agent;
+use crate::handles::AdminHandles;
 use crate::reply::{self, JsonResponse};
+use crate::supervise::placement::{self, PlacementView};
+use crate::supervise::{logs, RestartError};
 
 /// Longest wait of a logs request.
 const MAX_LOG_WAIT: Duration = Duration::from_secs(60);
 
 /// Routes `/v1/supervise/...` and `/v1/placement/...`.
 pub async fn route(
-    agent: &Arc<Agent>,
+    agent: &Arc<AdminHandles>,
     method: &Method,
     segments: &[&str],
     query: Option<&str>,
@@ -39,7 +39,7 @@ pub async fn route(
     };
     match (method, segments) {
         (&Method::GET, ["v1", "supervise"]) => {
-            reply::json(StatusCode::OK, &super::ps(agent), None)
+            reply::json(StatusCode::OK, &crate::supervise::ps(&agent.supervisor), None)
         }
         (&Method::GET, ["v1", "supervise", name, "logs"]) => logs(agent, name, &query).await,
         (&Method::POST, ["v1", "supervise", name, "restart"]) => restart(agent, name).await,
@@ -50,7 +50,7 @@ pub async fn route(
             if let Err(response) = check_name(name) {
                 return response;
             }
-            if agent.catalog.read(|c| c.definition(name).is_none()) {
+            if agent.catalog.snapshot().definition(name).is_none() {
                 return reply::error(
                     StatusCode::NOT_FOUND,
                     format!("no definition of service {name:?}, so no CPU or memory requirement to place"),
@@ -136,7 +136,7 @@ fn check_name(name: &str) -> Result<(), JsonResponse> {
     })
 }
 
-fn not_supervised(agent: &Agent, name: &str) -> JsonResponse {
+fn not_supervised(agent: &AdminHandles, name: &str) -> JsonResponse {
     let names = agent.supervisor.names();
     reply::error(
         StatusCode::NOT_FOUND,
@@ -154,7 +154,7 @@ fn not_supervised(agent: &Agent, name: &str) -> JsonResponse {
     )
 }
 
-async fn logs(agent: &Arc<Agent>, name: &str, query: &Query) -> JsonResponse {
+async fn logs(agent: &Arc<AdminHandles>, name: &str, query: &Query) -> JsonResponse {
     if let Err(response) = check_name(name) {
         return response;
     }
@@ -192,11 +192,11 @@ async fn logs(agent: &Arc<Agent>, name: &str, query: &Query) -> JsonResponse {
     reply::json(StatusCode::OK, &view, None)
 }
 
-async fn restart(agent: &Arc<Agent>, name: &str) -> JsonResponse {
+async fn restart(agent: &Arc<AdminHandles>, name: &str) -> JsonResponse {
     if let Err(response) = check_name(name) {
         return response;
     }
-    match super::restart(agent, name).await {
+    match crate::supervise::restart(&agent.supervisor, name).await {
         Ok(view) => reply::json(StatusCode::OK, &view, None),
         Err(RestartError::Unknown(_)) => not_supervised(agent, name),
         Err(e @ RestartError::Busy(_)) => reply::error(
@@ -218,7 +218,7 @@ async fn restart(agent: &Arc<Agent>, name: &str) -> JsonResponse {
 }
 
 /// Nodes' resources; with `service`, each marked with whether one copy fits.
-pub async fn placement_view(agent: &Agent, service: Option<&str>) -> PlacementView {
+pub async fn placement_view(agent: &AdminHandles, service: Option<&str>) -> PlacementView {
     let nodes: Vec<_> = crate::views::nodes(agent)
         .await
         .into_iter()

@@ -11,7 +11,7 @@ use mesh_proto::catalog::Requirements;
 use mesh_proto::names::validate_service_name;
 use serde::Deserialize;
 
-use crate::config::AgentArgs;
+use super::AgentArgs;
 
 /// Most copies one service may run on one node.
 pub const MAX_SCALE: u32 = 64;

@@ -13,10 +13,11 @@ use hyper_util::rt::TokioExecutor;
 use mesh_proto::api::ErrorBody;
 use serde::de::DeserializeOwned;
 
-use super::logs::{LogLine, LogsView, Stream};
-use super::placement::PlacementView;
-use super::{PsView, RestartView};
-use crate::cli::{table, Cli, Command};
+use super::args::{Cli, Command};
+use super::table::table;
+use crate::supervise::logs::{LogLine, LogsView, Stream};
+use crate::supervise::placement::PlacementView;
+use crate::supervise::{PsView, RestartView};
 
 /// How long one `logs -f` request waits for new lines.
 const FOLLOW_WAIT: &str = "30s";

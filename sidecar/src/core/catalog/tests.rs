@@ -1,0 +1,228 @@
+use std::net::SocketAddr;
+
+use mesh_proto::catalog::RecordKey;
+use mesh_proto::catalog::{Applied, Catalog, Definition, Health, Instance, Record, RecordBody};
+use mesh_proto::{Hlc, NodeId, Version};
+
+use super::CatalogCore;
+
+fn node(name: &str) -> NodeId {
+    NodeId::new(name).expect("valid node id")
+}
+
+fn instance(id: &str, service: &str, on: &str) -> Instance {
+    Instance {
+        id: id.to_owned(),
+        service: service.to_owned(),
+        node: node(on),
+        address: SocketAddr::from(([127, 0, 0, 1], 8080)),
+        deployment_id: None,
+        tags: Vec::new(),
+        health: Health::Passing,
+    }
+}
+
+fn definition(name: &str) -> Definition {
+    Definition {
+        name: name.to_owned(),
+        version: "1".to_owned(),
+        port: None,
+        image: None,
+        endpoints: Default::default(),
+        client_sdks: Default::default(),
+        requirements: Default::default(),
+        content_hash: String::new(),
+    }
+}
+
+fn remote(key: RecordKey, body: RecordBody, writer: &str, wall_ms: u64) -> Record {
+    Record {
+        key,
+        version: Version {
+            hlc: Hlc {
+                wall_ms,
+                logical: 0,
+            },
+            writer: node(writer),
+        },
+        body,
+    }
+}
+
+fn put_instance(core: &mut CatalogCore, id: &str, service: &str, now: u64) {
+    let on = core.node_id().to_string();
+    core.write(
+        RecordKey::Instance(id.to_owned()),
+        RecordBody::Instance(instance(id, service, &on)),
+        now,
+    );
+}
+
+#[test]
+fn a_write_shows_in_the_next_snapshot_and_not_in_the_one_held() {
+    let mut core = CatalogCore::new(node("a"), Catalog::new());
+    let before = core.snapshot();
+    put_instance(&mut core, "web-1", "web", 1_000);
+    let after = core.snapshot();
+    assert!(
+        before.service("web").is_none(),
+        "a held snapshot never changes"
+    );
+    let web = after.service("web").expect("web is in the new snapshot");
+    assert_eq!(web.instances.len(), 1);
+    assert_eq!(
+        after.local_instance("web-1").map(|i| i.service.as_str()),
+        Some("web")
+    );
+    assert!(after.index > before.index);
+}
+
+#[test]
+fn a_change_to_one_service_leaves_the_others_index_alone() {
+    let mut core = CatalogCore::new(node("a"), Catalog::new());
+    put_instance(&mut core, "a-1", "alpha", 1_000);
+    let alpha_index = core.snapshot().service("alpha").expect("alpha").index;
+    for n in 0..100 {
+        put_instance(&mut core, &format!("b-{n}"), "beta", 1_001 + n);
+    }
+    let snapshot = core.snapshot();
+    assert_eq!(snapshot.service("alpha").expect("alpha").index, alpha_index);
+    assert_eq!(snapshot.service("beta").expect("beta").instances.len(), 100);
+    assert!(snapshot.index > alpha_index + 99);
+}
+
+#[test]
+fn an_instance_moving_service_leaves_its_old_service() {
+    let mut core = CatalogCore::new(node("a"), Catalog::new());
+    put_instance(&mut core, "x-1", "old", 1_000);
+    put_instance(&mut core, "x-1", "new", 2_000);
+    let snapshot = core.snapshot();
+    assert!(
+        snapshot.service("old").is_none(),
+        "no definition, no instance: gone"
+    );
+    assert_eq!(snapshot.service("new").expect("new").instances[0].id, "x-1");
+}
+
+#[test]
+fn a_tombstone_removes_the_instance_and_a_definition_keeps_the_service() {
+    let mut core = CatalogCore::new(node("a"), Catalog::new());
+    core.write(
+        RecordKey::Definition("web".into()),
+        RecordBody::Definition(definition("web")),
+        1_000,
+    );
+    put_instance(&mut core, "web-1", "web", 1_001);
+    core.write(
+        RecordKey::Instance("web-1".into()),
+        RecordBody::Tombstone,
+        1_002,
+    );
+    let snapshot = core.snapshot();
+    let web = snapshot
+        .service("web")
+        .expect("the definition keeps it listed");
+    assert!(web.instances.is_empty());
+    assert!(snapshot.local_instance("web-1").is_none());
+    assert_eq!(core.counts().tombstones, 1);
+    assert_eq!(core.counts().definitions, 1);
+    assert_eq!(core.counts().instances, 0);
+}
+
+#[test]
+fn a_peer_cannot_write_another_nodes_instance() {
+    let mut core = CatalogCore::new(node("a"), Catalog::new());
+    let forged = remote(
+        RecordKey::Instance("c-1".into()),
+        RecordBody::Instance(instance("c-1", "web", "c")),
+        "b",
+        5_000,
+    );
+    let error = core
+        .apply_remote(forged)
+        .expect_err("b may not write c's instance");
+    assert_eq!(error.owner, node("c"));
+    assert!(core.snapshot().service("web").is_none());
+}
+
+#[test]
+fn a_stale_record_changes_nothing() {
+    let mut core = CatalogCore::new(node("a"), Catalog::new());
+    let newer = remote(
+        RecordKey::Instance("b-1".into()),
+        RecordBody::Instance(instance("b-1", "web", "b")),
+        "b",
+        5_000,
+    );
+    let mut older = newer.clone();
+    older.version.hlc.wall_ms = 4_000;
+    assert_eq!(core.apply_remote(newer), Ok(Applied::Newer));
+    let index = core.index();
+    assert_eq!(core.apply_remote(older), Ok(Applied::Stale));
+    assert_eq!(core.index(), index, "a stale record must not wake watchers");
+}
+
+#[test]
+fn writes_after_a_remote_record_are_stamped_later_even_with_a_slow_clock() {
+    let mut core = CatalogCore::new(node("a"), Catalog::new());
+    let theirs = remote(
+        RecordKey::Definition("web".into()),
+        RecordBody::Definition(definition("web")),
+        "b",
+        9_000,
+    );
+    core.apply_remote(theirs.clone())
+        .expect("definitions are anyone's");
+    // Our wall clock is behind theirs: the HLC still orders our write after.
+    let ours = core.write(
+        RecordKey::Definition("web".into()),
+        RecordBody::Definition(definition("web")),
+        1_000,
+    );
+    assert!(ours.version > theirs.version);
+    assert_eq!(
+        core.snapshot()
+            .definition("web")
+            .map(|d| d.version.as_str()),
+        Some("1")
+    );
+}
+
+#[test]
+fn a_restored_catalog_is_indexed_whole() {
+    let mut seed = CatalogCore::new(node("a"), Catalog::new());
+    put_instance(&mut seed, "web-1", "web", 1_000);
+    put_instance(&mut seed, "api-1", "api", 1_001);
+    let mut catalog = Catalog::new();
+    for record in seed.records() {
+        catalog.apply(record);
+    }
+    let restored = CatalogCore::new(node("a"), catalog);
+    let snapshot = restored.snapshot();
+    assert_eq!(snapshot.services().count(), 2);
+    assert_eq!(snapshot.local_instances().count(), 2);
+    assert_eq!(restored.counts().instances, 2);
+}
+
+#[test]
+fn touch_marks_every_service_changed() {
+    let mut core = CatalogCore::new(node("a"), Catalog::new());
+    put_instance(&mut core, "web-1", "web", 1_000);
+    let before = core.snapshot().service("web").expect("web").index;
+    core.touch();
+    assert!(core.snapshot().service("web").expect("web").index > before);
+}
+
+#[test]
+fn tombstones_expire_after_their_ttl_only() {
+    let mut core = CatalogCore::new(node("a"), Catalog::new());
+    put_instance(&mut core, "web-1", "web", 1_000);
+    core.write(
+        RecordKey::Instance("web-1".into()),
+        RecordBody::Tombstone,
+        2_000,
+    );
+    assert_eq!(core.expire_tombstones(2_500, 1_000), 0);
+    assert_eq!(core.expire_tombstones(3_500, 1_000), 1);
+    assert_eq!(core.counts().tombstones, 0);
+}

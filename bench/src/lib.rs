@@ -12,4 +12,5 @@ pub mod gossip;
 pub mod load;
 pub mod proxy;
 pub mod report;
+pub mod select;
 pub mod sim;

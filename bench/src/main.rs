@@ -18,6 +18,8 @@ enum Scenario {
     Proxy(bench::proxy::ProxyArgs),
     /// N agents in one process: spread, failure detection, traffic, memory.
     Gossip(bench::gossip::GossipArgs),
+    /// Per-request selection cost against catalog and member-table size.
+    Select(bench::select::SelectArgs),
     /// foca and the catalog merge over an in-memory network with loss and delay.
     Sim(bench::sim::SimArgs),
 }
@@ -34,5 +36,6 @@ fn main() -> anyhow::Result<()> {
         Scenario::Proxy(args) => runtime()?.block_on(bench::proxy::run(&args)).map(|_| ()),
         Scenario::Gossip(args) => runtime()?.block_on(bench::gossip::run(&args)).map(|_| ()),
         Scenario::Sim(args) => bench::sim::run(&args).map(|_| ()),
+        Scenario::Select(args) => bench::select::run(&args).map(|_| ()),
     }
 }

@@ -4,7 +4,7 @@
 
 use std::path::{Path, PathBuf};
 
-use bench::{balance, gossip, proxy, sim};
+use bench::{balance, gossip, proxy, select, sim};
 use serde_json::Value;
 
 fn scratch(name: &str) -> PathBuf {
@@ -146,4 +146,25 @@ async fn gossip_runs_a_few_agents() {
     assert!(doc["results"]["rss_idle_kib"]
         .as_u64()
         .is_some_and(|k| k > 0));
+}
+
+#[test]
+fn select_measures_every_catalog_size() {
+    let out = scratch("select");
+    let args = select::SelectArgs {
+        records: vec![10, 1000],
+        members: 50,
+        instances: 4,
+        picks: 200,
+        out: out.clone(),
+    };
+    let results = select::run(&args).expect("select runs");
+    let sizes: Vec<usize> = results.rows.iter().map(|r| r.records).collect();
+    assert_eq!(sizes, [10, 1000]);
+    assert!(results
+        .rows
+        .iter()
+        .all(|r| r.ns_per_pick > 0.0 && r.scan_ns_per_pick > 0.0));
+    let doc = document(&out, "select", "select");
+    assert_eq!(doc["results"]["rows"][1]["records"], 1000);
 }

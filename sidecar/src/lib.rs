@@ -1,8 +1,30 @@
 //! The Gossamer sidecar: the agent that runs beside each service instance,
 //! and the operator CLI of the `gossamer` binary.
 //!
-//! [`agent::start`] is the map of a running agent: every long-lived task is
-//! started there.
+//! The modules form layers; each imports only the layers below it (no
+//! import cycles), and [`agent`] is the only module that imports them all:
+//!
+//! ```text
+//! 6 agent      agent (composition root: builds handles, one task tracker,
+//!              ordered stop), demo, cli (+ cli::{args, table, supervise})
+//! 5 fronts     proxy (route → eligible → pick → send → observe; inbound),
+//!              admin (+ admin::supervise), views, streams (inbound QUIC
+//!              streams by kind), echo (the demo's service)
+//!   handles    AdminHandles: the narrow set of services the admin API uses
+//! 4 services   catalog (owns the catalog core, publishes Arc snapshots),
+//!              membership (foca task), registry (this node's writes),
+//!              upstreams (candidates + balancers over the snapshot),
+//!              health (passive health of local instances), rtt (sampling),
+//!              sync (anti-entropy, snapshot persistence), join, supervise
+//! 3 I/O        transport (+ guard), tls, persist, server, link_shim (test
+//!              only), metrics, reply, listeners
+//! 2 config     config (+ config::supervise): flags, env, file, profile tables
+//! 1 cores      core::catalog (merge, ownership, per-service index),
+//!              core::candidates; no tokio, no clock reads
+//! ```
+//!
+//! Readers on the request path (proxy, admin reads, views) take no lock a
+//! writer holds across I/O: they read the catalog's latest `Arc` snapshot.
 #![forbid(unsafe_code)]
 
 pub mod admin;

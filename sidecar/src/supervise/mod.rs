@@ -55,7 +55,7 @@ pub struct SuperviseContext {
     pub specs: Vec<ServiceSpec>,
 }
 
-/// The supervisor of one agent; empty until [`Supervisor::run`] starts the services.
+/// The supervisor of one agent; empty until [`run`] starts the services.
 pub struct Supervisor {
     ctx: Arc<SuperviseContext>,
     services: Mutex<Vec<Arc<Service>>>,
@@ -67,7 +67,7 @@ pub struct Supervisor {
 }
 
 impl Supervisor {
-    /// A supervisor of `ctx.specs`, started by [`Supervisor::run`].
+    /// A supervisor of `ctx.specs`, started by [`run`].
     pub fn new(ctx: SuperviseContext) -> Self {
         Self {
             ctx: Arc::new(ctx),

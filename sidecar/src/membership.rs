@@ -1,10 +1,10 @@
-//! SWIM membership: the one task that owns foca.
+//! SWIM membership: the one task that owns the membership core.
 //!
-//! foca is sans-I/O; this task feeds it SWIM packets, timer events and
-//! commands from channels, and turns what foca asks for (send, schedule,
-//! notify) into transport sends, tokio timers and member-table updates. No
-//! other task touches foca's state (the driver shape of quinn's
-//! `ConnectionDriver`).
+//! The core (`core::membership`: foca, its ordered timer queue, the
+//! suspicion watchdog, resizing) is sans-I/O; this task feeds it SWIM
+//! packets, commands and the time, sleeps until its next timer, and turns
+//! what it asks for into transport sends and member-table updates. No other
+//! task touches its state (the driver shape of quinn's `ConnectionDriver`).
 
 use std::collections::{BTreeMap, HashMap};
 use std::num::{NonZeroU32, NonZeroUsize};
@@ -13,8 +13,8 @@ use std::time::{Duration, Instant};
 
 use bytes::Bytes;
 use foca::{
-    AccumulatingRuntime, BroadcastHandler, Config, Foca, Incarnation, Invalidates, Member,
-    OwnedNotification, PeriodicParams, PostcardCodec, State, Timer,
+    AccumulatingRuntime, BroadcastHandler, Config, Invalidates, OwnedNotification, PeriodicParams,
+    State,
 };
 use mesh_proto::api::MemberState;
 use mesh_proto::catalog::RecordKey;
@@ -82,7 +82,7 @@ impl BroadcastHandler<NodeIdentity> for Handler {
     }
 }
 
-type SwimCore = Foca<NodeIdentity, PostcardCodec, SmallRng, Handler>;
+type SwimCore = crate::core::membership::SwimCore<NodeIdentity, Handler, SmallRng>;
 
 /// One member as this node sees it.
 #[derive(Debug, Clone)]
@@ -124,23 +124,19 @@ impl Membership {
     ) -> Self {
         let (commands, command_rx) = mpsc::channel(1024);
         let (active_tx, active) = watch::channel(ActiveMembers::default());
-        let foca = SwimCore::with_custom_broadcast(
+        let core = SwimCore::new(
             local.clone(),
-            foca_config(profile, 1),
+            Arc::new(move |size| foca_config(profile, size)),
             SmallRng::from_rng(&mut rand::rng()),
-            PostcardCodec,
             Handler(receiver),
+            Instant::now(),
         );
         let driver = Driver {
-            foca,
-            profile,
+            core,
             runtime: AccumulatingRuntime::new(),
             transport,
-            timers: mpsc::unbounded_channel(),
             active: active_tx,
             last_heard: HashMap::new(),
-            sized_for: 1,
-            suspects: HashMap::new(),
         };
         // The span names the node, for logs of several agents in one process.
         let span = tracing::info_span!("membership", node = %local.node_id);
@@ -191,19 +187,11 @@ impl Membership {
 }
 
 struct Driver {
-    foca: SwimCore,
-    profile: Profile,
+    core: SwimCore,
     runtime: AccumulatingRuntime<NodeIdentity>,
     transport: Arc<Transport>,
-    timers: (
-        mpsc::UnboundedSender<Timer<NodeIdentity>>,
-        mpsc::UnboundedReceiver<Timer<NodeIdentity>>,
-    ),
     active: watch::Sender<ActiveMembers>,
     last_heard: HashMap<NodeId, Instant>,
-    sized_for: usize,
-    /// Members seen suspect, with the incarnation and when it was first seen.
-    suspects: HashMap<(NodeIdentity, Incarnation), Instant>,
 }
 
 impl Driver {
@@ -212,20 +200,16 @@ impl Driver {
         mut packets: mpsc::Receiver<Bytes>,
         mut commands: mpsc::Receiver<Command>,
     ) {
-        let mut watchdog = tokio::time::interval(foca_config(self.profile, 1).probe_period);
-        watchdog.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         loop {
+            let wake = tokio::time::Instant::from_std(self.core.next_wakeup());
             let started = Instant::now();
             tokio::select! {
-                _ = watchdog.tick() => self.expire_stuck_suspicions(),
-                Some(packet) = packets.recv() => {
-                    if let Err(e) = self.foca.handle_data(&packet, &mut self.runtime) {
-                        self.note_bad_packet(e);
-                    }
+                _ = tokio::time::sleep_until(wake) => {
+                    self.core.advance(Instant::now(), &mut self.runtime);
                 }
-                Some(timer) = self.timers.1.recv() => {
-                    if let Err(e) = self.foca.handle_timer(timer, &mut self.runtime) {
-                        debug!(error = %e, "timer event failed");
+                Some(packet) = packets.recv() => {
+                    if let Err(e) = self.core.handle_data(&packet, Instant::now(), &mut self.runtime) {
+                        note_bad_packet(e);
                     }
                 }
                 command = commands.recv() => match command {
@@ -249,12 +233,13 @@ impl Driver {
     fn handle_command(&mut self, command: Command) {
         match command {
             Command::Announce(peer) => {
-                if let Err(e) = self.foca.announce(peer.clone(), &mut self.runtime) {
+                let now = Instant::now();
+                if let Err(e) = self.core.announce(peer.clone(), now, &mut self.runtime) {
                     warn!(peer = %peer.node_id, error = %e, "cannot announce to peer");
                 }
             }
             Command::Broadcast(item) => {
-                if let Err(e) = self.foca.add_broadcast(&item) {
+                if let Err(e) = self.core.add_broadcast(&item) {
                     warn!(error = %e, bytes = item.len(), "cannot gossip a catalog change; anti-entropy will carry it");
                 }
             }
@@ -265,67 +250,9 @@ impl Driver {
         }
     }
 
-    /// Declares down a member that stayed suspect, unrefuted, well past the
-    /// suspicion timeout.
-    ///
-    /// foca runs that timeout only on the member that raised the suspicion,
-    /// and drops it if that member changes identity meanwhile (it rejoins
-    /// after a partition, say). Then nobody declares the suspect down, and
-    /// once the suspicion has been gossiped its allotted times the suspect
-    /// never hears of it to refute it: it would stay suspect forever. Every
-    /// member running this check (as memberlist runs a timer on every
-    /// member that learns of a suspicion) restores SWIM's rule.
-    fn expire_stuck_suspicions(&mut self) {
-        let config = foca_config(self.profile, self.sized_for);
-        let limit = config.suspect_to_down_after * 2 + config.probe_period;
-        let now = Instant::now();
-        let mut seen = HashMap::new();
-        let mut expired = Vec::new();
-        for member in self.foca.iter_membership_state() {
-            if member.state() != State::Suspect {
-                continue;
-            }
-            let key = (member.id().clone(), member.incarnation());
-            let since = self.suspects.get(&key).copied().unwrap_or(now);
-            if now.duration_since(since) > limit {
-                expired.push(Member::new(
-                    member.id().clone(),
-                    member.incarnation(),
-                    State::Down,
-                ));
-            } else {
-                seen.insert(key, since);
-            }
-        }
-        self.suspects = seen;
-        if expired.is_empty() {
-            return;
-        }
-        for member in &expired {
-            warn!(node = %member.id().node_id, ?limit, "member suspect for too long without refuting; declaring it down");
-        }
-        if let Err(e) = self
-            .foca
-            .apply_many(expired.into_iter(), true, &mut self.runtime)
-        {
-            debug!(error = %e, "could not declare stale suspects down");
-        }
-    }
-
-    fn note_bad_packet(&self, error: foca::Error) {
-        match error {
-            foca::Error::DataFromOurselves => {}
-            foca::Error::Decode(_) | foca::Error::MalformedPacket | foca::Error::DataTooBig => {
-                metrics::decode_error();
-                debug!(%error, "dropped a malformed SWIM packet");
-            }
-            other => debug!(error = %other, "SWIM packet not applied"),
-        }
-    }
-
     fn snapshot(&self) -> Vec<MemberEntry> {
-        let mut out: Vec<MemberEntry> = self
-            .foca
+        let foca = self.core.foca();
+        let mut out: Vec<MemberEntry> = foca
             .iter_membership_state()
             .map(|m| MemberEntry {
                 identity: m.id().clone(),
@@ -338,7 +265,7 @@ impl Driver {
             })
             .collect();
         out.push(MemberEntry {
-            identity: self.foca.identity().clone(),
+            identity: foca.identity().clone(),
             state: MemberState::Alive,
             last_heard: None,
         });
@@ -346,7 +273,7 @@ impl Driver {
     }
 
     async fn leave(&mut self) {
-        if let Err(e) = self.foca.leave_cluster(&mut self.runtime) {
+        if let Err(e) = self.core.leave(Instant::now(), &mut self.runtime) {
             warn!(error = %e, "leaving the cluster failed; peers will detect the stop instead");
         }
         let mut sends = Vec::new();
@@ -372,14 +299,8 @@ impl Driver {
                 }
             });
         }
-        while let Some((after, timer)) = self.runtime.to_schedule() {
-            let timers = self.timers.0.clone();
-            tokio::spawn(async move {
-                tokio::time::sleep(after).await;
-                let _ = timers.send(timer);
-            });
-        }
-        let mut changed = false;
+        // Timers stay in the core's queue; the runtime never holds any.
+        while self.runtime.to_schedule().is_some() {}
         while let Some(notification) = self.runtime.to_notify() {
             match notification {
                 OwnedNotification::DataReceived(header) => {
@@ -387,12 +308,10 @@ impl Driver {
                 }
                 OwnedNotification::MemberUp(id) => {
                     info!(node = %id.node_id, addr = %id.addr, generation = id.generation, "member up");
-                    changed = true;
                 }
                 OwnedNotification::MemberDown(id) => {
                     info!(node = %id.node_id, "member down");
                     self.transport.close_peer(id.addr);
-                    changed = true;
                 }
                 OwnedNotification::Rename(old, new) => {
                     info!(node = %new.node_id, from = old.generation, to = new.generation, "member restarted");
@@ -400,7 +319,6 @@ impl Driver {
                         // Whatever waits on the old incarnation's address waits in vain.
                         self.transport.close_peer(old.addr);
                     }
-                    changed = true;
                 }
                 OwnedNotification::Defunct => {
                     warn!("this node was declared down by the cluster; it will rejoin at the next announce");
@@ -414,31 +332,35 @@ impl Driver {
                 _ => {}
             }
         }
-        if changed {
+        if self.core.take_members_changed() {
             self.publish_active();
         }
     }
 
     fn publish_active(&mut self) {
         let active: BTreeMap<NodeId, NodeIdentity> = self
-            .foca
+            .core
+            .foca()
             .iter_members()
             .map(|m| (m.id().node_id.clone(), m.id().clone()))
             .collect();
-        let size = active.len() + 1;
-        // Resize timings (suspicion, transmissions) as the cluster grows or shrinks.
-        if size.next_power_of_two() != self.sized_for.next_power_of_two() {
-            if let Err(e) = self.foca.set_config(foca_config(self.profile, size)) {
-                debug!(error = %e, "keeping the previous SWIM config");
-            }
-            self.sized_for = size;
-        }
         let counts = self.snapshot();
         for state in [MemberState::Alive, MemberState::Suspect, MemberState::Down] {
             let n = counts.iter().filter(|m| m.state == state).count();
             ::metrics::gauge!(metrics::MEMBERS, "state" => state.as_str()).set(n as f64);
         }
         self.active.send_replace(Arc::new(active));
+    }
+}
+
+fn note_bad_packet(error: foca::Error) {
+    match error {
+        foca::Error::DataFromOurselves => {}
+        foca::Error::Decode(_) | foca::Error::MalformedPacket | foca::Error::DataTooBig => {
+            metrics::decode_error();
+            debug!(%error, "dropped a malformed SWIM packet");
+        }
+        other => debug!(error = %other, "SWIM packet not applied"),
     }
 }
 

@@ -233,9 +233,13 @@ fn run_one(n: usize, args: &SimArgs) -> anyhow::Result<SimResult> {
     };
     let started = Instant::now();
     let deadline = started + Duration::from_secs(args.budget);
+    let profile = args.profile;
     let mut world = World::formed(WorldConfig {
         nodes: n,
-        foca,
+        config_for: std::sync::Arc::new(move |size| {
+            sidecar::membership::foca_config(profile, size)
+        }),
+        probe_period: foca.probe_period,
         loss: args.loss,
         delay: Duration::from_secs_f64(args.delay / 1000.0),
         sync_every,
@@ -312,7 +316,7 @@ fn run_one(n: usize, args: &SimArgs) -> anyhow::Result<SimResult> {
         w.observer.up.as_ref().is_some_and(|s| s.count >= n)
     });
     stopped_early(end, "the join", &mut note);
-    let joiner_known_at_join = world.nodes[joiner as usize].foca.num_members();
+    let joiner_known_at_join = world.nodes[joiner as usize].core.foca().num_members();
     let join = match world.observer.up.as_ref() {
         Some(spread) => spread_result(
             spread,
@@ -373,7 +377,7 @@ fn run_one(n: usize, args: &SimArgs) -> anyhow::Result<SimResult> {
         records,
         join,
         joiner_known_at_join,
-        joiner_known_at_end: world.nodes[joiner as usize].foca.num_members(),
+        joiner_known_at_end: world.nodes[joiner as usize].core.foca().num_members(),
         joiner_age_at_end_s: secs(world.now.saturating_sub(join_start)),
         crash,
         false_suspicions: world.observer.false_suspicions,

@@ -1,12 +1,14 @@
 //! The simulated world: a clock, an event queue ordered by (time, sequence)
 //! so runs are deterministic, and a lossy network with a one-way delay. The
-//! [`NodeRuntime`] hands what foca asks for (send, schedule, notify) to them.
+//! [`NodeRuntime`] hands what a node's membership core sends and notifies
+//! to them; timers stay in each core's own queue, woken by `Wake` events.
 
 use std::cmp::Ordering;
 use std::collections::BinaryHeap;
 use std::time::Duration;
 
 use foca::{Notification, Timer};
+
 use mesh_proto::gossip::SyncMessage;
 use rand::rngs::SmallRng;
 use rand::{RngExt, SeedableRng};
@@ -43,12 +45,10 @@ pub enum EventKind {
         /// Content.
         payload: Payload,
     },
-    /// A foca timer fires.
-    Timer {
-        /// Whose timer.
+    /// A node's membership core is due (its next timer or watchdog).
+    Wake {
+        /// Which node.
         node: u32,
-        /// Which.
-        timer: Timer<SimId>,
     },
     /// A node starts an anti-entropy round.
     SyncTick {
@@ -232,24 +232,15 @@ impl foca::Runtime<SimId> for NodeRuntime<'_> {
         );
     }
 
-    fn submit_after(&mut self, timer: Timer<SimId>, after: Duration) {
-        self.queue.push(
-            self.now.saturating_add(nanos(after)),
-            EventKind::Timer {
-                node: self.node,
-                timer,
-            },
-        );
+    fn submit_after(&mut self, _timer: Timer<SimId>, _after: Duration) {
+        // Never called: the membership core keeps its timers in its own
+        // ordered queue and the world wakes it at its next deadline.
     }
 }
 
-/// The runtime of bootstrap: keeps the timers foca asks for (offset by the
-/// node's phase), ignores notifications, and refuses to send.
+/// The runtime of bootstrap: ignores notifications and refuses to send
+/// (the core keeps the timers).
 pub struct BootRuntime {
-    /// When this node's clock starts, so nodes do not tick in lockstep.
-    pub phase: Nanos,
-    /// Timers to queue once every node is built.
-    pub timers: Vec<(Nanos, Timer<SimId>)>,
     /// Packets foca tried to send (none are expected).
     pub unexpected_sends: usize,
 }
@@ -261,10 +252,7 @@ impl foca::Runtime<SimId> for BootRuntime {
         self.unexpected_sends += 1;
     }
 
-    fn submit_after(&mut self, timer: Timer<SimId>, after: Duration) {
-        self.timers
-            .push((self.phase.saturating_add(nanos(after)), timer));
-    }
+    fn submit_after(&mut self, _timer: Timer<SimId>, _after: Duration) {}
 }
 
 #[cfg(test)]

@@ -1,5 +1,7 @@
-//! One simulated node: foca with a compact identity, and the catalog merge
-//! (`mesh_proto::Catalog`) behind its custom broadcasts, as in the agent.
+//! One simulated node: the agent's own membership core
+//! (`sidecar::core::membership::SwimCore`: foca, ordered timers, suspicion
+//! watchdog, resizing) with a compact identity, and the agent's catalog core
+//! (`sidecar::core::catalog::CatalogCore`) behind its custom broadcasts.
 //!
 //! The identity is an index and a generation, so foca's member table stays
 //! small enough for 10,000 nodes each knowing 10,000 members. On the wire it
@@ -9,7 +11,9 @@
 use std::fmt;
 use std::sync::{Arc, Mutex, MutexGuard, OnceLock};
 
-use foca::{BroadcastHandler, Foca, PostcardCodec};
+use std::time::Instant;
+
+use foca::BroadcastHandler;
 use mesh_proto::catalog::{Applied, Catalog};
 use mesh_proto::codec;
 use mesh_proto::gossip::{CatalogBroadcast, MAX_SWIM_PACKET};
@@ -18,6 +22,8 @@ use rand::rngs::SmallRng;
 use serde::de::{self, SeqAccess, Visitor};
 use serde::ser::SerializeTuple;
 use serde::{Deserialize, Deserializer, Serialize, Serializer};
+use sidecar::core::catalog::CatalogCore;
+use sidecar::core::membership::{ConfigFor, SwimCore};
 use sidecar::membership::{BroadcastKey, BroadcastRejected};
 
 /// A simulated node's identity: its index and its generation (bumped when
@@ -122,14 +128,24 @@ impl<'de> Deserialize<'de> for SimId {
     }
 }
 
-/// A node's catalog, shared between its broadcast handler (inside foca) and
-/// the simulator's anti-entropy.
-#[derive(Debug, Clone, Default)]
-pub struct SharedCatalog(Arc<Mutex<Catalog>>);
+/// A node's catalog core, shared between its broadcast handler (inside
+/// foca) and the simulator's anti-entropy.
+#[derive(Clone)]
+pub struct SharedCatalog(Arc<Mutex<CatalogCore>>);
 
 impl SharedCatalog {
+    /// An empty catalog for simulated node `index`.
+    pub fn new(index: u32) -> anyhow::Result<Self> {
+        let node = NodeId::new(format!("node-{index:05}"))
+            .map_err(|e| anyhow::anyhow!("simulated node id: {e}"))?;
+        Ok(Self(Arc::new(Mutex::new(CatalogCore::new(
+            node,
+            Catalog::new(),
+        )))))
+    }
+
     /// Locks the catalog (the simulation is single-threaded once running).
-    pub fn lock(&self) -> MutexGuard<'_, Catalog> {
+    pub fn lock(&self) -> MutexGuard<'_, CatalogCore> {
         self.0.lock().unwrap_or_else(|p| p.into_inner())
     }
 }
@@ -155,44 +171,53 @@ impl BroadcastHandler<SimId> for CatalogHandler {
             key: broadcast.record.key.clone(),
             version: broadcast.record.version.clone(),
         };
-        Ok(match self.catalog.lock().apply(broadcast.record) {
-            Applied::Newer => Some(key),
-            Applied::Stale => None,
-        })
+        match self.catalog.lock().apply_remote(broadcast.record) {
+            Ok(Applied::Newer) => Ok(Some(key)),
+            Ok(Applied::Stale) => Ok(None),
+            Err(refused) => Err(BroadcastRejected(refused.to_string())),
+        }
     }
 }
 
-/// The foca type every simulated node runs.
-pub type SimFoca = Foca<SimId, PostcardCodec, SmallRng, CatalogHandler>;
+/// The membership core every simulated node runs.
+pub type SimCore = SwimCore<SimId, CatalogHandler, SmallRng>;
 
 /// One simulated node.
 pub struct SimNode {
-    /// Its SWIM state machine.
-    pub foca: SimFoca,
+    /// Its membership core.
+    pub core: SimCore,
     /// Its catalog.
     pub catalog: SharedCatalog,
     /// False once crashed: it neither receives nor fires timers.
     pub running: bool,
+    /// The time of the wake event queued for its core, if any.
+    pub wake_at: Option<u64>,
 }
 
 impl SimNode {
-    /// A node that knows nobody yet.
-    pub fn new(id: SimId, config: foca::Config, rng: SmallRng) -> Self {
-        let catalog = SharedCatalog::default();
-        let foca = Foca::with_custom_broadcast(
+    /// A node that knows nobody yet, its clock starting at `now`.
+    pub fn new(
+        id: SimId,
+        config_for: ConfigFor,
+        rng: SmallRng,
+        now: Instant,
+    ) -> anyhow::Result<Self> {
+        let catalog = SharedCatalog::new(id.index)?;
+        let core = SwimCore::new(
             id,
-            config,
+            config_for,
             rng,
-            PostcardCodec,
             CatalogHandler {
                 catalog: catalog.clone(),
             },
+            now,
         );
-        Self {
-            foca,
+        Ok(Self {
+            core,
             catalog,
             running: true,
-        }
+            wake_at: None,
+        })
     }
 }
 

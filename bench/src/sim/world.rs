@@ -45,12 +45,15 @@ pub enum RunEnd {
 }
 
 /// Settings of one simulated cluster.
-#[derive(Debug, Clone)]
+#[derive(Clone)]
 pub struct WorldConfig {
     /// Nodes formed into a cluster at time 0.
     pub nodes: usize,
-    /// foca configuration every node runs.
-    pub foca: foca::Config,
+    /// foca configuration for a cluster of each size (the agent's profile
+    /// table); every node's core resizes with it as the agent's does.
+    pub config_for: sidecar::core::membership::ConfigFor,
+    /// Probe period the first nodes start with (to spread their phases).
+    pub probe_period: Duration,
     /// Share of messages lost.
     pub loss: f64,
     /// One-way delay.
@@ -81,6 +84,8 @@ pub struct World {
     pub events: u64,
     config: WorldConfig,
     rng: SmallRng,
+    /// Simulated time 0, as the cores' `Instant`.
+    base: Instant,
 }
 
 impl World {
@@ -88,7 +93,8 @@ impl World {
     /// cluster that formed long ago, each with its clock at a random phase.
     pub fn formed(config: WorldConfig) -> anyhow::Result<Self> {
         let n = config.nodes;
-        let probe = nanos(config.foca.probe_period).max(1);
+        let probe = nanos(config.probe_period).max(1);
+        let base = Instant::now();
         let sync_every = nanos(config.sync_every).max(1);
         let threads = std::thread::available_parallelism()
             .map_or(1, |t| t.get())
@@ -100,7 +106,7 @@ impl World {
                     let config = &config;
                     s.spawn(move || {
                         (t * chunk..((t + 1) * chunk).min(n))
-                            .map(|i| build_node(i, config, probe))
+                            .map(|i| build_node(i, config, probe, base))
                             .collect::<anyhow::Result<Vec<_>>>()
                     })
                 })
@@ -117,11 +123,11 @@ impl World {
         let mut nodes = Vec::with_capacity(n + 1);
         let mut rng = SmallRng::seed_from_u64(mix(config.seed, u64::MAX));
         for part in built {
-            for (node, boot) in part? {
+            for (mut node, _boot) in part? {
                 let index = nodes.len() as u32;
-                for (at, timer) in boot.timers {
-                    queue.push(at, EventKind::Timer { node: index, timer });
-                }
+                let wake = since(base, node.core.next_wakeup());
+                node.wake_at = Some(wake);
+                queue.push(wake, EventKind::Wake { node: index });
                 queue.push(
                     rng.random_range(0..sync_every),
                     EventKind::SyncTick { node: index },
@@ -140,7 +146,13 @@ impl World {
             events: 0,
             config,
             rng,
+            base,
         })
+    }
+
+    /// Simulated time `now` as the cores' clock.
+    fn instant(&self, now: Nanos) -> Instant {
+        self.base + Duration::from_nanos(now)
     }
 
     /// Nodes that have not crashed.
@@ -182,15 +194,24 @@ impl World {
     fn dispatch(&mut self, kind: EventKind) {
         let index = match &kind {
             EventKind::Deliver { to, .. } => *to,
-            EventKind::Timer { node, .. }
+            EventKind::Wake { node }
             | EventKind::SyncTick { node }
             | EventKind::JoinCheck { node, .. } => *node,
         };
+        let instant = self.base + Duration::from_nanos(self.now);
         let Some(node) = self.nodes.get_mut(index as usize) else {
             return;
         };
         if !node.running {
             return;
+        }
+        if let EventKind::Wake { .. } = kind {
+            // Only the latest wake of a node counts; earlier ones were
+            // superseded when its core asked for an earlier deadline.
+            if node.wake_at != Some(self.now) {
+                return;
+            }
+            node.wake_at = None;
         }
         let mut rt = NodeRuntime {
             node: index,
@@ -204,7 +225,7 @@ impl World {
                 payload: Payload::Swim(bytes),
                 ..
             } => {
-                if node.foca.handle_data(&bytes, &mut rt).is_err() {
+                if node.core.handle_data(&bytes, instant, &mut rt).is_err() {
                     self.foca_errors += 1;
                 }
             }
@@ -220,20 +241,18 @@ impl World {
                         .send(rt.queue, rt.now, index, from, Payload::Sync(reply), bytes);
                 }
             }
-            EventKind::Timer { timer, .. } => {
-                if node.foca.handle_timer(timer, &mut rt).is_err() {
-                    self.foca_errors += 1;
-                }
+            EventKind::Wake { .. } => {
+                node.core.advance(instant, &mut rt);
             }
             EventKind::JoinCheck { seed, .. } => {
                 // As the agent's join loop: no member yet means the announce
                 // or its answer was lost; announce again.
-                if node.foca.num_members() == 0 {
+                if node.core.foca().num_members() == 0 {
                     let to = SimId {
                         index: seed,
                         generation: 0,
                     };
-                    if node.foca.announce(to, &mut rt).is_err() {
+                    if node.core.announce(to, instant, &mut rt).is_err() {
                         self.foca_errors += 1;
                     }
                     self.queue.push(
@@ -243,10 +262,16 @@ impl World {
                 }
             }
             EventKind::SyncTick { .. } => {
-                let members = node.foca.num_members();
+                let members = node.core.foca().num_members();
                 if members > 0 {
                     let pick = self.rng.random_range(0..members);
-                    if let Some(peer) = node.foca.iter_members().nth(pick).map(|m| m.id().index) {
+                    if let Some(peer) = node
+                        .core
+                        .foca()
+                        .iter_members()
+                        .nth(pick)
+                        .map(|m| m.id().index)
+                    {
                         let digest = SyncMessage::Digest(node.catalog.lock().digest());
                         let bytes = codec::encode(&digest).map_or(0, |b| b.len());
                         rt.net
@@ -257,7 +282,25 @@ impl World {
                 self.queue.push(next, EventKind::SyncTick { node: index });
             }
         }
+        self.schedule_wake(index);
         self.note_record(index);
+    }
+
+    /// Queues a wake for `index` at its core's next deadline, unless an
+    /// earlier one is queued already.
+    fn schedule_wake(&mut self, index: u32) {
+        let base = self.base;
+        let Some(node) = self.nodes.get_mut(index as usize) else {
+            return;
+        };
+        if !node.running {
+            return;
+        }
+        let wake = since(base, node.core.next_wakeup()).max(self.now);
+        if node.wake_at.is_none_or(|queued| wake < queued) {
+            node.wake_at = Some(wake);
+            self.queue.push(wake, EventKind::Wake { node: index });
+        }
     }
 
     fn note_record(&mut self, index: u32) {
@@ -270,7 +313,7 @@ impl World {
         let has = self
             .nodes
             .get(index as usize)
-            .is_some_and(|n| n.catalog.lock().get(key).is_some());
+            .is_some_and(|n| n.catalog.lock().catalog().get(key).is_some());
         if has {
             spread.mark(index, self.now);
         }
@@ -308,7 +351,9 @@ impl World {
             .nodes
             .get_mut(writer as usize)
             .context("no such writer node")?;
-        node.foca
+        // The handler merges the record into the writer's catalog as foca
+        // queues it (the agent's registry writes first, then gossips).
+        node.core
             .add_broadcast(&item)
             .map_err(|e| anyhow!("foca refused the broadcast: {e}"))?;
         let mut spread = Spread::new(writer, self.nodes.len(), self.now);
@@ -325,8 +370,13 @@ impl World {
             generation: 0,
         };
         let rng = SmallRng::seed_from_u64(mix(self.config.seed, u64::from(index)));
-        self.nodes
-            .push(SimNode::new(id, self.config.foca.clone(), rng));
+        let instant = self.instant(self.now);
+        self.nodes.push(SimNode::new(
+            id,
+            self.config.config_for.clone(),
+            rng,
+            instant,
+        )?);
         self.observer.crashed.push(false);
         let to = SimId {
             index: seed,
@@ -340,9 +390,10 @@ impl World {
             net: &mut self.net,
             observer: &mut self.observer,
         };
-        node.foca
-            .announce(to, &mut rt)
+        node.core
+            .announce(to, instant, &mut rt)
             .map_err(|e| anyhow!("the joiner cannot announce: {e}"))?;
+        self.schedule_wake(index);
         self.queue.push(
             self.now + nanos(JOIN_RETRY),
             EventKind::JoinCheck { node: index, seed },
@@ -371,21 +422,22 @@ fn build_node(
     i: usize,
     config: &WorldConfig,
     probe: Nanos,
+    base: Instant,
 ) -> anyhow::Result<(SimNode, BootRuntime)> {
     let index = i as u32;
     let mut rng = SmallRng::seed_from_u64(mix(config.seed, i as u64));
-    let phase = rng.random_range(0..probe);
+    // Each node's clock starts at a random phase, so nodes do not tick in lockstep.
+    let start = base + Duration::from_nanos(rng.random_range(0..probe));
     let mut node = SimNode::new(
         SimId {
             index,
             generation: 0,
         },
-        config.foca.clone(),
+        config.config_for.clone(),
         rng,
-    );
+        start,
+    )?;
     let mut boot = BootRuntime {
-        phase,
-        timers: Vec::new(),
         unexpected_sends: 0,
     };
     let members = (0..config.nodes as u32).filter(|&j| j != index).map(|j| {
@@ -394,8 +446,8 @@ fn build_node(
             generation: 0,
         })
     });
-    node.foca
-        .apply_many(members, false, &mut boot)
+    node.core
+        .apply_many(members, false, start, &mut boot)
         .map_err(|e| anyhow!("bootstrap of node {i} failed: {e}"))?;
     Ok((node, boot))
 }
@@ -405,22 +457,28 @@ fn sync_reply(node: &SimNode, message: SyncMessage) -> Option<SyncMessage> {
     let mut catalog = node.catalog.lock();
     match message {
         SyncMessage::Digest(digest) => {
-            let records = catalog.newer_than(&digest);
-            let wanted = catalog.wanted_from(&digest);
+            let records = catalog.catalog().newer_than(&digest);
+            let wanted = catalog.catalog().wanted_from(&digest);
             (!records.is_empty() || !wanted.is_empty())
                 .then_some(SyncMessage::Records { records, wanted })
         }
         SyncMessage::Records { records, wanted } => {
             for record in records {
-                catalog.apply(record);
+                // A record its writer could not write is refused, as the agent does.
+                let _ = catalog.apply_remote(record);
             }
-            (!wanted.is_empty()).then(|| SyncMessage::Push(catalog.select(&wanted)))
+            (!wanted.is_empty()).then(|| SyncMessage::Push(catalog.catalog().select(&wanted)))
         }
         SyncMessage::Push(records) => {
             for record in records {
-                catalog.apply(record);
+                let _ = catalog.apply_remote(record);
             }
             None
         }
     }
+}
+
+/// Nanoseconds from `base` to `at` (0 when `at` is earlier).
+fn since(base: Instant, at: Instant) -> Nanos {
+    nanos(at.saturating_duration_since(base))
 }

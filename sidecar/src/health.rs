@@ -1,8 +1,9 @@
 //! Health of this node's own instances, learnt from traffic.
 //!
 //! Passive detection with active recovery: the first time a call to a local
-//! instance cannot connect, the owning sidecar marks it `critical` in the
-//! catalog (so every sidecar in the cluster stops routing to it within a
+//! instance cannot connect, the owning sidecar reports it refusing to the
+//! registry (whose `core::health::HealthBook` is the one rule for an
+//! instance's health), which marks it `critical` in the catalog (so every sidecar in the cluster stops routing to it within a
 //! gossip round, not after each has burnt its own failures) and then probes
 //! its port until it accepts again, when it is marked `passing`. Healthy
 //! instances cost nothing: nothing probes them.
@@ -11,7 +12,6 @@ use std::collections::HashSet;
 use std::sync::{Arc, Mutex, PoisonError};
 use std::time::Duration;
 
-use mesh_proto::catalog::Health;
 use tokio::net::TcpStream;
 use tokio::sync::watch;
 use tracing::{info, warn};
@@ -66,7 +66,10 @@ impl PassiveHealth {
     /// A call to local instance `id` could not connect: mark it critical and
     /// probe it until it is back. Instances of other nodes are not ours to mark.
     pub async fn connect_failed(self: &Arc<Self>, id: &str) {
-        if !self.registry.set_health(id, Health::Critical).await {
+        // Probed back even when its health did not change (its check had
+        // marked it critical already): the refusal must be cleared for the
+        // check's own verdict to apply again.
+        if self.registry.observe_refusing(id, true).await.is_none() {
             return;
         }
         if !self.recovering.claim(id) {
@@ -98,8 +101,8 @@ impl PassiveHealth {
                 Ok(Ok(_))
             );
             if accepted {
-                if self.registry.set_health(id, Health::Passing).await {
-                    info!(instance = %id, "local instance accepts connections again; marked passing");
+                if self.registry.observe_refusing(id, false).await == Some(true) {
+                    info!(instance = %id, "local instance accepts connections again; its declared health applies again");
                 }
                 return;
             }

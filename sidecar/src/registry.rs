@@ -15,6 +15,7 @@ use tokio::sync::Mutex;
 use tracing::{info, warn};
 
 use crate::catalog::{encode_broadcast, CatalogStore};
+use crate::core::health::HealthBook;
 use crate::membership::Membership;
 use crate::persist::DataDir;
 
@@ -30,6 +31,8 @@ pub struct Registry {
     flag_services: Vec<(String, u16)>,
     /// `--zone`, published in node metadata.
     zone: Option<String>,
+    /// The one rule for this node's instances' health (declared + traffic).
+    health: std::sync::Mutex<HealthBook>,
 }
 
 /// A registration the API refuses, with the reason and what to do.
@@ -74,6 +77,7 @@ impl Registry {
             saved: Mutex::new(saved),
             flag_services,
             zone,
+            health: std::sync::Mutex::default(),
         })
     }
 
@@ -230,7 +234,8 @@ impl Registry {
         request: RegisterInstance,
         persist: bool,
     ) -> Result<Instance, Invalid> {
-        let instance = self.instance_from(&request)?;
+        let mut instance = self.instance_from(&request)?;
+        instance.health = self.health_book().declare(&instance.id, instance.health);
         if persist {
             let mut saved = self.saved.lock().await;
             saved.retain(|r| {
@@ -259,6 +264,7 @@ impl Registry {
         if self.catalog.snapshot().local_instance(id).is_none() {
             return false;
         }
+        self.health_book().forget(id);
         {
             let mut saved = self.saved.lock().await;
             let before = saved.len();
@@ -348,14 +354,20 @@ impl Registry {
         .await;
     }
 
-    /// Publishes a new health for one of this node's instances; false if it is
-    /// not ours or already has that health.
-    pub async fn set_health(&self, id: &str, health: Health) -> bool {
-        let Some(mut instance) = self.catalog.snapshot().local_instance(id).cloned() else {
-            return false;
-        };
+    fn health_book(&self) -> std::sync::MutexGuard<'_, HealthBook> {
+        self.health
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+    }
+
+    /// Traffic found one of this node's instances refusing connections (or
+    /// accepting them again); publishes the health that results. None if
+    /// it is not ours, else whether its health changed.
+    pub async fn observe_refusing(&self, id: &str, refusing: bool) -> Option<bool> {
+        let mut instance = self.catalog.snapshot().local_instance(id).cloned()?;
+        let health = self.health_book().observe_refusing(id, refusing);
         if instance.health == health {
-            return false;
+            return Some(false);
         }
         instance.health = health;
         self.publish(
@@ -363,7 +375,7 @@ impl Registry {
             RecordBody::Instance(instance),
         )
         .await;
-        true
+        Some(true)
     }
 }
 

@@ -5,4 +5,5 @@
 
 pub mod candidates;
 pub mod catalog;
+pub mod health;
 pub mod membership;

@@ -150,48 +150,98 @@ pub fn choose_port(fixed: Option<u16>, previous: Option<u16>) -> std::io::Result
     Ok(listener.local_addr()?.port())
 }
 
+/// Why a copy is not serving (yet).
+#[derive(Debug, Clone, thiserror::Error)]
+pub enum NotServing {
+    /// Its port refuses connections.
+    #[error("port {port} refuses connections: {reason}")]
+    Refused {
+        /// The copy's port.
+        port: u16,
+        /// What the connect said.
+        reason: String,
+    },
+    /// Its port did not accept in time.
+    #[error("port {port} did not accept within {PROBE_TIMEOUT:?}")]
+    Silent {
+        /// The copy's port.
+        port: u16,
+    },
+    /// The health path answered, but not 2xx.
+    #[error("GET {path} answered {status}")]
+    Unhealthy {
+        /// The health path.
+        path: String,
+        /// Its status.
+        status: u16,
+    },
+    /// The health request failed or timed out.
+    #[error("GET {path} failed: {reason}")]
+    CheckFailed {
+        /// The health path.
+        path: String,
+        /// What went wrong.
+        reason: String,
+    },
+    /// The process exited before it served.
+    #[error("exited with {0} before serving")]
+    Exited(String),
+    /// Not ready when the start timeout ended.
+    #[error("not ready after {timeout:?}: {last}")]
+    StartTimeout {
+        /// The start timeout.
+        timeout: Duration,
+        /// The last probe's failure.
+        last: Box<NotServing>,
+    },
+}
+
 /// One check: the port accepts a connection, and `health` (when set)
 /// answers 2xx.
-pub async fn probe(port: u16, health: Option<&str>) -> Result<(), String> {
+pub async fn probe(port: u16, health: Option<&str>) -> Result<(), NotServing> {
     let addr = SocketAddr::from((Ipv4Addr::LOCALHOST, port));
     let stream = match tokio::time::timeout(PROBE_TIMEOUT, TcpStream::connect(addr)).await {
         Ok(Ok(stream)) => stream,
-        Ok(Err(e)) => return Err(format!("port {port} refuses connections: {e}")),
-        Err(_) => {
-            return Err(format!(
-                "port {port} did not accept within {PROBE_TIMEOUT:?}"
-            ))
+        Ok(Err(e)) => {
+            return Err(NotServing::Refused {
+                port,
+                reason: e.to_string(),
+            })
         }
+        Err(_) => return Err(NotServing::Silent { port }),
     };
     let Some(path) = health else {
         return Ok(());
     };
+    let failed = |reason: String| NotServing::CheckFailed {
+        path: path.to_owned(),
+        reason,
+    };
     match tokio::time::timeout(PROBE_TIMEOUT, http_get(stream, addr, path)).await {
         Ok(Ok(status)) if (200..300).contains(&status) => Ok(()),
-        Ok(Ok(status)) => Err(format!("GET {path} answered {status}")),
-        Ok(Err(e)) => Err(format!("GET {path} failed: {e}")),
-        Err(_) => Err(format!(
-            "GET {path} did not answer within {PROBE_TIMEOUT:?}"
-        )),
+        Ok(Ok(status)) => Err(NotServing::Unhealthy {
+            path: path.to_owned(),
+            status,
+        }),
+        Ok(Err(e)) => Err(failed(e.to_string())),
+        Err(_) => Err(failed(format!("no answer within {PROBE_TIMEOUT:?}"))),
     }
 }
 
-async fn http_get(stream: TcpStream, addr: SocketAddr, path: &str) -> Result<u16, String> {
+async fn http_get(
+    stream: TcpStream,
+    addr: SocketAddr,
+    path: &str,
+) -> Result<u16, Box<dyn std::error::Error + Send + Sync>> {
     use http_body_util::{BodyExt, Empty};
     let (mut sender, connection) =
-        hyper::client::conn::http1::handshake(hyper_util::rt::TokioIo::new(stream))
-            .await
-            .map_err(|e| e.to_string())?;
+        hyper::client::conn::http1::handshake(hyper_util::rt::TokioIo::new(stream)).await?;
     let driver = tokio::spawn(connection);
     let request = http::Request::get(path)
         .header(http::header::HOST, addr.to_string())
         .header("user-agent", "gossamer-supervisor")
-        .body(Empty::<bytes::Bytes>::new())
-        .map_err(|e| e.to_string())?;
-    let response = sender
-        .send_request(request)
-        .await
-        .map_err(|e| e.to_string())?;
+        .body(Empty::<bytes::Bytes>::new())?;
+    let response = sender.send_request(request).await?;
     let status = response.status().as_u16();
     // Read the body so the server sees a complete exchange.
     let _ = response.into_body().collect().await;
@@ -201,13 +251,20 @@ async fn http_get(stream: TcpStream, addr: SocketAddr, path: &str) -> Result<u16
 
 /// Probes until the copy serves or `timeout` passes; the last failure
 /// explains a timeout.
-pub async fn wait_ready(port: u16, health: Option<&str>, timeout: Duration) -> Result<(), String> {
+pub async fn wait_ready(
+    port: u16,
+    health: Option<&str>,
+    timeout: Duration,
+) -> Result<(), NotServing> {
     let deadline = Instant::now() + timeout;
     loop {
         match probe(port, health).await {
             Ok(()) => return Ok(()),
             Err(why) if Instant::now() >= deadline => {
-                return Err(format!("not ready after {timeout:?}: {why}"))
+                return Err(NotServing::StartTimeout {
+                    timeout,
+                    last: Box::new(why),
+                })
             }
             Err(_) => tokio::time::sleep(PROBE_EVERY).await,
         }
@@ -248,7 +305,7 @@ mod tests {
         assert!(probe(port, None).await.is_ok());
         assert!(probe(port, Some("/status/204")).await.is_ok());
         let err = probe(port, Some("/status/503")).await.expect_err("503");
-        assert!(err.contains("503"), "{err}");
+        assert!(err.to_string().contains("503"), "{err}");
         let free = choose_port(None, None).expect("port");
         assert!(probe(free, None).await.is_err());
         assert_eq!(choose_port(None, Some(free)).expect("port"), free);

@@ -77,7 +77,23 @@ impl Default for CopyStatus {
 #[derive(Debug)]
 pub enum Control {
     /// Restart gracefully; answered once the new process is registered.
-    Restart(oneshot::Sender<Result<(), String>>),
+    Restart(oneshot::Sender<Result<(), CopyRestartError>>),
+}
+
+/// Why one copy's restart did not bring it back.
+#[derive(Debug, Clone, thiserror::Error)]
+pub enum CopyRestartError {
+    /// The new process did not pass its readiness check.
+    #[error("{instance} did not come back healthy; see `gossamer logs {service}`")]
+    NotHealthy {
+        /// The copy.
+        instance: String,
+        /// Its service.
+        service: String,
+    },
+    /// The agent stopped meanwhile.
+    #[error("the agent is stopping")]
+    Stopping,
 }
 
 /// Shared, for `ps`.
@@ -214,7 +230,7 @@ pub async fn run(
     mut stop: watch::Receiver<bool>,
 ) {
     let mut backoff = Backoff::new(ctx.spec.backoff, ctx.spec.backoff_max);
-    let mut waiting: Vec<oneshot::Sender<Result<(), String>>> = Vec::new();
+    let mut waiting: Vec<oneshot::Sender<Result<(), CopyRestartError>>> = Vec::new();
     let mut port = None;
     let mut first = true;
     loop {
@@ -230,10 +246,10 @@ pub async fn run(
             Outcome::Restart => backoff.reset(),
             Outcome::Exited(ran) => {
                 for reply in waiting.drain(..) {
-                    let _ = reply.send(Err(format!(
-                        "{} did not come back healthy; see `gossamer logs {}`",
-                        ctx.instance, ctx.spec.name
-                    )));
+                    let _ = reply.send(Err(CopyRestartError::NotHealthy {
+                        instance: ctx.instance.clone(),
+                        service: ctx.spec.name.clone(),
+                    }));
                 }
                 if ran >= STABLE_AFTER {
                     backoff.reset();
@@ -251,7 +267,7 @@ pub async fn run(
         }
     }
     for reply in waiting.drain(..) {
-        let _ = reply.send(Err("the agent is stopping".to_owned()));
+        let _ = reply.send(Err(CopyRestartError::Stopping));
     }
     ctx.registry.deregister(&ctx.instance).await;
     records::remove(&ctx.dir, ctx.copy);
@@ -267,7 +283,7 @@ async fn run_once(
     control: &mut mpsc::Receiver<Control>,
     stop: &mut watch::Receiver<bool>,
     port_slot: &mut Option<u16>,
-    waiting: &mut Vec<oneshot::Sender<Result<(), String>>>,
+    waiting: &mut Vec<oneshot::Sender<Result<(), CopyRestartError>>>,
 ) -> Outcome {
     let fixed = ctx.spec.port.map(|p| p + (ctx.copy - 1) as u16);
     let port = match child::choose_port(fixed, *port_slot) {
@@ -326,13 +342,14 @@ async fn run_once(
 
     let ready = tokio::select! {
         ready = child::wait_ready(port, ctx.spec.health.as_deref(), ctx.spec.start_timeout) => ready,
-        status = process.wait() => Err(format!("exited with {} before serving", child::describe(status.ok()))),
+        status = process.wait() => Err(child::NotServing::Exited(child::describe(status.ok()))),
         _ = stopped(stop) => {
             finish(ctx, &mut process, "stopped with the agent").await;
             return Outcome::Stopped;
         }
     };
     if let Err(why) = ready {
+        let why = why.to_string();
         ctx.note(why.clone()).await;
         warn!(instance = %ctx.instance, "{why}");
         let (status, _) = child::stop(&mut process, ctx.spec.grace).await;

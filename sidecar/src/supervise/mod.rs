@@ -414,7 +414,7 @@ pub async fn restart(supervisor: &Supervisor, name: &str) -> Result<RestartView,
             Ok(Err(why)) => {
                 return Err(RestartError::Failed {
                     failed: copy.instance.clone(),
-                    why,
+                    why: why.to_string(),
                     restarted,
                 })
             }

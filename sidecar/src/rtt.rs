@@ -1,82 +1,51 @@
-//! RTT to every peer: sampled from the QUIC connection's own estimate once a
-//! second (a ping datagram keeps that estimate fresh when the connection is
-//! otherwise idle), smoothed with an EWMA; plus this node's Vivaldi
-//! coordinate, moved by every sample, for estimates to peers never measured.
+//! RTT sampling: the QUIC connection's own estimate once a second (a ping
+//! datagram keeps it fresh when the connection is otherwise idle), and the
+//! peer's coordinate on every pong, fed to the RTT table (`core::rtt`).
 
-use std::collections::HashMap;
 use std::sync::{Arc, Mutex, MutexGuard};
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use bytes::Bytes;
 use mesh_proto::api::RttSource;
 use mesh_proto::codec;
-use mesh_proto::coordinate::{Coordinate, Vivaldi, VivaldiConfig};
+use mesh_proto::coordinate::Coordinate;
 use mesh_proto::gossip::{DatagramKind, Ping};
 use mesh_proto::NodeId;
 use quinn::Connection;
 use tokio::sync::{mpsc, watch};
 use tracing::debug;
 
+use crate::core::rtt::RttCore;
 use crate::membership::ActiveMembers;
 use crate::metrics;
 use crate::registry::Registry;
 use crate::transport::Transport;
 
-/// Weight of a new sample in the smoothed RTT.
-const EWMA_ALPHA: f64 = 0.3;
 /// How often each peer is sampled.
 const SAMPLE_EVERY: Duration = Duration::from_secs(1);
 /// Largest ping datagram accepted.
 const MAX_PING: usize = 512;
-/// Republish our coordinate in node metadata when it moved this much.
-/// Peers we ping get our live coordinate on every pong; the broadcast only
-/// serves peers that never measured us, which an estimate a few ms and a
-/// few tens of seconds old serves well. Every republish is a catalog record
-/// gossiped to every node: on a loaded machine RTT jitter moved coordinates
-/// by 2 ms constantly, which was most of the gossip at rest (bench/).
-const COORDINATE_REPUBLISH: Duration = Duration::from_millis(5);
 /// Sampling ticks between checks of whether to republish the coordinate.
 const REPUBLISH_CHECK_TICKS: u64 = 30;
 
-#[derive(Debug, Clone, Copy)]
-struct Measured {
-    smoothed_ms: f64,
-    updated: Instant,
-}
-
-struct Inner {
-    measured: HashMap<NodeId, Measured>,
-    coordinates: HashMap<NodeId, Coordinate>,
-    vivaldi: Vivaldi,
-    published: Coordinate,
-}
-
-/// RTT by peer, measured or estimated.
+/// RTT by peer, measured or estimated: the [`RttCore`] behind a lock held
+/// only for in-memory updates.
 pub struct RttTable {
-    local: NodeId,
     allow_estimated: bool,
-    inner: Mutex<Inner>,
+    core: Mutex<RttCore>,
 }
 
 impl RttTable {
     /// An empty table for `local`.
     pub fn new(local: NodeId, allow_estimated: bool) -> Arc<Self> {
-        let vivaldi = Vivaldi::new(VivaldiConfig::default());
-        let published = vivaldi.coordinate().clone();
         Arc::new(Self {
-            local,
             allow_estimated,
-            inner: Mutex::new(Inner {
-                measured: HashMap::new(),
-                coordinates: HashMap::new(),
-                vivaldi,
-                published,
-            }),
+            core: Mutex::new(RttCore::new(local)),
         })
     }
 
-    fn lock(&self) -> MutexGuard<'_, Inner> {
-        self.inner.lock().unwrap_or_else(|p| p.into_inner())
+    fn lock(&self) -> MutexGuard<'_, RttCore> {
+        self.core.lock().unwrap_or_else(|p| p.into_inner())
     }
 
     /// Whether estimated RTT may satisfy hard requirements.
@@ -84,75 +53,37 @@ impl RttTable {
         self.allow_estimated
     }
 
-    /// RTT to `node` in ms and where it came from; this node is 0 ms,
-    /// measured. `published` is the coordinate the node published in the
-    /// catalog, used when no pong carried a fresher one.
+    /// RTT to `node` in ms and where it came from (see [`RttCore::get`]).
     pub fn get(&self, node: &NodeId, published: Option<&Coordinate>) -> (Option<f64>, RttSource) {
-        if *node == self.local {
-            return (Some(0.0), RttSource::Measured);
-        }
-        let inner = self.lock();
-        if let Some(m) = inner.measured.get(node) {
-            return (Some(m.smoothed_ms), RttSource::Measured);
-        }
-        let published = published.filter(|c| c.is_valid());
-        match inner.coordinates.get(node).or(published) {
-            Some(theirs) => {
-                let estimate = inner.vivaldi.coordinate().distance_to(theirs);
-                (Some(estimate.as_secs_f64() * 1000.0), RttSource::Estimated)
-            }
-            None => (None, RttSource::Unknown),
-        }
+        self.lock().get(node, published)
     }
 
     /// Folds in one RTT sample to `node`.
     pub fn observe(&self, node: &NodeId, rtt: Duration) {
-        let ms = rtt.as_secs_f64() * 1000.0;
-        let mut inner = self.lock();
-        let now = Instant::now();
-        let entry = inner.measured.entry(node.clone()).or_insert(Measured {
-            smoothed_ms: ms,
-            updated: now,
-        });
-        entry.smoothed_ms += EWMA_ALPHA * (ms - entry.smoothed_ms);
-        entry.updated = now;
-        let smoothed = entry.smoothed_ms;
-        drop(inner);
+        let smoothed = self.lock().observe(node, rtt);
         ::metrics::gauge!(metrics::PEER_RTT, "peer" => node.to_string()).set(smoothed / 1000.0);
     }
 
     /// Moves our coordinate by one sample against a peer's coordinate.
     pub fn observe_coordinate(&self, node: &NodeId, coordinate: &Coordinate, rtt: Duration) {
-        let mut inner = self.lock();
-        inner.coordinates.insert(node.clone(), coordinate.clone());
-        if let Err(e) = inner.vivaldi.update(node.as_str(), coordinate, rtt) {
+        if let Err(e) = self.lock().observe_coordinate(node, coordinate, rtt) {
             debug!(peer = %node, error = %e, "coordinate update skipped");
         }
     }
 
     /// Drops what we know of a departed peer.
     pub fn forget(&self, node: &NodeId) {
-        let mut inner = self.lock();
-        inner.measured.remove(node);
-        inner.coordinates.remove(node);
-        inner.vivaldi.forget(node.as_str());
+        self.lock().forget(node);
     }
 
     /// This node's coordinate.
     pub fn coordinate(&self) -> Coordinate {
-        self.lock().vivaldi.coordinate().clone()
+        self.lock().coordinate().clone()
     }
 
     /// True (once) when our coordinate moved enough to republish it.
     fn coordinate_moved(&self) -> bool {
-        let mut inner = self.lock();
-        let current = inner.vivaldi.coordinate().clone();
-        if current.distance_to(&inner.published) > COORDINATE_REPUBLISH {
-            inner.published = current;
-            true
-        } else {
-            false
-        }
+        self.lock().coordinate_moved()
     }
 }
 

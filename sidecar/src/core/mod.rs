@@ -7,3 +7,4 @@ pub mod candidates;
 pub mod catalog;
 pub mod health;
 pub mod membership;
+pub mod rtt;

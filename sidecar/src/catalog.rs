@@ -12,10 +12,11 @@ use std::time::{SystemTime, UNIX_EPOCH};
 
 use mesh_proto::catalog::{Applied, Catalog, Record, RecordBody, RecordKey};
 use mesh_proto::codec;
-use mesh_proto::gossip::{CatalogBroadcast, MAX_SWIM_PACKET};
+use mesh_proto::gossip::{CatalogBroadcast, SyncMessage, MAX_SWIM_PACKET};
 use mesh_proto::NodeId;
 use tokio::sync::watch;
 
+use crate::core::anti_entropy;
 use crate::core::catalog::{CatalogCore, RecordCounts};
 pub use crate::core::catalog::{CatalogSnapshot, OwnershipError, ServiceEntry};
 use crate::membership::{BroadcastKey, BroadcastReceiver, BroadcastRejected};
@@ -79,6 +80,17 @@ impl CatalogStore {
     /// In-memory only: never call I/O inside.
     pub fn read<T>(&self, f: impl FnOnce(&Catalog) -> T) -> T {
         f(self.lock().catalog())
+    }
+
+    /// The message that opens an anti-entropy round (our digest).
+    pub fn open_exchange(&self) -> SyncMessage {
+        anti_entropy::open(&self.lock())
+    }
+
+    /// One step of an anti-entropy round: merges what `message` carries and
+    /// returns what to answer.
+    pub fn exchange(&self, message: SyncMessage) -> anti_entropy::Step {
+        self.change(|core| anti_entropy::step(core, message))
     }
 
     /// Every record, copied out for a persisted snapshot, with the index

@@ -16,6 +16,7 @@ use tokio::sync::watch;
 use tracing::{debug, warn};
 
 use crate::catalog::CatalogStore;
+use crate::core::anti_entropy::Step;
 use crate::membership::ActiveMembers;
 use crate::metrics;
 use crate::persist::DataDir;
@@ -70,37 +71,41 @@ pub async fn sync_with(agent: &AntiEntropy, peer: SocketAddr) {
 
 async fn initiate(agent: &AntiEntropy, peer: SocketAddr) -> anyhow::Result<()> {
     let (mut send, mut recv, _) = agent.transport.open_stream(peer, StreamKind::Sync).await?;
-    let digest = agent.catalog.read(|c| c.digest());
-    write_message(&mut send, &SyncMessage::Digest(digest)).await?;
-    let SyncMessage::Records { records, wanted } = read_message(&mut recv).await? else {
+    write_message(&mut send, &agent.catalog.open_exchange()).await?;
+    let reply = read_message(&mut recv).await?;
+    if !matches!(reply, SyncMessage::Records { .. }) {
         bail!("peer answered a digest with something else");
-    };
-    apply_all(&agent.catalog, records);
-    let push = agent.catalog.read(|c| c.select(&wanted));
-    write_message(&mut send, &SyncMessage::Push(push)).await?;
+    }
+    let step = agent.catalog.exchange(reply);
+    log_refused(&step);
+    if let Some(push) = step.reply {
+        write_message(&mut send, &push).await?;
+    }
     send.finish()?;
     Ok(())
 }
 
 /// Answers a push-pull round a peer started.
 pub async fn answer(catalog: &CatalogStore, mut stream: InboundStream) -> anyhow::Result<()> {
-    let SyncMessage::Digest(digest) = read_message(&mut stream.recv).await? else {
+    let digest = read_message(&mut stream.recv).await?;
+    if !matches!(digest, SyncMessage::Digest(_)) {
         bail!("sync stream did not start with a digest");
-    };
-    let (records, wanted) = catalog.read(|c| (c.newer_than(&digest), c.wanted_from(&digest)));
-    write_message(&mut stream.send, &SyncMessage::Records { records, wanted }).await?;
-    if let SyncMessage::Push(records) = read_message(&mut stream.recv).await? {
-        apply_all(catalog, records);
+    }
+    let step = catalog.exchange(digest);
+    if let Some(records) = step.reply {
+        write_message(&mut stream.send, &records).await?;
+    }
+    let push = read_message(&mut stream.recv).await?;
+    if matches!(push, SyncMessage::Push(_)) {
+        log_refused(&catalog.exchange(push));
     }
     stream.send.finish()?;
     Ok(())
 }
 
-fn apply_all(catalog: &CatalogStore, records: Vec<mesh_proto::Record>) {
-    for record in records {
-        if let Err(reason) = catalog.apply_remote(record) {
-            warn!(%reason, "refused a record from anti-entropy");
-        }
+fn log_refused(step: &Step) {
+    for reason in &step.refused {
+        warn!(%reason, "refused a record from anti-entropy");
     }
 }
 

@@ -14,6 +14,7 @@ use mesh_proto::gossip::{CatalogBroadcast, SyncMessage};
 use mesh_proto::{Hlc, NodeId, Version};
 use rand::rngs::SmallRng;
 use rand::{RngExt, SeedableRng};
+use sidecar::core::anti_entropy;
 
 use super::net::{nanos, BootRuntime, EventKind, Nanos, Network, NodeRuntime, Payload, Queue};
 use super::node::{SimId, SimNode};
@@ -272,7 +273,7 @@ impl World {
                         .nth(pick)
                         .map(|m| m.id().index)
                     {
-                        let digest = SyncMessage::Digest(node.catalog.lock().digest());
+                        let digest = anti_entropy::open(&node.catalog.lock());
                         let bytes = codec::encode(&digest).map_or(0, |b| b.len());
                         rt.net
                             .send(rt.queue, rt.now, index, peer, Payload::Sync(digest), bytes);
@@ -452,30 +453,10 @@ fn build_node(
     Ok((node, boot))
 }
 
-/// One step of anti-entropy at the receiving node; returns the answer, if any.
+/// One step of anti-entropy at the receiving node, as the agent runs it
+/// (`sidecar::core::anti_entropy`); returns the answer, if any.
 fn sync_reply(node: &SimNode, message: SyncMessage) -> Option<SyncMessage> {
-    let mut catalog = node.catalog.lock();
-    match message {
-        SyncMessage::Digest(digest) => {
-            let records = catalog.catalog().newer_than(&digest);
-            let wanted = catalog.catalog().wanted_from(&digest);
-            (!records.is_empty() || !wanted.is_empty())
-                .then_some(SyncMessage::Records { records, wanted })
-        }
-        SyncMessage::Records { records, wanted } => {
-            for record in records {
-                // A record its writer could not write is refused, as the agent does.
-                let _ = catalog.apply_remote(record);
-            }
-            (!wanted.is_empty()).then(|| SyncMessage::Push(catalog.catalog().select(&wanted)))
-        }
-        SyncMessage::Push(records) => {
-            for record in records {
-                let _ = catalog.apply_remote(record);
-            }
-            None
-        }
-    }
+    anti_entropy::step(&mut node.catalog.lock(), message).reply
 }
 
 /// Nanoseconds from `base` to `at` (0 when `at` is earlier).

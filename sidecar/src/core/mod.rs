@@ -3,6 +3,7 @@
 //! takes it). The services layer owns one of each and feeds it; the unit
 //! tests beside each drive them with simulated time.
 
+pub mod anti_entropy;
 pub mod candidates;
 pub mod catalog;
 pub mod health;

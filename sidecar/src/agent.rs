@@ -75,6 +75,9 @@ pub struct Listeners {
     pub proxy: SocketAddr,
     /// Metrics, when enabled.
     pub metrics: Option<SocketAddr>,
+    /// DNS (UDP and TCP), when enabled.
+    #[serde(default)]
+    pub dns: Option<SocketAddr>,
 }
 
 impl Agent {
@@ -217,11 +220,16 @@ pub async fn start(config: AgentConfig) -> anyhow::Result<RunningAgent> {
         Some(addr) => Some(start_metrics(addr).await?),
         None => None,
     };
+    let dns = match config.dns_listen {
+        Some(addr) => Some(crate::dns::DnsSockets::bind(addr).await?),
+        None => None,
+    };
     let listeners = Listeners {
         quic,
         admin: admin_listener.local_addr()?,
         proxy: proxy_listener.local_addr()?,
         metrics: metrics_addr,
+        dns: dns.as_ref().map(|d| d.local_addr()).transpose()?,
     };
 
     let registrations = data.registrations()?;
@@ -261,6 +269,10 @@ pub async fn start(config: AgentConfig) -> anyhow::Result<RunningAgent> {
     tasks.spawn(sync::persist_loop(agent.clone()));
     tasks.spawn(join::run(agent.clone()));
     tasks.spawn(watch_membership(agent.clone()));
+    if let Some(dns) = dns {
+        let source = crate::dns::source::AgentSource::new(agent.clone());
+        tasks.spawn(crate::dns::serve(dns, source, agent.config.dns_ttl));
+    }
 
     write_node_meta(&agent).await;
     registry::restore(&agent).await;
@@ -276,6 +288,7 @@ pub async fn start(config: AgentConfig) -> anyhow::Result<RunningAgent> {
         admin = %agent.listeners.admin,
         proxy = %agent.listeners.proxy,
         metrics = ?agent.listeners.metrics.map(metrics::url),
+        dns = ?agent.listeners.dns,
         "agent ready"
     );
     Ok(RunningAgent { agent, tasks })

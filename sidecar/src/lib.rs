@@ -11,6 +11,7 @@ pub mod catalog;
 pub mod cli;
 pub mod config;
 pub mod demo;
+pub mod dns;
 pub mod echo;
 pub mod health;
 pub mod join;

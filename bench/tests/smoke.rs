@@ -4,7 +4,7 @@
 
 use std::path::{Path, PathBuf};
 
-use bench::{balance, gossip, proxy, sim};
+use bench::{balance, dns, gossip, proxy, sim};
 use serde_json::Value;
 
 fn scratch(name: &str) -> PathBuf {
@@ -146,4 +146,20 @@ async fn gossip_runs_a_few_agents() {
     assert!(doc["results"]["rss_idle_kib"]
         .as_u64()
         .is_some_and(|k| k > 0));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn dns_measures_answer_latency() {
+    let out = scratch("dns");
+    let args = dns::DnsArgs {
+        rate: 200,
+        seconds: 1.0,
+        instances: 2,
+        out: out.clone(),
+    };
+    let results = dns::run(&args).await.expect("dns runs");
+    assert_eq!(results.sent, 200);
+    assert!(results.answered > 0, "{results:?}");
+    let doc = document(&out, "dns-200qps", "dns");
+    assert!(doc["results"]["latency"]["p99_us"].as_u64().is_some());
 }

@@ -270,7 +270,7 @@ pub async fn start(config: AgentConfig) -> anyhow::Result<RunningAgent> {
     tasks.spawn(join::run(agent.clone()));
     tasks.spawn(watch_membership(agent.clone()));
     if let Some(dns) = dns {
-        let source = crate::dns::source::AgentSource::new(agent.clone());
+        let source = crate::dns::source::AgentSource::shared(agent.clone());
         tasks.spawn(crate::dns::serve(dns, source, agent.config.dns_ttl));
     }
 

@@ -22,8 +22,8 @@ use crate::upstreams::{candidates, effective_requirements, live_instances};
 pub struct AgentSource(Arc<Agent>);
 
 impl AgentSource {
-    /// Wraps the shared agent.
-    pub fn new(agent: Arc<Agent>) -> Arc<dyn DnsSource> {
+    /// The shared agent as the DNS front's source.
+    pub fn shared(agent: Arc<Agent>) -> Arc<dyn DnsSource> {
         Arc::new(Self(agent))
     }
 

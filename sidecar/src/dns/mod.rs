@@ -2,7 +2,7 @@
 //! `NODE.node.gossamer` and `INSTANCE.NODE.node.gossamer`, answered over UDP
 //! and TCP, for clients that can use neither the proxy nor the SDK.
 //!
-//! - [`answer`] is the pure core: a question and a [`DnsSource`] in, records
+//! - [`answer`](mod@answer) is the pure core: a question and a [`DnsSource`] in, records
 //!   and a response code out. No sockets, no clock.
 //! - [`server`] is the I/O loop (hickory-server) and the query metric.
 //! - [`source`] adapts today's agent to [`DnsSource`]; it is the only file of

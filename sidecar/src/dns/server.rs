@@ -2,7 +2,7 @@
 //! [`answer`](super::answer()) core, and the `gossamer_dns_queries_total` metric.
 //!
 //! hickory-server answers undecodable packets with FORMERR (or drops those
-//! shorter than a header) before they reach [`Handler`], truncates UDP
+//! shorter than a header) before they reach our handler, truncates UDP
 //! answers past the client's buffer with the TC bit so clients retry over
 //! TCP, and closes a TCP connection silent for [`TCP_IDLE`]; a TCP
 //! connection's queries are answered one at a time, so one client holds at

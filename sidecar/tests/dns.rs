@@ -305,9 +305,10 @@ fn query(id: u16, name: &[&[u8]], qtype: u16) -> Vec<u8> {
 
 #[tokio::test]
 async fn garbage_and_a_bounded_flood_leave_dns_and_the_agent_serving() {
+    let (echo_port, _echo) = common::echo_service("echo@flood-1").await;
     let agent = AgentProc::start(Spec::new("flood-1").with_metrics()).await;
     let dns = dns_addr(&agent);
-    register_port(&agent, "echo", 18301).await;
+    register_port(&agent, "echo", echo_port).await;
     let socket = tokio::net::UdpSocket::bind("127.0.0.1:0")
         .await
         .expect("udp");
@@ -370,17 +371,23 @@ async fn garbage_and_a_bounded_flood_leave_dns_and_the_agent_serving() {
     }
     let elapsed = started.elapsed();
     eprintln!("flood: 2000 queries sent, {answered} answered, in {elapsed:?}");
-    // The kernel drops what the agent's socket buffer cannot hold during
-    // the flood; answering some then, and every query after, is the contract.
+    // An unpaced burst overflows bounded buffers (the socket's, hickory's
+    // queues) and most of it is dropped, by design; answering some during
+    // the burst, and every query after it, is the contract.
     assert!(
-        answered >= 100,
+        answered >= 50,
         "only {answered} of 2,000 flood queries answered"
     );
 
-    // Still serving: DNS, the admin API, and the metric counts by type and rcode.
+    // Still serving: DNS, the proxy, the admin API, and the metric counts by
+    // type and rcode.
     let resolver = resolver(dns);
     let a = ask(&resolver, "echo.service.gossamer.", RecordType::A).await;
     assert_eq!(a, ["127.0.0.1"]);
+    let proxied = common::http_get(agent.listeners.proxy, "/", &[("host", "echo.localhost")])
+        .await
+        .expect("the proxy answers after the flood");
+    assert_eq!(proxied.0, 200, "{}", proxied.2);
     let health = agent
         .client()
         .health()

@@ -122,6 +122,8 @@ async fn a_three_node_mesh_answers_every_name_on_every_node_and_forgets_a_killed
     register(&agents[1], "echo", 18101, &["blue"], Health::Passing).await;
     register(&agents[2], "echo", 18102, &["green"], Health::Passing).await;
     register(&agents[2], "sick", 18103, &[], Health::Critical).await;
+    // Routable by the proxy, but DNS answers only passing instances.
+    register(&agents[1], "echo", 18104, &["blue"], Health::Warning).await;
     let srv = |node: &str, port: u16| format!("{port} echo-{node}-{port}.{node}.node.gossamer.");
 
     for agent in &agents {

@@ -6,13 +6,15 @@
 //! the service's balancer ranks them under the definition's requirements (a
 //! critical instance, a node over the hard RTT or not measured, an ejected
 //! instance are out; when some are within the soft RTT, only those count).
-//! Warning instances stay in, as they do for the proxy ("still routable").
+//! DNS answers only `passing` instances (issue 19; Consul's `only_passing`):
+//! a client caches an address for the TTL and has no ejection of its own,
+//! so a `warning` instance, still routable by the proxy, is left out.
 
 use std::net::IpAddr;
 use std::sync::Arc;
 
 use client::select::Requirements;
-use mesh_proto::catalog::Instance;
+use mesh_proto::catalog::{Health, Instance};
 
 use super::{DnsSource, DnsTarget};
 use crate::agent::Agent;
@@ -48,6 +50,7 @@ impl DnsSource for AgentSource {
         }
         let live: Vec<Instance> = live
             .into_iter()
+            .filter(|i| i.health == Health::Passing)
             .filter(|i| tag.is_none_or(|tag| i.tags.iter().any(|t| t.eq_ignore_ascii_case(tag))))
             .collect();
         if live.is_empty() {

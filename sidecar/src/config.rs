@@ -492,6 +492,29 @@ mod tests {
     }
 
     #[test]
+    fn dns_settings_come_from_the_file_or_defaults() {
+        let dev = || AgentArgs {
+            dev: true,
+            ..AgentArgs::default()
+        };
+        let defaults = dev().into_config().expect("dev config");
+        assert_eq!(
+            defaults.dns_listen,
+            Some("127.0.0.1:8600".parse().expect("addr"))
+        );
+        assert_eq!(defaults.dns_ttl, Duration::from_secs(5));
+        let file: AgentArgs = toml::from_str("dns_listen = \"off\"\ndns_ttl = 30").expect("toml");
+        let config = dev().merge(file).into_config().expect("config");
+        assert_eq!(config.dns_listen, None);
+        assert_eq!(config.dns_ttl, Duration::from_secs(30));
+        let too_long = AgentArgs {
+            dns_ttl: Some(100_000),
+            ..dev()
+        };
+        assert!(too_long.into_config().is_err());
+    }
+
+    #[test]
     fn flags_win_over_the_config_file() {
         let file: AgentArgs =
             toml::from_str("node_id = \"from-file\"\nprofile = \"wan\"\njoin = [\"a:1\"]")

@@ -6,14 +6,15 @@
 #   deploy/local-cluster.sh 3
 #
 # Port scheme: node i (1..N) owns the ten ports from BASE + 10*i, of which it
-# uses five (BASE defaults to 20000, below Linux's ephemeral range):
+# uses six (BASE defaults to 20000, below Linux's ephemeral range):
 #   BASE+10*i+0  QUIC (UDP)   --bind, the address the other nodes --join
 #   BASE+10*i+1  admin API    --admin-listen
 #   BASE+10*i+2  proxy        --proxy-listen
 #   BASE+10*i+3  metrics      --metrics-listen
 #   BASE+10*i+4  echo service `gossamer echo`, registered as --service echo=PORT
-# so node-3 uses 20030 (QUIC), 20031 (admin), 20032 (proxy), 20033 (metrics)
-# and 20034 (echo). Every node joins node-1.
+#   BASE+10*i+5  DNS (UDP and TCP) --dns-listen
+# so node-3 uses 20030 (QUIC), 20031 (admin), 20032 (proxy), 20033 (metrics),
+# 20034 (echo) and 20035 (DNS: dig @127.0.0.1 -p 20035 echo.service.gossamer). Every node joins node-1.
 #
 # Environment:
 #   GOSSAMER_BIN        the binary (default: $CARGO_TARGET_DIR or target/ of
@@ -63,6 +64,7 @@ admin_port() { echo $((base + 10 * $1 + 1)); }
 proxy_port() { echo $((base + 10 * $1 + 2)); }
 metrics_port() { echo $((base + 10 * $1 + 3)); }
 echo_port() { echo $((base + 10 * $1 + 4)); }
+dns_port() { echo $((base + 10 * $1 + 5)); }
 
 tcp_port_in_use() { (: >"/dev/tcp/127.0.0.1/$1") 2>/dev/null; }
 
@@ -119,6 +121,7 @@ for ((i = 1; i <= n; i++)); do
         --admin-listen "127.0.0.1:$(admin_port "$i")" \
         --proxy-listen "127.0.0.1:$(proxy_port "$i")" \
         --metrics-listen "127.0.0.1:$(metrics_port "$i")" \
+        --dns-listen "127.0.0.1:$(dns_port "$i")" \
         --data-dir "$dir/node-$i" \
         --profile local \
         --service "echo=$(echo_port "$i")" \

@@ -67,6 +67,7 @@ impl AgentProcess {
             .args(["--admin-listen", "127.0.0.1:0"])
             .args(["--proxy-listen", "127.0.0.1:0"])
             .args(["--metrics-listen", "127.0.0.1:0"])
+            .args(["--dns-listen", "off"])
             .args(["--psk", PSK])
             .arg("--data-dir")
             .arg(dir.join("data"))

@@ -8,6 +8,7 @@
 
 pub mod agent_proc;
 pub mod balance;
+pub mod dns;
 pub mod gossip;
 pub mod load;
 pub mod proxy;

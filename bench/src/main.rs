@@ -12,6 +12,8 @@ struct Cli {
 
 #[derive(Debug, Subcommand)]
 enum Scenario {
+    /// DNS answer latency (p50/p99) under an open-loop load of queries/s.
+    Dns(bench::dns::DnsArgs),
     /// Upstream choice: requirements honoured, tail latency against round robin and random.
     Balance(bench::balance::BalanceArgs),
     /// Proxy overhead: direct, one sidecar, two sidecars over QUIC, nginx, HAProxy.
@@ -35,6 +37,7 @@ fn main() -> anyhow::Result<()> {
         Scenario::Balance(args) => bench::balance::run(&args).map(|_| ()),
         Scenario::Proxy(args) => runtime()?.block_on(bench::proxy::run(&args)).map(|_| ()),
         Scenario::Gossip(args) => runtime()?.block_on(bench::gossip::run(&args)).map(|_| ()),
+        Scenario::Dns(args) => runtime()?.block_on(bench::dns::run(&args)).map(|_| ()),
         Scenario::Sim(args) => bench::sim::run(&args).map(|_| ()),
         Scenario::Select(args) => bench::select::run(&args).map(|_| ()),
     }

@@ -4,7 +4,7 @@
 
 use std::path::{Path, PathBuf};
 
-use bench::{balance, gossip, proxy, select, sim};
+use bench::{balance, dns, gossip, proxy, select, sim};
 use serde_json::Value;
 
 fn scratch(name: &str) -> PathBuf {
@@ -167,4 +167,20 @@ fn select_measures_every_catalog_size() {
         .all(|r| r.ns_per_pick > 0.0 && r.scan_ns_per_pick > 0.0));
     let doc = document(&out, "select", "select");
     assert_eq!(doc["results"]["rows"][1]["records"], 1000);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn dns_measures_answer_latency() {
+    let out = scratch("dns");
+    let args = dns::DnsArgs {
+        rate: 200,
+        seconds: 1.0,
+        instances: 2,
+        out: out.clone(),
+    };
+    let results = dns::run(&args).await.expect("dns runs");
+    assert_eq!(results.sent, 200);
+    assert!(results.answered > 0, "{results:?}");
+    let doc = document(&out, "dns-200qps", "dns");
+    assert!(doc["results"]["latency"]["p99_us"].as_u64().is_some());
 }

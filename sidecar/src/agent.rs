@@ -215,11 +215,16 @@ pub async fn start(config: AgentConfig) -> anyhow::Result<RunningAgent> {
         Some(addr) => Some(start_metrics(&tasks, addr, shutdown.subscribe()).await?),
         None => None,
     };
+    let dns = match config.dns_listen {
+        Some(addr) => Some(crate::dns::DnsSockets::bind(addr).await?),
+        None => None,
+    };
     let listeners = Listeners {
         quic,
         admin: admin_listener.local_addr()?,
         proxy: proxy_listener.local_addr()?,
         metrics: metrics_addr,
+        dns: dns.as_ref().map(|d| d.local_addr()).transpose()?,
     };
 
     let upstreams = Arc::new(Upstreams::new(
@@ -309,6 +314,14 @@ pub async fn start(config: AgentConfig) -> anyhow::Result<RunningAgent> {
 
     registry.publish_node_meta(rtt.coordinate()).await;
     registry.restore().await;
+    if let Some(dns) = dns {
+        let source = crate::dns::source::AgentSource {
+            identity: identity.clone(),
+            upstreams: upstreams.clone(),
+            catalog: catalog.clone(),
+        };
+        tasks.spawn(crate::dns::serve(dns, source.shared(), config.dns_ttl));
+    }
     // After restore, so an earlier run's stale instances are gone first.
     tasks.spawn(crate::supervise::run(supervisor.clone()));
     let agent = Arc::new(Agent {
@@ -338,6 +351,7 @@ pub async fn start(config: AgentConfig) -> anyhow::Result<RunningAgent> {
         admin = %agent.listeners.admin,
         proxy = %agent.listeners.proxy,
         metrics = ?agent.listeners.metrics.map(metrics::url),
+        dns = ?agent.listeners.dns,
         "agent ready"
     );
     Ok(RunningAgent { agent, tasks })

@@ -132,6 +132,12 @@ pub struct AgentArgs {
     /// Prometheus /metrics listener [default: 0.0.0.0:9102].
     #[arg(long, env = "GOSSAMER_METRICS_LISTEN")]
     pub metrics_listen: Option<SocketAddr>,
+    /// DNS listener for *.gossamer, UDP and TCP, or `off` [default: 127.0.0.1:8600].
+    #[arg(long, env = "GOSSAMER_DNS_LISTEN", value_name = "ADDR|off")]
+    pub dns_listen: Option<String>,
+    /// TTL of DNS answers, in seconds [default: 5].
+    #[arg(long, env = "GOSSAMER_DNS_TTL", value_name = "SECONDS")]
+    pub dns_ttl: Option<u32>,
     /// Directory for node identity, registrations and catalog snapshot [default: ./gossamer-data].
     #[arg(long, env = "GOSSAMER_DATA_DIR")]
     pub data_dir: Option<PathBuf>,
@@ -225,6 +231,10 @@ pub struct AgentConfig {
     pub proxy_listen: SocketAddr,
     /// Metrics listener; None disables the exporter.
     pub metrics_listen: Option<SocketAddr>,
+    /// DNS listener; None disables the DNS front.
+    pub dns_listen: Option<SocketAddr>,
+    /// TTL of DNS answers.
+    pub dns_ttl: Duration,
     /// Data directory.
     pub data_dir: PathBuf,
     /// True when the data dir is a temporary one to remove at exit.
@@ -293,6 +303,8 @@ impl AgentArgs {
             admin_listen: self.admin_listen.or(file.admin_listen),
             proxy_listen: self.proxy_listen.or(file.proxy_listen),
             metrics_listen: self.metrics_listen.or(file.metrics_listen),
+            dns_listen: self.dns_listen.or(file.dns_listen),
+            dns_ttl: self.dns_ttl.or(file.dns_ttl),
             data_dir: self.data_dir.or(file.data_dir),
             services: pick_vec(self.services, file.services),
             profile: self.profile.or(file.profile),
@@ -359,6 +371,17 @@ impl AgentArgs {
         for target in &self.join {
             validate_join_target(target)?;
         }
+        let dns_listen = match self.dns_listen.as_deref() {
+            Some(text) => parse_dns_listen(text)?,
+            None => Some(default_addr(crate::dns::DEFAULT_LISTEN, 8600)),
+        };
+        let dns_ttl = match self.dns_ttl {
+            Some(secs) if secs > 86_400 => {
+                bail!("--dns-ttl {secs} is over a day; use seconds, for example --dns-ttl 5")
+            }
+            Some(secs) => Duration::from_secs(u64::from(secs)),
+            None => Duration::from_secs(u64::from(crate::dns::DEFAULT_TTL_SECS)),
+        };
         let (data_dir, ephemeral_data_dir) = match self.data_dir {
             Some(dir) => (dir, false),
             None if dev => (
@@ -383,6 +406,8 @@ impl AgentArgs {
                 self.metrics_listen
                     .unwrap_or_else(|| default_addr(DEFAULT_METRICS, 9102)),
             ),
+            dns_listen,
+            dns_ttl,
             data_dir,
             ephemeral_data_dir,
             services,
@@ -450,6 +475,18 @@ pub fn parse_service_flag(text: &str) -> anyhow::Result<(String, u16)> {
     Ok((name.to_owned(), port))
 }
 
+/// Parses `--dns-listen`: an IP:PORT, or `off` (None).
+pub fn parse_dns_listen(text: &str) -> anyhow::Result<Option<SocketAddr>> {
+    if text.trim().eq_ignore_ascii_case("off") {
+        return Ok(None);
+    }
+    text.trim().parse().map(Some).map_err(|_| {
+        anyhow::anyhow!(
+            "--dns-listen {text:?} is not IP:PORT or off; for example --dns-listen 127.0.0.1:8600"
+        )
+    })
+}
+
 /// Parses `ADDR=MS` of `--debug-link-delay`.
 pub fn parse_link_delay(text: &str) -> anyhow::Result<(SocketAddr, Duration)> {
     let parsed = text
@@ -496,6 +533,35 @@ mod tests {
         assert!(parse_link_delay("127.0.0.1:4301").is_err());
         assert!(validate_join_target("seed:4300").is_ok());
         assert!(validate_join_target("seed").is_err());
+        assert_eq!(parse_dns_listen("off").expect("off"), None);
+        assert_eq!(
+            parse_dns_listen("127.0.0.1:53").expect("addr"),
+            Some("127.0.0.1:53".parse().expect("addr"))
+        );
+        assert!(parse_dns_listen("8600").is_err());
+    }
+
+    #[test]
+    fn dns_settings_come_from_the_file_or_defaults() {
+        let dev = || AgentArgs {
+            dev: true,
+            ..AgentArgs::default()
+        };
+        let defaults = dev().into_config().expect("dev config");
+        assert_eq!(
+            defaults.dns_listen,
+            Some("127.0.0.1:8600".parse().expect("addr"))
+        );
+        assert_eq!(defaults.dns_ttl, Duration::from_secs(5));
+        let file: AgentArgs = toml::from_str("dns_listen = \"off\"\ndns_ttl = 30").expect("toml");
+        let config = dev().merge(file).into_config().expect("config");
+        assert_eq!(config.dns_listen, None);
+        assert_eq!(config.dns_ttl, Duration::from_secs(30));
+        let too_long = AgentArgs {
+            dns_ttl: Some(100_000),
+            ..dev()
+        };
+        assert!(too_long.into_config().is_err());
     }
 
     #[test]

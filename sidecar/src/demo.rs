@@ -42,6 +42,8 @@ pub fn local_config(
         admin_listen: loopback(0),
         proxy_listen: loopback(0),
         metrics_listen: None,
+        dns_listen: None,
+        dns_ttl: Duration::from_secs(5),
         data_dir: std::env::temp_dir()
             .join(format!("gossamer-demo-{name}-{}", rand::random::<u32>())),
         ephemeral_data_dir: true,

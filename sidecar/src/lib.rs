@@ -34,6 +34,7 @@ pub mod cli;
 pub mod config;
 pub mod core;
 pub mod demo;
+pub mod dns;
 pub mod echo;
 pub mod handles;
 pub mod health;

@@ -14,4 +14,7 @@ pub struct Listeners {
     pub proxy: SocketAddr,
     /// Metrics, when enabled.
     pub metrics: Option<SocketAddr>,
+    /// DNS (UDP and TCP), when enabled.
+    #[serde(default)]
+    pub dns: Option<SocketAddr>,
 }

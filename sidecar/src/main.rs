@@ -14,11 +14,17 @@ async fn main() {
         Command::Agent(_) => "info",
         _ => "warn",
     };
+    let mut filter =
+        EnvFilter::try_from_env("GOSSAMER_LOG").unwrap_or_else(|_| EnvFilter::new(default_filter));
+    // hickory-server logs every DNS query at info: a flood of queries would
+    // become a flood of log lines. GOSSAMER_LOG may still name it.
+    if !std::env::var("GOSSAMER_LOG").is_ok_and(|v| v.contains("hickory")) {
+        if let Ok(quiet) = "hickory_server=warn".parse() {
+            filter = filter.add_directive(quiet);
+        }
+    }
     tracing_subscriber::fmt()
-        .with_env_filter(
-            EnvFilter::try_from_env("GOSSAMER_LOG")
-                .unwrap_or_else(|_| EnvFilter::new(default_filter)),
-        )
+        .with_env_filter(filter)
         .with_writer(std::io::stderr)
         .init();
     let result = match cli.command {

@@ -34,6 +34,8 @@ pub const RTT_REJECTIONS: &str = "gossamer_rtt_rejections_total";
 pub const RETRIES: &str = "gossamer_retries_total";
 /// `gossamer_relay_refusals_total`: proxy frames naming no local instance.
 pub const RELAY_REFUSALS: &str = "gossamer_relay_refusals_total";
+/// `gossamer_dns_queries_total{type,rcode}`: DNS questions answered.
+pub const DNS_QUERIES: &str = "gossamer_dns_queries_total";
 /// `gossamer_build_info{version}`.
 pub const BUILD_INFO: &str = "gossamer_build_info";
 
@@ -54,8 +56,9 @@ pub const DESIGN_CONTRACT: [&str; 13] = [
     RETRIES,
 ];
 
-/// Every metric the agent exports: the contract, build info and relay refusals.
-pub const EXPORTED: [&str; 15] = [
+/// Every metric the agent exports: the contract, build info, relay refusals
+/// and DNS queries (second wave of DESIGN.md).
+pub const EXPORTED: [&str; 16] = [
     MEMBERS,
     GOSSIP_PACKETS,
     GOSSIP_BYTES,
@@ -71,6 +74,7 @@ pub const EXPORTED: [&str; 15] = [
     RETRIES,
     BUILD_INFO,
     RELAY_REFUSALS,
+    DNS_QUERIES,
 ];
 
 /// Buckets that resolve sub-millisecond proxy latency up to the 30 s timeout.
@@ -99,6 +103,11 @@ pub fn recorder() -> anyhow::Result<PrometheusHandle> {
     for counter in [HANDSHAKE_FAILURES, DECODE_ERRORS, RELAY_REFUSALS] {
         metrics::counter!(counter).increment(0);
     }
+    metrics::describe_counter!(
+        DNS_QUERIES,
+        "DNS questions answered on --dns-listen, by query type (A, AAAA, SRV, SOA, ANY, other) and response code"
+    );
+    metrics::counter!(DNS_QUERIES, "type" => "A", "rcode" => "NOERROR").increment(0);
     Ok(handle)
 }
 
@@ -126,4 +135,9 @@ pub fn url(addr: SocketAddr) -> String {
 /// Publishes the catalog index.
 pub fn index(index: u64) {
     ::metrics::gauge!(CATALOG_INDEX).set(index as f64);
+}
+
+/// Counts one DNS answer; both labels come from fixed sets.
+pub fn dns_query(qtype: &'static str, rcode: &'static str) {
+    metrics::counter!(DNS_QUERIES, "type" => qtype, "rcode" => rcode).increment(1);
 }

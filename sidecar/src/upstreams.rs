@@ -107,6 +107,11 @@ impl Upstreams {
         self.rtt.get(node, published)
     }
 
+    /// The active members (an `Arc`, cheap to hold).
+    pub fn members(&self) -> ActiveMembers {
+        self.members.borrow().clone()
+    }
+
     /// The QUIC address of `node`'s sidecar, while it is an active member.
     pub fn sidecar_addr(&self, node: &NodeId) -> Option<std::net::SocketAddr> {
         self.members.borrow().get(node).map(|m| m.addr)

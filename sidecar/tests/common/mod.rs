@@ -40,6 +40,8 @@ pub struct Listeners {
     pub admin: SocketAddr,
     pub proxy: SocketAddr,
     pub metrics: Option<SocketAddr>,
+    #[serde(default)]
+    pub dns: Option<SocketAddr>,
 }
 
 /// How to start one agent.
@@ -124,6 +126,7 @@ impl AgentProc {
             .args(["--admin-listen", "127.0.0.1:0"])
             .args(["--proxy-listen", "127.0.0.1:0"])
             .args(["--metrics-listen", "127.0.0.1:0"])
+            .args(["--dns-listen", "127.0.0.1:0"])
             .args(["--profile", "local"])
             .args(["--psk", &spec.psk])
             .arg("--data-dir")
@@ -147,6 +150,7 @@ impl AgentProc {
                 admin: "127.0.0.1:1".parse().expect("addr"),
                 proxy: "127.0.0.1:1".parse().expect("addr"),
                 metrics: None,
+                dns: None,
             },
             child: Some(child),
         };

@@ -538,10 +538,10 @@ async fn run_example(
     env: &[(&str, &str)],
 ) -> (bool, String) {
     let mut command = tokio::process::Command::new(dir.join(name));
-    command
-        .args(args)
-        .env_remove("GOSSAMER_AGENT")
-        .kill_on_drop(true);
+    for key in common::inherited_gossamer_vars() {
+        command.env_remove(key);
+    }
+    command.args(args).kill_on_drop(true);
     for (key, value) in env {
         command.env(key, value);
     }

@@ -108,11 +108,10 @@ async fn ps(agent: &AgentProc) -> Option<PsView> {
 
 /// Runs the `gossamer` CLI against `agent`: (success, stdout, stderr).
 fn cli(agent: &AgentProc, args: &[&str]) -> (bool, String, String) {
-    let output = Command::new(GOSSAMER)
+    let output = common::gossamer()
         .arg("--agent")
         .arg(format!("http://{}", agent.listeners.admin))
         .args(args)
-        .env_remove("GOSSAMER_AGENT")
         .output()
         .expect("run gossamer");
     (
@@ -173,7 +172,9 @@ fn upstream(headers: &http::HeaderMap) -> String {
 
 #[tokio::test]
 async fn supervised_echo_serves_through_another_agent_and_comes_back_after_a_kill() {
-    let a = AgentProc::start(supervising("sup-a", &[])).await;
+    // The passphrase is in the agent's environment, as the README's tour
+    // has it, so that a leak into the supervised process is possible.
+    let a = AgentProc::start(supervising("sup-a", &[]).psk_in_env()).await;
     let b = AgentProc::start(Spec::new("sup-b").join(&a)).await;
     let mut reaper = Reaper::default();
     reaper.track(&a);
@@ -199,8 +200,24 @@ async fn supervised_echo_serves_through_another_agent_and_comes_back_after_a_kil
     assert!(environ.contains(&format!("SERVICE_PORT={port}")));
     assert!(environ.contains(&format!("PROXY_ADDR={}", a.listeners.proxy)));
     assert!(environ.contains(&format!("GOSSAMER_AGENT=http://{}", a.listeners.admin)));
+    // The agent itself runs with GOSSAMER_PSK and GOSSAMER_LOG: neither,
+    // nor any other agent setting, reaches the service.
+    let agent_environ = std::fs::read(format!("/proc/{}/environ", a.pid().expect("agent pid")))
+        .expect("agent environ");
     assert!(
-        !environ.contains("GOSSAMER_PSK"),
+        String::from_utf8_lossy(&agent_environ).contains(&format!("GOSSAMER_PSK={}", common::PSK)),
+        "the test must run the agent with GOSSAMER_PSK, or there is nothing to leak"
+    );
+    let leaked: Vec<&str> = environ
+        .split('\0')
+        .filter(|kv| kv.starts_with("GOSSAMER_") && !kv.starts_with("GOSSAMER_AGENT="))
+        .collect();
+    assert!(
+        leaked.is_empty(),
+        "agent settings leaked into the service's environment: {leaked:?}"
+    );
+    assert!(
+        !environ.contains(common::PSK),
         "the cluster passphrase must not leak into the service's environment"
     );
 
@@ -324,7 +341,7 @@ async fn scale_three_runs_three_instances_with_logs_and_ps() {
     assert_eq!(out.lines().count(), 2, "{out}");
 
     // `logs -f --tail 1` prints the newest line, then only what comes after.
-    let mut follow = Command::new(GOSSAMER)
+    let mut follow = common::gossamer()
         .arg("--agent")
         .arg(format!("http://{}", a.listeners.admin))
         .args(["logs", "echo", "-f", "--tail", "1"])
@@ -631,4 +648,73 @@ memory_mb = 1
     assert!(!ok);
     assert!(err.contains("no definition"), "{err}");
     let _ = std::fs::remove_dir_all(dir);
+}
+
+#[tokio::test]
+async fn a_stopping_agent_deregisters_its_copy_before_it_stops_the_process_or_leaves() {
+    // A long drain holds the window open: between the deregistration and the
+    // end of the drain the agent is still a live member and the process
+    // still runs. Only a deregistration made first (not the one the copy
+    // makes once its process is gone, nor the peers' dropping of a node
+    // that left) empties b's list in that window.
+    let dir = std::env::temp_dir().join(format!("gossamer-sup-drain-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).expect("dir");
+    let config = dir.join("agent.toml");
+    std::fs::write(
+        &config,
+        format!(
+            r#"
+[[supervise]]
+name = "echo"
+command = ["{GOSSAMER}", "echo", "--name", "echo@drain-a"]
+drain_ms = 20000
+grace_ms = 2000
+"#
+        ),
+    )
+    .expect("write config");
+    let mut a = AgentProc::start(
+        Spec::new("drain-a")
+            .arg("--config")
+            .arg(config.to_string_lossy()),
+    )
+    .await;
+    let b = AgentProc::start(Spec::new("drain-b").join(&a)).await;
+    let mut reaper = Reaper::default();
+    reaper.track(&a);
+    reaper.track(&b);
+    wait_alive(&[&a, &b], &["drain-a", "drain-b"], Duration::from_secs(20)).await;
+    wait_passing(&b, 1).await;
+    let pid = ps(&a).await.expect("ps").processes[0].pid.expect("running");
+
+    a.send_term();
+    let b_ref = &b;
+    // Well inside the 20 s drain: what b sees must come from the
+    // deregistration, while a is alive and its process serves.
+    eventually(
+        "b to drop the instance while drain-a is still alive and its process runs",
+        Duration::from_secs(15),
+        || async move {
+            if !echo_health(b_ref).await.is_empty() {
+                return None;
+            }
+            assert!(
+                alive(pid),
+                "the process stopped before b saw the instance deregistered"
+            );
+            assert!(
+                b_ref
+                    .members_in("alive")
+                    .await
+                    .contains(&"drain-a".to_owned()),
+                "drain-a left before b saw its instance deregistered"
+            );
+            Some(())
+        },
+    )
+    .await;
+    let status = a.wait_exit(Duration::from_secs(40)).expect("exit status");
+    assert!(status.success(), "agent exit: {status}");
+    assert!(!alive(pid), "the supervised process outlived its agent");
+    let _ = std::fs::remove_dir_all(&dir);
 }

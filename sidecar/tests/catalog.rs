@@ -8,7 +8,6 @@ mod common;
 
 use std::collections::BTreeMap;
 use std::path::Path;
-use std::process::Command;
 use std::time::{Duration, Instant};
 
 use client::select::Requirements;
@@ -23,11 +22,10 @@ const CONVERGE: Duration = Duration::from_secs(20);
 
 /// Runs the `gossamer` CLI against `agent`: (success, stdout, stderr).
 fn cli(agent: &AgentProc, args: &[&str]) -> (bool, String, String) {
-    let output = Command::new(env!("CARGO_BIN_EXE_gossamer"))
+    let output = common::gossamer()
         .arg("--agent")
         .arg(format!("http://{}", agent.listeners.admin))
         .args(args)
-        .env_remove("GOSSAMER_AGENT")
         .output()
         .expect("run the gossamer CLI");
     (
@@ -257,6 +255,29 @@ async fn definitions_written_through_api_and_cli_spread_and_deletes_follow() {
         winner == da || winner == db,
         "the winner is one of the writes"
     );
+
+    // A later write wins, whichever node makes it: first on the node whose
+    // racing write lost (so neither "first write wins" nor "one node always
+    // wins" passes), then back on the other one. Each is made after its
+    // node has seen the current value, so it is later by the clock the
+    // catalog orders writes with.
+    let (loser, other) = if winner == da { (&cb, &ca) } else { (&ca, &cb) };
+    let later = loser
+        .put_definition(&definition("race", "later"))
+        .await
+        .expect("later put");
+    wait_definition(&[&a, &b], "race", Some(&later.content_hash)).await;
+    let latest = other
+        .put_definition(&definition("race", "latest"))
+        .await
+        .expect("latest put");
+    wait_definition(&[&a, &b], "race", Some(&latest.content_hash)).await;
+    for client in [&ca, &cb] {
+        assert_eq!(
+            client.definition("race").await.expect("get race").version,
+            "latest"
+        );
+    }
 }
 
 #[tokio::test]
@@ -562,6 +583,65 @@ async fn a_crashed_node_loses_its_instances_everywhere_and_gets_them_back_on_res
     eprintln!(
         "restarted node's instances back everywhere after {:?}",
         started.elapsed()
+    );
+}
+
+#[tokio::test]
+async fn corrupt_persistence_files_are_named_at_start_or_ignored_when_peers_can_refill_them() {
+    let mut solo = AgentProc::start(Spec::new("corrupt-solo")).await;
+    let client = solo.client();
+    let mut request = registration("ledger", 18400);
+    request.id = Some("ledger-1".to_owned());
+    client.register(&request).await.expect("register");
+    let status = solo.terminate().expect("exit status");
+    assert!(status.success(), "exited with {status}");
+    let dir = solo.data_dir.clone();
+
+    // The node's own registrations exist nowhere else: a garbled file stops
+    // the start with a message that names it and says what to do, rather
+    // than starting without them.
+    let registrations = dir.join("registrations.json");
+    let saved = std::fs::read(&registrations).expect("registrations saved at stop");
+    std::fs::write(&registrations, &saved[..saved.len() / 2]).expect("garble");
+    let output = common::run_bounded(
+        common::gossamer()
+            .args(["agent", "--node-id", "corrupt-solo", "--profile", "local"])
+            .args(["--psk", common::PSK])
+            .args(["--bind", "127.0.0.1:0", "--admin-listen", "127.0.0.1:0"])
+            .args([
+                "--proxy-listen",
+                "127.0.0.1:0",
+                "--metrics-listen",
+                "127.0.0.1:0",
+            ])
+            .arg("--data-dir")
+            .arg(&dir),
+        Duration::from_secs(60),
+        "an agent on a corrupt registrations file",
+    );
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    assert_eq!(output.status.code(), Some(1), "{stderr}");
+    assert!(
+        stderr.contains("registrations.json") && stderr.contains("corrupt"),
+        "the error does not name the file: {stderr}"
+    );
+    assert!(stderr.contains("remove it"), "no way out given: {stderr}");
+    assert!(!stderr.contains("panicked"), "{stderr}");
+
+    // The catalog snapshot is a cache of what peers hold: a garbled one is
+    // ignored with a warning, and the node's own registrations still load.
+    std::fs::write(&registrations, &saved).expect("restore");
+    std::fs::write(dir.join("catalog.snapshot"), b"\xff\xff\xff\xff garbage").expect("garble");
+    solo.restart().await;
+    assert!(
+        solo.log().contains("unreadable catalog snapshot"),
+        "no warning about the snapshot:\n{}",
+        solo.log()
+    );
+    let client = solo.client();
+    assert_eq!(
+        instance_ids(&client, "ledger").await.expect("instances"),
+        ["ledger-1"]
     );
 }
 

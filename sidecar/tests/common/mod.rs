@@ -330,8 +330,7 @@ impl AgentProc {
     }
 
     /// The raw Prometheus text, or why the scrape failed (no answer, not
-    /// 200, or a body without the gauges every agent exports from its
-    /// first scrape).
+    /// 200, or a body without a single `gossamer_*` metric).
     pub async fn try_metrics_text(&self) -> Result<String, String> {
         let addr = self
             .listeners
@@ -343,9 +342,9 @@ impl AgentProc {
         if status != 200 {
             return Err(format!("http://{addr}/metrics answered {status}: {body}"));
         }
-        if !body.contains("gossamer_members") {
+        if !body.contains("# TYPE gossamer_") {
             return Err(format!(
-                "http://{addr}/metrics lacks gossamer_members, so it is not a scrape: {body}"
+                "http://{addr}/metrics holds no gossamer metric, so it is not a scrape: {body:?}"
             ));
         }
         Ok(body)

@@ -4,7 +4,7 @@
 mod common;
 
 use std::net::SocketAddr;
-use std::process::{Child, Command, Stdio};
+use std::process::{Child, Stdio};
 use std::time::{Duration, Instant};
 
 use common::{
@@ -73,7 +73,9 @@ async fn requirements_steer_every_call() {
         .and_then(|v| v.to_str().ok())
         .and_then(|v| v.parse().ok())
         .expect("x-gossamer-rtt-ms");
-    assert!(rtt > 1.0 && rtt < 20.0, "rtt {rtt}");
+    // Bounded by the hard requirement the call carried (the selection's
+    // promise, not a timing figure), and above zero: a measured remote RTT.
+    assert!(rtt > 0.0 && rtt <= 20.0, "rtt {rtt}");
 
     // The service name may come from a header instead of the Host.
     let (status, headers, _) = http_get(
@@ -135,20 +137,24 @@ async fn requirements_steer_every_call() {
 async fn slow_upstream_times_out_with_504() {
     let trio = delayed_trio("slow", "echo", false, (0, 0), &[]).await;
     wait_instances_measured(&trio.a, "echo", 2).await;
-    let started = Instant::now();
-    let (status, _, body) = http_get(
-        trio.a.listeners.proxy,
-        "/?delay_ms=5000",
-        &[("host", "echo.localhost"), ("x-gossamer-timeout-ms", "300")],
+    // The upstream takes a minute; the caller's 300 ms timeout must answer
+    // first. The outer bound is only there to fail rather than hang: it is
+    // far from both figures, so load on the machine cannot decide the test.
+    let (status, _, body) = tokio::time::timeout(
+        Duration::from_secs(40),
+        http_get(
+            trio.a.listeners.proxy,
+            "/?delay_ms=60000",
+            &[("host", "echo.localhost"), ("x-gossamer-timeout-ms", "300")],
+        ),
     )
     .await
+    .expect("the 504 comes long before the upstream's answer")
     .expect("answer");
     assert_eq!(status, 504, "{body}");
     assert!(json(&body)["error"]
         .as_str()
         .is_some_and(|e| e.contains("300 ms")));
-    // Not a timing assertion: only that the caller did not wait for the upstream.
-    assert!(started.elapsed() < Duration::from_secs(5));
     // The sidecar is still serving normally after the timeout.
     let per_node = calls(trio.a.listeners.proxy, 10, &[]).await;
     assert_eq!(per_node.values().sum::<usize>(), 10);
@@ -163,7 +169,7 @@ struct EchoProc {
 
 impl EchoProc {
     fn start(name: &str, port: u16) -> Self {
-        let child = Command::new(env!("CARGO_BIN_EXE_gossamer"))
+        let child = common::gossamer()
             .args([
                 "echo",
                 "--listen",
@@ -355,13 +361,15 @@ async fn a_dead_instance_costs_no_failed_get_and_comes_back() {
 #[tokio::test]
 async fn failing_instance_is_ejected_and_posts_are_never_retried() {
     // b is the only instance within hard 20 ms, so the caller's requirement
-    // pins calls to it and its failures are consecutive.
+    // pins calls to it and its failures are consecutive. The ejection lasts
+    // 8 s: the 503, the listing and the metric below are read inside it
+    // even on a loaded machine.
     let trio = delayed_trio(
         "ej",
         "echo",
         false,
         (5, 40),
-        &["--base-ejection-ms", "1000"],
+        &["--base-ejection-ms", "8000"],
     )
     .await;
     wait_instances_measured(&trio.a, "echo", 2).await;
@@ -400,7 +408,7 @@ async fn failing_instance_is_ejected_and_posts_are_never_retried() {
     // After the ejection time one probe is let through; its success brings b back.
     eventually(
         "b to return after its ejection",
-        Duration::from_secs(20),
+        Duration::from_secs(40),
         || async move {
             let (status, headers, _) = http_get(proxy, "/", &pinned).await?;
             (status == 200 && upstream_node(&headers) == "ej-b").then_some(())
@@ -445,14 +453,19 @@ async fn failing_instance_is_ejected_and_posts_are_never_retried() {
     assert_eq!(retries_before, retries_after, "a POST was retried");
 }
 
-/// Kilobytes of a process's peak resident memory (VmHWM).
+/// Kilobytes of a process's peak resident memory (VmHWM). Fails the test
+/// when it cannot be read: a missing figure must not pass as "flat".
 fn peak_rss_kib(pid: u32) -> u64 {
-    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap_or_default();
-    status
+    let path = format!("/proc/{pid}/status");
+    let status = std::fs::read_to_string(&path)
+        .unwrap_or_else(|e| panic!("cannot read {path} for the peak memory: {e}"));
+    let kib: u64 = status
         .lines()
         .find_map(|l| l.strip_prefix("VmHWM:"))
         .and_then(|v| v.trim().trim_end_matches("kB").trim().parse().ok())
-        .unwrap_or(0)
+        .unwrap_or_else(|| panic!("{path} has no VmHWM line:\n{status}"));
+    assert!(kib > 0, "{path} reports a peak memory of 0 kB");
+    kib
 }
 
 /// Sends `request` through `proxy` and counts the answer's body bytes as
@@ -596,4 +609,96 @@ async fn a_forged_frame_is_refused_and_counted() {
         &[],
     );
     assert_eq!(refusals, 2.0);
+}
+
+/// A loopback port that refuses connections for as long as the socket
+/// lives: bound, never listening, so nothing else can take it meanwhile.
+fn refusing_port() -> (u16, tokio::net::TcpSocket) {
+    let socket = tokio::net::TcpSocket::new_v4().expect("socket");
+    socket
+        .bind("127.0.0.1:0".parse().expect("addr"))
+        .expect("bind");
+    let port = socket.local_addr().expect("addr").port();
+    (port, socket)
+}
+
+#[tokio::test]
+async fn a_post_goes_to_a_second_instance_only_with_an_idempotency_key() {
+    // b is 5 ms away, c 40 ms. With soft 10 ms the first pick is always the
+    // instance on b (the only one within soft); a retry excludes it and takes
+    // the best of the rest, c's. b's instance refuses connections: a
+    // connection failure, where nothing reached the service.
+    let trio = delayed_trio("post", "echo", false, (5, 40), &[]).await;
+    let proxy = trio.a.listeners.proxy;
+    let c_port = trio
+        .echo_ports
+        .iter()
+        .find(|(name, _)| name == "post-c")
+        .map(|(_, port)| *port)
+        .expect("c's echo port");
+    // One service per case: b marks a refusing instance critical once it
+    // fails, which would keep it from being picked first the next time.
+    let (dead_once, _hold_once) = refusing_port();
+    let (dead_keyed, _hold_keyed) = refusing_port();
+    common::register_port(&trio.b, "plain", dead_once).await;
+    common::register_port(&trio.c, "plain", c_port).await;
+    common::register_port(&trio.b, "keyed", dead_keyed).await;
+    common::register_port(&trio.c, "keyed", c_port).await;
+    wait_instances_measured(&trio.a, "plain", 2).await;
+    wait_instances_measured(&trio.a, "keyed", 2).await;
+    let retries = |text: &str, service: &str| {
+        metric_value(text, "gossamer_retries_total", &[("service", service)])
+    };
+    let before = trio.a.metrics_text().await;
+
+    // Without a key: 502 from b, although c could have taken it.
+    let (status, headers, body) = http_request(
+        proxy,
+        "POST",
+        "/",
+        &[
+            ("host", "plain.localhost"),
+            ("x-gossamer-soft-rtt-ms", "10"),
+        ],
+        b"not idempotent".to_vec(),
+    )
+    .await
+    .expect("answer");
+    assert_eq!(
+        (status, upstream_node(&headers).as_str()),
+        (502, "post-b"),
+        "{body}"
+    );
+    // With an idempotency key: sent again, to c, and answered.
+    let (status, headers, body) = http_request(
+        proxy,
+        "POST",
+        "/echo",
+        &[
+            ("host", "keyed.localhost"),
+            ("x-gossamer-soft-rtt-ms", "10"),
+            ("idempotency-key", "order-42"),
+        ],
+        b"idempotent".to_vec(),
+    )
+    .await
+    .expect("answer");
+    assert_eq!(
+        (status, upstream_node(&headers).as_str()),
+        (200, "post-c"),
+        "{body}"
+    );
+    assert_eq!(body, "idempotent", "c's echo got the whole body again");
+
+    let after = trio.a.metrics_text().await;
+    assert_eq!(
+        retries(&after, "plain") - retries(&before, "plain"),
+        0.0,
+        "a POST without a key was retried"
+    );
+    assert_eq!(
+        retries(&after, "keyed") - retries(&before, "keyed"),
+        1.0,
+        "the POST with a key was retried once"
+    );
 }

@@ -420,7 +420,9 @@ async fn failing_instance_is_ejected_and_posts_are_never_retried() {
 
     // A POST to an instance that cannot be reached fails with 502 and is not
     // retried; the same request as a GET is.
-    let dead_port = free_port();
+    // Bound and never listening: refuses connections, and nothing else can
+    // take the port while the test runs.
+    let (dead_port, _dead) = refusing_port();
     common::register_port(&trio.b, "parrot", dead_port).await;
     let c_port = trio
         .echo_ports
@@ -623,7 +625,7 @@ fn refusing_port() -> (u16, tokio::net::TcpSocket) {
 }
 
 #[tokio::test]
-async fn a_post_goes_to_a_second_instance_only_with_an_idempotency_key() {
+async fn a_post_goes_to_a_second_instance_only_with_an_idempotency_key_and_a_kept_body() {
     // b is 5 ms away, c 40 ms. With soft 10 ms the first pick is always the
     // instance on b (the only one within soft); a retry excludes it and takes
     // the best of the rest, c's. b's instance refuses connections: a
@@ -644,8 +646,17 @@ async fn a_post_goes_to_a_second_instance_only_with_an_idempotency_key() {
     common::register_port(&trio.c, "plain", c_port).await;
     common::register_port(&trio.b, "keyed", dead_keyed).await;
     common::register_port(&trio.c, "keyed", c_port).await;
-    wait_instances_measured(&trio.a, "plain", 2).await;
-    wait_instances_measured(&trio.a, "keyed", 2).await;
+    // Bodies the proxy does not keep (over 64 KiB, or streamed without a
+    // length) cannot be sent twice, key or not.
+    let (dead_bulky, _hold_bulky) = refusing_port();
+    let (dead_streamed, _hold_streamed) = refusing_port();
+    common::register_port(&trio.b, "bulky", dead_bulky).await;
+    common::register_port(&trio.c, "bulky", c_port).await;
+    common::register_port(&trio.b, "streamed", dead_streamed).await;
+    common::register_port(&trio.c, "streamed", c_port).await;
+    for service in ["plain", "keyed", "bulky", "streamed"] {
+        wait_instances_measured(&trio.a, service, 2).await;
+    }
     let retries = |text: &str, service: &str| {
         metric_value(text, "gossamer_retries_total", &[("service", service)])
     };
@@ -690,7 +701,70 @@ async fn a_post_goes_to_a_second_instance_only_with_an_idempotency_key() {
     );
     assert_eq!(body, "idempotent", "c's echo got the whole body again");
 
+    // Over 64 KiB, with a key: 502 from b, not sent again.
+    let (status, headers, body) = http_request(
+        proxy,
+        "POST",
+        "/echo",
+        &[
+            ("host", "bulky.localhost"),
+            ("x-gossamer-soft-rtt-ms", "10"),
+            ("idempotency-key", "order-43"),
+        ],
+        vec![b'x'; 64 * 1024 + 1],
+    )
+    .await
+    .expect("answer");
+    assert_eq!(
+        (status, upstream_node(&headers).as_str()),
+        (502, "post-b"),
+        "{body}"
+    );
+    // Streamed (chunked, no length), small, with a key: not kept either.
+    let (status, headers, body) = {
+        use http_body_util::BodyExt;
+        let chunks = futures_util::stream::iter([Ok::<_, std::convert::Infallible>(
+            hyper::body::Frame::data(bytes::Bytes::from_static(b"streamed")),
+        )]);
+        let request = http::Request::post("/echo")
+            .header("host", "streamed.localhost")
+            .header("x-gossamer-soft-rtt-ms", "10")
+            .header("idempotency-key", "order-44")
+            .body(http_body_util::StreamBody::new(chunks).boxed())
+            .expect("request");
+        let stream = tokio::net::TcpStream::connect(proxy)
+            .await
+            .expect("connect");
+        let (mut sender, connection) =
+            hyper::client::conn::http1::handshake(hyper_util::rt::TokioIo::new(stream))
+                .await
+                .expect("handshake");
+        tokio::spawn(connection);
+        let response = sender.send_request(request).await.expect("response");
+        let status = response.status().as_u16();
+        let headers = response.headers().clone();
+        let body = response
+            .into_body()
+            .collect()
+            .await
+            .expect("body")
+            .to_bytes();
+        (status, headers, String::from_utf8_lossy(&body).into_owned())
+    };
+    assert_eq!(
+        (status, upstream_node(&headers).as_str()),
+        (502, "post-b"),
+        "{body}"
+    );
+
     let after = trio.a.metrics_text().await;
+    for service in ["bulky", "streamed"] {
+        assert_eq!(
+            retries(&after, service) - retries(&before, service),
+            0.0,
+            "a {service} body was sent twice"
+        );
+    }
     assert_eq!(
         retries(&after, "plain") - retries(&before, "plain"),
         0.0,
@@ -701,4 +775,84 @@ async fn a_post_goes_to_a_second_instance_only_with_an_idempotency_key() {
         1.0,
         "the POST with a key was retried once"
     );
+}
+
+/// A service in this process that records the headers of every request it
+/// gets and answers 200.
+async fn header_recorder() -> (u16, tokio::sync::mpsc::UnboundedReceiver<http::HeaderMap>) {
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
+        .await
+        .expect("bind");
+    let port = listener.local_addr().expect("addr").port();
+    let (tx, rx) = tokio::sync::mpsc::unbounded_channel();
+    tokio::spawn(async move {
+        while let Ok((stream, _)) = listener.accept().await {
+            let tx = tx.clone();
+            tokio::spawn(async move {
+                let service = hyper::service::service_fn(
+                    move |request: http::Request<hyper::body::Incoming>| {
+                        let _ = tx.send(request.headers().clone());
+                        async {
+                            Ok::<_, std::convert::Infallible>(http::Response::new(
+                                http_body_util::Full::new(bytes::Bytes::from_static(b"seen")),
+                            ))
+                        }
+                    },
+                );
+                let _ = hyper::server::conn::http1::Builder::new()
+                    .serve_connection(hyper_util::rt::TokioIo::new(stream), service)
+                    .await;
+            });
+        }
+    });
+    (port, rx)
+}
+
+#[tokio::test]
+async fn hop_by_hop_headers_stop_at_the_proxy_and_end_to_end_ones_pass() {
+    let a = AgentProc::start(Spec::new("hop-a")).await;
+    let b = AgentProc::start(Spec::new("hop-b").join(&a)).await;
+    wait_alive(&[&a, &b], &["hop-a", "hop-b"], Duration::from_secs(20)).await;
+    // One instance on the caller's node (called directly) and one behind
+    // the other sidecar (over QUIC).
+    let (near_port, mut near_seen) = header_recorder().await;
+    let (far_port, mut far_seen) = header_recorder().await;
+    common::register_port(&a, "near", near_port).await;
+    common::register_port(&b, "far", far_port).await;
+    wait_instances_measured(&a, "far", 1).await;
+
+    for (service, seen) in [("near", &mut near_seen), ("far", &mut far_seen)] {
+        let host = format!("{service}.localhost");
+        let (status, _, body) = http_get(
+            a.listeners.proxy,
+            "/",
+            &[
+                ("host", &host),
+                ("connection", "keep-alive, x-hop-secret"),
+                ("x-hop-secret", "for the next hop only"),
+                ("keep-alive", "timeout=5"),
+                ("proxy-authorization", "Basic cHJveHk6c2VjcmV0"),
+                ("te", "trailers"),
+                ("x-end-to-end", "kept"),
+            ],
+        )
+        .await
+        .expect("answer");
+        assert_eq!(status, 200, "{service}: {body}");
+        let headers = tokio::time::timeout(Duration::from_secs(10), seen.recv())
+            .await
+            .expect("the service got the request")
+            .expect("recorder running");
+        for name in ["x-hop-secret", "keep-alive", "proxy-authorization", "te"] {
+            assert!(
+                !headers.contains_key(name),
+                "{service}: {name} reached the service: {headers:?}"
+            );
+        }
+        assert_eq!(
+            headers.get("x-end-to-end").and_then(|v| v.to_str().ok()),
+            Some("kept"),
+            "{service}: {headers:?}"
+        );
+    }
 }

@@ -718,3 +718,81 @@ grace_ms = 2000
     assert!(!alive(pid), "the supervised process outlived its agent");
     let _ = std::fs::remove_dir_all(&dir);
 }
+
+#[tokio::test]
+async fn a_process_that_keeps_exiting_is_restarted_with_doubling_capped_delays() {
+    let dir = std::env::temp_dir().join(format!("gossamer-sup-backoff-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).expect("dir");
+    let config = dir.join("agent.toml");
+    std::fs::write(
+        &config,
+        r#"
+[[supervise]]
+name = "flaky"
+command = ["sh", "-c", "echo up; exit 3"]
+restart_backoff_ms = 200
+restart_backoff_max_ms = 800
+"#,
+    )
+    .expect("write config");
+    let a = AgentProc::start(
+        Spec::new("backoff-a")
+            .arg("--config")
+            .arg(config.to_string_lossy()),
+    )
+    .await;
+    let mut reaper = Reaper::default();
+    reaper.track(&a);
+
+    // The supervisor's notes in the copy's log: one "restarting in N ms"
+    // per exit. Order and values, not timing: 200, 400, 800, then capped.
+    let log = a
+        .data_dir
+        .join("supervise/flaky/logs/flaky-backoff-a-1.log");
+    let delays = eventually(
+        "five restarts of the flaky process",
+        Duration::from_secs(60),
+        || {
+            let log = log.clone();
+            async move {
+                let text = std::fs::read_to_string(&log).ok()?;
+                let delays: Vec<u64> = text
+                    .lines()
+                    .filter_map(|l| {
+                        let rest = &l[l.find("restarting in ")? + "restarting in ".len()..];
+                        rest.split(' ').next()?.parse().ok()
+                    })
+                    .collect();
+                (delays.len() >= 5).then_some(delays)
+            }
+        },
+    )
+    .await;
+    assert_eq!(delays[..5], [200, 400, 800, 800, 800], "{delays:?}");
+    let view = ps(&a).await.expect("ps");
+    let copy = &view.processes[0];
+    // The count grows when the next process starts, after its delay.
+    assert!(copy.restarts >= 4, "{copy:?}");
+    assert!(
+        copy.last_exit
+            .as_deref()
+            .unwrap_or("")
+            .contains("exit code 3"),
+        "the exit code is reported: {copy:?}"
+    );
+    // Never served: listed critical (so an operator sees it), never
+    // eligible, so nobody routes to it.
+    let view = a
+        .client()
+        .instances("flaky", &Default::default())
+        .await
+        .expect("instances");
+    assert!(view.eligible.is_empty(), "{view:?}");
+    assert!(
+        view.ineligible
+            .iter()
+            .all(|i| i.instance.health == mesh_proto::catalog::Health::Critical),
+        "{view:?}"
+    );
+    let _ = std::fs::remove_dir_all(&dir);
+}

@@ -175,7 +175,6 @@ impl AgentProc {
             .args(["--profile", "local"])
             .arg("--data-dir")
             .arg(&data_dir)
-            .args(&spec.extra)
             .env("GOSSAMER_LOG", "info,sidecar=debug")
             .envs(spec.env.iter().map(|(k, v)| (k, v)))
             .stdin(Stdio::null())
@@ -189,6 +188,9 @@ impl AgentProc {
         for seed in &spec.join {
             command.args(["--join", &seed.to_string()]);
         }
+        // Last: the extra arguments may end with `--exec NAME -- CMD ...`,
+        // after which every argument belongs to the supervised command.
+        command.args(&spec.extra);
         let child = command.spawn().expect("spawn gossamer agent");
         let listeners_path = data_dir.join("listeners.json");
         let mut proc = AgentProc {

@@ -154,6 +154,80 @@ async fn wait_passing(agent: &AgentProc, n: usize) {
     .await;
 }
 
+/// The health states of echo's instances that an agent's list goes
+/// through, followed with blocking queries (`?index=`), so that a state
+/// that lasts less than a poll interval is still seen.
+struct EchoHistory {
+    admin: std::net::SocketAddr,
+    index: u64,
+    seen: Vec<Vec<String>>,
+}
+
+impl EchoHistory {
+    async fn start(agent: &AgentProc) -> Self {
+        let mut history = Self {
+            admin: agent.listeners.admin,
+            index: 0,
+            seen: Vec::new(),
+        };
+        history.next(Duration::ZERO).await;
+        history
+    }
+
+    /// One read, blocking up to `wait` for a change past the last index.
+    async fn next(&mut self, wait: Duration) {
+        let path = format!(
+            "/v1/services/echo/instances?index={}&wait={}ms",
+            self.index,
+            wait.as_millis()
+        );
+        let (status, headers, body) = tokio::time::timeout(
+            wait + Duration::from_secs(10),
+            http_get(self.admin, &path, &[]),
+        )
+        .await
+        .expect("a blocking query answers after its wait at the latest")
+        .expect("answer");
+        assert_eq!(status, 200, "{body}");
+        self.index = headers
+            .get(mesh_proto::api::INDEX_HEADER)
+            .and_then(|v| v.to_str().ok())
+            .and_then(|v| v.parse().ok())
+            .expect("index header");
+        let view: mesh_proto::api::InstancesView =
+            serde_json::from_str(&body).unwrap_or_else(|e| panic!("{e}: {body}"));
+        let mut health: Vec<String> = view
+            .eligible
+            .iter()
+            .chain(view.ineligible.iter())
+            .map(|i| format!("{:?}", i.instance.health).to_lowercase())
+            .collect();
+        health.sort();
+        if self.seen.last() != Some(&health) {
+            self.seen.push(health);
+        }
+    }
+
+    /// Follows the list until it went critical and then passing again.
+    async fn until_passing_after_critical(&mut self) {
+        let deadline = Instant::now() + Duration::from_secs(30);
+        loop {
+            let critical_at = self.seen.iter().position(|h| h == &["critical"]);
+            let passing_after =
+                critical_at.is_some_and(|at| self.seen[at..].iter().any(|h| h == &["passing"]));
+            if passing_after {
+                return;
+            }
+            assert!(
+                Instant::now() < deadline,
+                "echo's states as b saw them: {:?}; expected passing, critical, passing",
+                self.seen
+            );
+            self.next(Duration::from_secs(5)).await;
+        }
+    }
+}
+
 /// The next line from a reader thread, if one comes within 20 s.
 async fn next_line(rx: &mut tokio::sync::mpsc::UnboundedReceiver<String>) -> Option<String> {
     tokio::time::timeout(Duration::from_secs(20), rx.recv())
@@ -222,17 +296,13 @@ async fn supervised_echo_serves_through_another_agent_and_comes_back_after_a_kil
     );
 
     // Killed: critical everywhere at once, then back after the restart.
+    // The critical spell lasts about the restart backoff (500 ms): rather
+    // than hope a poll lands in it, follow b's list with blocking queries,
+    // which answer at each change, and check the states come in order.
+    let mut history = EchoHistory::start(&b).await;
     kill9(pid);
+    history.until_passing_after_critical().await;
     let b_ref = &b;
-    eventually(
-        "b to see the copy critical",
-        Duration::from_secs(10),
-        || async move {
-            (echo_health(b_ref).await == [("echo-sup-a-1".to_owned(), "critical".to_owned())])
-                .then_some(())
-        },
-    )
-    .await;
     wait_passing(&b, 1).await;
     let view = ps(&a).await.expect("ps");
     let now = &view.processes[0];

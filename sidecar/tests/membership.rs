@@ -212,3 +212,28 @@ async fn user_errors_exit_non_zero_with_a_one_line_explanation() {
         "{err}"
     );
 }
+
+#[tokio::test]
+async fn an_agent_joins_through_any_of_several_targets_given_by_name_or_address() {
+    let seed = AgentProc::start(Spec::new("multi-seed")).await;
+    // The first target is a UDP port where no agent answers; the second
+    // names the seed by host name (localhost may resolve to ::1 first, which
+    // this IPv4 agent cannot reach: the next address must be tried).
+    let silent = std::net::UdpSocket::bind("127.0.0.1:0").expect("bind");
+    let silent_addr = silent.local_addr().expect("addr");
+    let joiner = AgentProc::start(
+        Spec::new("multi-joiner")
+            .arg("--join")
+            .arg(silent_addr.to_string())
+            .arg("--join")
+            .arg(format!("localhost:{}", seed.listeners.quic.port())),
+    )
+    .await;
+    wait_alive(
+        &[&seed, &joiner],
+        &["multi-joiner", "multi-seed"],
+        Duration::from_secs(60),
+    )
+    .await;
+    drop(silent);
+}

@@ -237,3 +237,34 @@ async fn an_agent_joins_through_any_of_several_targets_given_by_name_or_address(
     .await;
     drop(silent);
 }
+
+#[tokio::test]
+async fn the_lan_and_wan_profiles_form_a_cluster_and_see_a_leave() {
+    for profile in ["lan", "wan"] {
+        let seed = AgentProc::start(Spec::new(&format!("{profile}-1")).profile(profile)).await;
+        let mut member = AgentProc::start(
+            Spec::new(&format!("{profile}-2"))
+                .profile(profile)
+                .join(&seed),
+        )
+        .await;
+        let ids = [format!("{profile}-1"), format!("{profile}-2")];
+        let ids: Vec<&str> = ids.iter().map(String::as_str).collect();
+        wait_alive(&[&seed, &member], &ids, Duration::from_secs(60)).await;
+        let status = member.terminate().expect("exit status");
+        assert!(status.success(), "{profile}: agent exited with {status}");
+        // A leave is announced: no failure detection needed, whatever the
+        // profile's probe period.
+        eventually(
+            &format!("{profile}: the seed to see the member down"),
+            Duration::from_secs(30),
+            || async {
+                seed.members_in("down")
+                    .await
+                    .contains(&ids[1].to_owned())
+                    .then_some(())
+            },
+        )
+        .await;
+    }
+}

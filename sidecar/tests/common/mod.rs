@@ -83,6 +83,8 @@ pub struct Spec {
     pub env: Vec<(String, String)>,
     /// Pass the passphrase as `GOSSAMER_PSK` rather than `--psk`.
     pub psk_in_env: bool,
+    /// Gossip timings: `local` unless a test says otherwise.
+    pub profile: String,
 }
 
 impl Spec {
@@ -95,6 +97,7 @@ impl Spec {
             metrics: false,
             env: Vec::new(),
             psk_in_env: false,
+            profile: "local".to_owned(),
         }
     }
 
@@ -121,6 +124,12 @@ impl Spec {
     /// Sets a variable in the agent's environment.
     pub fn env(mut self, key: &str, value: &str) -> Self {
         self.env.push((key.to_owned(), value.to_owned()));
+        self
+    }
+
+    /// Uses the `lan` or `wan` gossip timings instead of `local`.
+    pub fn profile(mut self, profile: &str) -> Self {
+        self.profile = profile.to_owned();
         self
     }
 
@@ -172,7 +181,7 @@ impl AgentProc {
             .args(["--admin-listen", "127.0.0.1:0"])
             .args(["--proxy-listen", "127.0.0.1:0"])
             .args(["--metrics-listen", "127.0.0.1:0"])
-            .args(["--profile", "local"])
+            .args(["--profile", &spec.profile])
             .arg("--data-dir")
             .arg(&data_dir)
             .env("GOSSAMER_LOG", "info,sidecar=debug")

@@ -866,3 +866,69 @@ restart_backoff_max_ms = 800
     );
     let _ = std::fs::remove_dir_all(&dir);
 }
+
+#[tokio::test]
+async fn a_failing_health_check_marks_a_running_copy_critical_until_it_passes_again() {
+    let dir = std::env::temp_dir().join(format!("gossamer-sup-health-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).expect("dir");
+    let config = dir.join("agent.toml");
+    std::fs::write(
+        &config,
+        format!(
+            r#"
+[[supervise]]
+name = "echo"
+command = ["{GOSSAMER}", "echo", "--name", "echo@health-a"]
+health = "/status/200"
+check_interval_ms = 300
+"#
+        ),
+    )
+    .expect("write config");
+    let a = AgentProc::start(
+        Spec::new("health-a")
+            .arg("--config")
+            .arg(config.to_string_lossy()),
+    )
+    .await;
+    let b = AgentProc::start(Spec::new("health-b").join(&a)).await;
+    let mut reaper = Reaper::default();
+    reaper.track(&a);
+    reaper.track(&b);
+    wait_alive(
+        &[&a, &b],
+        &["health-a", "health-b"],
+        Duration::from_secs(20),
+    )
+    .await;
+    wait_passing(&b, 1).await;
+    let pid = ps(&a).await.expect("ps").processes[0].pid.expect("running");
+
+    // Stopped (SIGSTOP), the process still runs and holds its port but
+    // answers nothing: its checks fail, and it is marked critical, not
+    // restarted.
+    let signal = |sig: &str| {
+        let _ = Command::new("kill").args([sig, &pid.to_string()]).status();
+    };
+    signal("-STOP");
+    let b_ref = &b;
+    eventually(
+        "b to see the unresponsive copy critical",
+        Duration::from_secs(60),
+        || async move {
+            (echo_health(b_ref).await == [("echo-health-a-1".to_owned(), "critical".to_owned())])
+                .then_some(())
+        },
+    )
+    .await;
+    let view = ps(&a).await.expect("ps");
+    assert_eq!(view.processes[0].pid, Some(pid), "{view:?}");
+    assert_eq!(view.processes[0].restarts, 0, "{view:?}");
+
+    // Answering again: passing again, the same process.
+    signal("-CONT");
+    wait_passing(&b, 1).await;
+    let view = ps(&a).await.expect("ps");
+    assert_eq!(view.processes[0].pid, Some(pid), "{view:?}");
+    let _ = std::fs::remove_dir_all(&dir);
+}

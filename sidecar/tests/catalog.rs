@@ -761,3 +761,32 @@ async fn a_late_joiner_gets_the_whole_catalog_through_anti_entropy() {
     let names: Vec<String> = summaries(&c.client()).await.into_keys().collect();
     assert_eq!(names, ["svc-0", "svc-1", "svc-2", "svc-3", "svc-4"]);
 }
+
+#[tokio::test]
+async fn a_record_too_big_for_a_gossip_packet_still_reaches_every_agent() {
+    let agents = cluster("big", 3).await;
+    let refs: Vec<&AgentProc> = agents.iter().collect();
+    wait_alive(&refs, &["big-1", "big-2", "big-3"], CONVERGE).await;
+    // About 5 KB of endpoints (61, under the limit of 64): far over a SWIM
+    // packet (about 1.2 KB), so no broadcast can carry it; anti-entropy must.
+    let mut big = definition("sprawling", "1.0.0");
+    for i in 0..60 {
+        big.endpoints.insert(
+            format!("endpoint-{i:03}"),
+            format!("http://sprawling.localhost/api/v1/resources/{i:03}/documents/openapi.json"),
+        );
+    }
+    let stored = agents[0]
+        .client()
+        .put_definition(&big)
+        .await
+        .expect("put a big definition");
+    wait_definition(&refs, "sprawling", Some(&stored.content_hash)).await;
+    let got = agents[2]
+        .client()
+        .definition("sprawling")
+        .await
+        .expect("get on the third agent");
+    assert_eq!(got.endpoints.len(), big.endpoints.len());
+    assert_eq!(got, stored);
+}

@@ -143,14 +143,22 @@ async fn a_restarted_agent_keeps_its_id_and_rejoins_with_a_higher_generation() {
         .expect("member listed")
         .generation;
 
+    let old_address = member.listeners.quic;
     member.restart().await;
+    // Port 0: the restarted agent has a new QUIC address, and the seed must
+    // reach it there.
+    let new_address = member.listeners.quic;
+    assert_ne!(old_address, new_address, "the restart kept its port");
     let after = eventually(
-        "the seed to see the new generation alive",
+        "the seed to see the new generation alive at the new address",
         CONVERGE,
         || async {
             let nodes = seed.client().nodes().await.ok()?;
             let node = nodes.into_iter().find(|n| n.id == "re-member")?;
-            (node.generation > before && node.state.as_str() == "alive").then_some(node.generation)
+            (node.generation > before
+                && node.state.as_str() == "alive"
+                && node.address == new_address.to_string())
+            .then_some(node.generation)
         },
     )
     .await;

@@ -199,6 +199,43 @@ impl EchoProc {
         echo
     }
 
+    /// Starts on a port the echo binds itself (port 0), and learns it from
+    /// the line the echo prints when it listens.
+    async fn start_on_free_port(name: &str) -> Self {
+        use std::io::BufRead;
+        let mut child = common::gossamer()
+            .args(["echo", "--listen", "127.0.0.1:0", "--name", name])
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(Stdio::piped())
+            .spawn()
+            .expect("spawn gossamer echo");
+        let stderr = child.stderr.take().expect("stderr");
+        let (tx, rx) = tokio::sync::oneshot::channel();
+        std::thread::spawn(move || {
+            let mut lines = std::io::BufReader::new(stderr).lines();
+            let _ = tx.send(lines.next().and_then(Result::ok));
+            // Keep draining, so the echo never blocks on a full pipe.
+            for _ in lines {}
+        });
+        let line = tokio::time::timeout(Duration::from_secs(20), rx)
+            .await
+            .expect("the echo says where it listens")
+            .ok()
+            .flatten()
+            .expect("a line from the echo");
+        let port = line
+            .rsplit(':')
+            .next()
+            .and_then(|p| p.trim().parse().ok())
+            .unwrap_or_else(|| panic!("no port in {line:?}"));
+        Self {
+            port,
+            name: name.to_owned(),
+            child,
+        }
+    }
+
     fn kill(&mut self) {
         let _ = self.child.kill();
         let _ = self.child.wait();
@@ -209,13 +246,6 @@ impl Drop for EchoProc {
     fn drop(&mut self) {
         self.kill();
     }
-}
-
-fn free_port() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0")
-        .and_then(|l| l.local_addr())
-        .map(|a| a.port())
-        .expect("free port")
 }
 
 /// The health and ineligibility reason `agent` lists for the instance of `node`.
@@ -242,9 +272,9 @@ async fn instance_state(agent: &AgentProc, service: &str, node: &str) -> Option<
 
 #[tokio::test]
 async fn a_dead_instance_costs_no_failed_get_and_comes_back() {
-    let ports = [free_port(), free_port()];
-    let mut echo_b = EchoProc::start_ready("echo@die-b", ports[0]).await;
-    let mut echo_c = EchoProc::start_ready("echo@die-c", ports[1]).await;
+    let mut echo_b = EchoProc::start_on_free_port("echo@die-b").await;
+    let mut echo_c = EchoProc::start_on_free_port("echo@die-c").await;
+    let ports = [echo_b.port, echo_c.port];
     let b = AgentProc::start(
         Spec::new("die-b")
             .with_metrics()

@@ -542,3 +542,36 @@ async fn a_peer_cannot_write_or_delete_another_nodes_instances() {
         );
     }
 }
+
+#[tokio::test]
+async fn an_anti_entropy_message_over_the_limit_is_refused_before_it_is_read() {
+    use mesh_proto::gossip::{StreamKind, MAX_SYNC_MESSAGE};
+    let agent = AgentProc::start(Spec::new("sync-limit").with_metrics()).await;
+    let before = counter(&agent, DECODE_ERRORS).await;
+    let transport = common::peer_transport(common::PSK, "sync-liar");
+    let (mut send, mut recv, _conn) = transport
+        .open_stream(agent.listeners.quic, StreamKind::Sync)
+        .await
+        .expect("open sync stream");
+    // A length one byte over the limit, and a little of the promised body:
+    // the agent must refuse on the length, not wait for (or allocate) 16 MiB.
+    let claimed = u32::try_from(MAX_SYNC_MESSAGE + 1).expect("fits u32");
+    send.write_all(&claimed.to_be_bytes())
+        .await
+        .expect("write length");
+    let _ = send.write_all(&[0u8; 1024]).await;
+    let ended = tokio::time::timeout(CONVERGE, recv.read_to_end(1 << 20)).await;
+    assert!(
+        ended.is_ok(),
+        "the agent kept the stream open, waiting for the body"
+    );
+    let after = counter_reaches(&agent, DECODE_ERRORS, before + 1.0).await;
+    assert_eq!(after, before + 1.0);
+    let refused = log_lines_with(&agent, &["catalog message", "limit"]);
+    assert!(
+        !refused.is_empty(),
+        "nothing logged about the refused message"
+    );
+    // And the agent still serves.
+    assert!(agent.client().health().await.expect("health").ready);
+}

@@ -932,3 +932,88 @@ check_interval_ms = 300
     assert_eq!(view.processes[0].pid, Some(pid), "{view:?}");
     let _ = std::fs::remove_dir_all(&dir);
 }
+
+#[tokio::test]
+async fn a_chatty_process_log_is_rotated_by_size_keeping_the_configured_files() {
+    let dir = std::env::temp_dir().join(format!("gossamer-sup-rotate-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).expect("dir");
+    let config = dir.join("agent.toml");
+    // 400 numbered lines of about 60 bytes (about 24 KB), then the echo
+    // service, so the copy becomes ready and the lines are all written.
+    std::fs::write(
+        &config,
+        format!(
+            r#"
+[[supervise]]
+name = "chatty"
+command = ["sh", "-c", "i=0; while [ $i -lt 400 ]; do echo \"chatty line $i padding padding padding\"; i=$((i+1)); done; exec {GOSSAMER} echo --name chatty"]
+log_max_bytes = 2048
+log_files = 2
+"#
+        ),
+    )
+    .expect("write config");
+    let a = AgentProc::start(
+        Spec::new("rotate-a")
+            .arg("--config")
+            .arg(config.to_string_lossy()),
+    )
+    .await;
+    let mut reaper = Reaper::default();
+    reaper.track(&a);
+
+    let logs = a.data_dir.join("supervise/chatty/logs");
+    let current = logs.join("chatty-rotate-a-1.log");
+    let read = |suffix: &str| {
+        std::fs::read_to_string(logs.join(format!("chatty-rotate-a-1.log{suffix}")))
+            .unwrap_or_default()
+    };
+    eventually(
+        "the last line to be written",
+        Duration::from_secs(30),
+        || async {
+            (read("").contains("chatty line 399") || read(".1").contains("chatty line 399"))
+                .then_some(())
+        },
+    )
+    .await;
+    // The current file and two rotated ones, none over the limit (plus
+    // one line), and no third: the oldest lines were dropped.
+    for suffix in ["", ".1", ".2"] {
+        let text = read(suffix);
+        assert!(
+            !text.is_empty(),
+            "{}{suffix} is missing or empty",
+            current.display()
+        );
+        assert!(
+            text.len() <= 2048,
+            "{}{suffix} holds {} bytes",
+            current.display(),
+            text.len()
+        );
+    }
+    assert!(
+        !logs.join("chatty-rotate-a-1.log.3").exists(),
+        "more files kept than log_files = 2"
+    );
+    assert!(
+        !format!("{}{}{}", read(".2"), read(".1"), read("")).contains("chatty line 0 "),
+        "the oldest lines should be gone"
+    );
+    // The kept lines are the newest, in order, across the files.
+    let kept: Vec<u32> = format!("{}{}{}", read(".2"), read(".1"), read(""))
+        .lines()
+        .filter_map(|l| {
+            l.split("chatty line ")
+                .nth(1)?
+                .split(' ')
+                .next()?
+                .parse()
+                .ok()
+        })
+        .collect();
+    assert!(kept.windows(2).all(|w| w[1] == w[0] + 1), "{kept:?}");
+    assert_eq!(kept.last(), Some(&399));
+    let _ = std::fs::remove_dir_all(&dir);
+}

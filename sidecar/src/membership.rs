@@ -214,6 +214,9 @@ impl Driver {
     ) {
         let mut watchdog = tokio::time::interval(foca_config(self.profile, 1).probe_period);
         watchdog.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        // The member gauges exist from the first scrape, before (or without)
+        // any peer: a lone agent shows itself alive.
+        self.publish_active();
         loop {
             let started = Instant::now();
             tokio::select! {

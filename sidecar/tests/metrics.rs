@@ -266,3 +266,47 @@ async fn every_contract_metric_is_scraped_and_moves() {
         );
     }
 }
+
+#[tokio::test]
+async fn a_lone_agent_exports_every_gauge_from_its_first_scrape() {
+    // No peer, no traffic: the gauges are there anyway, so dashboards and
+    // alerts see 1 alive member and 0s rather than missing series.
+    let agent = AgentProc::start(Spec::new("gauges-lone")).await;
+    let text = agent.metrics_text().await;
+    let line = |name: &str, labels: &str| {
+        text.lines()
+            .any(|l| l.starts_with(&format!("{name}{labels} ")))
+    };
+    assert!(line("gossamer_members", "{state=\"alive\"}"), "{text}");
+    assert_eq!(
+        metric_value(&text, "gossamer_members", &[("state", "alive")]),
+        1.0,
+        "{text}"
+    );
+    for state in ["suspect", "down"] {
+        assert!(
+            line("gossamer_members", &format!("{{state=\"{state}\"}}")),
+            "no gossamer_members{{state={state:?}}}: {text}"
+        );
+    }
+    for name in [
+        "gossamer_catalog_index",
+        "gossamer_handshake_failures_total",
+        "gossamer_decode_errors_total",
+        "gossamer_relay_refusals_total",
+    ] {
+        assert!(
+            line(name, ""),
+            "{name} missing from the first scrape: {text}"
+        );
+    }
+    assert!(
+        text.lines()
+            .any(|l| l.starts_with("gossamer_catalog_records{")),
+        "{text}"
+    );
+    assert!(
+        text.lines().any(|l| l.starts_with("gossamer_build_info{")),
+        "{text}"
+    );
+}

@@ -138,9 +138,21 @@ async fn gossip_runs_a_few_agents() {
     };
     let results = gossip::run(&args).await.expect("gossip runs");
     assert_eq!(results.start_to_ready.count, 4);
+    // Every registration reached every agent (30 s allowed each) and the
+    // killed agent was declared down (60 s allowed): a timeout is a failure,
+    // not a sample that went missing.
     assert_eq!(
-        results.registration_spread.count + results.registration_timeouts,
-        2
+        (
+            results.registration_spread.count,
+            results.registration_timeouts
+        ),
+        (2, 0),
+        "registrations spread / timed out"
+    );
+    assert_eq!(
+        (results.kill_to_down.count, results.kill_timeouts),
+        (1, 0),
+        "kills declared down / timed out"
     );
     let doc = document(&out, "gossip-4", "gossip");
     assert!(doc["results"]["rss_idle_kib"]

@@ -197,6 +197,40 @@ proptest! {
         }
     }
 
+    /// A late copy of a deleted record is stale while the tombstone is
+    /// kept, and comes back once the tombstone expired: why the TTL must
+    /// outlast any copy still travelling (anti-entropy, a node back from a
+    /// partition).
+    #[test]
+    fn a_late_copy_is_stale_within_the_tombstone_ttl_and_resurrects_after_it(
+        live in record().prop_filter("a live record", |r| !r.is_tombstone()),
+        later_ms in 1u64..1_000,
+        ttl_ms in 1u64..10_000,
+    ) {
+        let mut catalog = Catalog::new();
+        prop_assert_eq!(catalog.apply(live.clone()), Applied::Newer);
+        let mut version = live.version.clone();
+        version.hlc.wall_ms += later_ms;
+        let tombstone = Record {
+            key: live.key.clone(),
+            version: version.clone(),
+            body: RecordBody::Tombstone,
+        };
+        prop_assert_eq!(catalog.apply(tombstone.clone()), Applied::Newer);
+
+        // Up to the end of the TTL: kept, and the late copy changes nothing.
+        let last_kept_ms = version.hlc.wall_ms + ttl_ms;
+        prop_assert_eq!(catalog.expire_tombstones(last_kept_ms, ttl_ms), 0);
+        prop_assert_eq!(catalog.apply(live.clone()), Applied::Stale);
+        prop_assert_eq!(catalog.get(&live.key), Some(&tombstone));
+
+        // Past it: gone, and the same late copy is a new record again.
+        prop_assert_eq!(catalog.expire_tombstones(last_kept_ms + 1, ttl_ms), 1);
+        prop_assert!(catalog.get(&live.key).is_none());
+        prop_assert_eq!(catalog.apply(live.clone()), Applied::Newer);
+        prop_assert_eq!(catalog.get(&live.key), Some(&live));
+    }
+
     #[test]
     fn records_round_trip_through_the_codec(r in record()) {
         let bytes = codec::encode(&r).expect("records encode");

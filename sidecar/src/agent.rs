@@ -189,6 +189,10 @@ pub async fn start(config: AgentConfig) -> anyhow::Result<RunningAgent> {
         generation,
     };
 
+    if config.metrics_listen.is_some() {
+        // Before the tasks start: a gauge they set first must not be lost.
+        metrics::recorder()?;
+    }
     let catalog = CatalogStore::new(node_id.clone(), data.snapshot());
     let membership = Membership::start(
         identity.clone(),

@@ -22,6 +22,10 @@ use crate::config::{AgentConfig, Profile, TrustSource};
 const SOFT_MS: u32 = 10;
 const HARD_MS: u32 = 30;
 const DELAYS_MS: [u64; 3] = [0, 5, 40];
+/// Longest wait for the mesh to form, in seconds.
+const CONVERGE_S: u64 = 30;
+/// Longest wait for the smoothed RTTs to settle, in seconds.
+const SETTLE_S: u64 = 10;
 
 fn loopback(port: u16) -> SocketAddr {
     SocketAddr::from(([127, 0, 0, 1], port))
@@ -78,7 +82,8 @@ async fn free_or_any(port: u16) -> SocketAddr {
 
 /// Runs the demo; exits non-zero unless every call honoured the requirements.
 pub async fn run(keep: bool, calls: u32) -> anyhow::Result<()> {
-    let deadline = Instant::now() + Duration::from_secs(12);
+    // Generous: three agents start on what may be a busy 2-core machine.
+    let deadline = Instant::now() + Duration::from_secs(CONVERGE_S);
     println!("Starting a three-node Gossamer mesh on loopback (links of about 0, 5 and 40 ms)...");
     let mut far = Vec::new();
     for (name, delay) in [("node-b", DELAYS_MS[1]), ("node-c", DELAYS_MS[2])] {
@@ -139,12 +144,24 @@ pub async fn run(keep: bool, calls: u32) -> anyhow::Result<()> {
             break;
         }
         if Instant::now() > deadline {
-            bail!("the demo mesh did not converge within 12 s ({instances}/3 instances seen); see the log above");
+            bail!("the demo mesh did not converge within {CONVERGE_S} s ({instances}/3 instances seen); see the log above");
         }
         tokio::time::sleep(Duration::from_millis(100)).await;
     }
-    // A few more samples so the smoothed RTT settles near the link delay.
-    tokio::time::sleep(Duration::from_millis(1500)).await;
+    // More samples, until the smoothed RTTs sit on the right side of the
+    // requirements (the links are 5 and 40 ms); on a busy machine this
+    // takes longer, so wait for it rather than for a fixed time, and go on
+    // regardless after a while: the table then shows what was measured.
+    let settle_until = Instant::now() + Duration::from_secs(SETTLE_S);
+    while Instant::now() < settle_until {
+        let rtt = |i: usize| a.rtt_to(far[i].0.agent.node_id()).0;
+        let settled = matches!((rtt(0), rtt(1)), (Some(b), Some(c))
+            if b <= f64::from(SOFT_MS) && c > f64::from(HARD_MS));
+        if settled {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
 
     println!("Sending {calls} calls to http://echo.localhost:{}/ through node-a's proxy (definition: soft {SOFT_MS} ms, hard {HARD_MS} ms)...\n", a.listeners.proxy.port());
     let client = HttpClient::builder(TokioExecutor::new()).build_http::<Empty<Bytes>>();

@@ -200,6 +200,9 @@ impl Driver {
         mut packets: mpsc::Receiver<Bytes>,
         mut commands: mpsc::Receiver<Command>,
     ) {
+        // The member gauges exist from the first scrape, before (or without)
+        // any peer: a lone agent shows itself alive.
+        self.publish_active();
         loop {
             let wake = tokio::time::Instant::from_std(self.core.next_wakeup());
             let started = Instant::now();

@@ -416,11 +416,43 @@ async fn invalid_names_unknown_paths_and_wrong_methods_get_4xx() {
         let path = format!("/v1/services/billing/instances?{query}");
         expect_error(addr, "GET", &path, "", 400).await;
     }
-    // A huge wait is capped, not refused; index=0 answers at once.
-    let (status, _, _) = http_get(addr, "/v1/services?index=0&wait=100000m", &[])
-        .await
-        .expect("answer");
+    // A huge wait is capped, not refused: with the current index the query
+    // is held (not answered at once, not a 400), and a change wakes it.
+    let (status, headers, _) = http_get(addr, "/v1/services", &[]).await.expect("answer");
     assert_eq!(status, 200);
+    let index: u64 = headers
+        .get(INDEX_HEADER)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.parse().ok())
+        .expect("index header");
+    let path = format!("/v1/services?index={index}&wait=100000m");
+    let held = tokio::spawn(async move { http_get(addr, &path, &[]).await });
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    assert!(
+        !held.is_finished(),
+        "a blocking query with the current index and a huge wait answered at once: {:?}",
+        held.await
+    );
+    expect_ok(
+        addr,
+        "PUT",
+        "/v1/services/wake-up",
+        json!({"version": "1"}).to_string(),
+    )
+    .await;
+    let (status, headers, body) = tokio::time::timeout(Duration::from_secs(30), held)
+        .await
+        .expect("the change wakes the held query")
+        .expect("task")
+        .expect("answer");
+    assert_eq!(status, 200, "{body}");
+    let woke_at: u64 = headers
+        .get(INDEX_HEADER)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.parse().ok())
+        .expect("index header");
+    assert!(woke_at > index, "woke at {woke_at}, asked past {index}");
+    assert!(body.contains("wake-up"), "{body}");
 
     // Garbage that is not HTTP at all: refused, and the agent keeps serving.
     let answer = raw_exchange(addr, b"\x16\x03\x01\x00\xa5garbage\r\n\r\n").await;

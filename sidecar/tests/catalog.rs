@@ -8,7 +8,6 @@ mod common;
 
 use std::collections::BTreeMap;
 use std::path::Path;
-use std::process::Command;
 use std::time::{Duration, Instant};
 
 use client::select::Requirements;
@@ -23,11 +22,10 @@ const CONVERGE: Duration = Duration::from_secs(20);
 
 /// Runs the `gossamer` CLI against `agent`: (success, stdout, stderr).
 fn cli(agent: &AgentProc, args: &[&str]) -> (bool, String, String) {
-    let output = Command::new(env!("CARGO_BIN_EXE_gossamer"))
+    let output = common::gossamer()
         .arg("--agent")
         .arg(format!("http://{}", agent.listeners.admin))
         .args(args)
-        .env_remove("GOSSAMER_AGENT")
         .output()
         .expect("run the gossamer CLI");
     (
@@ -257,6 +255,29 @@ async fn definitions_written_through_api_and_cli_spread_and_deletes_follow() {
         winner == da || winner == db,
         "the winner is one of the writes"
     );
+
+    // A later write wins, whichever node makes it: first on the node whose
+    // racing write lost (so neither "first write wins" nor "one node always
+    // wins" passes), then back on the other one. Each is made after its
+    // node has seen the current value, so it is later by the clock the
+    // catalog orders writes with.
+    let (loser, other) = if winner == da { (&cb, &ca) } else { (&ca, &cb) };
+    let later = loser
+        .put_definition(&definition("race", "later"))
+        .await
+        .expect("later put");
+    wait_definition(&[&a, &b], "race", Some(&later.content_hash)).await;
+    let latest = other
+        .put_definition(&definition("race", "latest"))
+        .await
+        .expect("latest put");
+    wait_definition(&[&a, &b], "race", Some(&latest.content_hash)).await;
+    for client in [&ca, &cb] {
+        assert_eq!(
+            client.definition("race").await.expect("get race").version,
+            "latest"
+        );
+    }
 }
 
 #[tokio::test]
@@ -566,6 +587,65 @@ async fn a_crashed_node_loses_its_instances_everywhere_and_gets_them_back_on_res
 }
 
 #[tokio::test]
+async fn corrupt_persistence_files_are_named_at_start_or_ignored_when_peers_can_refill_them() {
+    let mut solo = AgentProc::start(Spec::new("corrupt-solo")).await;
+    let client = solo.client();
+    let mut request = registration("ledger", 18400);
+    request.id = Some("ledger-1".to_owned());
+    client.register(&request).await.expect("register");
+    let status = solo.terminate().expect("exit status");
+    assert!(status.success(), "exited with {status}");
+    let dir = solo.data_dir.clone();
+
+    // The node's own registrations exist nowhere else: a garbled file stops
+    // the start with a message that names it and says what to do, rather
+    // than starting without them.
+    let registrations = dir.join("registrations.json");
+    let saved = std::fs::read(&registrations).expect("registrations saved at stop");
+    std::fs::write(&registrations, &saved[..saved.len() / 2]).expect("garble");
+    let output = common::run_bounded(
+        common::gossamer()
+            .args(["agent", "--node-id", "corrupt-solo", "--profile", "local"])
+            .args(["--psk", common::PSK])
+            .args(["--bind", "127.0.0.1:0", "--admin-listen", "127.0.0.1:0"])
+            .args([
+                "--proxy-listen",
+                "127.0.0.1:0",
+                "--metrics-listen",
+                "127.0.0.1:0",
+            ])
+            .arg("--data-dir")
+            .arg(&dir),
+        Duration::from_secs(60),
+        "an agent on a corrupt registrations file",
+    );
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    assert_eq!(output.status.code(), Some(1), "{stderr}");
+    assert!(
+        stderr.contains("registrations.json") && stderr.contains("corrupt"),
+        "the error does not name the file: {stderr}"
+    );
+    assert!(stderr.contains("remove it"), "no way out given: {stderr}");
+    assert!(!stderr.contains("panicked"), "{stderr}");
+
+    // The catalog snapshot is a cache of what peers hold: a garbled one is
+    // ignored with a warning, and the node's own registrations still load.
+    std::fs::write(&registrations, &saved).expect("restore");
+    std::fs::write(dir.join("catalog.snapshot"), b"\xff\xff\xff\xff garbage").expect("garble");
+    solo.restart().await;
+    assert!(
+        solo.log().contains("unreadable catalog snapshot"),
+        "no warning about the snapshot:\n{}",
+        solo.log()
+    );
+    let client = solo.client();
+    assert_eq!(
+        instance_ids(&client, "ledger").await.expect("instances"),
+        ["ledger-1"]
+    );
+}
+
+#[tokio::test]
 async fn registrations_and_definitions_survive_a_restart() {
     let mut solo = AgentProc::start(Spec::new("persist-solo")).await;
     let client = solo.client();
@@ -680,4 +760,33 @@ async fn a_late_joiner_gets_the_whole_catalog_through_anti_entropy() {
     );
     let names: Vec<String> = summaries(&c.client()).await.into_keys().collect();
     assert_eq!(names, ["svc-0", "svc-1", "svc-2", "svc-3", "svc-4"]);
+}
+
+#[tokio::test]
+async fn a_record_too_big_for_a_gossip_packet_still_reaches_every_agent() {
+    let agents = cluster("big", 3).await;
+    let refs: Vec<&AgentProc> = agents.iter().collect();
+    wait_alive(&refs, &["big-1", "big-2", "big-3"], CONVERGE).await;
+    // About 5 KB of endpoints (61, under the limit of 64): far over a SWIM
+    // packet (about 1.2 KB), so no broadcast can carry it; anti-entropy must.
+    let mut big = definition("sprawling", "1.0.0");
+    for i in 0..60 {
+        big.endpoints.insert(
+            format!("endpoint-{i:03}"),
+            format!("http://sprawling.localhost/api/v1/resources/{i:03}/documents/openapi.json"),
+        );
+    }
+    let stored = agents[0]
+        .client()
+        .put_definition(&big)
+        .await
+        .expect("put a big definition");
+    wait_definition(&refs, "sprawling", Some(&stored.content_hash)).await;
+    let got = agents[2]
+        .client()
+        .definition("sprawling")
+        .await
+        .expect("get on the third agent");
+    assert_eq!(got.endpoints.len(), big.endpoints.len());
+    assert_eq!(got, stored);
 }

@@ -3,16 +3,13 @@
 
 mod common;
 
-use std::process::Command;
 use std::time::Duration;
 
 #[test]
 fn the_demo_routes_by_rtt_and_explains_itself() {
     let output = common::run_bounded(
-        Command::new(env!("CARGO_BIN_EXE_gossamer"))
-            .args(["demo", "--calls", "100"])
-            .env_remove("GOSSAMER_LOG"),
-        Duration::from_secs(60),
+        common::gossamer().args(["demo", "--calls", "100"]),
+        Duration::from_secs(120),
         "gossamer demo (it must end by itself)",
     );
     let stdout = String::from_utf8_lossy(&output.stdout);
@@ -34,7 +31,9 @@ fn the_demo_routes_by_rtt_and_explains_itself() {
     let (a, b, c) = (row("node-a"), row("node-b"), row("node-c"));
     assert_eq!(calls(&a) + calls(&b) + calls(&c), 100, "{stdout}");
     assert_eq!(calls(&c), 0, "the far node was used:\n{stdout}");
-    assert!(rtt(&b) > 3.0 && rtt(&b) < 20.0, "{stdout}");
+    // Lower bounds and order only: the links add 5 and 40 ms whatever the
+    // load, while an upper bound would measure the machine.
+    assert!(rtt(&b) > 3.0 && rtt(&b) < rtt(&c), "{stdout}");
     assert!(rtt(&c) > 30.0, "{stdout}");
     assert!(
         c.join(" ").contains("over the hard requirement of 30 ms"),

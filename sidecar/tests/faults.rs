@@ -442,8 +442,9 @@ impl Node {
             .unwrap_or_default();
         let mut config = sidecar::demo::local_config(name, join, Vec::new());
         // An inert rule makes the shim wrap the socket from the start, so
-        // the rules this test sets later apply.
-        config.link_drops = vec!["127.0.0.1:9".parse().expect("addr")];
+        // the rules this test sets later apply. (192.0.2.1 is TEST-NET-1:
+        // no agent ever sends there, whatever listens on this machine.)
+        config.link_drops = vec!["192.0.2.1:9".parse().expect("addr")];
         let running = sidecar::agent::start(config).await.expect("agent starts");
         let client = client::Client::new(&format!("http://{}", running.agent.listeners.admin))
             .expect("client");
@@ -774,10 +775,11 @@ fn transport(
 
 #[tokio::test]
 async fn a_node_back_on_its_address_resets_the_connections_peers_still_hold() {
-    // An inert rule, so the shim wraps a's socket and can cut it later.
+    // An inert rule (TEST-NET-1, never a peer), so the shim wraps a's
+    // socket and can cut it later.
     let rules = sidecar::link_shim::LinkRules::default();
     rules.set(
-        "127.0.0.1:9".parse().expect("addr"),
+        "192.0.2.1:9".parse().expect("addr"),
         sidecar::link_shim::LinkRule::Drop,
     );
     let a = transport(

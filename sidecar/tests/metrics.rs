@@ -64,17 +64,44 @@ async fn every_contract_metric_is_scraped_and_moves() {
     .await
     .expect("answer");
     assert_eq!(status, 503);
-    // A GET to an instance whose port is closed: retried.
-    let dead_port = std::net::TcpListener::bind("127.0.0.1:0")
-        .and_then(|l| l.local_addr())
-        .map(|a| a.port())
-        .expect("free port");
-    common::register_port(&trio.b, "gone", dead_port).await;
-    wait_instances_measured(&trio.a, "gone", 1).await;
-    let (status, _, _) = http_get(proxy, "/", &[("host", "gone.localhost")])
+    // A GET whose first pick refuses connections: retried on the other
+    // instance. With soft 10 ms the first pick is b's (5 ms), the retry
+    // takes c's (40 ms). A port bound and never listening refuses.
+    let refusing = |socket: &tokio::net::TcpSocket| socket.local_addr().expect("addr").port();
+    let dead = tokio::net::TcpSocket::new_v4().expect("socket");
+    dead.bind("127.0.0.1:0".parse().expect("addr"))
+        .expect("bind");
+    let lone_dead = tokio::net::TcpSocket::new_v4().expect("socket");
+    lone_dead
+        .bind("127.0.0.1:0".parse().expect("addr"))
+        .expect("bind");
+    let c_port = trio
+        .echo_ports
+        .iter()
+        .find(|(name, _)| name == "met-c")
+        .map(|(_, port)| *port)
+        .expect("c's echo port");
+    common::register_port(&trio.b, "gone", refusing(&dead)).await;
+    common::register_port(&trio.c, "gone", c_port).await;
+    // And a service whose only instance refuses: nothing to retry on.
+    common::register_port(&trio.b, "lone", refusing(&lone_dead)).await;
+    wait_instances_measured(&trio.a, "gone", 2).await;
+    wait_instances_measured(&trio.a, "lone", 1).await;
+    let (status, _, body) = http_get(
+        proxy,
+        "/",
+        &[("host", "gone.localhost"), ("x-gossamer-soft-rtt-ms", "10")],
+    )
+    .await
+    .expect("answer");
+    assert_eq!(status, 200, "the retry on c answers: {body}");
+    let (status, _, body) = http_get(proxy, "/", &[("host", "lone.localhost")])
         .await
         .expect("answer");
-    assert_eq!(status, 502);
+    assert!(
+        status == 502 || status == 503,
+        "a lone refusing instance: {status} {body}"
+    );
 
     // A peer with another passphrase: a handshake failure on a.
     let outsider = AgentProc::start(
@@ -157,9 +184,26 @@ async fn every_contract_metric_is_scraped_and_moves() {
         ) || text.contains("le=\"0.0001\""),
         "no sub-millisecond bucket:\n{text}"
     );
-    // The peer RTT of the 40 ms link is about 40 ms, in seconds.
+    // The peer RTT of the 40 ms link is at least about 40 ms, in seconds,
+    // and above the 5 ms link's (no upper bound: that would measure the
+    // machine's load).
+    let rtt_b = metric_value(&text, "gossamer_peer_rtt_seconds", &[("peer", "met-b")]);
     let rtt_c = metric_value(&text, "gossamer_peer_rtt_seconds", &[("peer", "met-c")]);
-    assert!((0.03..0.08).contains(&rtt_c), "peer RTT of met-c: {rtt_c}");
+    assert!(
+        rtt_c > 0.03 && rtt_c > rtt_b,
+        "peer RTT of met-c: {rtt_c}, of met-b: {rtt_b}"
+    );
+    // Retries count requests sent again, not decisions: one for "gone",
+    // none for "lone", which had no second instance to go to.
+    assert_eq!(
+        metric_value(&text, "gossamer_retries_total", &[("service", "gone")]),
+        1.0
+    );
+    assert_eq!(
+        metric_value(&text, "gossamer_retries_total", &[("service", "lone")]),
+        0.0,
+        "a retry was counted that was never sent"
+    );
     // Labels stay bounded: no label carries a port or a request id.
     for line in text
         .lines()
@@ -175,6 +219,44 @@ async fn every_contract_metric_is_scraped_and_moves() {
     for name in sidecar::metrics::EXPORTED {
         assert!(names.contains(name), "{name} missing from the scrape");
     }
+    // The README's metrics table names what the scrape holds, with the
+    // labels the scrape uses, and leaves nothing exported out.
+    let readme = std::fs::read_to_string(concat!(env!("CARGO_MANIFEST_DIR"), "/../README.md"))
+        .expect("README.md");
+    let table: Vec<(String, Vec<String>)> = readme
+        .lines()
+        .filter_map(|l| l.strip_prefix("| `gossamer_"))
+        .filter_map(|rest| {
+            let (name, rest) = rest.split_once('`')?;
+            let labels_cell = rest.trim_start_matches(" |").split('|').next()?;
+            let labels = labels_cell
+                .split(',')
+                .filter_map(|l| l.trim().strip_prefix('`')?.split('`').next())
+                .map(str::to_owned)
+                .collect();
+            Some((format!("gossamer_{name}"), labels))
+        })
+        .collect();
+    assert!(table.len() >= 10, "README metrics table: {table:?}");
+    for (name, labels) in &table {
+        assert!(
+            names.contains(name),
+            "README lists {name}, the scrape lacks it"
+        );
+        for label in labels {
+            assert!(
+                text.lines()
+                    .any(|l| l.starts_with(name.as_str()) && l.contains(&format!("{label}=\""))),
+                "README gives {name} the label {label}, the scrape does not"
+            );
+        }
+    }
+    for name in sidecar::metrics::EXPORTED {
+        assert!(
+            table.iter().any(|(n, _)| n == name),
+            "{name} is exported but not in the README's metrics table"
+        );
+    }
     let queried = dashboard::dashboard_metric_names(&dashboard::load_dashboard());
     assert!(queried.len() >= 8, "dashboard queries: {queried:?}");
     for name in &queried {
@@ -183,4 +265,48 @@ async fn every_contract_metric_is_scraped_and_moves() {
             "the dashboard queries {name}, which the agent does not export"
         );
     }
+}
+
+#[tokio::test]
+async fn a_lone_agent_exports_every_gauge_from_its_first_scrape() {
+    // No peer, no traffic: the gauges are there anyway, so dashboards and
+    // alerts see 1 alive member and 0s rather than missing series.
+    let agent = AgentProc::start(Spec::new("gauges-lone")).await;
+    let text = agent.metrics_text().await;
+    let line = |name: &str, labels: &str| {
+        text.lines()
+            .any(|l| l.starts_with(&format!("{name}{labels} ")))
+    };
+    assert!(line("gossamer_members", "{state=\"alive\"}"), "{text}");
+    assert_eq!(
+        metric_value(&text, "gossamer_members", &[("state", "alive")]),
+        1.0,
+        "{text}"
+    );
+    for state in ["suspect", "down"] {
+        assert!(
+            line("gossamer_members", &format!("{{state=\"{state}\"}}")),
+            "no gossamer_members{{state={state:?}}}: {text}"
+        );
+    }
+    for name in [
+        "gossamer_catalog_index",
+        "gossamer_handshake_failures_total",
+        "gossamer_decode_errors_total",
+        "gossamer_relay_refusals_total",
+    ] {
+        assert!(
+            line(name, ""),
+            "{name} missing from the first scrape: {text}"
+        );
+    }
+    assert!(
+        text.lines()
+            .any(|l| l.starts_with("gossamer_catalog_records{")),
+        "{text}"
+    );
+    assert!(
+        text.lines().any(|l| l.starts_with("gossamer_build_info{")),
+        "{text}"
+    );
 }

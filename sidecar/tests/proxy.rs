@@ -4,7 +4,7 @@
 mod common;
 
 use std::net::SocketAddr;
-use std::process::{Child, Command, Stdio};
+use std::process::{Child, Stdio};
 use std::time::{Duration, Instant};
 
 use common::{
@@ -73,7 +73,9 @@ async fn requirements_steer_every_call() {
         .and_then(|v| v.to_str().ok())
         .and_then(|v| v.parse().ok())
         .expect("x-gossamer-rtt-ms");
-    assert!(rtt > 1.0 && rtt < 20.0, "rtt {rtt}");
+    // Bounded by the hard requirement the call carried (the selection's
+    // promise, not a timing figure), and above zero: a measured remote RTT.
+    assert!(rtt > 0.0 && rtt <= 20.0, "rtt {rtt}");
 
     // The service name may come from a header instead of the Host.
     let (status, headers, _) = http_get(
@@ -135,20 +137,24 @@ async fn requirements_steer_every_call() {
 async fn slow_upstream_times_out_with_504() {
     let trio = delayed_trio("slow", "echo", false, (0, 0), &[]).await;
     wait_instances_measured(&trio.a, "echo", 2).await;
-    let started = Instant::now();
-    let (status, _, body) = http_get(
-        trio.a.listeners.proxy,
-        "/?delay_ms=5000",
-        &[("host", "echo.localhost"), ("x-gossamer-timeout-ms", "300")],
+    // The upstream takes a minute; the caller's 300 ms timeout must answer
+    // first. The outer bound is only there to fail rather than hang: it is
+    // far from both figures, so load on the machine cannot decide the test.
+    let (status, _, body) = tokio::time::timeout(
+        Duration::from_secs(40),
+        http_get(
+            trio.a.listeners.proxy,
+            "/?delay_ms=60000",
+            &[("host", "echo.localhost"), ("x-gossamer-timeout-ms", "300")],
+        ),
     )
     .await
+    .expect("the 504 comes long before the upstream's answer")
     .expect("answer");
     assert_eq!(status, 504, "{body}");
     assert!(json(&body)["error"]
         .as_str()
         .is_some_and(|e| e.contains("300 ms")));
-    // Not a timing assertion: only that the caller did not wait for the upstream.
-    assert!(started.elapsed() < Duration::from_secs(5));
     // The sidecar is still serving normally after the timeout.
     let per_node = calls(trio.a.listeners.proxy, 10, &[]).await;
     assert_eq!(per_node.values().sum::<usize>(), 10);
@@ -163,7 +169,7 @@ struct EchoProc {
 
 impl EchoProc {
     fn start(name: &str, port: u16) -> Self {
-        let child = Command::new(env!("CARGO_BIN_EXE_gossamer"))
+        let child = common::gossamer()
             .args([
                 "echo",
                 "--listen",
@@ -193,6 +199,43 @@ impl EchoProc {
         echo
     }
 
+    /// Starts on a port the echo binds itself (port 0), and learns it from
+    /// the line the echo prints when it listens.
+    async fn start_on_free_port(name: &str) -> Self {
+        use std::io::BufRead;
+        let mut child = common::gossamer()
+            .args(["echo", "--listen", "127.0.0.1:0", "--name", name])
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(Stdio::piped())
+            .spawn()
+            .expect("spawn gossamer echo");
+        let stderr = child.stderr.take().expect("stderr");
+        let (tx, rx) = tokio::sync::oneshot::channel();
+        std::thread::spawn(move || {
+            let mut lines = std::io::BufReader::new(stderr).lines();
+            let _ = tx.send(lines.next().and_then(Result::ok));
+            // Keep draining, so the echo never blocks on a full pipe.
+            for _ in lines {}
+        });
+        let line = tokio::time::timeout(Duration::from_secs(20), rx)
+            .await
+            .expect("the echo says where it listens")
+            .ok()
+            .flatten()
+            .expect("a line from the echo");
+        let port = line
+            .rsplit(':')
+            .next()
+            .and_then(|p| p.trim().parse().ok())
+            .unwrap_or_else(|| panic!("no port in {line:?}"));
+        Self {
+            port,
+            name: name.to_owned(),
+            child,
+        }
+    }
+
     fn kill(&mut self) {
         let _ = self.child.kill();
         let _ = self.child.wait();
@@ -203,13 +246,6 @@ impl Drop for EchoProc {
     fn drop(&mut self) {
         self.kill();
     }
-}
-
-fn free_port() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0")
-        .and_then(|l| l.local_addr())
-        .map(|a| a.port())
-        .expect("free port")
 }
 
 /// The health and ineligibility reason `agent` lists for the instance of `node`.
@@ -236,9 +272,9 @@ async fn instance_state(agent: &AgentProc, service: &str, node: &str) -> Option<
 
 #[tokio::test]
 async fn a_dead_instance_costs_no_failed_get_and_comes_back() {
-    let ports = [free_port(), free_port()];
-    let mut echo_b = EchoProc::start_ready("echo@die-b", ports[0]).await;
-    let mut echo_c = EchoProc::start_ready("echo@die-c", ports[1]).await;
+    let mut echo_b = EchoProc::start_on_free_port("echo@die-b").await;
+    let mut echo_c = EchoProc::start_on_free_port("echo@die-c").await;
+    let ports = [echo_b.port, echo_c.port];
     let b = AgentProc::start(
         Spec::new("die-b")
             .with_metrics()
@@ -355,13 +391,15 @@ async fn a_dead_instance_costs_no_failed_get_and_comes_back() {
 #[tokio::test]
 async fn failing_instance_is_ejected_and_posts_are_never_retried() {
     // b is the only instance within hard 20 ms, so the caller's requirement
-    // pins calls to it and its failures are consecutive.
+    // pins calls to it and its failures are consecutive. The ejection lasts
+    // 8 s: the 503, the listing and the metric below are read inside it
+    // even on a loaded machine.
     let trio = delayed_trio(
         "ej",
         "echo",
         false,
         (5, 40),
-        &["--base-ejection-ms", "1000"],
+        &["--base-ejection-ms", "8000"],
     )
     .await;
     wait_instances_measured(&trio.a, "echo", 2).await;
@@ -400,7 +438,7 @@ async fn failing_instance_is_ejected_and_posts_are_never_retried() {
     // After the ejection time one probe is let through; its success brings b back.
     eventually(
         "b to return after its ejection",
-        Duration::from_secs(20),
+        Duration::from_secs(40),
         || async move {
             let (status, headers, _) = http_get(proxy, "/", &pinned).await?;
             (status == 200 && upstream_node(&headers) == "ej-b").then_some(())
@@ -412,7 +450,9 @@ async fn failing_instance_is_ejected_and_posts_are_never_retried() {
 
     // A POST to an instance that cannot be reached fails with 502 and is not
     // retried; the same request as a GET is.
-    let dead_port = free_port();
+    // Bound and never listening: refuses connections, and nothing else can
+    // take the port while the test runs.
+    let (dead_port, _dead) = refusing_port();
     common::register_port(&trio.b, "parrot", dead_port).await;
     let c_port = trio
         .echo_ports
@@ -445,14 +485,19 @@ async fn failing_instance_is_ejected_and_posts_are_never_retried() {
     assert_eq!(retries_before, retries_after, "a POST was retried");
 }
 
-/// Kilobytes of a process's peak resident memory (VmHWM).
+/// Kilobytes of a process's peak resident memory (VmHWM). Fails the test
+/// when it cannot be read: a missing figure must not pass as "flat".
 fn peak_rss_kib(pid: u32) -> u64 {
-    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap_or_default();
-    status
+    let path = format!("/proc/{pid}/status");
+    let status = std::fs::read_to_string(&path)
+        .unwrap_or_else(|e| panic!("cannot read {path} for the peak memory: {e}"));
+    let kib: u64 = status
         .lines()
         .find_map(|l| l.strip_prefix("VmHWM:"))
         .and_then(|v| v.trim().trim_end_matches("kB").trim().parse().ok())
-        .unwrap_or(0)
+        .unwrap_or_else(|| panic!("{path} has no VmHWM line:\n{status}"));
+    assert!(kib > 0, "{path} reports a peak memory of 0 kB");
+    kib
 }
 
 /// Sends `request` through `proxy` and counts the answer's body bytes as
@@ -596,4 +641,248 @@ async fn a_forged_frame_is_refused_and_counted() {
         &[],
     );
     assert_eq!(refusals, 2.0);
+}
+
+/// A loopback port that refuses connections for as long as the socket
+/// lives: bound, never listening, so nothing else can take it meanwhile.
+fn refusing_port() -> (u16, tokio::net::TcpSocket) {
+    let socket = tokio::net::TcpSocket::new_v4().expect("socket");
+    socket
+        .bind("127.0.0.1:0".parse().expect("addr"))
+        .expect("bind");
+    let port = socket.local_addr().expect("addr").port();
+    (port, socket)
+}
+
+#[tokio::test]
+async fn a_post_goes_to_a_second_instance_only_with_an_idempotency_key_and_a_kept_body() {
+    // b is 5 ms away, c 40 ms. With soft 10 ms the first pick is always the
+    // instance on b (the only one within soft); a retry excludes it and takes
+    // the best of the rest, c's. b's instance refuses connections: a
+    // connection failure, where nothing reached the service.
+    let trio = delayed_trio("post", "echo", false, (5, 40), &[]).await;
+    let proxy = trio.a.listeners.proxy;
+    let c_port = trio
+        .echo_ports
+        .iter()
+        .find(|(name, _)| name == "post-c")
+        .map(|(_, port)| *port)
+        .expect("c's echo port");
+    // One service per case: b marks a refusing instance critical once it
+    // fails, which would keep it from being picked first the next time.
+    let (dead_once, _hold_once) = refusing_port();
+    let (dead_keyed, _hold_keyed) = refusing_port();
+    common::register_port(&trio.b, "plain", dead_once).await;
+    common::register_port(&trio.c, "plain", c_port).await;
+    common::register_port(&trio.b, "keyed", dead_keyed).await;
+    common::register_port(&trio.c, "keyed", c_port).await;
+    // Bodies the proxy does not keep (over 64 KiB, or streamed without a
+    // length) cannot be sent twice, key or not.
+    let (dead_bulky, _hold_bulky) = refusing_port();
+    let (dead_streamed, _hold_streamed) = refusing_port();
+    common::register_port(&trio.b, "bulky", dead_bulky).await;
+    common::register_port(&trio.c, "bulky", c_port).await;
+    common::register_port(&trio.b, "streamed", dead_streamed).await;
+    common::register_port(&trio.c, "streamed", c_port).await;
+    for service in ["plain", "keyed", "bulky", "streamed"] {
+        wait_instances_measured(&trio.a, service, 2).await;
+    }
+    let retries = |text: &str, service: &str| {
+        metric_value(text, "gossamer_retries_total", &[("service", service)])
+    };
+    let before = trio.a.metrics_text().await;
+
+    // Without a key: 502 from b, although c could have taken it.
+    let (status, headers, body) = http_request(
+        proxy,
+        "POST",
+        "/",
+        &[
+            ("host", "plain.localhost"),
+            ("x-gossamer-soft-rtt-ms", "10"),
+        ],
+        b"not idempotent".to_vec(),
+    )
+    .await
+    .expect("answer");
+    assert_eq!(
+        (status, upstream_node(&headers).as_str()),
+        (502, "post-b"),
+        "{body}"
+    );
+    // With an idempotency key: sent again, to c, and answered.
+    let (status, headers, body) = http_request(
+        proxy,
+        "POST",
+        "/echo",
+        &[
+            ("host", "keyed.localhost"),
+            ("x-gossamer-soft-rtt-ms", "10"),
+            ("idempotency-key", "order-42"),
+        ],
+        b"idempotent".to_vec(),
+    )
+    .await
+    .expect("answer");
+    assert_eq!(
+        (status, upstream_node(&headers).as_str()),
+        (200, "post-c"),
+        "{body}"
+    );
+    assert_eq!(body, "idempotent", "c's echo got the whole body again");
+
+    // Over 64 KiB, with a key: 502 from b, not sent again.
+    let (status, headers, body) = http_request(
+        proxy,
+        "POST",
+        "/echo",
+        &[
+            ("host", "bulky.localhost"),
+            ("x-gossamer-soft-rtt-ms", "10"),
+            ("idempotency-key", "order-43"),
+        ],
+        vec![b'x'; 64 * 1024 + 1],
+    )
+    .await
+    .expect("answer");
+    assert_eq!(
+        (status, upstream_node(&headers).as_str()),
+        (502, "post-b"),
+        "{body}"
+    );
+    // Streamed (chunked, no length), small, with a key: not kept either.
+    let (status, headers, body) = {
+        use http_body_util::BodyExt;
+        let chunks = futures_util::stream::iter([Ok::<_, std::convert::Infallible>(
+            hyper::body::Frame::data(bytes::Bytes::from_static(b"streamed")),
+        )]);
+        let request = http::Request::post("/echo")
+            .header("host", "streamed.localhost")
+            .header("x-gossamer-soft-rtt-ms", "10")
+            .header("idempotency-key", "order-44")
+            .body(http_body_util::StreamBody::new(chunks).boxed())
+            .expect("request");
+        let stream = tokio::net::TcpStream::connect(proxy)
+            .await
+            .expect("connect");
+        let (mut sender, connection) =
+            hyper::client::conn::http1::handshake(hyper_util::rt::TokioIo::new(stream))
+                .await
+                .expect("handshake");
+        tokio::spawn(connection);
+        let response = sender.send_request(request).await.expect("response");
+        let status = response.status().as_u16();
+        let headers = response.headers().clone();
+        let body = response
+            .into_body()
+            .collect()
+            .await
+            .expect("body")
+            .to_bytes();
+        (status, headers, String::from_utf8_lossy(&body).into_owned())
+    };
+    assert_eq!(
+        (status, upstream_node(&headers).as_str()),
+        (502, "post-b"),
+        "{body}"
+    );
+
+    let after = trio.a.metrics_text().await;
+    for service in ["bulky", "streamed"] {
+        assert_eq!(
+            retries(&after, service) - retries(&before, service),
+            0.0,
+            "a {service} body was sent twice"
+        );
+    }
+    assert_eq!(
+        retries(&after, "plain") - retries(&before, "plain"),
+        0.0,
+        "a POST without a key was retried"
+    );
+    assert_eq!(
+        retries(&after, "keyed") - retries(&before, "keyed"),
+        1.0,
+        "the POST with a key was retried once"
+    );
+}
+
+/// A service in this process that records the headers of every request it
+/// gets and answers 200.
+async fn header_recorder() -> (u16, tokio::sync::mpsc::UnboundedReceiver<http::HeaderMap>) {
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
+        .await
+        .expect("bind");
+    let port = listener.local_addr().expect("addr").port();
+    let (tx, rx) = tokio::sync::mpsc::unbounded_channel();
+    tokio::spawn(async move {
+        while let Ok((stream, _)) = listener.accept().await {
+            let tx = tx.clone();
+            tokio::spawn(async move {
+                let service = hyper::service::service_fn(
+                    move |request: http::Request<hyper::body::Incoming>| {
+                        let _ = tx.send(request.headers().clone());
+                        async {
+                            Ok::<_, std::convert::Infallible>(http::Response::new(
+                                http_body_util::Full::new(bytes::Bytes::from_static(b"seen")),
+                            ))
+                        }
+                    },
+                );
+                let _ = hyper::server::conn::http1::Builder::new()
+                    .serve_connection(hyper_util::rt::TokioIo::new(stream), service)
+                    .await;
+            });
+        }
+    });
+    (port, rx)
+}
+
+#[tokio::test]
+async fn hop_by_hop_headers_stop_at_the_proxy_and_end_to_end_ones_pass() {
+    let a = AgentProc::start(Spec::new("hop-a")).await;
+    let b = AgentProc::start(Spec::new("hop-b").join(&a)).await;
+    wait_alive(&[&a, &b], &["hop-a", "hop-b"], Duration::from_secs(20)).await;
+    // One instance on the caller's node (called directly) and one behind
+    // the other sidecar (over QUIC).
+    let (near_port, mut near_seen) = header_recorder().await;
+    let (far_port, mut far_seen) = header_recorder().await;
+    common::register_port(&a, "near", near_port).await;
+    common::register_port(&b, "far", far_port).await;
+    wait_instances_measured(&a, "far", 1).await;
+
+    for (service, seen) in [("near", &mut near_seen), ("far", &mut far_seen)] {
+        let host = format!("{service}.localhost");
+        let (status, _, body) = http_get(
+            a.listeners.proxy,
+            "/",
+            &[
+                ("host", &host),
+                ("connection", "keep-alive, x-hop-secret"),
+                ("x-hop-secret", "for the next hop only"),
+                ("keep-alive", "timeout=5"),
+                ("proxy-authorization", "Basic cHJveHk6c2VjcmV0"),
+                ("te", "trailers"),
+                ("x-end-to-end", "kept"),
+            ],
+        )
+        .await
+        .expect("answer");
+        assert_eq!(status, 200, "{service}: {body}");
+        let headers = tokio::time::timeout(Duration::from_secs(10), seen.recv())
+            .await
+            .expect("the service got the request")
+            .expect("recorder running");
+        for name in ["x-hop-secret", "keep-alive", "proxy-authorization", "te"] {
+            assert!(
+                !headers.contains_key(name),
+                "{service}: {name} reached the service: {headers:?}"
+            );
+        }
+        assert_eq!(
+            headers.get("x-end-to-end").and_then(|v| v.to_str().ok()),
+            Some("kept"),
+            "{service}: {headers:?}"
+        );
+    }
 }

@@ -39,7 +39,7 @@ async fn measured_rtt_follows_the_configured_link_delay() {
     assert_eq!((me.rtt_ms, me.rtt_source), (Some(0.0), RttSource::Measured));
 
     // The CLI shows the same table.
-    let output = std::process::Command::new(env!("CARGO_BIN_EXE_gossamer"))
+    let output = common::gossamer()
         .args([
             "--agent",
             &format!("http://{}", trio.a.listeners.admin),
@@ -104,7 +104,7 @@ async fn hard_and_soft_requirements_decide_eligibility() {
     assert_eq!(strict.ineligible.len(), 2);
 
     // The CLI prints the same, with the reasons.
-    let output = std::process::Command::new(env!("CARGO_BIN_EXE_gossamer"))
+    let output = common::gossamer()
         .args([
             "--agent",
             &format!("http://{}", trio.a.listeners.admin),

@@ -219,8 +219,10 @@ async fn watch_sees_changes_and_outlives_an_agent_restart() {
     let forward = Forwarder::start(agent.listeners.admin).await;
     let url = format!("http://{}", forward.addr);
     let watcher = Client::new(&url).expect("client");
+    // A wait far longer than next_update's 30 s: an update that arrives at
+    // all was a wake on the change, not the end of a wait.
     let options = WatchOptions {
-        wait: Duration::from_secs(10),
+        wait: Duration::from_secs(120),
         min_backoff: Duration::from_millis(50),
         max_backoff: Duration::from_millis(500),
         ..WatchOptions::default()
@@ -267,8 +269,9 @@ async fn watch_sees_changes_and_outlives_an_agent_restart() {
     let one = register(&agent, "web-one", port1).await;
     let update = next_update(&mut received, &mut errors, |v| has(v, &one)).await;
     let seen_after = registered_at.elapsed();
+    // A figure, not a bound: on a loaded machine it varies; what the test
+    // holds is that it came before the watch's 120 s wait could end.
     eprintln!("watch saw the registration after {seen_after:?}");
-    assert!(seen_after < Duration::from_secs(5), "{seen_after:?}");
     assert_eq!(update.value.eligible.len(), 1);
     assert_eq!(update.value.eligible[0].instance.address.port(), port1);
     let index_before_restart = update.index;
@@ -538,10 +541,10 @@ async fn run_example(
     env: &[(&str, &str)],
 ) -> (bool, String) {
     let mut command = tokio::process::Command::new(dir.join(name));
-    command
-        .args(args)
-        .env_remove("GOSSAMER_AGENT")
-        .kill_on_drop(true);
+    for key in common::inherited_gossamer_vars() {
+        command.env_remove(key);
+    }
+    command.args(args).kill_on_drop(true);
     for (key, value) in env {
         command.env(key, value);
     }

@@ -108,11 +108,10 @@ async fn ps(agent: &AgentProc) -> Option<PsView> {
 
 /// Runs the `gossamer` CLI against `agent`: (success, stdout, stderr).
 fn cli(agent: &AgentProc, args: &[&str]) -> (bool, String, String) {
-    let output = Command::new(GOSSAMER)
+    let output = common::gossamer()
         .arg("--agent")
         .arg(format!("http://{}", agent.listeners.admin))
         .args(args)
-        .env_remove("GOSSAMER_AGENT")
         .output()
         .expect("run gossamer");
     (
@@ -155,6 +154,80 @@ async fn wait_passing(agent: &AgentProc, n: usize) {
     .await;
 }
 
+/// The health states of echo's instances that an agent's list goes
+/// through, followed with blocking queries (`?index=`), so that a state
+/// that lasts less than a poll interval is still seen.
+struct EchoHistory {
+    admin: std::net::SocketAddr,
+    index: u64,
+    seen: Vec<Vec<String>>,
+}
+
+impl EchoHistory {
+    async fn start(agent: &AgentProc) -> Self {
+        let mut history = Self {
+            admin: agent.listeners.admin,
+            index: 0,
+            seen: Vec::new(),
+        };
+        history.next(Duration::ZERO).await;
+        history
+    }
+
+    /// One read, blocking up to `wait` for a change past the last index.
+    async fn next(&mut self, wait: Duration) {
+        let path = format!(
+            "/v1/services/echo/instances?index={}&wait={}ms",
+            self.index,
+            wait.as_millis()
+        );
+        let (status, headers, body) = tokio::time::timeout(
+            wait + Duration::from_secs(10),
+            http_get(self.admin, &path, &[]),
+        )
+        .await
+        .expect("a blocking query answers after its wait at the latest")
+        .expect("answer");
+        assert_eq!(status, 200, "{body}");
+        self.index = headers
+            .get(mesh_proto::api::INDEX_HEADER)
+            .and_then(|v| v.to_str().ok())
+            .and_then(|v| v.parse().ok())
+            .expect("index header");
+        let view: mesh_proto::api::InstancesView =
+            serde_json::from_str(&body).unwrap_or_else(|e| panic!("{e}: {body}"));
+        let mut health: Vec<String> = view
+            .eligible
+            .iter()
+            .chain(view.ineligible.iter())
+            .map(|i| format!("{:?}", i.instance.health).to_lowercase())
+            .collect();
+        health.sort();
+        if self.seen.last() != Some(&health) {
+            self.seen.push(health);
+        }
+    }
+
+    /// Follows the list until it went critical and then passing again.
+    async fn until_passing_after_critical(&mut self) {
+        let deadline = Instant::now() + Duration::from_secs(30);
+        loop {
+            let critical_at = self.seen.iter().position(|h| h == &["critical"]);
+            let passing_after =
+                critical_at.is_some_and(|at| self.seen[at..].iter().any(|h| h == &["passing"]));
+            if passing_after {
+                return;
+            }
+            assert!(
+                Instant::now() < deadline,
+                "echo's states as b saw them: {:?}; expected passing, critical, passing",
+                self.seen
+            );
+            self.next(Duration::from_secs(5)).await;
+        }
+    }
+}
+
 /// The next line from a reader thread, if one comes within 20 s.
 async fn next_line(rx: &mut tokio::sync::mpsc::UnboundedReceiver<String>) -> Option<String> {
     tokio::time::timeout(Duration::from_secs(20), rx.recv())
@@ -173,7 +246,9 @@ fn upstream(headers: &http::HeaderMap) -> String {
 
 #[tokio::test]
 async fn supervised_echo_serves_through_another_agent_and_comes_back_after_a_kill() {
-    let a = AgentProc::start(supervising("sup-a", &[])).await;
+    // The passphrase is in the agent's environment, as the README's tour
+    // has it, so that a leak into the supervised process is possible.
+    let a = AgentProc::start(supervising("sup-a", &[]).psk_in_env()).await;
     let b = AgentProc::start(Spec::new("sup-b").join(&a)).await;
     let mut reaper = Reaper::default();
     reaper.track(&a);
@@ -199,23 +274,35 @@ async fn supervised_echo_serves_through_another_agent_and_comes_back_after_a_kil
     assert!(environ.contains(&format!("SERVICE_PORT={port}")));
     assert!(environ.contains(&format!("PROXY_ADDR={}", a.listeners.proxy)));
     assert!(environ.contains(&format!("GOSSAMER_AGENT=http://{}", a.listeners.admin)));
+    // The agent itself runs with GOSSAMER_PSK and GOSSAMER_LOG: neither,
+    // nor any other agent setting, reaches the service.
+    let agent_environ = std::fs::read(format!("/proc/{}/environ", a.pid().expect("agent pid")))
+        .expect("agent environ");
     assert!(
-        !environ.contains("GOSSAMER_PSK"),
+        String::from_utf8_lossy(&agent_environ).contains(&format!("GOSSAMER_PSK={}", common::PSK)),
+        "the test must run the agent with GOSSAMER_PSK, or there is nothing to leak"
+    );
+    let leaked: Vec<&str> = environ
+        .split('\0')
+        .filter(|kv| kv.starts_with("GOSSAMER_") && !kv.starts_with("GOSSAMER_AGENT="))
+        .collect();
+    assert!(
+        leaked.is_empty(),
+        "agent settings leaked into the service's environment: {leaked:?}"
+    );
+    assert!(
+        !environ.contains(common::PSK),
         "the cluster passphrase must not leak into the service's environment"
     );
 
     // Killed: critical everywhere at once, then back after the restart.
+    // The critical spell lasts about the restart backoff (500 ms): rather
+    // than hope a poll lands in it, follow b's list with blocking queries,
+    // which answer at each change, and check the states come in order.
+    let mut history = EchoHistory::start(&b).await;
     kill9(pid);
+    history.until_passing_after_critical().await;
     let b_ref = &b;
-    eventually(
-        "b to see the copy critical",
-        Duration::from_secs(10),
-        || async move {
-            (echo_health(b_ref).await == [("echo-sup-a-1".to_owned(), "critical".to_owned())])
-                .then_some(())
-        },
-    )
-    .await;
     wait_passing(&b, 1).await;
     let view = ps(&a).await.expect("ps");
     let now = &view.processes[0];
@@ -324,7 +411,7 @@ async fn scale_three_runs_three_instances_with_logs_and_ps() {
     assert_eq!(out.lines().count(), 2, "{out}");
 
     // `logs -f --tail 1` prints the newest line, then only what comes after.
-    let mut follow = Command::new(GOSSAMER)
+    let mut follow = common::gossamer()
         .arg("--agent")
         .arg(format!("http://{}", a.listeners.admin))
         .args(["logs", "echo", "-f", "--tail", "1"])
@@ -631,4 +718,302 @@ memory_mb = 1
     assert!(!ok);
     assert!(err.contains("no definition"), "{err}");
     let _ = std::fs::remove_dir_all(dir);
+}
+
+#[tokio::test]
+async fn a_stopping_agent_deregisters_its_copy_before_it_stops_the_process_or_leaves() {
+    // A long drain holds the window open: between the deregistration and the
+    // end of the drain the agent is still a live member and the process
+    // still runs. Only a deregistration made first (not the one the copy
+    // makes once its process is gone, nor the peers' dropping of a node
+    // that left) empties b's list in that window.
+    let dir = std::env::temp_dir().join(format!("gossamer-sup-drain-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).expect("dir");
+    let config = dir.join("agent.toml");
+    std::fs::write(
+        &config,
+        format!(
+            r#"
+[[supervise]]
+name = "echo"
+command = ["{GOSSAMER}", "echo", "--name", "echo@drain-a"]
+drain_ms = 20000
+grace_ms = 2000
+"#
+        ),
+    )
+    .expect("write config");
+    let mut a = AgentProc::start(
+        Spec::new("drain-a")
+            .arg("--config")
+            .arg(config.to_string_lossy()),
+    )
+    .await;
+    let b = AgentProc::start(Spec::new("drain-b").join(&a)).await;
+    let mut reaper = Reaper::default();
+    reaper.track(&a);
+    reaper.track(&b);
+    wait_alive(&[&a, &b], &["drain-a", "drain-b"], Duration::from_secs(20)).await;
+    wait_passing(&b, 1).await;
+    let pid = ps(&a).await.expect("ps").processes[0].pid.expect("running");
+
+    a.send_term();
+    let b_ref = &b;
+    // Well inside the 20 s drain: what b sees must come from the
+    // deregistration, while a is alive and its process serves.
+    eventually(
+        "b to drop the instance while drain-a is still alive and its process runs",
+        Duration::from_secs(15),
+        || async move {
+            if !echo_health(b_ref).await.is_empty() {
+                return None;
+            }
+            assert!(
+                alive(pid),
+                "the process stopped before b saw the instance deregistered"
+            );
+            assert!(
+                b_ref
+                    .members_in("alive")
+                    .await
+                    .contains(&"drain-a".to_owned()),
+                "drain-a left before b saw its instance deregistered"
+            );
+            Some(())
+        },
+    )
+    .await;
+    let status = a.wait_exit(Duration::from_secs(40)).expect("exit status");
+    assert!(status.success(), "agent exit: {status}");
+    assert!(!alive(pid), "the supervised process outlived its agent");
+    let _ = std::fs::remove_dir_all(&dir);
+}
+
+#[tokio::test]
+async fn a_process_that_keeps_exiting_is_restarted_with_doubling_capped_delays() {
+    let dir = std::env::temp_dir().join(format!("gossamer-sup-backoff-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).expect("dir");
+    let config = dir.join("agent.toml");
+    std::fs::write(
+        &config,
+        r#"
+[[supervise]]
+name = "flaky"
+command = ["sh", "-c", "echo up; exit 3"]
+restart_backoff_ms = 200
+restart_backoff_max_ms = 800
+"#,
+    )
+    .expect("write config");
+    let a = AgentProc::start(
+        Spec::new("backoff-a")
+            .arg("--config")
+            .arg(config.to_string_lossy()),
+    )
+    .await;
+    let mut reaper = Reaper::default();
+    reaper.track(&a);
+
+    // The supervisor's notes in the copy's log: one "restarting in N ms"
+    // per exit. Order and values, not timing: 200, 400, 800, then capped.
+    let log = a
+        .data_dir
+        .join("supervise/flaky/logs/flaky-backoff-a-1.log");
+    let delays = eventually(
+        "five restarts of the flaky process",
+        Duration::from_secs(60),
+        || {
+            let log = log.clone();
+            async move {
+                let text = std::fs::read_to_string(&log).ok()?;
+                let delays: Vec<u64> = text
+                    .lines()
+                    .filter_map(|l| {
+                        let rest = &l[l.find("restarting in ")? + "restarting in ".len()..];
+                        rest.split(' ').next()?.parse().ok()
+                    })
+                    .collect();
+                (delays.len() >= 5).then_some(delays)
+            }
+        },
+    )
+    .await;
+    assert_eq!(delays[..5], [200, 400, 800, 800, 800], "{delays:?}");
+    let view = ps(&a).await.expect("ps");
+    let copy = &view.processes[0];
+    // The count grows when the next process starts, after its delay.
+    assert!(copy.restarts >= 4, "{copy:?}");
+    assert!(
+        copy.last_exit
+            .as_deref()
+            .unwrap_or("")
+            .contains("exit code 3"),
+        "the exit code is reported: {copy:?}"
+    );
+    // Never served: listed critical (so an operator sees it), never
+    // eligible, so nobody routes to it.
+    let view = a
+        .client()
+        .instances("flaky", &Default::default())
+        .await
+        .expect("instances");
+    assert!(view.eligible.is_empty(), "{view:?}");
+    assert!(
+        view.ineligible
+            .iter()
+            .all(|i| i.instance.health == mesh_proto::catalog::Health::Critical),
+        "{view:?}"
+    );
+    let _ = std::fs::remove_dir_all(&dir);
+}
+
+#[tokio::test]
+async fn a_failing_health_check_marks_a_running_copy_critical_until_it_passes_again() {
+    let dir = std::env::temp_dir().join(format!("gossamer-sup-health-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).expect("dir");
+    let config = dir.join("agent.toml");
+    std::fs::write(
+        &config,
+        format!(
+            r#"
+[[supervise]]
+name = "echo"
+command = ["{GOSSAMER}", "echo", "--name", "echo@health-a"]
+health = "/status/200"
+check_interval_ms = 300
+"#
+        ),
+    )
+    .expect("write config");
+    let a = AgentProc::start(
+        Spec::new("health-a")
+            .arg("--config")
+            .arg(config.to_string_lossy()),
+    )
+    .await;
+    let b = AgentProc::start(Spec::new("health-b").join(&a)).await;
+    let mut reaper = Reaper::default();
+    reaper.track(&a);
+    reaper.track(&b);
+    wait_alive(
+        &[&a, &b],
+        &["health-a", "health-b"],
+        Duration::from_secs(20),
+    )
+    .await;
+    wait_passing(&b, 1).await;
+    let pid = ps(&a).await.expect("ps").processes[0].pid.expect("running");
+
+    // Stopped (SIGSTOP), the process still runs and holds its port but
+    // answers nothing: its checks fail, and it is marked critical, not
+    // restarted.
+    let signal = |sig: &str| {
+        let _ = Command::new("kill").args([sig, &pid.to_string()]).status();
+    };
+    signal("-STOP");
+    let b_ref = &b;
+    eventually(
+        "b to see the unresponsive copy critical",
+        Duration::from_secs(60),
+        || async move {
+            (echo_health(b_ref).await == [("echo-health-a-1".to_owned(), "critical".to_owned())])
+                .then_some(())
+        },
+    )
+    .await;
+    let view = ps(&a).await.expect("ps");
+    assert_eq!(view.processes[0].pid, Some(pid), "{view:?}");
+    assert_eq!(view.processes[0].restarts, 0, "{view:?}");
+
+    // Answering again: passing again, the same process.
+    signal("-CONT");
+    wait_passing(&b, 1).await;
+    let view = ps(&a).await.expect("ps");
+    assert_eq!(view.processes[0].pid, Some(pid), "{view:?}");
+    let _ = std::fs::remove_dir_all(&dir);
+}
+
+#[tokio::test]
+async fn a_chatty_process_log_is_rotated_by_size_keeping_the_configured_files() {
+    let dir = std::env::temp_dir().join(format!("gossamer-sup-rotate-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).expect("dir");
+    let config = dir.join("agent.toml");
+    // 400 numbered lines of about 60 bytes (about 24 KB), then the echo
+    // service, so the copy becomes ready and the lines are all written.
+    std::fs::write(
+        &config,
+        format!(
+            r#"
+[[supervise]]
+name = "chatty"
+command = ["sh", "-c", "i=0; while [ $i -lt 400 ]; do echo \"chatty line $i padding padding padding\"; i=$((i+1)); done; exec {GOSSAMER} echo --name chatty"]
+log_max_bytes = 2048
+log_files = 2
+"#
+        ),
+    )
+    .expect("write config");
+    let a = AgentProc::start(
+        Spec::new("rotate-a")
+            .arg("--config")
+            .arg(config.to_string_lossy()),
+    )
+    .await;
+    let mut reaper = Reaper::default();
+    reaper.track(&a);
+
+    let logs = a.data_dir.join("supervise/chatty/logs");
+    let current = logs.join("chatty-rotate-a-1.log");
+    let read = |suffix: &str| {
+        std::fs::read_to_string(logs.join(format!("chatty-rotate-a-1.log{suffix}")))
+            .unwrap_or_default()
+    };
+    eventually(
+        "the last line to be written",
+        Duration::from_secs(30),
+        || async {
+            (read("").contains("chatty line 399") || read(".1").contains("chatty line 399"))
+                .then_some(())
+        },
+    )
+    .await;
+    // The current file and two rotated ones, none over the limit (plus
+    // one line), and no third: the oldest lines were dropped.
+    for suffix in ["", ".1", ".2"] {
+        let text = read(suffix);
+        assert!(
+            !text.is_empty(),
+            "{}{suffix} is missing or empty",
+            current.display()
+        );
+        assert!(
+            text.len() <= 2048,
+            "{}{suffix} holds {} bytes",
+            current.display(),
+            text.len()
+        );
+    }
+    assert!(
+        !logs.join("chatty-rotate-a-1.log.3").exists(),
+        "more files kept than log_files = 2"
+    );
+    assert!(
+        !format!("{}{}{}", read(".2"), read(".1"), read("")).contains("chatty line 0 "),
+        "the oldest lines should be gone"
+    );
+    // The kept lines are the newest, in order, across the files.
+    let kept: Vec<u32> = format!("{}{}{}", read(".2"), read(".1"), read(""))
+        .lines()
+        .filter_map(|l| {
+            l.split("chatty line ")
+                .nth(1)?
+                .split(' ')
+                .next()?
+                .parse()
+                .ok()
+        })
+        .collect();
+    assert!(kept.windows(2).all(|w| w[1] == w[0] + 1), "{kept:?}");
+    assert_eq!(kept.last(), Some(&399));
+    let _ = std::fs::remove_dir_all(&dir);
 }

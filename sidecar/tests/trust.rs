@@ -386,10 +386,192 @@ proptest! {
             flipped[i] ^= 1 << bit;
         }
         let _ = receiver.handle_data(&flipped, &mut runtime);
-        // Whole packets still work after all that.
-        let mut fresh = swim_node("swim-fresh", 10);
-        for packet in &packets {
-            let _ = fresh.handle_data(packet, &mut runtime);
+        // Whole packets still work after all that: the same receiver takes
+        // a real announce addressed to it, lists the sender, and answers it.
+        let mut sender = swim_node("swim-sender", 11);
+        let mut outbox = foca::AccumulatingRuntime::new();
+        sender
+            .announce(receiver.identity().clone(), &mut outbox)
+            .expect("announce");
+        let (to, announce) = outbox.to_send().expect("the sender sends its announce");
+        prop_assert_eq!(&to.node_id, &receiver.identity().node_id);
+        let mut replies = foca::AccumulatingRuntime::new();
+        prop_assert!(
+            receiver.handle_data(&announce, &mut replies).is_ok(),
+            "a whole announce was refused after the garbage"
+        );
+        let sender_id = sender.identity().node_id.clone();
+        prop_assert!(
+            receiver.iter_members().any(|m| m.id().node_id == sender_id),
+            "the receiver does not list the sender after its announce"
+        );
+        let mut answered = false;
+        while let Some((to, _)) = replies.to_send() {
+            answered |= to.node_id == sender_id;
         }
+        prop_assert!(answered, "the receiver did not answer the announce");
     }
+}
+
+// === records of another node ===
+
+/// One anti-entropy exchange with `agent` as a peer holding the passphrase:
+/// an empty digest, then `push` as the final message.
+async fn push_records(
+    transport: &std::sync::Arc<sidecar::transport::Transport>,
+    agent: &AgentProc,
+    push: Vec<mesh_proto::Record>,
+) {
+    use mesh_proto::gossip::{StreamKind, SyncMessage};
+    let frame = |message: &SyncMessage| {
+        let bytes = mesh_proto::codec::encode(message).expect("encode");
+        let mut out = (bytes.len() as u32).to_be_bytes().to_vec();
+        out.extend_from_slice(&bytes);
+        out
+    };
+    let (mut send, mut recv, _conn) = transport
+        .open_stream(agent.listeners.quic, StreamKind::Sync)
+        .await
+        .expect("open sync stream");
+    send.write_all(&frame(&SyncMessage::Digest(Vec::new())))
+        .await
+        .expect("write digest");
+    // The agent's answer (its records) comes before it reads the push.
+    let mut len = [0u8; 4];
+    tokio::time::timeout(CONVERGE, recv.read_exact(&mut len))
+        .await
+        .expect("answer in time")
+        .expect("answer length");
+    let mut answer = vec![0u8; u32::from_be_bytes(len) as usize];
+    recv.read_exact(&mut answer).await.expect("answer body");
+    send.write_all(&frame(&SyncMessage::Push(push)))
+        .await
+        .expect("write push");
+    let _ = send.finish();
+    let _ = tokio::time::timeout(CONVERGE, recv.read_to_end(1 << 20)).await;
+}
+
+#[tokio::test]
+async fn a_peer_cannot_write_or_delete_another_nodes_instances() {
+    use mesh_proto::{Health, Hlc, Instance, NodeId, Record, RecordBody, RecordKey, Version};
+
+    let (port, _echo) = common::echo_service("echo@own-b").await;
+    let a = AgentProc::start(Spec::new("own-a")).await;
+    let b = AgentProc::start(
+        Spec::new("own-b")
+            .join(&a)
+            .arg("--service")
+            .arg(format!("echo={port}")),
+    )
+    .await;
+    wait_alive(&[&a, &b], &["own-a", "own-b"], CONVERGE).await;
+    let ids = |agent: &AgentProc| {
+        let client = agent.client();
+        async move {
+            let view = client.instances("echo", &Default::default()).await.ok()?;
+            let mut ids: Vec<String> = view
+                .eligible
+                .iter()
+                .chain(view.ineligible.iter())
+                .map(|i| i.instance.id.clone())
+                .collect();
+            ids.sort();
+            Some(ids)
+        }
+    };
+    let real = eventually("a to list b's instance", CONVERGE, || async {
+        ids(&a).await.filter(|ids| ids.len() == 1)
+    })
+    .await;
+
+    // A peer with the passphrase, but not b, pushes records in b's name:
+    // a new instance on b, and the deletion of b's real one. A definition,
+    // which any node may write, rides along to show the push is applied.
+    let forger = NodeId::new("forger").expect("id");
+    let version = Version {
+        hlc: Hlc {
+            wall_ms: std::time::SystemTime::now()
+                .duration_since(std::time::UNIX_EPOCH)
+                .expect("clock")
+                .as_millis() as u64,
+            logical: 0,
+        },
+        writer: forger,
+    };
+    let stolen = Record {
+        key: RecordKey::Instance("echo-stolen".to_owned()),
+        version: version.clone(),
+        body: RecordBody::Instance(Instance {
+            id: "echo-stolen".to_owned(),
+            service: "echo".to_owned(),
+            node: NodeId::new("own-b").expect("id"),
+            address: SocketAddr::from(([127, 0, 0, 1], port)),
+            deployment_id: None,
+            tags: Vec::new(),
+            health: Health::Passing,
+        }),
+    };
+    let delete = Record {
+        key: RecordKey::Instance(real[0].clone()),
+        version: version.clone(),
+        body: RecordBody::Tombstone,
+    };
+    let definition: mesh_proto::Definition =
+        serde_json::from_value(serde_json::json!({"name": "pushed", "version": "1"}))
+            .expect("definition");
+    let allowed = Record {
+        key: RecordKey::Definition("pushed".to_owned()),
+        version,
+        body: RecordBody::Definition(definition),
+    };
+    let transport = common::peer_transport(common::PSK, "forger");
+    push_records(&transport, &a, vec![stolen, delete, allowed]).await;
+
+    eventually("a to apply the definition pushed", CONVERGE, || async {
+        a.client().definition("pushed").await.ok()
+    })
+    .await;
+    let refused = log_lines_with(&a, &["refused a record"]);
+    assert_eq!(refused.len(), 2, "{refused:#?}");
+    for agent in [&a, &b] {
+        assert_eq!(
+            ids(agent).await.expect("instances"),
+            real,
+            "{} changed b's instances on a stranger's word",
+            agent.node_id()
+        );
+    }
+}
+
+#[tokio::test]
+async fn an_anti_entropy_message_over_the_limit_is_refused_before_it_is_read() {
+    use mesh_proto::gossip::{StreamKind, MAX_SYNC_MESSAGE};
+    let agent = AgentProc::start(Spec::new("sync-limit").with_metrics()).await;
+    let before = counter(&agent, DECODE_ERRORS).await;
+    let transport = common::peer_transport(common::PSK, "sync-liar");
+    let (mut send, mut recv, _conn) = transport
+        .open_stream(agent.listeners.quic, StreamKind::Sync)
+        .await
+        .expect("open sync stream");
+    // A length one byte over the limit, and a little of the promised body:
+    // the agent must refuse on the length, not wait for (or allocate) 16 MiB.
+    let claimed = u32::try_from(MAX_SYNC_MESSAGE + 1).expect("fits u32");
+    send.write_all(&claimed.to_be_bytes())
+        .await
+        .expect("write length");
+    let _ = send.write_all(&[0u8; 1024]).await;
+    let ended = tokio::time::timeout(CONVERGE, recv.read_to_end(1 << 20)).await;
+    assert!(
+        ended.is_ok(),
+        "the agent kept the stream open, waiting for the body"
+    );
+    let after = counter_reaches(&agent, DECODE_ERRORS, before + 1.0).await;
+    assert_eq!(after, before + 1.0);
+    let refused = log_lines_with(&agent, &["catalog message", "limit"]);
+    assert!(
+        !refused.is_empty(),
+        "nothing logged about the refused message"
+    );
+    // And the agent still serves.
+    assert!(agent.client().health().await.expect("health").ready);
 }

@@ -255,6 +255,11 @@ async fn attempts(
         };
         let request = Request::from_parts(parts.clone(), attempt_body);
         let node = instance.node.to_string();
+        if !tried.is_empty() {
+            // Counted here, once another instance was picked: a retry
+            // decided with nowhere left to go was never sent.
+            ::metrics::counter!(metrics::RETRIES, "service" => service.to_owned()).increment(1);
+        }
         match send(agent, service, instance, request).await {
             Ok(response) => {
                 in_flight.finish(response.status().as_u16() < 500);
@@ -281,7 +286,6 @@ async fn attempts(
                 if !retry {
                     return failed_response(service, last_failure);
                 }
-                ::metrics::counter!(metrics::RETRIES, "service" => service.to_owned()).increment(1);
             }
         }
     }

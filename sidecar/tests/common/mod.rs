@@ -33,6 +33,34 @@ where
     }
 }
 
+/// Removes from `command`'s environment every `GOSSAMER_*` variable the test
+/// process inherited (a shell that followed the README exports
+/// `GOSSAMER_PSK`; a stray `GOSSAMER_JOIN` or `GOSSAMER_ADMIN_LISTEN` would
+/// send an agent to someone else's cluster or to a fixed port). Variables
+/// the test sets afterwards with `env` are kept.
+pub fn scrub_env(command: &mut Command) -> &mut Command {
+    for key in inherited_gossamer_vars() {
+        command.env_remove(key);
+    }
+    command
+}
+
+/// The names of the `GOSSAMER_*` variables in this process's environment.
+pub fn inherited_gossamer_vars() -> Vec<std::ffi::OsString> {
+    std::env::vars_os()
+        .map(|(key, _)| key)
+        .filter(|key| key.to_string_lossy().starts_with("GOSSAMER_"))
+        .collect()
+}
+
+/// A `gossamer` command of the binary under test with a clean environment
+/// (see [`scrub_env`]).
+pub fn gossamer() -> Command {
+    let mut command = Command::new(env!("CARGO_BIN_EXE_gossamer"));
+    scrub_env(&mut command);
+    command
+}
+
 /// Listener addresses an agent reports in `listeners.json`.
 #[derive(Debug, Clone, Copy, Deserialize)]
 pub struct Listeners {
@@ -52,6 +80,13 @@ pub struct Spec {
     pub join: Vec<SocketAddr>,
     pub extra: Vec<String>,
     pub metrics: bool,
+    /// Variables set in the agent's environment (after the inherited
+    /// `GOSSAMER_*` ones are removed).
+    pub env: Vec<(String, String)>,
+    /// Pass the passphrase as `GOSSAMER_PSK` rather than `--psk`.
+    pub psk_in_env: bool,
+    /// Gossip timings: `local` unless a test says otherwise.
+    pub profile: String,
 }
 
 impl Spec {
@@ -62,6 +97,9 @@ impl Spec {
             join: Vec::new(),
             extra: Vec::new(),
             metrics: false,
+            env: Vec::new(),
+            psk_in_env: false,
+            profile: "local".to_owned(),
         }
     }
 
@@ -82,6 +120,25 @@ impl Spec {
 
     pub fn with_metrics(mut self) -> Self {
         self.metrics = true;
+        self
+    }
+
+    /// Sets a variable in the agent's environment.
+    pub fn env(mut self, key: &str, value: &str) -> Self {
+        self.env.push((key.to_owned(), value.to_owned()));
+        self
+    }
+
+    /// Uses the `lan` or `wan` gossip timings instead of `local`.
+    pub fn profile(mut self, profile: &str) -> Self {
+        self.profile = profile.to_owned();
+        self
+    }
+
+    /// Hands the passphrase over as `GOSSAMER_PSK`, as the README tells
+    /// users to, so that a leak of the agent's environment is possible.
+    pub fn psk_in_env(mut self) -> Self {
+        self.psk_in_env = true;
         self
     }
 }
@@ -118,7 +175,7 @@ impl AgentProc {
             .append(true)
             .open(data_dir.join("agent.log"))
             .expect("open agent log");
-        let mut command = Command::new(env!("CARGO_BIN_EXE_gossamer"));
+        let mut command = gossamer();
         command
             .arg("agent")
             .args(["--node-id", &spec.node_id])
@@ -127,19 +184,25 @@ impl AgentProc {
             .args(["--proxy-listen", "127.0.0.1:0"])
             .args(["--metrics-listen", "127.0.0.1:0"])
             .args(["--dns-listen", "127.0.0.1:0"])
-            .args(["--profile", "local"])
-            .args(["--psk", &spec.psk])
+            .args(["--profile", &spec.profile])
             .arg("--data-dir")
             .arg(&data_dir)
-            .args(&spec.extra)
             .env("GOSSAMER_LOG", "info,sidecar=debug")
-            .env_remove("GOSSAMER_JOIN")
+            .envs(spec.env.iter().map(|(k, v)| (k, v)))
             .stdin(Stdio::null())
             .stdout(log.try_clone().expect("clone log"))
             .stderr(log);
+        if spec.psk_in_env {
+            command.env("GOSSAMER_PSK", &spec.psk);
+        } else {
+            command.args(["--psk", &spec.psk]);
+        }
         for seed in &spec.join {
             command.args(["--join", &seed.to_string()]);
         }
+        // Last: the extra arguments may end with `--exec NAME -- CMD ...`,
+        // after which every argument belongs to the supervised command.
+        command.args(&spec.extra);
         let child = command.spawn().expect("spawn gossamer agent");
         let listeners_path = data_dir.join("listeners.json");
         let mut proc = AgentProc {
@@ -221,11 +284,25 @@ impl AgentProc {
 
     /// SIGTERM and wait for the exit status.
     pub fn terminate(&mut self) -> Option<std::process::ExitStatus> {
+        self.send_term();
+        self.wait_exit(Duration::from_secs(15))
+    }
+
+    /// Sends SIGTERM and returns at once: the agent starts its clean stop
+    /// (deregister, drain, leave) while the test watches.
+    pub fn send_term(&self) {
+        if let Some(child) = &self.child {
+            let _ = Command::new("kill")
+                .args(["-TERM", &child.id().to_string()])
+                .status();
+        }
+    }
+
+    /// Waits up to `limit` for the agent to exit (then kills it) and
+    /// returns its exit status.
+    pub fn wait_exit(&mut self, limit: Duration) -> Option<std::process::ExitStatus> {
         let mut child = self.child.take()?;
-        let _ = Command::new("kill")
-            .args(["-TERM", &child.id().to_string()])
-            .status();
-        let deadline = Instant::now() + Duration::from_secs(15);
+        let deadline = Instant::now() + limit;
         loop {
             if let Ok(Some(status)) = child.try_wait() {
                 return Some(status);
@@ -258,13 +335,34 @@ impl AgentProc {
         }
     }
 
-    /// The raw Prometheus text of this agent.
+    /// The raw Prometheus text of this agent. A failed scrape fails the
+    /// test: it must never read as "every counter is zero".
     pub async fn metrics_text(&self) -> String {
-        let addr = self.listeners.metrics.expect("metrics enabled");
-        http_get(addr, "/metrics", &[])
+        match self.try_metrics_text().await {
+            Ok(text) => text,
+            Err(e) => panic!("scraping {}: {e}", self.node_id()),
+        }
+    }
+
+    /// The raw Prometheus text, or why the scrape failed (no answer, not
+    /// 200, or a body without a single `gossamer_*` metric).
+    pub async fn try_metrics_text(&self) -> Result<String, String> {
+        let addr = self
+            .listeners
+            .metrics
+            .ok_or("the agent has no metrics listener (Spec::with_metrics)")?;
+        let (status, _, body) = http_get(addr, "/metrics", &[])
             .await
-            .map(|(_, _, body)| body)
-            .unwrap_or_default()
+            .ok_or_else(|| format!("no answer from http://{addr}/metrics"))?;
+        if status != 200 {
+            return Err(format!("http://{addr}/metrics answered {status}: {body}"));
+        }
+        if !body.contains("# TYPE gossamer_") {
+            return Err(format!(
+                "http://{addr}/metrics holds no gossamer metric, so it is not a scrape: {body:?}"
+            ));
+        }
+        Ok(body)
     }
 }
 

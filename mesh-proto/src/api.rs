@@ -76,6 +76,16 @@ pub struct HealthView {
     pub catalog_index: u64,
     /// Agent version.
     pub version: String,
+    /// `ok`, or `degraded` while something in `problems` needs an operator.
+    #[serde(default = "ok_status")]
+    pub status: String,
+    /// What is wrong (for example the data dir refusing writes).
+    #[serde(default)]
+    pub problems: Vec<String>,
+}
+
+fn ok_status() -> String {
+    "ok".to_owned()
 }
 
 /// One entry of `GET /v1/nodes`.

@@ -24,6 +24,7 @@ use tokio::net::TcpListener;
 
 use crate::catalog::CatalogSnapshot;
 use crate::handles::AdminHandles;
+use crate::registry::{Invalid, Refusal};
 use crate::reply::{self, JsonResponse};
 use crate::{server, views};
 
@@ -402,14 +403,18 @@ async fn service(
                 Ok(d) => d,
                 Err(response) => return response,
             };
-            agent.registry.put_definition(definition.clone()).await;
+            if let Err(refused) = agent.registry.put_definition(definition.clone()).await {
+                return refusal(refused);
+            }
             reply::json(StatusCode::OK, &definition, Some(agent.catalog.index()))
         }
         Method::DELETE => {
             if agent.catalog.snapshot().definition(name).is_none() {
                 return not_found();
             }
-            agent.registry.delete_definition(name).await;
+            if let Err(refused) = agent.registry.delete_definition(name).await {
+                return refusal(refused);
+            }
             reply::json(
                 StatusCode::OK,
                 &serde_json::json!({ "deleted": name }),
@@ -477,11 +482,18 @@ async fn register(agent: &Arc<AdminHandles>, request: Request<Incoming>) -> Json
     };
     match agent.registry.register(registration, true).await {
         Ok(instance) => reply::json(StatusCode::OK, &instance, Some(agent.catalog.index())),
-        Err(invalid) if invalid.conflict => {
-            reply::error(StatusCode::CONFLICT, invalid.error, invalid.hint)
-        }
-        Err(invalid) => bad_request(invalid.error, invalid.hint),
+        Err(refused) => refusal(refused),
     }
+}
+
+/// The answer to a write the registry refused.
+fn refusal(refused: Invalid) -> JsonResponse {
+    let status = match refused.refusal {
+        Refusal::BadInput => StatusCode::BAD_REQUEST,
+        Refusal::Conflict => StatusCode::CONFLICT,
+        Refusal::NotDurable => StatusCode::INSUFFICIENT_STORAGE,
+    };
+    reply::error(status, refused.error, refused.hint)
 }
 
 async fn deregister(agent: &Arc<AdminHandles>, id: &str) -> JsonResponse {
@@ -491,7 +503,11 @@ async fn deregister(agent: &Arc<AdminHandles>, id: &str) -> JsonResponse {
             "pass the id shown by GET /v1/services/NAME/instances",
         );
     }
-    if agent.registry.deregister(id).await {
+    let removed = match agent.registry.deregister(id).await {
+        Ok(removed) => removed,
+        Err(refused) => return refusal(refused),
+    };
+    if removed {
         reply::json(
             StatusCode::OK,
             &serde_json::json!({ "deregistered": id }),

@@ -129,7 +129,8 @@ pub async fn run(keep: bool, calls: u32) -> anyhow::Result<()> {
             },
             content_hash: String::new(),
         })
-        .await;
+        .await
+        .map_err(|e| anyhow::anyhow!("{e}; {}", e.hint))?;
 
     // Wait for the mesh: three echo instances seen by A, RTT measured to B and C.
     loop {

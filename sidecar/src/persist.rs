@@ -26,18 +26,25 @@ const MAX_SNAPSHOT: usize = 256 * 1024 * 1024;
 pub struct DataDir {
     root: PathBuf,
     gate: Arc<WriteGate>,
+    /// Serializes snapshot saves: two writers would share the temporary
+    /// file, and an older snapshot must never land after a newer one.
+    snapshot_lock: Arc<Mutex<()>>,
+    /// The last write that failed, until a write succeeds (`/v1/health`).
+    problem: Arc<Mutex<Option<String>>>,
 }
 
-/// TEST ONLY: lets a test hold every write to a data dir, to show that
-/// nothing but the writes themselves waits on the disk.
+/// TEST ONLY: lets a test hold every write to a data dir (a disk that
+/// stalls), or fail them (a full disk), to show what waits on the disk and
+/// what a failed write tells the caller.
 #[derive(Debug, Default)]
 struct WriteGate {
     held: Mutex<bool>,
     released: Condvar,
+    failing: std::sync::atomic::AtomicBool,
 }
 
 impl WriteGate {
-    fn wait_open(&self) {
+    fn wait_open(&self) -> anyhow::Result<()> {
         let mut held = self.held.lock().unwrap_or_else(PoisonError::into_inner);
         while *held {
             held = self
@@ -45,6 +52,10 @@ impl WriteGate {
                 .wait(held)
                 .unwrap_or_else(PoisonError::into_inner);
         }
+        if self.failing.load(std::sync::atomic::Ordering::Relaxed) {
+            anyhow::bail!("no space left on device (injected by a test)");
+        }
+        Ok(())
     }
 }
 
@@ -79,7 +90,18 @@ impl DataDir {
         Ok(Self {
             root: root.to_owned(),
             gate: Arc::default(),
+            snapshot_lock: Arc::default(),
+            problem: Arc::default(),
         })
+    }
+
+    /// TEST ONLY: makes every later write to this directory fail (a full
+    /// disk) until called again with `false`.
+    #[doc(hidden)]
+    pub fn fail_writes_for_test(&self, failing: bool) {
+        self.gate
+            .failing
+            .store(failing, std::sync::atomic::Ordering::Relaxed);
     }
 
     /// TEST ONLY: holds every later write to this directory until the
@@ -100,19 +122,41 @@ impl DataDir {
     }
 
     /// The node id kept here, or a new one generated and kept.
+    ///
+    /// The file holds `{"node_id": "..."}`, so a truncated file cannot pass
+    /// for a shorter id (the agent would silently become another node and
+    /// drop its registrations); such a file stops the start unless
+    /// `--node-id` says who this node is. A plain-text file of an earlier
+    /// version is read and rewritten in the new form.
     pub fn node_id(&self, explicit: Option<&str>) -> anyhow::Result<String> {
         let path = self.root.join(NODE_ID_FILE);
         if let Some(id) = explicit {
-            write_atomic(&path, id.as_bytes())?;
+            write_atomic(&path, &node_id_file(id)?)?;
             return Ok(id.to_owned());
         }
         match fs::read_to_string(&path) {
-            Ok(id) if !id.trim().is_empty() => Ok(id.trim().to_owned()),
-            _ => {
-                let id = format!("node-{:08x}", rand::random::<u32>());
-                write_atomic(&path, id.as_bytes())?;
+            Ok(text) => {
+                let id = parse_node_id_file(&text).map_err(|why| {
+                    anyhow!(
+                        "{} is corrupt ({why}); restore it, or pass --node-id with this node's id \
+                         (its registrations and identity are kept under that id)",
+                        path.display()
+                    )
+                })?;
+                if !text.trim_start().starts_with('{') {
+                    write_atomic(&path, &node_id_file(&id)?)?;
+                }
                 Ok(id)
             }
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
+                let id = format!("node-{:08x}", rand::random::<u32>());
+                write_atomic(&path, &node_id_file(&id)?)?;
+                Ok(id)
+            }
+            Err(e) => Err(anyhow!(
+                "cannot read {}: {e}; fix its permissions or pass --node-id",
+                path.display()
+            )),
         }
     }
 
@@ -147,8 +191,26 @@ impl DataDir {
     /// Saves this node's registrations.
     pub fn save_registrations(&self, registrations: &[RegisterInstance]) -> anyhow::Result<()> {
         let bytes = serde_json::to_vec_pretty(registrations)?;
-        self.gate.wait_open();
-        write_atomic(&self.root.join(REGISTRATIONS_FILE), &bytes)
+        let result = self
+            .gate
+            .wait_open()
+            .and_then(|()| write_atomic(&self.root.join(REGISTRATIONS_FILE), &bytes));
+        self.note(&result);
+        result
+    }
+
+    /// The last write to this directory that failed, while no later write
+    /// has succeeded.
+    pub fn problem(&self) -> Option<String> {
+        self.problem
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .clone()
+    }
+
+    fn note(&self, result: &anyhow::Result<()>) {
+        let mut problem = self.problem.lock().unwrap_or_else(PoisonError::into_inner);
+        *problem = result.as_ref().err().map(|e| format!("{e:#}"));
     }
 
     /// The last catalog snapshot, or an empty catalog.
@@ -165,18 +227,70 @@ impl DataDir {
                 }
             }
             Err(e) => {
-                tracing::warn!(path = %path.display(), error = %e, "ignoring an unreadable catalog snapshot; peers will resend the catalog")
+                // Kept for inspection, never overwritten by the next save.
+                let aside = self
+                    .root
+                    .join(format!("{SNAPSHOT_FILE}.corrupt-{}", std::process::id()));
+                match fs::rename(&path, &aside) {
+                    Ok(()) => {
+                        tracing::warn!(path = %path.display(), kept = %aside.display(), error = %e, "the catalog snapshot is unreadable; moved it aside and starting empty: peers resend the catalog")
+                    }
+                    Err(rename) => {
+                        tracing::warn!(path = %path.display(), error = %e, %rename, "the catalog snapshot is unreadable and cannot be moved aside; starting empty")
+                    }
+                }
             }
         }
         catalog
     }
 
-    /// Saves a catalog snapshot of `records`.
-    pub fn save_snapshot(&self, records: &[Record]) -> anyhow::Result<()> {
-        let bytes = codec::encode(&records).map_err(|e| anyhow!("{e}"))?;
-        self.gate.wait_open();
-        write_atomic(&self.root.join(SNAPSHOT_FILE), &bytes)
+    /// Saves a catalog snapshot of the records `records` returns, taken
+    /// once no other snapshot save runs (so the newest always lands last).
+    /// Blocks: call it from the blocking pool.
+    pub fn save_snapshot<T>(
+        &self,
+        records: impl FnOnce() -> (T, Vec<Record>),
+    ) -> anyhow::Result<T> {
+        let _one_at_a_time = self
+            .snapshot_lock
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner);
+        let (taken_at, records) = records();
+        let result = codec::encode(&records)
+            .map_err(|e| anyhow!("{e}"))
+            .and_then(|bytes| {
+                self.gate.wait_open()?;
+                write_atomic(&self.root.join(SNAPSHOT_FILE), &bytes)
+            });
+        self.note(&result);
+        result.map(|()| taken_at)
     }
+}
+
+#[derive(serde::Serialize, serde::Deserialize)]
+struct NodeIdFile {
+    node_id: String,
+}
+
+fn node_id_file(id: &str) -> anyhow::Result<Vec<u8>> {
+    let mut bytes = serde_json::to_vec(&NodeIdFile {
+        node_id: id.to_owned(),
+    })?;
+    bytes.push(b'\n');
+    Ok(bytes)
+}
+
+/// The id in a node-id file: JSON, or the plain text of earlier versions.
+fn parse_node_id_file(text: &str) -> Result<String, String> {
+    let trimmed = text.trim();
+    if trimmed.is_empty() {
+        return Err("it is empty".to_owned());
+    }
+    if trimmed.starts_with('{') {
+        let file: NodeIdFile = serde_json::from_str(trimmed).map_err(|e| e.to_string())?;
+        return Ok(file.node_id);
+    }
+    Ok(trimmed.to_owned())
 }
 
 /// Writes `bytes` to `path` atomically and durably.
@@ -208,10 +322,52 @@ mod tests {
         let data = DataDir::open(&dir).expect("open");
         let id = data.node_id(None).expect("id");
         let g1 = data.next_generation(5).expect("gen");
+        assert!(fs::read_to_string(dir.join(NODE_ID_FILE))
+            .expect("node-id file")
+            .starts_with('{'));
         let again = DataDir::open(&dir).expect("reopen");
         assert_eq!(again.node_id(None).expect("id"), id);
         let g2 = again.next_generation(5).expect("gen");
         assert!(g2 > g1);
+        let _ = fs::remove_dir_all(dir);
+    }
+
+    #[test]
+    fn a_truncated_node_id_stops_the_start_unless_the_flag_says_who() {
+        let dir = std::env::temp_dir().join(format!("gossamer-persist-{}", rand::random::<u64>()));
+        let data = DataDir::open(&dir).expect("open");
+        data.node_id(Some("node-1234")).expect("written");
+        let full = fs::read(dir.join(NODE_ID_FILE)).expect("read");
+        fs::write(dir.join(NODE_ID_FILE), &full[..8]).expect("truncate");
+        let error = data.node_id(None).expect_err("a truncated id is refused");
+        assert!(error.to_string().contains("--node-id"), "{error}");
+        assert_eq!(data.node_id(Some("node-1234")).expect("flag"), "node-1234");
+        assert_eq!(data.node_id(None).expect("repaired"), "node-1234");
+        let _ = fs::remove_dir_all(dir);
+    }
+
+    #[test]
+    fn a_plain_text_node_id_of_an_earlier_version_is_kept() {
+        let dir = std::env::temp_dir().join(format!("gossamer-persist-{}", rand::random::<u64>()));
+        let data = DataDir::open(&dir).expect("open");
+        fs::write(dir.join(NODE_ID_FILE), "node-old").expect("legacy file");
+        assert_eq!(data.node_id(None).expect("legacy"), "node-old");
+        assert_eq!(data.node_id(None).expect("rewritten"), "node-old");
+        let _ = fs::remove_dir_all(dir);
+    }
+
+    #[test]
+    fn a_corrupt_snapshot_is_moved_aside_not_overwritten() {
+        let dir = std::env::temp_dir().join(format!("gossamer-persist-{}", rand::random::<u64>()));
+        let data = DataDir::open(&dir).expect("open");
+        fs::write(dir.join(SNAPSHOT_FILE), b"\x01garbage").expect("corrupt");
+        assert!(data.snapshot().is_empty());
+        let kept: Vec<_> = fs::read_dir(&dir)
+            .expect("list")
+            .filter_map(|e| e.ok())
+            .filter(|e| e.file_name().to_string_lossy().contains(".corrupt-"))
+            .collect();
+        assert_eq!(kept.len(), 1, "the corrupt snapshot is kept aside");
         let _ = fs::remove_dir_all(dir);
     }
 }

@@ -35,7 +35,18 @@ pub struct Registry {
     health: std::sync::Mutex<HealthBook>,
 }
 
-/// A registration the API refuses, with the reason and what to do.
+/// Why a write was refused.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Refusal {
+    /// The request itself is wrong (400).
+    BadInput,
+    /// Valid, but it collides with another node's record (409).
+    Conflict,
+    /// It could not be made durable on this node, so it was not made (507).
+    NotDurable,
+}
+
+/// A write the registry refuses, with the reason and what to do.
 #[derive(Debug, thiserror::Error)]
 #[error("{error}")]
 pub struct Invalid {
@@ -43,15 +54,24 @@ pub struct Invalid {
     pub error: String,
     /// What to do.
     pub hint: String,
-    /// True when the request is valid but collides with another node's record.
-    pub conflict: bool,
+    /// Which kind of refusal.
+    pub refusal: Refusal,
 }
 
 fn invalid(error: impl Into<String>, hint: impl Into<String>) -> Invalid {
     Invalid {
         error: error.into(),
         hint: hint.into(),
-        conflict: false,
+        refusal: Refusal::BadInput,
+    }
+}
+
+fn not_durable(what: &str, error: &anyhow::Error) -> Invalid {
+    Invalid {
+        error: format!("{what} was not saved to the data dir: {error:#}"),
+        hint: "free space or fix permissions in --data-dir, then retry; nothing was changed"
+            .to_owned(),
+        refusal: Refusal::NotDurable,
     }
 }
 
@@ -94,7 +114,13 @@ impl Registry {
     /// Writes a record as this node and gossips it.
     pub async fn publish(&self, key: RecordKey, body: RecordBody) {
         let record = self.catalog.write(key, body);
-        match encode_broadcast(&record) {
+        self.gossip(&record).await;
+    }
+
+    /// Queues a record of ours on gossip (anti-entropy carries it when it
+    /// is too large).
+    async fn gossip(&self, record: &mesh_proto::Record) {
+        match encode_broadcast(record) {
             Some(item) => self.membership.broadcast(item).await,
             None => {
                 info!(key = ?record.key, "record too large for gossip; anti-entropy will spread it")
@@ -184,7 +210,7 @@ impl Registry {
             return Err(Invalid {
                 error: format!("instance id {id:?} is already registered on node {owner}"),
                 hint: "choose another \"id\", or omit it to have one generated".to_owned(),
-                conflict: true,
+                refusal: Refusal::Conflict,
             });
         }
         if request
@@ -238,18 +264,26 @@ impl Registry {
         instance.health = self.health_book().declare(&instance.id, instance.health);
         if persist {
             let mut saved = self.saved.lock().await;
-            saved.retain(|r| {
-                self.instance_from(r)
-                    .map(|i| i.id != instance.id)
-                    .unwrap_or(false)
-            });
-            saved.push(RegisterInstance {
+            let mut next: Vec<RegisterInstance> = saved
+                .iter()
+                .filter(|r| {
+                    self.instance_from(r)
+                        .map(|i| i.id != instance.id)
+                        .unwrap_or(false)
+                })
+                .cloned()
+                .collect();
+            next.push(RegisterInstance {
                 id: Some(instance.id.clone()),
                 ..request
             });
-            if let Err(e) = self.save(&saved).await {
-                warn!(error = %e, "cannot persist registrations; the instance is registered until restart");
+            // Durable first: an acknowledged registration survives a crash,
+            // and a refused one is not in the catalog at all.
+            if let Err(e) = self.save(&next).await {
+                warn!(error = %e, "cannot persist registrations; refusing the registration");
+                return Err(not_durable("the registration", &e));
             }
+            *saved = next;
         }
         self.publish(
             RecordKey::Instance(instance.id.clone()),
@@ -259,34 +293,67 @@ impl Registry {
         Ok(instance)
     }
 
-    /// Removes an instance of this node. Returns false if it is not ours or unknown.
-    pub async fn deregister(&self, id: &str) -> bool {
+    /// Removes an instance of this node. Ok(false) if it is not ours or
+    /// unknown; refused when the removal cannot be saved (it would come
+    /// back at the next start).
+    pub async fn deregister(&self, id: &str) -> Result<bool, Invalid> {
         if self.catalog.snapshot().local_instance(id).is_none() {
-            return false;
+            return Ok(false);
         }
-        self.health_book().forget(id);
         {
             let mut saved = self.saved.lock().await;
-            let before = saved.len();
-            saved.retain(|r| r.id.as_deref() != Some(id));
-            if saved.len() != before {
-                if let Err(e) = self.save(&saved).await {
-                    warn!(error = %e, "cannot persist registrations");
+            let next: Vec<RegisterInstance> = saved
+                .iter()
+                .filter(|r| r.id.as_deref() != Some(id))
+                .cloned()
+                .collect();
+            if next.len() != saved.len() {
+                if let Err(e) = self.save(&next).await {
+                    warn!(error = %e, "cannot persist registrations; refusing the deregistration");
+                    return Err(not_durable("the deregistration", &e));
                 }
+                *saved = next;
             }
         }
+        self.health_book().forget(id);
         self.publish(RecordKey::Instance(id.to_owned()), RecordBody::Tombstone)
             .await;
-        true
+        Ok(true)
     }
 
-    /// Writes a definition (any node may).
-    pub async fn put_definition(&self, definition: Definition) {
-        self.publish(
+    /// Writes a definition (any node may); answers once it is in this
+    /// node's saved snapshot.
+    pub async fn put_definition(&self, definition: Definition) -> Result<(), Invalid> {
+        self.write_durably(
             RecordKey::Definition(definition.name.clone()),
             RecordBody::Definition(definition),
+            "the definition",
         )
-        .await;
+        .await
+    }
+
+    /// Applies a write, saves the catalog snapshot, and only then gossips
+    /// it. If the save fails the write stays in this node's memory only
+    /// (not gossiped; anti-entropy may still carry it) and the caller hears
+    /// that it is not durable.
+    async fn write_durably(
+        &self,
+        key: RecordKey,
+        body: RecordBody,
+        what: &str,
+    ) -> Result<(), Invalid> {
+        let record = self.catalog.write(key, body);
+        if let Err(e) = crate::sync::save_snapshot(&self.catalog, &self.data).await {
+            warn!(error = %e, "cannot save the catalog snapshot; {what} is not durable");
+            return Err(not_durable(what, &e));
+        }
+        self.gossip(&record).await;
+        Ok(())
+    }
+
+    /// What is wrong with the data dir, while writes to it fail.
+    pub fn storage_problem(&self) -> Option<String> {
+        self.data.problem()
     }
 
     /// Re-registers what was saved, and the `--service` flags, at start.
@@ -341,17 +408,21 @@ impl Registry {
     pub async fn deregister_flag_services(&self) {
         for (service, port) in &self.flag_services {
             let id = format!("{service}-{}-{port}", self.node_id);
-            self.deregister(&id).await;
+            if let Err(e) = self.deregister(&id).await {
+                warn!(instance = %id, error = %e, "cannot deregister a --service instance");
+            }
         }
     }
 
-    /// Deletes a definition (a tombstone that wins over older writes).
-    pub async fn delete_definition(&self, name: &str) {
-        self.publish(
+    /// Deletes a definition (a tombstone that wins over older writes);
+    /// answers once the delete is in this node's saved snapshot.
+    pub async fn delete_definition(&self, name: &str) -> Result<(), Invalid> {
+        self.write_durably(
             RecordKey::Definition(name.to_owned()),
             RecordBody::Tombstone,
+            "the delete",
         )
-        .await;
+        .await
     }
 
     fn health_book(&self) -> std::sync::MutexGuard<'_, HealthBook> {

@@ -156,12 +156,13 @@ pub async fn persist_loop(catalog: Arc<CatalogStore>, data: DataDir) {
     }
 }
 
-/// Saves one catalog snapshot now; returns the index it holds.
-pub async fn save_snapshot(catalog: &CatalogStore, data: &DataDir) -> anyhow::Result<u64> {
-    let (index, records) = catalog.records();
+/// Saves one catalog snapshot now, on the blocking pool; returns the index
+/// it holds. The records are taken once no other save runs, so a save that
+/// returns holds every write applied before it was called.
+pub async fn save_snapshot(catalog: &Arc<CatalogStore>, data: &DataDir) -> anyhow::Result<u64> {
+    let catalog = catalog.clone();
     let data = data.clone();
-    tokio::task::spawn_blocking(move || data.save_snapshot(&records))
+    tokio::task::spawn_blocking(move || data.save_snapshot(|| catalog.records()))
         .await
-        .map_err(|e| anyhow!("the snapshot task failed: {e}"))??;
-    Ok(index)
+        .map_err(|e| anyhow!("the snapshot task failed: {e}"))?
 }

@@ -14,6 +14,12 @@ use crate::handles::AdminHandles;
 
 /// `GET /v1/health`.
 pub async fn health(agent: &AdminHandles) -> HealthView {
+    let problems: Vec<String> = agent
+        .registry
+        .storage_problem()
+        .map(|p| format!("the data dir refuses writes: {p}"))
+        .into_iter()
+        .collect();
     let members = agent.membership.members().await;
     let count = |state| members.iter().filter(|m| m.state == state).count();
     HealthView {
@@ -26,6 +32,13 @@ pub async fn health(agent: &AdminHandles) -> HealthView {
         },
         catalog_index: agent.catalog.index(),
         version: env!("CARGO_PKG_VERSION").to_owned(),
+        status: if problems.is_empty() {
+            "ok"
+        } else {
+            "degraded"
+        }
+        .to_owned(),
+        problems,
     }
 }
 

@@ -269,7 +269,9 @@ pub async fn run(
     for reply in waiting.drain(..) {
         let _ = reply.send(Err(CopyRestartError::Stopping));
     }
-    ctx.registry.deregister(&ctx.instance).await;
+    if let Err(e) = ctx.registry.deregister(&ctx.instance).await {
+        warn!(instance = %ctx.instance, error = %e, "cannot deregister a stopped copy");
+    }
     records::remove(&ctx.dir, ctx.copy);
     ctx.update(|s| {
         s.state = CopyState::Stopped;

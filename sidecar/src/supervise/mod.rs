@@ -186,7 +186,7 @@ pub async fn run(supervisor: Arc<Supervisor>) {
     // removed with their instances; live processes are reported, not killed.
     let (strays, gone) = records::sweep(&root);
     for record in gone {
-        if registry.deregister(&record.instance).await {
+        if registry.deregister(&record.instance).await.unwrap_or(false) {
             info!(instance = %record.instance, pid = record.pid, "removed the instance of a process an earlier run started, which is gone");
         }
     }
@@ -303,7 +303,9 @@ pub async fn stop(supervisor: &Supervisor) {
     supervisor.leaving.store(true, Ordering::Release);
     for service in &services {
         for copy in &service.copies {
-            supervisor.ctx.registry.deregister(&copy.instance).await;
+            if let Err(e) = supervisor.ctx.registry.deregister(&copy.instance).await {
+                warn!(instance = %copy.instance, error = %e, "cannot deregister a supervised copy");
+            }
         }
     }
     let drain = services.iter().map(|s| s.drain).max().unwrap_or_default();
@@ -479,7 +481,9 @@ async fn declare_requirements(registry: &Registry, spec: &ServiceSpec) {
         .map(|b| format!("{b:02x}"))
         .collect();
     info!(service = %spec.name, requirements = ?definition.requirements, "writing the declared requirements to the service definition");
-    registry.put_definition(definition).await;
+    if let Err(e) = registry.put_definition(definition).await {
+        warn!(service = %spec.name, error = %e, hint = %e.hint, "cannot write the declared requirements");
+    }
 }
 
 /// Warns when this node has no room for the service's copies; false when

@@ -233,10 +233,10 @@ impl DataDir {
                     .join(format!("{SNAPSHOT_FILE}.corrupt-{}", std::process::id()));
                 match fs::rename(&path, &aside) {
                     Ok(()) => {
-                        tracing::warn!(path = %path.display(), kept = %aside.display(), error = %e, "the catalog snapshot is unreadable; moved it aside and starting empty: peers resend the catalog")
+                        tracing::warn!(path = %path.display(), kept = %aside.display(), error = %e, "moved an unreadable catalog snapshot aside; starting empty: peers resend the catalog")
                     }
                     Err(rename) => {
-                        tracing::warn!(path = %path.display(), error = %e, %rename, "the catalog snapshot is unreadable and cannot be moved aside; starting empty")
+                        tracing::warn!(path = %path.display(), error = %e, %rename, "an unreadable catalog snapshot cannot be moved aside; starting empty")
                     }
                 }
             }

@@ -638,6 +638,18 @@ async fn corrupt_persistence_files_are_named_at_start_or_ignored_when_peers_can_
         "no warning about the snapshot:\n{}",
         solo.log()
     );
+    let kept_aside = std::fs::read_dir(&dir)
+        .expect("data dir")
+        .filter_map(Result::ok)
+        .any(|e| {
+            e.file_name()
+                .to_string_lossy()
+                .starts_with("catalog.snapshot.corrupt-")
+        });
+    assert!(
+        kept_aside,
+        "the garbled snapshot is kept aside for inspection"
+    );
     let client = solo.client();
     assert_eq!(
         instance_ids(&client, "ledger").await.expect("instances"),

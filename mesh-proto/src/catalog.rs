@@ -34,7 +34,7 @@ pub struct Requirements {
 }
 
 /// A service definition: cluster-wide, any node may write it.
-#[derive(Debug, Clone, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[derive(Debug, Clone, Default, PartialEq, Eq, Hash, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct Definition {
     /// Routing name (`<name>.localhost`); the admin API fills it in from the

@@ -16,12 +16,7 @@ fn definition(name: &str, version: &str) -> Definition {
     Definition {
         name: name.to_owned(),
         version: version.to_owned(),
-        port: None,
-        image: None,
-        endpoints: Default::default(),
-        client_sdks: Default::default(),
-        requirements: Default::default(),
-        content_hash: String::new(),
+        ..Default::default()
     }
 }
 

@@ -72,12 +72,7 @@ mod tests {
         RecordBody::Definition(Definition {
             name: name.to_owned(),
             version: "1".to_owned(),
-            port: None,
-            image: None,
-            endpoints: Default::default(),
-            client_sdks: Default::default(),
-            requirements: Default::default(),
-            content_hash: String::new(),
+            ..Default::default()
         })
     }
 

@@ -130,13 +130,7 @@ mod tests {
     fn the_stricter_requirement_wins() {
         let mut definition = Definition {
             name: "web".into(),
-            version: String::new(),
-            port: None,
-            image: None,
-            endpoints: Default::default(),
-            client_sdks: Default::default(),
-            requirements: Default::default(),
-            content_hash: String::new(),
+            ..Default::default()
         };
         definition.requirements.hard_rtt_ms = Some(30);
         definition.requirements.soft_rtt_ms = Some(10);

@@ -26,12 +26,7 @@ fn definition(name: &str) -> Definition {
     Definition {
         name: name.to_owned(),
         version: "1".to_owned(),
-        port: None,
-        image: None,
-        endpoints: Default::default(),
-        client_sdks: Default::default(),
-        requirements: Default::default(),
-        content_hash: String::new(),
+        ..Default::default()
     }
 }
 

@@ -70,6 +70,7 @@ pub async fn serve_metrics(
         let handle = handle.clone();
         async move {
             if request.uri().path() == "/metrics" {
+                crate::metrics::collect_process();
                 let mut response = Response::new(Full::new(Bytes::from(handle.render())));
                 response.headers_mut().insert(
                     http::header::CONTENT_TYPE,
@@ -320,6 +321,11 @@ async fn route(agent: &Arc<AdminHandles>, request: Request<Incoming>) -> JsonRes
                 Some(agent.catalog.index()),
             )
         }
+        (&Method::GET, ["v1", "agent", "listeners"]) => reply::json(
+            StatusCode::OK,
+            &agent.listeners,
+            Some(agent.catalog.index()),
+        ),
         (&Method::GET, ["ui"]) => crate::ui::page(agent, request.uri().query()).await,
         (&Method::GET, ["ui", asset]) => match crate::ui::asset(asset) {
             Some(response) => response,
@@ -354,7 +360,8 @@ async fn route(agent: &Arc<AdminHandles>, request: Request<Incoming>) -> JsonRes
 fn allowed_methods(segments: &[&str]) -> Option<&'static str> {
     match segments {
         ["health"] | ["nodes"] | ["services"] | ["services", _, "instances"] | ["decisions"]
-        | ["events"] => Some("GET"),
+        | ["events"]
+        | ["agent", "listeners"] => Some("GET"),
         ["services", _] => Some("GET, PUT, DELETE"),
         ["instances"] => Some("PUT"),
         ["instances", _] => Some("DELETE"),

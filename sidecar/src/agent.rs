@@ -270,6 +270,7 @@ pub async fn start(config: AgentConfig) -> anyhow::Result<RunningAgent> {
         supervisor: supervisor.clone(),
         decisions,
         event_streams: Arc::new(tokio::sync::Semaphore::new(crate::ui::sse::MAX_STREAMS)),
+        listeners,
         ready: ready.clone(),
         shutdown: shutdown.subscribe(),
     });

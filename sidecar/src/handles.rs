@@ -33,6 +33,8 @@ pub struct AdminHandles {
     /// Slots for the UI's event streams (`GET /v1/events`), at most
     /// [`crate::ui::sse::MAX_STREAMS`].
     pub event_streams: Arc<tokio::sync::Semaphore>,
+    /// Where this agent's listeners are bound (`GET /v1/agent/listeners`).
+    pub listeners: crate::listeners::Listeners,
     /// True once every listener serves.
     pub ready: Arc<AtomicBool>,
     /// Turns true when the agent stops.

@@ -106,6 +106,7 @@ pub fn recorder() -> anyhow::Result<PrometheusHandle> {
         metrics::counter!(counter).increment(0);
     }
     describe();
+    collect_process();
     metrics::counter!(DNS_QUERIES, "type" => "A", "rcode" => "NOERROR").increment(0);
     Ok(handle)
 }
@@ -146,6 +147,21 @@ fn describe() {
         "DNS questions answered on --dns-listen, by query type (A, AAAA, SRV, SOA, ANY, other) and response code"
     );
     describe_gauge!(BUILD_INFO, "Always 1; the agent's version is the label");
+}
+
+/// The `process_*` metrics (resident memory, CPU seconds, open fds, …).
+fn process_collector() -> &'static metrics_process::Collector {
+    static COLLECTOR: std::sync::OnceLock<metrics_process::Collector> = std::sync::OnceLock::new();
+    COLLECTOR.get_or_init(|| {
+        let collector = metrics_process::Collector::default();
+        collector.describe();
+        collector
+    })
+}
+
+/// Refreshes the `process_*` metrics; called before every scrape.
+pub fn collect_process() {
+    process_collector().collect();
 }
 
 /// Counts one gossip packet of `bytes` in `direction` ("in" or "out").

@@ -183,13 +183,21 @@ fn services(out: &mut String, model: &Model) {
     if model.services.is_empty() {
         out.push_str("<p>No service in the catalog.</p>");
     }
-    for s in &model.services {
+    for (s, definition) in &model.services {
         let req = |v: Option<u32>| v.map_or_else(|| "none".to_owned(), |v| format!("{v} ms"));
+        let about = match definition {
+            Some(d) => format!(
+                "version {} · image {}",
+                escape(&d.version),
+                escape(d.image.as_deref().unwrap_or("—"))
+            ),
+            None => "no definition (instances only)".to_owned(),
+        };
         let _ = write!(
             out,
-            "<div class=\"service\" data-service=\"{name}\"><h3>{name}</h3><p>hard RTT {hard} · soft RTT {soft} · \
-{e} eligible, {i} not</p><table><thead><tr><th>instance</th><th>node</th><th>address</th><th>health</th>\
-<th>RTT</th><th>eligible</th></tr></thead><tbody>",
+            "<div class=\"service\" data-service=\"{name}\"><h3>{name}</h3><p class=\"definition\">{about}</p>\
+<p>hard RTT {hard} · soft RTT {soft} · {e} eligible, {i} not</p><table><thead><tr><th>instance</th><th>node</th>\
+<th>address</th><th>tags</th><th>health</th><th>RTT</th><th>eligible</th></tr></thead><tbody>",
             name = escape(&s.service),
             hard = req(s.hard_rtt_ms),
             soft = req(s.soft_rtt_ms),
@@ -214,11 +222,12 @@ fn instance_row(out: &mut String, view: &InstanceView) {
     let _ = write!(
         out,
         "<tr class=\"instance\" data-instance=\"{id}\" data-eligible=\"{ok}\"><td>{id}</td><td>{node}</td><td>{addr}</td>\
-<td class=\"health-{h}\">{h}</td><td>{rtt} <small>{source}</small></td><td>{why}</td></tr>",
+<td>{tags}</td><td class=\"health-{h}\">{h}</td><td>{rtt} <small>{source}</small></td><td>{why}</td></tr>",
         id = escape(&i.id),
         ok = view.ineligible.is_none(),
         node = escape(i.node.as_str()),
         addr = escape(&i.address.to_string()),
+        tags = escape(&i.tags.join(", ")),
         h = health_text(i.health),
         rtt = ms(view.rtt_ms),
         source = source_text(view.rtt_source),

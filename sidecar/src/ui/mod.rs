@@ -86,8 +86,12 @@ pub struct Model {
     pub matrix: Vec<Vec<Cell>>,
     /// The strictest hard requirement among definitions, for the matrix.
     pub strictest_hard_ms: Option<u32>,
-    /// Every service with its instances as this node's proxy sees them.
-    pub services: Vec<mesh_proto::api::InstancesView>,
+    /// Every service with its instances as this node's proxy sees them, and
+    /// its definition when it has one.
+    pub services: Vec<(
+        mesh_proto::api::InstancesView,
+        Option<mesh_proto::catalog::Definition>,
+    )>,
     /// Recent routing decisions, newest first.
     pub decisions: Vec<crate::decisions::Decision>,
     /// Supervised processes.
@@ -155,9 +159,14 @@ async fn gather(agent: &AdminHandles) -> Model {
     names.sort();
     let services: Vec<_> = names
         .iter()
-        .map(|name| views::instances(agent, name, Requirements::default()))
+        .map(|name| {
+            (
+                views::instances(agent, name, Requirements::default()),
+                snapshot.definition(name).cloned(),
+            )
+        })
         .collect();
-    let strictest_hard_ms = services.iter().filter_map(|s| s.hard_rtt_ms).min();
+    let strictest_hard_ms = services.iter().filter_map(|(s, _)| s.hard_rtt_ms).min();
     let ps = crate::supervise::ps(&agent.supervisor);
     let mut tails = Vec::new();
     for name in agent.supervisor.names() {

@@ -31,6 +31,14 @@ const KEEP_ALIVE: Duration = Duration::from_secs(15);
 /// A streamed response body.
 pub type StreamResponse = Response<BoxBody<Bytes, Infallible>>;
 
+/// Why the stream woke up.
+enum Wake {
+    /// Something changed (true), or a channel closed or the agent stops (false).
+    Changed(bool),
+    /// Nothing for a while.
+    KeepAlive,
+}
+
 struct State {
     catalog: watch::Receiver<Arc<CatalogSnapshot>>,
     decisions: watch::Receiver<u64>,
@@ -59,17 +67,19 @@ pub fn events(agent: &AdminHandles) -> StreamResponse {
     let frames = stream::unfold(state, |mut state| async move {
         if !state.first {
             tokio::time::sleep(COALESCE).await;
-            let changed = tokio::select! {
-                r = state.catalog.changed() => r.is_ok(),
-                r = state.decisions.changed() => r.is_ok(),
-                _ = state.shutdown.wait_for(|stop| *stop) => false,
-                _ = tokio::time::sleep(KEEP_ALIVE) => {
+            let woke = tokio::select! {
+                r = state.catalog.changed() => Wake::Changed(r.is_ok()),
+                r = state.decisions.changed() => Wake::Changed(r.is_ok()),
+                _ = state.shutdown.wait_for(|stop| *stop) => Wake::Changed(false),
+                _ = tokio::time::sleep(KEEP_ALIVE) => Wake::KeepAlive,
+            };
+            match woke {
+                Wake::Changed(true) => {}
+                Wake::Changed(false) => return None,
+                Wake::KeepAlive => {
                     let frame = Frame::data(Bytes::from_static(b": keep-alive\n\n"));
                     return Some((Ok::<_, Infallible>(frame), state));
                 }
-            };
-            if !changed {
-                return None;
             }
         }
         state.first = false;

@@ -68,29 +68,6 @@ fn headless(profile: &PathBuf) -> Command {
     command
 }
 
-/// The DOM chromium renders for `url` with JavaScript disabled.
-async fn dump_dom_without_js(url: String) -> String {
-    tokio::task::spawn_blocking(move || {
-        let profile = profile_dir();
-        let mut command = headless(&profile);
-        command
-            .arg("--blink-settings=scriptEnabled=false")
-            .arg("--virtual-time-budget=2000")
-            .arg("--dump-dom")
-            .arg(&url);
-        let output = common::run_bounded(&mut command, Duration::from_secs(90), "chromium --dump-dom");
-        let _ = std::fs::remove_dir_all(&profile);
-        assert!(
-            output.status.success(),
-            "chromium failed: {}",
-            String::from_utf8_lossy(&output.stderr)
-        );
-        String::from_utf8_lossy(&output.stdout).into_owned()
-    })
-    .await
-    .expect("dump-dom task")
-}
-
 /// Everything between `needle`'s enclosing tag start and the next `</tr>`:
 /// good enough to look at one table row of the dump.
 fn row_with<'a>(dom: &'a str, needle: &str) -> Option<&'a str> {
@@ -145,7 +122,21 @@ async fn the_ui_renders_the_mesh_in_a_browser_and_updates_live() {
 
     // --- the static page, JavaScript disabled ---
     let url = format!("http://{}/ui", trio.a.listeners.admin);
-    let dom = dump_dom_without_js(url.clone()).await;
+    let browser = Browser::launch().await;
+    let mut static_page = browser.open("about:blank").await;
+    static_page
+        .call("Emulation.setScriptExecutionDisabled", serde_json::json!({ "value": true }))
+        .await
+        .expect("disable scripts");
+    static_page
+        .call("Page.navigate", serde_json::json!({ "url": url }))
+        .await
+        .expect("navigate");
+    let dom = static_page.rendered_html("id=\"decisions\"").await;
+    assert!(
+        !dom.contains("data-loaded-at"),
+        "the script ran although JavaScript was disabled"
+    );
     for node in ["ui-a", "ui-b", "ui-c"] {
         let row = row_with(&dom, &format!("data-node=\"{node}\""))
             .unwrap_or_else(|| panic!("no member row for {node}: {dom}"));
@@ -169,7 +160,6 @@ async fn the_ui_renders_the_mesh_in_a_browser_and_updates_live() {
     );
 
     // --- live: a registration appears without a reload ---
-    let browser = Browser::launch().await;
     let mut page = browser.open(&url).await;
     let loaded_at = page
         .wait_for(
@@ -233,13 +223,16 @@ impl Browser {
     /// Opens `url` in a new tab and connects to it.
     async fn open(&self, url: &str) -> Page {
         let addr = std::net::SocketAddr::from(([127, 0, 0, 1], self.port));
-        let (status, _, body) = http_request(addr, "PUT", &format!("/json/new?{url}"), &[], Vec::new())
+        let (status, _, body) = http_request(addr, "PUT", &format!("/json/new?{url}"), &[("host", "127.0.0.1")], Vec::new())
             .await
             .expect("DevTools /json/new");
         assert_eq!(status, 200, "DevTools /json/new: {body}");
         let target: serde_json::Value = serde_json::from_str(&body).expect("target JSON");
         let ws = target["webSocketDebuggerUrl"].as_str().expect("webSocketDebuggerUrl");
-        let path = ws.split_once(&format!(":{}", self.port)).map(|(_, p)| p).expect("ws path");
+        let path = ws
+            .find("/devtools/")
+            .map(|at| &ws[at..])
+            .unwrap_or_else(|| panic!("no /devtools/ path in {ws}"));
         Page {
             socket: WebSocket::connect(addr, path).await,
             next_id: 0,
@@ -262,15 +255,12 @@ struct Page {
 }
 
 impl Page {
-    /// The value of `expression`, or None when it threw or the reply never came.
-    async fn eval(&mut self, expression: &str) -> Option<serde_json::Value> {
+    /// Sends one DevTools command and returns its `result` (None on an
+    /// error answer or no answer within 10 s).
+    async fn call(&mut self, method: &str, params: serde_json::Value) -> Option<serde_json::Value> {
         self.next_id += 1;
         let id = self.next_id;
-        let message = serde_json::json!({
-            "id": id,
-            "method": "Runtime.evaluate",
-            "params": { "expression": expression, "returnByValue": true }
-        });
+        let message = serde_json::json!({ "id": id, "method": method, "params": params });
         self.socket.send(&message.to_string()).await;
         let deadline = Instant::now() + Duration::from_secs(10);
         while Instant::now() < deadline {
@@ -279,13 +269,43 @@ impl Page {
                 .ok()??;
             let reply: serde_json::Value = serde_json::from_str(&text).ok()?;
             if reply["id"].as_u64() == Some(id) {
-                if reply["result"]["exceptionDetails"].is_object() {
-                    return None;
-                }
-                return Some(reply["result"]["result"]["value"].clone());
+                return reply.get("result").cloned();
             }
         }
         None
+    }
+
+    /// The value of `expression`, or None when it threw or the reply never came.
+    async fn eval(&mut self, expression: &str) -> Option<serde_json::Value> {
+        let params = serde_json::json!({ "expression": expression, "returnByValue": true });
+        let result = self.call("Runtime.evaluate", params).await?;
+        if result["exceptionDetails"].is_object() {
+            return None;
+        }
+        Some(result["result"]["value"].clone())
+    }
+
+    /// The document as rendered, through the DOM domain (works with
+    /// scripts disabled), once it contains `marker` (bounded).
+    async fn rendered_html(&mut self, marker: &str) -> String {
+        let deadline = Instant::now() + Duration::from_secs(30);
+        loop {
+            let root = self
+                .call("DOM.getDocument", serde_json::json!({ "depth": 0 }))
+                .await
+                .and_then(|r| r["root"]["nodeId"].as_u64());
+            if let Some(node) = root {
+                let html = self
+                    .call("DOM.getOuterHTML", serde_json::json!({ "nodeId": node }))
+                    .await
+                    .and_then(|r| r["outerHTML"].as_str().map(str::to_owned));
+                if let Some(html) = html.filter(|h| h.contains(marker)) {
+                    return html;
+                }
+            }
+            assert!(Instant::now() < deadline, "timed out after 30 s waiting for the page to render");
+            tokio::time::sleep(Duration::from_millis(200)).await;
+        }
     }
 
     /// Polls `expression` until it yields something other than null (bounded).

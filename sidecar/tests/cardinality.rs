@@ -19,7 +19,7 @@ fn rss_kib(pid: u32) -> u64 {
 }
 
 /// Lines of the scrape that carry a `service` label.
-fn service_series(text: &str) -> Vec<String> {
+fn service_series(text: &str) -> std::collections::BTreeSet<String> {
     text.lines()
         .filter(|l| !l.starts_with('#') && l.contains("service=\""))
         .map(|l| l.rsplit_once(' ').map_or(l, |(series, _)| series).to_owned())
@@ -76,6 +76,12 @@ async fn ten_thousand_unknown_names_leave_series_and_memory_flat() {
         series_after.len()
     );
     assert_eq!(series_before, series_after, "no new series");
+    let unknown = common::metric_value(
+        &text,
+        "gossamer_proxy_requests_total",
+        &[("service", "unknown"), ("code", "503")],
+    );
+    assert!(unknown >= 11_000.0, "every made-up name was counted: {unknown}");
     assert!(
         text.contains("service=\"unknown\"") && !text.contains("made-up-"),
         "unknown names are counted as service=\"unknown\""

@@ -359,7 +359,11 @@ async fn route(agent: &Arc<AdminHandles>, request: Request<Incoming>) -> JsonRes
 /// The methods a known path (after `/v1/`) accepts, for a 405 answer.
 fn allowed_methods(segments: &[&str]) -> Option<&'static str> {
     match segments {
-        ["health"] | ["nodes"] | ["services"] | ["services", _, "instances"] | ["decisions"]
+        ["health"]
+        | ["nodes"]
+        | ["services"]
+        | ["services", _, "instances"]
+        | ["decisions"]
         | ["events"]
         | ["agent", "listeners"] => Some("GET"),
         ["services", _] => Some("GET, PUT, DELETE"),

@@ -276,14 +276,17 @@ async fn proxy_of(agent: &str) -> anyhow::Result<std::net::SocketAddr> {
 
     let base = agent.trim_end_matches('/');
     let url = format!("{base}/v1/agent/listeners");
-    let uri: http::Uri = url
-        .parse()
-        .with_context(|| format!("--agent {agent:?} is not a URL; pass for example http://127.0.0.1:4200"))?;
+    let uri: http::Uri = url.parse().with_context(|| {
+        format!("--agent {agent:?} is not a URL; pass for example http://127.0.0.1:4200")
+    })?;
     let client = HttpClient::builder(TokioExecutor::new()).build_http::<Empty<bytes::Bytes>>();
-    let response = tokio::time::timeout(std::time::Duration::from_secs(10), client.get(uri.clone()))
-        .await
-        .with_context(|| format!("no answer from {url} within 10 s"))?
-        .with_context(|| format!("cannot reach the agent at {base}; is it running? (--agent)"))?;
+    let response =
+        tokio::time::timeout(std::time::Duration::from_secs(10), client.get(uri.clone()))
+            .await
+            .with_context(|| format!("no answer from {url} within 10 s"))?
+            .with_context(|| {
+                format!("cannot reach the agent at {base}; is it running? (--agent)")
+            })?;
     if !response.status().is_success() {
         bail!(
             "{url} answered {}; an agent older than this CLI? pass --proxy ADDR",

@@ -115,14 +115,37 @@ pub fn recorder() -> anyhow::Result<PrometheusHandle> {
 /// rejects a metric without one).
 fn describe() {
     use metrics::{describe_counter, describe_gauge, describe_histogram, Unit};
-    describe_gauge!(MEMBERS, "Members of the cluster as this node's SWIM sees them, by state");
-    describe_counter!(GOSSIP_PACKETS, "SWIM packets sent and received, by direction");
-    describe_counter!(GOSSIP_BYTES, Unit::Bytes, "SWIM bytes sent and received, by direction");
-    describe_gauge!(PEER_RTT, Unit::Seconds, "Smoothed measured round-trip time to each peer");
+    describe_gauge!(
+        MEMBERS,
+        "Members of the cluster as this node's SWIM sees them, by state"
+    );
+    describe_counter!(
+        GOSSIP_PACKETS,
+        "SWIM packets sent and received, by direction"
+    );
+    describe_counter!(
+        GOSSIP_BYTES,
+        Unit::Bytes,
+        "SWIM bytes sent and received, by direction"
+    );
+    describe_gauge!(
+        PEER_RTT,
+        Unit::Seconds,
+        "Smoothed measured round-trip time to each peer"
+    );
     describe_gauge!(CATALOG_RECORDS, "Records in this node's catalog, by kind");
-    describe_gauge!(CATALOG_INDEX, "The catalog index: grows on every change this node sees");
-    describe_counter!(HANDSHAKE_FAILURES, "QUIC handshakes that failed (for example another passphrase)");
-    describe_counter!(DECODE_ERRORS, "Packets and messages dropped because they could not be decoded");
+    describe_gauge!(
+        CATALOG_INDEX,
+        "The catalog index: grows on every change this node sees"
+    );
+    describe_counter!(
+        HANDSHAKE_FAILURES,
+        "QUIC handshakes that failed (for example another passphrase)"
+    );
+    describe_counter!(
+        DECODE_ERRORS,
+        "Packets and messages dropped because they could not be decoded"
+    );
     describe_counter!(
         PROXY_REQUESTS,
         "Requests through the outbound proxy, by service (unknown for names the catalog does not hold), upstream node and status code"
@@ -132,7 +155,10 @@ fn describe() {
         Unit::Seconds,
         "Time from a proxied request's arrival to its response head, by service"
     );
-    describe_counter!(EJECTIONS, "Instances ejected after consecutive failures, by service");
+    describe_counter!(
+        EJECTIONS,
+        "Instances ejected after consecutive failures, by service"
+    );
     describe_counter!(
         RTT_REJECTIONS,
         "Requests answered 503 because no instance lay within the hard RTT requirement, by service"

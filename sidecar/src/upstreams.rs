@@ -88,7 +88,9 @@ impl Upstreams {
             Some(balancer) => balancer.rank(candidates, requirements, Instant::now()),
             // A read must not create state: anyone may ask about any name
             // (admin API, DNS), and a fresh balancer ranks the same.
-            None => Balancer::new(self.config.clone()).rank(candidates, requirements, Instant::now()),
+            None => {
+                Balancer::new(self.config.clone()).rank(candidates, requirements, Instant::now())
+            }
         }
     }
 

@@ -22,7 +22,11 @@ fn rss_kib(pid: u32) -> u64 {
 fn service_series(text: &str) -> std::collections::BTreeSet<String> {
     text.lines()
         .filter(|l| !l.starts_with('#') && l.contains("service=\""))
-        .map(|l| l.rsplit_once(' ').map_or(l, |(series, _)| series).to_owned())
+        .map(|l| {
+            l.rsplit_once(' ')
+                .map_or(l, |(series, _)| series)
+                .to_owned()
+        })
         .collect()
 }
 
@@ -56,9 +60,13 @@ async fn ten_thousand_unknown_names_leave_series_and_memory_flat() {
     let agent = AgentProc::start(Spec::new("card").with_metrics()).await;
     let (port, _echo) = echo_service("echo@card").await;
     register_port(&agent, "echo", port).await;
-    let (status, _, _) = common::http_get(agent.listeners.proxy, "/", &[("x-gossamer-service", "echo")])
-        .await
-        .expect("call echo");
+    let (status, _, _) = common::http_get(
+        agent.listeners.proxy,
+        "/",
+        &[("x-gossamer-service", "echo")],
+    )
+    .await
+    .expect("call echo");
     assert_eq!(status, 200);
     let pid = agent.pid().expect("pid");
 
@@ -81,7 +89,10 @@ async fn ten_thousand_unknown_names_leave_series_and_memory_flat() {
         "gossamer_proxy_requests_total",
         &[("service", "unknown"), ("code", "503")],
     );
-    assert!(unknown >= 11_000.0, "every made-up name was counted: {unknown}");
+    assert!(
+        unknown >= 11_000.0,
+        "every made-up name was counted: {unknown}"
+    );
     assert!(
         text.contains("service=\"unknown\"") && !text.contains("made-up-"),
         "unknown names are counted as service=\"unknown\""
@@ -92,7 +103,8 @@ async fn ten_thousand_unknown_names_leave_series_and_memory_flat() {
     );
     // The decision ring is bounded too.
     let decisions = eventually("decisions", Duration::from_secs(5), || async {
-        let (_, _, body) = common::http_get(agent.listeners.admin, "/v1/decisions?limit=100000", &[]).await?;
+        let (_, _, body) =
+            common::http_get(agent.listeners.admin, "/v1/decisions?limit=100000", &[]).await?;
         serde_json::from_str::<Vec<serde_json::Value>>(&body).ok()
     })
     .await;

@@ -24,10 +24,19 @@ async fn call_uses_the_proxy_of_the_agent_named_by_agent() {
     .expect("call task");
     let stdout = String::from_utf8_lossy(&output.stdout);
     let stderr = String::from_utf8_lossy(&output.stderr);
-    assert!(output.status.success(), "stdout: {stdout}\nstderr: {stderr}");
-    assert!(stdout.contains("callagent/"), "answered through callagent's proxy: {stdout}");
+    assert!(
+        output.status.success(),
+        "stdout: {stdout}\nstderr: {stderr}"
+    );
+    assert!(
+        stdout.contains("callagent/"),
+        "answered through callagent's proxy: {stdout}"
+    );
     // Its log went to a file: no ANSI colour codes.
-    assert!(!agent.log().contains('\u{1b}'), "colour codes in a log file");
+    assert!(
+        !agent.log().contains('\u{1b}'),
+        "colour codes in a log file"
+    );
 }
 
 #[tokio::test]

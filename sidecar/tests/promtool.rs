@@ -14,13 +14,24 @@ async fn promtool_accepts_a_live_scrape() {
     let (port, _echo) = echo_service("echo@lint").await;
     register_port(&agent, "echo", port).await;
     for service in ["echo", "nobody-registered-this"] {
-        common::http_get(agent.listeners.proxy, "/", &[("x-gossamer-service", service)])
-            .await
-            .expect("call through the proxy");
+        common::http_get(
+            agent.listeners.proxy,
+            "/",
+            &[("x-gossamer-service", service)],
+        )
+        .await
+        .expect("call through the proxy");
     }
     let text = agent.metrics_text().await;
-    for name in ["process_resident_memory_bytes", "process_cpu_seconds_total", "process_open_fds"] {
-        assert!(text.contains(&format!("\n{name} ")), "{name} missing from the scrape");
+    for name in [
+        "process_resident_memory_bytes",
+        "process_cpu_seconds_total",
+        "process_open_fds",
+    ] {
+        assert!(
+            text.contains(&format!("\n{name} ")),
+            "{name} missing from the scrape"
+        );
     }
     let file = agent.data_dir.join("scrape.prom");
     std::fs::write(&file, &text).expect("write scrape");

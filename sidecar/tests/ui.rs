@@ -50,7 +50,7 @@ fn profile_dir() -> PathBuf {
     dir
 }
 
-fn headless(profile: &PathBuf) -> Command {
+fn headless(profile: &std::path::Path) -> Command {
     let mut command = Command::new(chromium());
     command.args([
         "--headless",
@@ -98,19 +98,29 @@ async fn the_ui_renders_the_mesh_in_a_browser_and_updates_live() {
     .expect("definition");
     client.put_definition(&definition).await.expect("put echo");
     common::wait_instances_measured(&trio.a, "echo", 2).await;
-    eventually("ui-c to be over hard 30 ms on a", Duration::from_secs(30), || {
-        let client = client.clone();
-        async move {
-            let view = client.instances("echo", &Default::default()).await.ok()?;
-            (view.hard_rtt_ms == Some(30) && view.eligible.len() == 1 && view.ineligible.len() == 1)
-                .then_some(())
-        }
-    })
+    eventually(
+        "ui-c to be over hard 30 ms on a",
+        Duration::from_secs(30),
+        || {
+            let client = client.clone();
+            async move {
+                let view = client.instances("echo", &Default::default()).await.ok()?;
+                (view.hard_rtt_ms == Some(30)
+                    && view.eligible.len() == 1
+                    && view.ineligible.len() == 1)
+                    .then_some(())
+            }
+        },
+    )
     .await;
     for _ in 0..5 {
-        let (status, _, body) = http_get(trio.a.listeners.proxy, "/", &[("x-gossamer-service", "echo")])
-            .await
-            .expect("call echo through a");
+        let (status, _, body) = http_get(
+            trio.a.listeners.proxy,
+            "/",
+            &[("x-gossamer-service", "echo")],
+        )
+        .await
+        .expect("call echo through a");
         assert_eq!(status, 200, "{body}");
     }
     let (status, _, decisions) = http_get(trio.a.listeners.admin, "/v1/decisions?limit=2", &[])
@@ -125,7 +135,10 @@ async fn the_ui_renders_the_mesh_in_a_browser_and_updates_live() {
     let browser = Browser::launch().await;
     let mut static_page = browser.open("about:blank").await;
     static_page
-        .call("Emulation.setScriptExecutionDisabled", serde_json::json!({ "value": true }))
+        .call(
+            "Emulation.setScriptExecutionDisabled",
+            serde_json::json!({ "value": true }),
+        )
         .await
         .expect("disable scripts");
     static_page
@@ -149,9 +162,12 @@ async fn the_ui_renders_the_mesh_in_a_browser_and_updates_live() {
     );
     let near = cell(&dom, "ui-a", "ui-b").expect("matrix cell a→b");
     assert!(near.contains("data-over-hard=\"false\""), "{near}");
-    let decision = row_with(&dom, "class=\"decision\"").unwrap_or_else(|| panic!("no decision: {dom}"));
+    let decision =
+        row_with(&dom, "class=\"decision\"").unwrap_or_else(|| panic!("no decision: {dom}"));
     assert!(
-        decision.contains("ui-b/") && decision.contains("over hard RTT") && decision.contains("ui-c/"),
+        decision.contains("ui-b/")
+            && decision.contains("over hard RTT")
+            && decision.contains("ui-c/"),
         "a decision picks b and says c is over the hard RTT: {decision}"
     );
     assert!(
@@ -171,7 +187,11 @@ async fn the_ui_renders_the_mesh_in_a_browser_and_updates_live() {
     let before = page
         .eval("document.querySelector('[data-service=\"late\"]') === null")
         .await;
-    assert_eq!(before, Some(serde_json::Value::Bool(true)), "late is not there yet");
+    assert_eq!(
+        before,
+        Some(serde_json::Value::Bool(true)),
+        "late is not there yet"
+    );
     register_port(&trio.b, "late", trio.echo_ports[0].1).await;
     page.wait_for(
         "the instance registered on b to appear on a's page",
@@ -209,26 +229,42 @@ impl Browser {
             .spawn()
             .unwrap_or_else(|e| panic!("cannot start chromium: {e}"));
         let file = profile.join("DevToolsActivePort");
-        let port = eventually("chromium to write DevToolsActivePort", Duration::from_secs(30), || {
-            let file = file.clone();
-            async move {
-                let text = std::fs::read_to_string(file).ok()?;
-                text.lines().next()?.trim().parse::<u16>().ok()
-            }
-        })
+        let port = eventually(
+            "chromium to write DevToolsActivePort",
+            Duration::from_secs(30),
+            || {
+                let file = file.clone();
+                async move {
+                    let text = std::fs::read_to_string(file).ok()?;
+                    text.lines().next()?.trim().parse::<u16>().ok()
+                }
+            },
+        )
         .await;
-        Browser { child, port, profile }
+        Browser {
+            child,
+            port,
+            profile,
+        }
     }
 
     /// Opens `url` in a new tab and connects to it.
     async fn open(&self, url: &str) -> Page {
         let addr = std::net::SocketAddr::from(([127, 0, 0, 1], self.port));
-        let (status, _, body) = http_request(addr, "PUT", &format!("/json/new?{url}"), &[("host", "127.0.0.1")], Vec::new())
-            .await
-            .expect("DevTools /json/new");
+        let (status, _, body) = http_request(
+            addr,
+            "PUT",
+            &format!("/json/new?{url}"),
+            &[("host", "127.0.0.1")],
+            Vec::new(),
+        )
+        .await
+        .expect("DevTools /json/new");
         assert_eq!(status, 200, "DevTools /json/new: {body}");
         let target: serde_json::Value = serde_json::from_str(&body).expect("target JSON");
-        let ws = target["webSocketDebuggerUrl"].as_str().expect("webSocketDebuggerUrl");
+        let ws = target["webSocketDebuggerUrl"]
+            .as_str()
+            .expect("webSocketDebuggerUrl");
         let path = ws
             .find("/devtools/")
             .map(|at| &ws[at..])
@@ -303,7 +339,10 @@ impl Page {
                     return html;
                 }
             }
-            assert!(Instant::now() < deadline, "timed out after 30 s waiting for the page to render");
+            assert!(
+                Instant::now() < deadline,
+                "timed out after 30 s waiting for the page to render"
+            );
             tokio::time::sleep(Duration::from_millis(200)).await;
         }
     }
@@ -316,7 +355,10 @@ impl Page {
                 Some(value) if !value.is_null() => return value,
                 _ => {}
             }
-            assert!(Instant::now() < deadline, "timed out after 30 s waiting for: {what}");
+            assert!(
+                Instant::now() < deadline,
+                "timed out after 30 s waiting for: {what}"
+            );
             tokio::time::sleep(Duration::from_millis(200)).await;
         }
     }
@@ -336,13 +378,26 @@ impl WebSocket {
             "GET {path} HTTP/1.1\r\nHost: {addr}\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n\
              Sec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\nSec-WebSocket-Version: 13\r\n\r\n"
         );
-        stream.get_mut().write_all(request.as_bytes()).await.expect("handshake");
+        stream
+            .get_mut()
+            .write_all(request.as_bytes())
+            .await
+            .expect("handshake");
         let mut status = String::new();
-        stream.read_line(&mut status).await.expect("handshake status");
-        assert!(status.contains(" 101 "), "DevTools refused the WebSocket: {status}");
+        stream
+            .read_line(&mut status)
+            .await
+            .expect("handshake status");
+        assert!(
+            status.contains(" 101 "),
+            "DevTools refused the WebSocket: {status}"
+        );
         loop {
             let mut line = String::new();
-            let n = stream.read_line(&mut line).await.expect("handshake headers");
+            let n = stream
+                .read_line(&mut line)
+                .await
+                .expect("handshake headers");
             if n == 0 || line == "\r\n" {
                 break;
             }
@@ -367,7 +422,11 @@ impl WebSocket {
         let mask: [u8; 4] = rand::random();
         frame.extend_from_slice(&mask);
         frame.extend(payload.iter().enumerate().map(|(i, b)| b ^ mask[i % 4]));
-        self.stream.get_mut().write_all(&frame).await.expect("send frame");
+        self.stream
+            .get_mut()
+            .write_all(&frame)
+            .await
+            .expect("send frame");
     }
 
     /// The next text message; None when the socket closed.
@@ -393,7 +452,10 @@ impl WebSocket {
             let mut payload = vec![0u8; usize::try_from(len).ok()?];
             self.stream.read_exact(&mut payload).await.ok()?;
             if let Some(mask) = mask {
-                payload.iter_mut().enumerate().for_each(|(i, b)| *b ^= mask[i % 4]);
+                payload
+                    .iter_mut()
+                    .enumerate()
+                    .for_each(|(i, b)| *b ^= mask[i % 4]);
             }
             match opcode {
                 0x8 => return None,

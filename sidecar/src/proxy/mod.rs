@@ -237,7 +237,14 @@ async fn attempts(
             // No balancer is made for a name without instances: unknown
             // names must leave no state behind.
             let error = SelectError::NoInstances {};
-            record(agent, service, Err(&error), &[], requirements, !tried.is_empty());
+            record(
+                agent,
+                service,
+                Err(&error),
+                &[],
+                requirements,
+                !tried.is_empty(),
+            );
             return (no_upstream(service, &live, error, last_failure), None);
         }
         let candidates = agent.upstreams.candidates(&snapshot, &live);
@@ -360,13 +367,18 @@ fn record(
         Ok(p) => {
             let local = p.rtt_ms == Some(0.0);
             let why = match (requirements.soft_rtt_ms, p.within_soft) {
-                _ if local && p.others == 0 => "the only eligible instance (on this node)".to_owned(),
+                _ if local && p.others == 0 => {
+                    "the only eligible instance (on this node)".to_owned()
+                }
                 (Some(soft), true) => format!(
                     "within soft {soft} ms; P2C over peak-EWMA among {} eligible",
                     p.others + 1
                 ),
                 (Some(soft), false) => {
-                    format!("none within soft {soft} ms: the best of {} eligible", p.others + 1)
+                    format!(
+                        "none within soft {soft} ms: the best of {} eligible",
+                        p.others + 1
+                    )
                 }
                 (None, _) => format!("P2C over peak-EWMA among {} eligible", p.others + 1),
             };

@@ -90,7 +90,11 @@ fn members(out: &mut String, model: &Model) {
             (false, Some(ms)) => format!("{:.1} s ago", ms as f64 / 1000.0),
             (false, None) => "never".to_owned(),
         };
-        let zone = n.meta.as_ref().and_then(|m| m.zone.clone()).unwrap_or_default();
+        let zone = n
+            .meta
+            .as_ref()
+            .and_then(|m| m.zone.clone())
+            .unwrap_or_default();
         let _ = write!(
             out,
             "<tr class=\"member\" data-node=\"{id}\" data-state=\"{state}\"><td>{id}{me}</td><td class=\"state-{state}\">{state}</td>\
@@ -300,7 +304,11 @@ fn processes(out: &mut String, model: &Model) {
         out.push_str("</tbody></table>");
     }
     for tail in &model.logs {
-        let _ = write!(out, "<h3>Log tail: {}</h3><pre class=\"log\">", escape(&tail.service));
+        let _ = write!(
+            out,
+            "<h3>Log tail: {}</h3><pre class=\"log\">",
+            escape(&tail.service)
+        );
         for line in &tail.lines {
             let _ = writeln!(out, "{} {}", escape(&line.instance), escape(&line.text));
         }

@@ -171,7 +171,8 @@ async fn gather(agent: &AdminHandles) -> Model {
     let mut tails = Vec::new();
     for name in agent.supervisor.names() {
         if let Some(dir) = agent.supervisor.log_dir(&name) {
-            let read = tokio::task::spawn_blocking(move || logs::read(&dir, &name, 0, Some(LOG_TAIL)));
+            let read =
+                tokio::task::spawn_blocking(move || logs::read(&dir, &name, 0, Some(LOG_TAIL)));
             if let Ok(view) = read.await {
                 tails.push(view);
             }

@@ -110,3 +110,67 @@ async fn ten_thousand_unknown_names_leave_series_and_memory_flat() {
     .await;
     assert!(decisions.len() <= 256, "{} decisions kept", decisions.len());
 }
+
+/// Event streams (`/v1/events`, the UI's live updates) are capped, and
+/// clients that never read hold no queue: the agent's memory stays flat
+/// while the catalog changes under them.
+#[tokio::test]
+async fn silent_event_stream_clients_are_capped_and_hold_no_queue() {
+    use tokio::io::AsyncWriteExt;
+
+    let agent = AgentProc::start(Spec::new("silent")).await;
+    let pid = agent.pid().expect("pid");
+    let mut silent = Vec::new();
+    for _ in 0..32 {
+        let mut stream = tokio::net::TcpStream::connect(agent.listeners.admin)
+            .await
+            .expect("connect admin");
+        stream
+            .write_all(b"GET /v1/events HTTP/1.1\r\nhost: x\r\n\r\n")
+            .await
+            .expect("send");
+        silent.push(stream);
+    }
+    // Each silent client got its answer head (it is readable) but reads nothing.
+    for stream in &silent {
+        tokio::time::timeout(Duration::from_secs(10), stream.readable())
+            .await
+            .expect("the agent answers every silent stream within 10 s")
+            .expect("readable");
+    }
+    let (status, _, body) = tokio::time::timeout(
+        Duration::from_secs(10),
+        common::http_get(agent.listeners.admin, "/v1/events", &[]),
+    )
+    .await
+    .expect("the 33rd stream is answered at once")
+    .expect("an answer");
+    assert_eq!(status, 429, "{body}");
+
+    let client = agent.client();
+    let rss_before = rss_kib(pid);
+    let (port, _echo) = echo_service("churn@silent").await;
+    for i in 0..500 {
+        let id = format!("churn-{i}");
+        let instance = client
+            .register(&mesh_proto::api::RegisterInstance {
+                service: "churn".to_owned(),
+                port: Some(port),
+                address: None,
+                id: Some(id.clone()),
+                deployment_id: None,
+                tags: Vec::new(),
+                health: None,
+            })
+            .await
+            .expect("register");
+        client.deregister(&instance.id).await.expect("deregister");
+    }
+    let rss_after = rss_kib(pid);
+    eprintln!("1,000 catalog changes under 32 silent event streams: RSS {rss_before} KiB -> {rss_after} KiB");
+    assert!(
+        rss_after < rss_before + 4 * 1024,
+        "memory grew from {rss_before} KiB to {rss_after} KiB"
+    );
+    drop(silent);
+}

@@ -79,6 +79,14 @@ pub const EXPORTED: [&str; 16] = [
     DNS_QUERIES,
 ];
 
+/// The standard `process_*` metrics the dashboard reads (from the
+/// `metrics-process` crate, refreshed on every scrape).
+pub const PROCESS: [&str; 3] = [
+    "process_resident_memory_bytes",
+    "process_cpu_seconds_total",
+    "process_open_fds",
+];
+
 /// Buckets that resolve sub-millisecond proxy latency up to the 30 s timeout.
 const DURATION_BUCKETS: &[f64] = &[
     0.0001, 0.00025, 0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5,

@@ -265,7 +265,7 @@ fn decisions(out: &mut String, model: &Model) {
         if d.eligible_others > 0 {
             let _ = write!(
                 rejected,
-                "<li>{} other eligible, lost the P2C draw</li>",
+                "<li>{} other eligible instance(s), not picked this time</li>",
                 d.eligible_others
             );
         }

@@ -209,17 +209,17 @@ fn services(out: &mut String, model: &Model) {
             i = s.ineligible.len(),
         );
         for view in s.eligible.iter().chain(&s.ineligible) {
-            instance_row(out, view);
+            instance_row(out, view, s.soft_rtt_ms.is_some());
         }
         out.push_str("</tbody></table></div>");
     }
     out.push_str("</section>");
 }
 
-fn instance_row(out: &mut String, view: &InstanceView) {
+fn instance_row(out: &mut String, view: &InstanceView, has_soft: bool) {
     let i = &view.instance;
     let eligibility = match &view.ineligible {
-        None if view.within_soft => "yes (within soft)".to_owned(),
+        None if has_soft && view.within_soft => "yes (within soft)".to_owned(),
         None => "yes".to_owned(),
         Some(reason) => format!("no: {}", describe(reason)),
     };

@@ -30,6 +30,8 @@ use crate::{server, views};
 
 pub mod supervise;
 
+/// Decisions `GET /v1/decisions` returns without `?limit=`.
+const DEFAULT_DECISIONS: u64 = 50;
 /// Largest request body accepted.
 const MAX_BODY: usize = 1024 * 1024;
 /// Default and longest wait of a blocking query (as Consul).
@@ -42,6 +44,9 @@ pub async fn serve(agent: Arc<AdminHandles>, listener: TcpListener) {
     server::serve(listener, shutdown, move |request| {
         let agent = agent.clone();
         async move {
+            if request.method() == Method::GET && request.uri().path() == "/v1/events" {
+                return crate::ui::sse::events(&agent);
+            }
             let mut response = route(&agent, request).await;
             // Errors carry the index too, so a watcher waiting for a name to
             // appear can block on the index of its 404.
@@ -50,7 +55,7 @@ pub async fn serve(agent: Arc<AdminHandles>, listener: TcpListener) {
                     response.headers_mut().insert(INDEX_HEADER, value);
                 }
             }
-            response
+            response.map(|body| body.map_err(|never| match never {}).boxed())
         }
     })
     .await;
@@ -66,6 +71,7 @@ pub async fn serve_metrics(
         let handle = handle.clone();
         async move {
             if request.uri().path() == "/metrics" {
+                crate::metrics::collect_process();
                 let mut response = Response::new(Full::new(Bytes::from(handle.render())));
                 response.headers_mut().insert(
                     http::header::CONTENT_TYPE,
@@ -91,6 +97,7 @@ struct Query {
     wait: Option<Duration>,
     hard_rtt_ms: Option<u32>,
     soft_rtt_ms: Option<u32>,
+    limit: Option<u64>,
 }
 
 fn bad_request(error: impl Into<String>, hint: impl Into<String>) -> JsonResponse {
@@ -122,6 +129,7 @@ fn parse_query(raw: Option<&str>) -> Result<Query, JsonResponse> {
             "wait" => query.wait = Some(parse_wait(value)?),
             "hard_rtt_ms" => query.hard_rtt_ms = Some(millis("hard_rtt_ms")?),
             "soft_rtt_ms" => query.soft_rtt_ms = Some(millis("soft_rtt_ms")?),
+            "limit" => query.limit = Some(number("limit")?),
             _ => {}
         }
     }
@@ -305,6 +313,29 @@ async fn route(agent: &Arc<AdminHandles>, request: Request<Incoming>) -> JsonRes
                 Some(watched.index(&snapshot)),
             )
         }
+        (&Method::GET, ["v1", "decisions"]) => {
+            let limit = query.limit.unwrap_or(DEFAULT_DECISIONS);
+            let limit = usize::try_from(limit).unwrap_or(usize::MAX);
+            reply::json(
+                StatusCode::OK,
+                &agent.decisions.recent(limit),
+                Some(agent.catalog.index()),
+            )
+        }
+        (&Method::GET, ["v1", "agent", "listeners"]) => reply::json(
+            StatusCode::OK,
+            &agent.listeners,
+            Some(agent.catalog.index()),
+        ),
+        (&Method::GET, ["ui"]) => crate::ui::page(agent, request.uri().query()).await,
+        (&Method::GET, ["ui", asset]) => match crate::ui::asset(asset) {
+            Some(response) => response,
+            None => reply::error(
+                StatusCode::NOT_FOUND,
+                format!("no such UI asset {asset:?}"),
+                "the UI is at /ui",
+            ),
+        },
         (&Method::PUT, ["v1", "instances"]) => register(agent, request).await,
         (&Method::DELETE, ["v1", "instances", id]) => deregister(agent, id).await,
         (_, ["v1", "supervise" | "placement", ..]) => {
@@ -321,7 +352,7 @@ async fn route(agent: &Arc<AdminHandles>, request: Request<Incoming>) -> JsonRes
         _ => reply::error(
             StatusCode::NOT_FOUND,
             format!("no such path {path}"),
-            "the admin API lives under /v1/",
+            "the admin API lives under /v1/, the web UI at /ui",
         ),
     }
 }
@@ -329,7 +360,13 @@ async fn route(agent: &Arc<AdminHandles>, request: Request<Incoming>) -> JsonRes
 /// The methods a known path (after `/v1/`) accepts, for a 405 answer.
 fn allowed_methods(segments: &[&str]) -> Option<&'static str> {
     match segments {
-        ["health"] | ["nodes"] | ["services"] | ["services", _, "instances"] => Some("GET"),
+        ["health"]
+        | ["nodes"]
+        | ["services"]
+        | ["services", _, "instances"]
+        | ["decisions"]
+        | ["events"]
+        | ["agent", "listeners"] => Some("GET"),
         ["services", _] => Some("GET, PUT, DELETE"),
         ["instances"] => Some("PUT"),
         ["instances", _] => Some("DELETE"),

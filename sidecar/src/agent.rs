@@ -18,6 +18,7 @@ use tracing::{info, warn};
 
 use crate::catalog::{wall_ms, CatalogStore};
 use crate::config::{is_local_only, AgentConfig};
+use crate::decisions::Decisions;
 use crate::handles::AdminHandles;
 use crate::health::PassiveHealth;
 use crate::link_shim::{LinkRule, LinkRules};
@@ -251,12 +252,14 @@ pub async fn start(config: AgentConfig) -> anyhow::Result<RunningAgent> {
     }));
     let ready = Arc::new(AtomicBool::new(false));
     let health = PassiveHealth::new(registry.clone(), shutdown.subscribe());
+    let decisions = Arc::new(Decisions::default());
     let proxy_handles = Arc::new(ProxyHandles {
         upstreams: upstreams.clone(),
         transport: transport.clone(),
         http: local_client(),
         health,
         shutdown: shutdown.subscribe(),
+        decisions: decisions.clone(),
     });
     let admin_handles = Arc::new(AdminHandles {
         identity: identity.clone(),
@@ -265,6 +268,9 @@ pub async fn start(config: AgentConfig) -> anyhow::Result<RunningAgent> {
         registry: registry.clone(),
         upstreams: upstreams.clone(),
         supervisor: supervisor.clone(),
+        decisions,
+        event_streams: Arc::new(tokio::sync::Semaphore::new(crate::ui::sse::MAX_STREAMS)),
+        listeners,
         ready: ready.clone(),
         shutdown: shutdown.subscribe(),
     });

@@ -12,7 +12,7 @@ pub mod args;
 pub mod supervise;
 pub mod table;
 
-pub use args::{Cli, Command, ServicesAction};
+pub use args::{Cli, Command, LogFormat, ServicesAction};
 use table::table;
 
 fn print_json<T: Serialize>(value: &T) -> anyhow::Result<()> {
@@ -176,7 +176,13 @@ pub async fn run_operator(cli: &Cli) -> anyhow::Result<()> {
             proxy,
             hard_rtt,
             soft_rtt,
-        } => crate::demo::call_cli(name, path, *proxy, *hard_rtt, *soft_rtt, cli.json).await?,
+        } => {
+            let proxy = match proxy {
+                Some(proxy) => *proxy,
+                None => proxy_of(&cli.agent).await?,
+            };
+            crate::demo::call_cli(name, path, proxy, *hard_rtt, *soft_rtt, cli.json).await?
+        }
         Command::Ps | Command::Logs { .. } | Command::Restart { .. } | Command::Nodes { .. } => {
             supervise::run(cli).await?
         }
@@ -259,4 +265,52 @@ async fn services(cli: &Cli, client: &Client, action: &ServicesAction) -> anyhow
         }
     }
     Ok(())
+}
+
+/// Where the proxy of the agent at `agent` (its admin URL) listens, as its
+/// admin API says; an unspecified address (0.0.0.0) means the agent's host.
+async fn proxy_of(agent: &str) -> anyhow::Result<std::net::SocketAddr> {
+    use http_body_util::{BodyExt, Empty};
+    use hyper_util::client::legacy::Client as HttpClient;
+    use hyper_util::rt::TokioExecutor;
+
+    let base = agent.trim_end_matches('/');
+    let url = format!("{base}/v1/agent/listeners");
+    let uri: http::Uri = url.parse().with_context(|| {
+        format!("--agent {agent:?} is not a URL; pass for example http://127.0.0.1:4200")
+    })?;
+    let client = HttpClient::builder(TokioExecutor::new()).build_http::<Empty<bytes::Bytes>>();
+    let response =
+        tokio::time::timeout(std::time::Duration::from_secs(10), client.get(uri.clone()))
+            .await
+            .with_context(|| format!("no answer from {url} within 10 s"))?
+            .with_context(|| {
+                format!("cannot reach the agent at {base}; is it running? (--agent)")
+            })?;
+    if !response.status().is_success() {
+        bail!(
+            "{url} answered {}; an agent older than this CLI? pass --proxy ADDR",
+            response.status()
+        );
+    }
+    let body = response
+        .into_body()
+        .collect()
+        .await
+        .with_context(|| format!("cannot read the answer of {url}"))?
+        .to_bytes();
+    let listeners: crate::listeners::Listeners = serde_json::from_slice(&body)
+        .with_context(|| format!("{url} did not answer with listeners"))?;
+    let mut proxy = listeners.proxy;
+    if proxy.ip().is_unspecified() {
+        let host = uri
+            .host()
+            .map(|h| h.trim_matches(['[', ']']))
+            .and_then(|h| h.parse::<std::net::IpAddr>().ok())
+            .with_context(|| {
+                format!("the proxy of {base} listens on {proxy}; pass --proxy HOST:PORT")
+            })?;
+        proxy.set_ip(host);
+    }
+    Ok(proxy)
 }

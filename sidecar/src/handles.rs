@@ -8,6 +8,7 @@ use mesh_proto::{NodeId, NodeIdentity};
 use tokio::sync::watch;
 
 use crate::catalog::CatalogStore;
+use crate::decisions::Decisions;
 use crate::membership::Membership;
 use crate::registry::Registry;
 use crate::supervise::Supervisor;
@@ -27,6 +28,13 @@ pub struct AdminHandles {
     pub upstreams: Arc<Upstreams>,
     /// Local services.
     pub supervisor: Arc<Supervisor>,
+    /// Recent routing decisions of this node's proxy.
+    pub decisions: Arc<Decisions>,
+    /// Slots for the UI's event streams (`GET /v1/events`), at most
+    /// [`crate::ui::sse::MAX_STREAMS`].
+    pub event_streams: Arc<tokio::sync::Semaphore>,
+    /// Where this agent's listeners are bound (`GET /v1/agent/listeners`).
+    pub listeners: crate::listeners::Listeners,
     /// True once every listener serves.
     pub ready: Arc<AtomicBool>,
     /// Turns true when the agent stops.

@@ -8,14 +8,16 @@
 //! 6 agent      agent (composition root: builds handles, one task tracker,
 //!              ordered stop), demo, cli (+ cli::{args, table, supervise})
 //! 5 fronts     proxy (route → eligible → pick → send → observe; inbound),
-//!              admin (+ admin::supervise), views, streams (inbound QUIC
+//!              admin (+ admin::supervise), ui (+ ui::{html, sse}: /ui and
+//!              /v1/events), views, streams (inbound QUIC
 //!              streams by kind), echo (the demo's service)
 //!   handles    AdminHandles: the narrow set of services the admin API uses
 //! 4 services   catalog (owns the catalog core, publishes Arc snapshots),
 //!              membership (foca task), registry (this node's writes),
 //!              upstreams (candidates + balancers over the snapshot),
 //!              health (passive health of local instances), rtt (sampling),
-//!              sync (anti-entropy, snapshot persistence), join, supervise
+//!              sync (anti-entropy, snapshot persistence), join, supervise,
+//!              decisions (the proxy's recent routing decisions, a ring)
 //! 3 I/O        transport (+ guard), tls, persist, server, link_shim (test
 //!              only), metrics, reply, listeners
 //! 2 config     config (+ config::supervise): flags, env, file, profile tables
@@ -33,6 +35,7 @@ pub mod catalog;
 pub mod cli;
 pub mod config;
 pub mod core;
+pub mod decisions;
 pub mod demo;
 pub mod dns;
 pub mod echo;
@@ -54,5 +57,6 @@ pub mod supervise;
 pub mod sync;
 pub mod tls;
 pub mod transport;
+pub mod ui;
 pub mod upstreams;
 pub mod views;

@@ -1,8 +1,10 @@
 //! The `gossamer` binary: `gossamer agent` runs a sidecar; the other
 //! subcommands are operator tools talking to a running agent.
 
+use std::io::IsTerminal;
+
 use clap::Parser;
-use sidecar::cli::{Cli, Command};
+use sidecar::cli::{Cli, Command, LogFormat};
 use tracing_subscriber::EnvFilter;
 
 #[tokio::main]
@@ -23,10 +25,17 @@ async fn main() {
             filter = filter.add_directive(quiet);
         }
     }
-    tracing_subscriber::fmt()
+    // Colour codes only for a person at a terminal: a file or journald
+    // would keep them as noise.
+    let ansi = std::io::stderr().is_terminal();
+    let logs = tracing_subscriber::fmt()
         .with_env_filter(filter)
         .with_writer(std::io::stderr)
-        .init();
+        .with_ansi(ansi);
+    match cli.log_format {
+        LogFormat::Text => logs.init(),
+        LogFormat::Json => logs.json().init(),
+    }
     let result = match cli.command {
         Command::Agent(ref args) => sidecar::agent::run_until_signal((**args).clone()).await,
         Command::Echo {

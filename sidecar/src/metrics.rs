@@ -36,6 +36,8 @@ pub const RETRIES: &str = "gossamer_retries_total";
 pub const RELAY_REFUSALS: &str = "gossamer_relay_refusals_total";
 /// `gossamer_dns_queries_total{type,rcode}`: DNS questions answered.
 pub const DNS_QUERIES: &str = "gossamer_dns_queries_total";
+/// The `service` label of proxy metrics for a name the catalog does not know.
+pub const UNKNOWN_SERVICE: &str = "unknown";
 /// `gossamer_build_info{version}`.
 pub const BUILD_INFO: &str = "gossamer_build_info";
 
@@ -77,6 +79,14 @@ pub const EXPORTED: [&str; 16] = [
     DNS_QUERIES,
 ];
 
+/// The standard `process_*` metrics the dashboard reads (from the
+/// `metrics-process` crate, refreshed on every scrape).
+pub const PROCESS: [&str; 3] = [
+    "process_resident_memory_bytes",
+    "process_cpu_seconds_total",
+    "process_open_fds",
+];
+
 /// Buckets that resolve sub-millisecond proxy latency up to the 30 s timeout.
 const DURATION_BUCKETS: &[f64] = &[
     0.0001, 0.00025, 0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5,
@@ -103,12 +113,89 @@ pub fn recorder() -> anyhow::Result<PrometheusHandle> {
     for counter in [HANDSHAKE_FAILURES, DECODE_ERRORS, RELAY_REFUSALS] {
         metrics::counter!(counter).increment(0);
     }
-    metrics::describe_counter!(
+    describe();
+    collect_process();
+    metrics::counter!(DNS_QUERIES, "type" => "A", "rcode" => "NOERROR").increment(0);
+    Ok(handle)
+}
+
+/// HELP text for every metric the agent exports (Prometheus's linter
+/// rejects a metric without one).
+fn describe() {
+    use metrics::{describe_counter, describe_gauge, describe_histogram, Unit};
+    describe_gauge!(
+        MEMBERS,
+        "Members of the cluster as this node's SWIM sees them, by state"
+    );
+    describe_counter!(
+        GOSSIP_PACKETS,
+        "SWIM packets sent and received, by direction"
+    );
+    describe_counter!(
+        GOSSIP_BYTES,
+        Unit::Bytes,
+        "SWIM bytes sent and received, by direction"
+    );
+    describe_gauge!(
+        PEER_RTT,
+        Unit::Seconds,
+        "Smoothed measured round-trip time to each peer"
+    );
+    describe_gauge!(CATALOG_RECORDS, "Records in this node's catalog, by kind");
+    describe_gauge!(
+        CATALOG_INDEX,
+        "The catalog index: grows on every change this node sees"
+    );
+    describe_counter!(
+        HANDSHAKE_FAILURES,
+        "QUIC handshakes that failed (for example another passphrase)"
+    );
+    describe_counter!(
+        DECODE_ERRORS,
+        "Packets and messages dropped because they could not be decoded"
+    );
+    describe_counter!(
+        PROXY_REQUESTS,
+        "Requests through the outbound proxy, by service (unknown for names the catalog does not hold), upstream node and status code"
+    );
+    describe_histogram!(
+        PROXY_DURATION,
+        Unit::Seconds,
+        "Time from a proxied request's arrival to its response head, by service"
+    );
+    describe_counter!(
+        EJECTIONS,
+        "Instances ejected after consecutive failures, by service"
+    );
+    describe_counter!(
+        RTT_REJECTIONS,
+        "Requests answered 503 because no instance lay within the hard RTT requirement, by service"
+    );
+    describe_counter!(RETRIES, "Requests retried on another instance, by service");
+    describe_counter!(
+        RELAY_REFUSALS,
+        "Proxy frames refused because they named no instance of this node (no open relay)"
+    );
+    describe_counter!(
         DNS_QUERIES,
         "DNS questions answered on --dns-listen, by query type (A, AAAA, SRV, SOA, ANY, other) and response code"
     );
-    metrics::counter!(DNS_QUERIES, "type" => "A", "rcode" => "NOERROR").increment(0);
-    Ok(handle)
+    describe_gauge!(BUILD_INFO, "Always 1; the agent's version is the label");
+}
+
+/// The `process_*` metrics (resident memory, CPU seconds, open fds, …).
+fn process_collector() -> &'static metrics_process::Collector {
+    static COLLECTOR: std::sync::OnceLock<metrics_process::Collector> = std::sync::OnceLock::new();
+    COLLECTOR.get_or_init(|| {
+        let collector = metrics_process::Collector::default();
+        collector.describe();
+        collector
+    })
+}
+
+/// Refreshes the `process_*` metrics; called before every scrape.
+pub fn collect_process() {
+    process_collector().collect();
 }
 
 /// Counts one gossip packet of `bytes` in `direction` ("in" or "out").

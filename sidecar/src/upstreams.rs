@@ -65,7 +65,9 @@ impl Upstreams {
         &self.rtt
     }
 
-    /// Runs `f` on the balancer of `service`.
+    /// Runs `f` on the balancer of `service`, made on first use: call it
+    /// only for services with live instances, so that names callers make
+    /// up leave no state behind.
     pub fn with<T>(&self, service: &str, f: impl FnOnce(&mut Balancer) -> T) -> T {
         let mut balancers = self.balancers.lock().unwrap_or_else(|p| p.into_inner());
         let balancer = balancers
@@ -81,9 +83,23 @@ impl Upstreams {
         candidates: &[Candidate],
         requirements: Requirements,
     ) -> Ranking {
-        self.with(service, |b| {
-            b.rank(candidates, requirements, Instant::now())
-        })
+        let balancers = self.balancers.lock().unwrap_or_else(|p| p.into_inner());
+        match balancers.get(service) {
+            Some(balancer) => balancer.rank(candidates, requirements, Instant::now()),
+            // A read must not create state: anyone may ask about any name
+            // (admin API, DNS), and a fresh balancer ranks the same.
+            None => {
+                Balancer::new(self.config.clone()).rank(candidates, requirements, Instant::now())
+            }
+        }
+    }
+
+    /// How many balancers exist (one per service that carried calls).
+    pub fn balancer_count(&self) -> usize {
+        self.balancers
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .len()
     }
 
     /// Live instances of `service` in `snapshot` on nodes that are up (ours,

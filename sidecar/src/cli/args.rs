@@ -21,9 +21,28 @@ pub struct Cli {
     /// Print JSON instead of tables.
     #[arg(long, global = true)]
     pub json: bool,
+    /// Log lines on stderr: `text` (colour only when stderr is a terminal)
+    /// or `json` (one object per line, for journald or a log shipper).
+    #[arg(
+        long,
+        global = true,
+        env = "GOSSAMER_LOG_FORMAT",
+        value_enum,
+        default_value_t = LogFormat::Text
+    )]
+    pub log_format: LogFormat,
     /// What to do.
     #[command(subcommand)]
     pub command: Command,
+}
+
+/// How log lines are written.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+pub enum LogFormat {
+    /// Human-readable lines.
+    Text,
+    /// One JSON object per line.
+    Json,
 }
 
 /// Subcommands.
@@ -79,9 +98,10 @@ pub enum Command {
         /// Path, for example /health.
         #[arg(default_value = "/")]
         path: String,
-        /// The agent's proxy address.
-        #[arg(long, env = "GOSSAMER_PROXY", default_value = "127.0.0.1:4201")]
-        proxy: std::net::SocketAddr,
+        /// The proxy to send through; by default the one of the agent named
+        /// by `--agent` (its admin API says where its proxy listens).
+        #[arg(long, env = "GOSSAMER_PROXY")]
+        proxy: Option<std::net::SocketAddr>,
         /// Hard RTT requirement in ms.
         #[arg(long)]
         hard_rtt: Option<u32>,

@@ -26,6 +26,7 @@ use tracing::debug;
 
 use tokio::sync::watch;
 
+use crate::decisions::{Decision, Decisions, Rejected};
 use crate::health::PassiveHealth;
 use crate::metrics;
 use crate::transport::Transport;
@@ -45,6 +46,8 @@ pub struct ProxyHandles {
     pub health: Arc<PassiveHealth>,
     /// Turns true when the agent stops.
     pub shutdown: watch::Receiver<bool>,
+    /// Recent routing decisions (read by the admin API and the UI).
+    pub decisions: Arc<Decisions>,
 }
 
 impl ProxyHandles {
@@ -124,6 +127,13 @@ async fn handle(agent: &Arc<ProxyHandles>, request: Request<Incoming>) -> Respon
     };
 
     let service = route.service.clone();
+    // Labels come only from the catalog: a name nobody registered is
+    // `unknown`, so callers cannot grow the series without bound.
+    let label = if agent.upstreams.snapshot().service(&service).is_some() {
+        service.clone()
+    } else {
+        metrics::UNKNOWN_SERVICE.to_owned()
+    };
     let (response, upstream_node) =
         match tokio::time::timeout(route.timeout, attempts(agent, &route, parts, body)).await {
             Ok(result) => result,
@@ -142,12 +152,12 @@ async fn handle(agent: &Arc<ProxyHandles>, request: Request<Incoming>) -> Respon
     let code = response.status().as_u16().to_string();
     ::metrics::counter!(
         metrics::PROXY_REQUESTS,
-        "service" => service.clone(),
+        "service" => label.clone(),
         "upstream_node" => upstream_node.unwrap_or_else(|| "none".to_owned()),
         "code" => code
     )
     .increment(1);
-    ::metrics::histogram!(metrics::PROXY_DURATION, "service" => service)
+    ::metrics::histogram!(metrics::PROXY_DURATION, "service" => label)
         .record(started.elapsed().as_secs_f64());
     response
 }
@@ -223,11 +233,49 @@ async fn attempts(
     let mut last_failure: Option<Failure> = None;
     loop {
         let live = agent.upstreams.live_instances(&snapshot, service);
+        if live.is_empty() {
+            // No balancer is made for a name without instances: unknown
+            // names must leave no state behind.
+            let error = SelectError::NoInstances {};
+            record(
+                agent,
+                service,
+                Err(&error),
+                &[],
+                requirements,
+                !tried.is_empty(),
+            );
+            return (no_upstream(service, &live, error, last_failure), None);
+        }
         let candidates = agent.upstreams.candidates(&snapshot, &live);
         let excluded: Vec<&str> = tried.iter().map(String::as_str).collect();
-        let pick = agent.upstreams.with(service, |b| {
-            b.pick(&candidates, requirements, &excluded, Instant::now())
+        let (pick, ranking) = agent.upstreams.with(service, |b| {
+            let now = Instant::now();
+            let pick = b.pick(&candidates, requirements, &excluded, now);
+            (pick, b.rank(&candidates, requirements, now))
         });
+        let rejected: Vec<Rejected> = ranking
+            .ineligible
+            .iter()
+            .map(|(c, reason)| Rejected {
+                upstream: upstream_of(&live, &c.instance_id),
+                reason: reason.clone(),
+            })
+            .collect();
+        let picked = pick.as_ref().map(|p| Picked {
+            upstream: upstream_of(&live, &p.instance_id),
+            rtt_ms: candidates.get(p.index).and_then(|c| c.rtt_ms),
+            within_soft: p.within_soft,
+            others: ranking.eligible.len().saturating_sub(1),
+        });
+        record(
+            agent,
+            service,
+            picked.as_ref().map_err(|e| *e),
+            &rejected,
+            requirements,
+            !tried.is_empty(),
+        );
         let pick = match pick {
             Ok(pick) => pick,
             Err(e) => return (no_upstream(service, &live, e, last_failure), None),
@@ -289,6 +337,70 @@ async fn attempts(
             }
         }
     }
+}
+
+/// What was picked, for the decision record.
+struct Picked {
+    upstream: String,
+    rtt_ms: Option<f64>,
+    within_soft: bool,
+    others: usize,
+}
+
+/// `node/instance` of `id` among `live`.
+fn upstream_of(live: &[Instance], id: &str) -> String {
+    live.iter()
+        .find(|i| i.id == id)
+        .map_or_else(|| id.to_owned(), |i| format!("{}/{}", i.node, i.id))
+}
+
+/// Records one decision in the ring the UI and `GET /v1/decisions` read.
+fn record(
+    agent: &ProxyHandles,
+    service: &str,
+    outcome: Result<&Picked, &SelectError>,
+    rejected: &[Rejected],
+    requirements: client::select::Requirements,
+    retry: bool,
+) {
+    let (picked, rtt_ms, why, eligible_others) = match outcome {
+        Ok(p) => {
+            let local = p.rtt_ms == Some(0.0);
+            let why = match (requirements.soft_rtt_ms, p.within_soft) {
+                _ if local && p.others == 0 => {
+                    "the only eligible instance (on this node)".to_owned()
+                }
+                (Some(soft), true) => format!(
+                    "within soft {soft} ms; P2C over peak-EWMA among {} eligible",
+                    p.others + 1
+                ),
+                (Some(soft), false) => {
+                    format!(
+                        "none within soft {soft} ms: the best of {} eligible",
+                        p.others + 1
+                    )
+                }
+                (None, _) => format!("P2C over peak-EWMA among {} eligible", p.others + 1),
+            };
+            (Some(p.upstream.clone()), p.rtt_ms, why, p.others)
+        }
+        Err(e) => (None, None, e.message(), 0),
+    };
+    let why = if retry {
+        format!("retry after a failed attempt; {why}")
+    } else {
+        why
+    };
+    agent.decisions.record(Decision {
+        at_ms: crate::catalog::wall_ms(),
+        service: service.to_owned(),
+        picked,
+        rtt_ms,
+        why,
+        eligible_others,
+        rejected: rejected.to_vec(),
+        retry,
+    });
 }
 
 async fn send(

@@ -50,30 +50,32 @@ pub fn dashboard_queries(dashboard: &Json) -> Vec<String> {
     queries
 }
 
-/// The `gossamer_*` metric names a PromQL expression reads, histogram series
-/// (`_bucket`, `_sum`, `_count`) folded into their base name.
+/// The `gossamer_*` and `process_*` metric names a PromQL expression reads,
+/// histogram series (`_bucket`, `_sum`, `_count`) folded into their base name.
 pub fn metric_names_in(expr: &str) -> BTreeSet<String> {
     let bytes = expr.as_bytes();
     let mut names = BTreeSet::new();
-    let mut from = 0;
-    while let Some(found) = expr[from..].find("gossamer_") {
-        let start = from + found;
-        let mut end = start + "gossamer_".len();
-        while end < bytes.len() && (bytes[end].is_ascii_lowercase() || bytes[end] == b'_') {
-            end += 1;
+    for prefix in ["gossamer_", "process_"] {
+        let mut from = 0;
+        while let Some(found) = expr[from..].find(prefix) {
+            let start = from + found;
+            let mut end = start + prefix.len();
+            while end < bytes.len() && (bytes[end].is_ascii_lowercase() || bytes[end] == b'_') {
+                end += 1;
+            }
+            let inside_word = start > 0
+                && (bytes[start - 1].is_ascii_alphanumeric()
+                    || matches!(bytes[start - 1], b'_' | b'$'));
+            if !inside_word {
+                let name = &expr[start..end];
+                let base = ["_bucket", "_sum", "_count"]
+                    .iter()
+                    .find_map(|suffix| name.strip_suffix(suffix))
+                    .unwrap_or(name);
+                names.insert(base.to_owned());
+            }
+            from = end;
         }
-        let inside_word = start > 0
-            && (bytes[start - 1].is_ascii_alphanumeric()
-                || matches!(bytes[start - 1], b'_' | b'$'));
-        if !inside_word {
-            let name = &expr[start..end];
-            let base = ["_bucket", "_sum", "_count"]
-                .iter()
-                .find_map(|suffix| name.strip_suffix(suffix))
-                .unwrap_or(name);
-            names.insert(base.to_owned());
-        }
-        from = end;
     }
     names
 }

@@ -7,7 +7,8 @@
 //! ```text
 //! 6 agent      agent (composition root: builds handles, one task tracker,
 //!              ordered stop), demo, cli (+ cli::{args, table, supervise})
-//! 5 fronts     proxy (route → eligible → pick → send → observe; inbound),
+//! 5 fronts     proxy (route → eligible → pick → send → observe; inbound;
+//!              upgrade: WebSocket splice; tcp: --tcp listeners and tunnels),
 //!              admin (+ admin::supervise), views, streams (inbound QUIC
 //!              streams by kind), echo (the demo's service)
 //!   handles    AdminHandles: the narrow set of services the admin API uses
@@ -18,7 +19,8 @@
 //!              sync (anti-entropy, snapshot persistence), join, supervise
 //! 3 I/O        transport (+ guard), tls, persist, server, link_shim (test
 //!              only), metrics, reply, listeners
-//! 2 config     config (+ config::supervise): flags, env, file, profile tables
+//! 2 config     config (+ config::{supervise, tcp}): flags, env, file,
+//!              profile tables
 //! 1 cores      core::catalog (merge, ownership, per-service index),
 //!              core::candidates; no tokio, no clock reads
 //! ```

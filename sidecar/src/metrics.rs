@@ -36,6 +36,14 @@ pub const RETRIES: &str = "gossamer_retries_total";
 pub const RELAY_REFUSALS: &str = "gossamer_relay_refusals_total";
 /// `gossamer_dns_queries_total{type,rcode}`: DNS questions answered.
 pub const DNS_QUERIES: &str = "gossamer_dns_queries_total";
+/// `gossamer_tcp_connections_total{service,upstream_node}`: connections
+/// accepted on `--tcp` listeners, by the node they went to (`none` when
+/// refused or unreachable).
+pub const TCP_CONNECTIONS: &str = "gossamer_tcp_connections_total";
+/// `gossamer_tcp_bytes_total{service,direction}`: bytes carried for `--tcp`
+/// services (`out` from the local client, `in` back to it), counted when a
+/// connection closes.
+pub const TCP_BYTES: &str = "gossamer_tcp_bytes_total";
 /// `gossamer_build_info{version}`.
 pub const BUILD_INFO: &str = "gossamer_build_info";
 
@@ -56,9 +64,10 @@ pub const DESIGN_CONTRACT: [&str; 13] = [
     RETRIES,
 ];
 
-/// Every metric the agent exports: the contract, build info, relay refusals
-/// and DNS queries (second wave of DESIGN.md).
-pub const EXPORTED: [&str; 16] = [
+/// Every metric the agent exports: the contract, build info, relay refusals,
+/// DNS queries and TCP services (second wave of DESIGN.md; the TCP series
+/// appear once a `--tcp` listener is configured).
+pub const EXPORTED: [&str; 18] = [
     MEMBERS,
     GOSSIP_PACKETS,
     GOSSIP_BYTES,
@@ -75,6 +84,8 @@ pub const EXPORTED: [&str; 16] = [
     BUILD_INFO,
     RELAY_REFUSALS,
     DNS_QUERIES,
+    TCP_CONNECTIONS,
+    TCP_BYTES,
 ];
 
 /// Buckets that resolve sub-millisecond proxy latency up to the 30 s timeout.
@@ -108,6 +119,14 @@ pub fn recorder() -> anyhow::Result<PrometheusHandle> {
         "DNS questions answered on --dns-listen, by query type (A, AAAA, SRV, SOA, ANY, other) and response code"
     );
     metrics::counter!(DNS_QUERIES, "type" => "A", "rcode" => "NOERROR").increment(0);
+    metrics::describe_counter!(
+        TCP_CONNECTIONS,
+        "Connections accepted on --tcp listeners, by service and the node of the instance they went to (none: refused or unreachable)"
+    );
+    metrics::describe_counter!(
+        TCP_BYTES,
+        "Bytes carried for --tcp services, by direction (out: from the local client to the instance, in: back), counted at close"
+    );
     Ok(handle)
 }
 

@@ -36,16 +36,16 @@ async fn ws_echo() -> (u16, Arc<AtomicUsize>) {
                 };
                 while let Some(Ok(message)) = ws.next().await {
                     match message {
-                        Message::Text(_) | Message::Binary(_) => {
-                            if ws.send(message).await.is_err() {
-                                return;
-                            }
-                        }
+                        Message::Text(_) | Message::Binary(_) => {}
                         Message::Close(_) => {
                             // tungstenite answers the close by itself.
                             seen.fetch_add(1, Ordering::SeqCst);
+                            continue;
                         }
-                        _ => {}
+                        _ => continue,
+                    }
+                    if ws.send(message).await.is_err() {
+                        return;
                     }
                 }
             });

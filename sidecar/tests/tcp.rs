@@ -388,3 +388,49 @@ async fn a_hard_requirement_nobody_meets_closes_the_connection_and_says_why() {
     })
     .await;
 }
+
+#[tokio::test]
+async fn a_reset_by_the_instance_reaches_the_client_through_two_sidecars() {
+    // An instance that resets every connection it accepts.
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
+        .await
+        .expect("bind");
+    let port = listener.local_addr().expect("addr").port();
+    tokio::spawn(async move {
+        while let Ok((stream, _)) = listener.accept().await {
+            let mut stream = stream;
+            let mut buf = [0u8; 4];
+            // Read the client's first bytes, so the tunnel is open, then reset.
+            let _ = stream.read(&mut buf).await;
+            let _ = stream.set_zero_linger();
+            drop(stream);
+        }
+    });
+    let b = AgentProc::start(
+        Spec::new("tcprst-b")
+            .arg("--service")
+            .arg(format!("rst={port}")),
+    )
+    .await;
+    let listen = free_port();
+    let a = AgentProc::start(
+        Spec::new("tcprst-a")
+            .join(&b)
+            .arg("--tcp")
+            .arg(format!("rst=127.0.0.1:{listen}")),
+    )
+    .await;
+    wait_instances_measured(&a, "rst", 1).await;
+    let mut stream = TcpStream::connect(("127.0.0.1", listen))
+        .await
+        .expect("connect");
+    stream.write_all(b"ping").await.expect("write");
+    let mut rest = Vec::new();
+    let read = tokio::time::timeout(Duration::from_secs(10), stream.read_to_end(&mut rest))
+        .await
+        .expect("the connection ends within 10 s");
+    match read {
+        Err(e) => assert_eq!(e.kind(), std::io::ErrorKind::ConnectionReset, "{e}"),
+        Ok(n) => panic!("a reset arrived as a clean EOF after {n} bytes"),
+    }
+}

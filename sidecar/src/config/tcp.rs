@@ -99,4 +99,22 @@ mod tests {
         let twice = ["a=127.0.0.1:7000".to_owned(), "b=127.0.0.1:7000".to_owned()];
         assert!(resolve(&twice, &[]).is_err());
     }
+
+    #[test]
+    fn tcp_tables_of_the_config_file_resolve_beside_the_flags() {
+        let file: super::super::AgentArgs = toml::from_str(
+            "dev = true\n[[tcp]]\nservice = \"redis\"\nlisten = \"127.0.0.1:6380\"\n",
+        )
+        .expect("a [[tcp]] table parses");
+        let flags = super::super::AgentArgs {
+            tcp: vec!["pg=127.0.0.1:5433".to_owned()],
+            ..Default::default()
+        };
+        let config = flags.merge(file).into_config().expect("resolves");
+        let names: Vec<&str> = config.tcp.iter().map(|t| t.service.as_str()).collect();
+        assert_eq!(names, ["pg", "redis"]);
+        let unknown: Result<super::super::AgentArgs, _> =
+            toml::from_str("[[tcp]]\nservice = \"redis\"\nport = 6380\n");
+        assert!(unknown.is_err(), "a misspelt key is refused");
+    }
 }

@@ -6,7 +6,9 @@
 //! node is dialled directly; another node's instance is reached through a
 //! bidirectional QUIC stream of kind [`StreamKind::Tcp`] behind the same
 //! [`ProxyFrame`] as HTTP. The receiving sidecar connects only to its own
-//! instances (never an open relay) and answers one [`TcpStatus`] byte.
+//! instances (never an open relay) and answers one [`TcpStatus`] byte. A
+//! connect failure (nothing of the client's sent yet) is retried once on
+//! another instance, within the service's retry budget.
 //!
 //! Bytes are never sniffed. Half-close passes through (EOF on one side
 //! finishes the other side's write half); an error on one side resets the
@@ -72,37 +74,63 @@ async fn connection(agent: &ProxyHandles, service: &str, client: TcpStream, peer
             .effective_requirements(&snapshot, service, Requirements::default());
     let live = agent.upstreams.live_instances(&snapshot, service);
     let candidates = agent.upstreams.candidates(&snapshot, &live);
-    let pick = agent.upstreams.with(service, |b| {
-        b.pick(&candidates, requirements, &[], Instant::now())
-    });
-    let instance = match pick.map(|p| live.get(p.index)) {
-        Ok(Some(instance)) => instance,
-        Ok(None) => return refuse(service, peer, "selection returned no instance", "retry"),
-        Err(e) => {
-            if matches!(e, SelectError::NoneWithinHardRtt { .. }) {
-                ::metrics::counter!(metrics::RTT_REJECTIONS, "service" => service.to_owned())
-                    .increment(1);
+    // Nothing of the client's has been sent before the connect succeeds, so
+    // a connect failure is retried once on another instance (within the
+    // service's retry budget), as a connect failure of an HTTP request is.
+    let mut tried: Vec<String> = Vec::new();
+    let (instance, upstream, connect_latency) = loop {
+        let excluded: Vec<&str> = tried.iter().map(String::as_str).collect();
+        let pick = agent.upstreams.with(service, |b| {
+            b.pick(&candidates, requirements, &excluded, Instant::now())
+        });
+        let instance = match pick.map(|p| live.get(p.index)) {
+            Ok(Some(instance)) => instance,
+            Ok(None) => return refuse(service, peer, "selection returned no instance", "retry"),
+            Err(_) if !tried.is_empty() => {
+                return refuse(
+                    service,
+                    peer,
+                    "no other instance to retry on",
+                    "see the failure above",
+                );
             }
-            let reason = if live.is_empty() {
-                format!("no instance of {service:?} is registered on any live node")
-            } else {
-                e.message()
-            };
-            return refuse(service, peer, &reason, e.hint());
+            Err(e) => {
+                if matches!(e, SelectError::NoneWithinHardRtt { .. }) {
+                    ::metrics::counter!(metrics::RTT_REJECTIONS, "service" => service.to_owned())
+                        .increment(1);
+                }
+                let reason = if live.is_empty() {
+                    format!("no instance of {service:?} is registered on any live node")
+                } else {
+                    e.message()
+                };
+                return refuse(service, peer, &reason, e.hint());
+            }
+        };
+        if !tried.is_empty() {
+            ::metrics::counter!(metrics::RETRIES, "service" => service.to_owned()).increment(1);
+        }
+        let started = Instant::now();
+        match connect(agent, service, instance).await {
+            Ok(upstream) => break (instance, upstream, started.elapsed()),
+            Err(reason) => {
+                report(agent, service, &instance.id, started.elapsed(), false);
+                let node = &instance.node;
+                tried.push(instance.id.clone());
+                let retry = tried.len() < 2
+                    && agent
+                        .upstreams
+                        .with(service, |b| b.try_retry(Instant::now()));
+                if !retry {
+                    ::metrics::counter!(metrics::TCP_CONNECTIONS, "service" => service.to_owned(), "upstream_node" => "none").increment(1);
+                    warn!(%service, %peer, instance = %instance.id, %node, %reason, "closed a TCP connection: the picked instance could not be reached");
+                    return;
+                }
+                debug!(%service, instance = %instance.id, %node, %reason, "TCP connect failed; trying another instance");
+            }
         }
     };
     let node = instance.node.to_string();
-    let started = Instant::now();
-    let upstream = match connect(agent, service, instance).await {
-        Ok(upstream) => upstream,
-        Err(reason) => {
-            report(agent, service, &instance.id, started.elapsed(), false);
-            ::metrics::counter!(metrics::TCP_CONNECTIONS, "service" => service.to_owned(), "upstream_node" => "none").increment(1);
-            warn!(%service, %peer, instance = %instance.id, %node, %reason, "closed a TCP connection: the picked instance could not be reached");
-            return;
-        }
-    };
-    let connect_latency = started.elapsed();
     ::metrics::counter!(metrics::TCP_CONNECTIONS, "service" => service.to_owned(), "upstream_node" => node.clone()).increment(1);
     debug!(%service, %peer, instance = %instance.id, %node, ?connect_latency, "TCP connection open");
     // The balancer counts the connection in flight until it closes; its
@@ -118,13 +146,12 @@ async fn connection(agent: &ProxyHandles, service: &str, client: TcpStream, peer
     if let Err(e) = &result {
         debug!(%service, instance = %instance.id, error = %e, "TCP connection ended with an error");
     }
-    report(
-        agent,
-        service,
-        &instance.id,
-        connect_latency,
-        result.is_ok(),
-    );
+    // Connected counts as a success even if the connection later broke:
+    // copy errors do not say which side failed, and a client that resets
+    // its connections must not eject a healthy instance. A dead node is
+    // taken out by membership; one that refuses connections by the connect
+    // failures above.
+    report(agent, service, &instance.id, connect_latency, true);
 }
 
 fn refuse(service: &str, peer: SocketAddr, reason: &str, hint: &str) {
@@ -279,15 +306,8 @@ pub async fn serve_stream(
     };
     stream.send.write_all(&[TcpStatus::Connected as u8]).await?;
     let tunnel = tokio::io::join(stream.recv, stream.send);
-    let (result, (sent, received)) = pipe_inbound(instance, tunnel).await;
+    // The instance plays the client's part of the copy here.
+    let (result, (sent, received)) = pipe(instance, tunnel).await;
     debug!(%peer, instance = %frame.instance_id, sent, received, "tunnelled TCP connection closed");
     result.map_err(|e| anyhow::anyhow!("tunnel to {}: {e}", frame.instance_id))
-}
-
-/// The receiving side's copy: the instance plays the client's part.
-async fn pipe_inbound(
-    instance: TcpStream,
-    tunnel: QuicTunnel,
-) -> (std::io::Result<()>, (u64, u64)) {
-    pipe(instance, tunnel).await
 }

@@ -4,7 +4,10 @@
 //! Each request goes through the same steps, each findable by name:
 //! [`route`] (which service, what requirements), eligible and pick (the
 //! shared selection module), [`forward`] (loopback or QUIC), observe
-//! (outcome to the balancer, metrics, retry once when safe).
+//! (outcome to the balancer, metrics, retry once when safe). An HTTP/1.1
+//! `Upgrade` takes the same steps, then [`upgrade`] splices the connections
+//! after the instance's 101. [`tcp`] serves the `--tcp` listeners with the
+//! same selection, once per connection.
 
 pub mod forward;
 pub mod inbound;

@@ -27,6 +27,30 @@ pub struct ProxyFrame {
     pub timeout_ms: u32,
 }
 
+/// The receiving sidecar's answer on a [`crate::gossip::StreamKind::Tcp`]
+/// stream, one byte after the frame: whether the tunnel is open.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum TcpStatus {
+    /// Connected to the instance; bytes follow both ways.
+    Connected = 0,
+    /// The frame names no instance of the receiving node (never a relay).
+    Refused = 1,
+    /// The instance did not accept the connection.
+    ConnectFailed = 2,
+}
+
+impl TcpStatus {
+    /// Parses the status byte.
+    pub fn from_byte(b: u8) -> Option<Self> {
+        match b {
+            0 => Some(Self::Connected),
+            1 => Some(Self::Refused),
+            2 => Some(Self::ConnectFailed),
+            _ => None,
+        }
+    }
+}
+
 impl ProxyFrame {
     /// Encodes the frame with its 2-byte length prefix.
     pub fn encode(&self) -> Result<Vec<u8>, EncodeError> {

@@ -53,6 +53,10 @@ pub enum StreamKind {
     /// Bidirectional: the dialler asks who we are; we answer our encoded
     /// [`crate::identity::NodeIdentity`]. Joining uses it to learn a seed's id.
     Hello = 3,
+    /// Bidirectional: a tunnelled TCP connection ([`crate::frame::ProxyFrame`]
+    /// first; the receiver answers one [`crate::frame::TcpStatus`] byte, then
+    /// bytes flow both ways).
+    Tcp = 4,
 }
 
 impl StreamKind {
@@ -63,6 +67,7 @@ impl StreamKind {
             1 => Some(Self::Sync),
             2 => Some(Self::Proxy),
             3 => Some(Self::Hello),
+            4 => Some(Self::Tcp),
             _ => None,
         }
     }

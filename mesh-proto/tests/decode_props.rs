@@ -416,6 +416,7 @@ fn every_tag_byte_parses_to_one_kind_or_none() {
         StreamKind::Sync,
         StreamKind::Proxy,
         StreamKind::Hello,
+        StreamKind::Tcp,
     ] {
         assert_eq!(StreamKind::from_byte(kind as u8), Some(kind));
     }

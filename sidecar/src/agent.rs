@@ -214,6 +214,12 @@ pub async fn start(config: AgentConfig) -> anyhow::Result<RunningAgent> {
 
     let admin_listener = bind_tcp(config.admin_listen, "--admin-listen").await?;
     let proxy_listener = bind_tcp(config.proxy_listen, "--proxy-listen").await?;
+    let mut tcp_listeners = Vec::with_capacity(config.tcp.len());
+    for spec in &config.tcp {
+        let listener = bind_tcp(spec.listen, &format!("--tcp {}", spec.service)).await?;
+        info!(service = %spec.service, listen = %listener.local_addr()?, "TCP service listener");
+        tcp_listeners.push((spec.service.clone(), listener));
+    }
     let tasks = TaskTracker::new();
     let (shutdown, _) = watch::channel(false);
     let metrics_addr = match config.metrics_listen {
@@ -302,6 +308,9 @@ pub async fn start(config: AgentConfig) -> anyhow::Result<RunningAgent> {
         rtt_rx,
     ))));
     tasks.spawn(admin::serve(admin_handles, admin_listener));
+    for (service, listener) in tcp_listeners {
+        tasks.spawn(proxy::tcp::serve(proxy_handles.clone(), service, listener));
+    }
     tasks.spawn(proxy::serve(proxy_handles, proxy_listener));
     tasks.spawn(until_stop(Box::pin(sync::run(anti_entropy.clone()))));
     tasks.spawn(until_stop(Box::pin(sync::persist_loop(

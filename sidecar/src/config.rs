@@ -13,6 +13,7 @@ use serde::Deserialize;
 use mesh_proto::names::validate_service_name;
 
 pub mod supervise;
+pub mod tcp;
 
 /// Default QUIC endpoint.
 pub const DEFAULT_BIND: &str = "0.0.0.0:4300";
@@ -194,6 +195,19 @@ pub struct AgentArgs {
     #[arg(skip)]
     #[serde(default)]
     pub supervise: Vec<supervise::ServiceFile>,
+    /// Reach the TCP service NAME through a local listener at LISTEN_ADDR (IP:PORT), repeatable.
+    #[arg(
+        long = "tcp",
+        env = "GOSSAMER_TCP",
+        value_delimiter = ',',
+        value_name = "NAME=LISTEN_ADDR"
+    )]
+    #[serde(skip)]
+    pub tcp: Vec<String>,
+    /// TCP services of the config file: `[[tcp]]` tables with `service` and `listen`.
+    #[arg(skip)]
+    #[serde(default, rename = "tcp")]
+    pub tcp_tables: Vec<tcp::TcpFile>,
 }
 
 /// Where the cluster's trust comes from.
@@ -255,6 +269,8 @@ pub struct AgentConfig {
     pub link_drops: Vec<SocketAddr>,
     /// Local services the agent runs and supervises.
     pub supervise: Vec<supervise::ServiceSpec>,
+    /// Local listeners of TCP services.
+    pub tcp: Vec<tcp::TcpSpec>,
 }
 
 impl AgentArgs {
@@ -324,6 +340,12 @@ impl AgentArgs {
             } else {
                 self.supervise
             },
+            tcp: self.tcp,
+            tcp_tables: if self.tcp_tables.is_empty() {
+                file.tcp_tables
+            } else {
+                self.tcp_tables
+            },
         }
     }
 
@@ -349,6 +371,7 @@ impl AgentArgs {
         }
         let trust = self.trust(dev)?;
         let supervise = supervise::resolve(&self)?;
+        let tcp = tcp::resolve(&self.tcp, &self.tcp_tables)?;
         let services = self
             .services
             .iter()
@@ -424,6 +447,7 @@ impl AgentArgs {
             link_delays,
             link_drops,
             supervise,
+            tcp,
         })
     }
 

@@ -59,6 +59,7 @@ pub fn local_config(
         link_delays: delays,
         link_drops: Vec::new(),
         supervise: Vec::new(),
+        tcp: Vec::new(),
     }
 }
 

@@ -7,7 +7,8 @@
 //! ```text
 //! 6 agent      agent (composition root: builds handles, one task tracker,
 //!              ordered stop), demo, cli (+ cli::{args, table, supervise})
-//! 5 fronts     proxy (route → eligible → pick → send → observe; inbound),
+//! 5 fronts     proxy (route → eligible → pick → send → observe; inbound;
+//!              upgrade: WebSocket splice; tcp: --tcp listeners and tunnels),
 //!              admin (+ admin::supervise), ui (+ ui::{html, sse}: /ui and
 //!              /v1/events), views, streams (inbound QUIC
 //!              streams by kind), echo (the demo's service)
@@ -20,8 +21,11 @@
 //!              decisions (the proxy's recent routing decisions, a ring)
 //! 3 I/O        transport (+ guard), tls, persist, server, link_shim (test
 //!              only), metrics, reply, listeners
-//! 2 config     config (+ config::supervise): flags, env, file, profile tables
+//! 2 config     config (+ config::{supervise, tcp}): flags, env, file,
+//!              profile tables
 //! 1 cores      core::catalog (merge, ownership, per-service index),
+//!              core::membership (foca, ordered timers, watchdog, resize),
+//!              core::anti_entropy, core::rtt, core::health,
 //!              core::candidates; no tokio, no clock reads
 //! ```
 //!

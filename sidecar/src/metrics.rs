@@ -38,6 +38,14 @@ pub const RELAY_REFUSALS: &str = "gossamer_relay_refusals_total";
 pub const DNS_QUERIES: &str = "gossamer_dns_queries_total";
 /// The `service` label of proxy metrics for a name the catalog does not know.
 pub const UNKNOWN_SERVICE: &str = "unknown";
+/// `gossamer_tcp_connections_total{service,upstream_node}`: connections
+/// accepted on `--tcp` listeners, by the node they went to (`none` when
+/// refused or unreachable).
+pub const TCP_CONNECTIONS: &str = "gossamer_tcp_connections_total";
+/// `gossamer_tcp_bytes_total{service,direction}`: bytes carried for `--tcp`
+/// services (`out` from the local client, `in` back to it), counted when a
+/// connection closes.
+pub const TCP_BYTES: &str = "gossamer_tcp_bytes_total";
 /// `gossamer_build_info{version}`.
 pub const BUILD_INFO: &str = "gossamer_build_info";
 
@@ -58,9 +66,10 @@ pub const DESIGN_CONTRACT: [&str; 13] = [
     RETRIES,
 ];
 
-/// Every metric the agent exports: the contract, build info, relay refusals
-/// and DNS queries (second wave of DESIGN.md).
-pub const EXPORTED: [&str; 16] = [
+/// Every metric the agent exports: the contract, build info, relay refusals,
+/// DNS queries and TCP services (second wave of DESIGN.md; the TCP series
+/// appear once a `--tcp` listener is configured).
+pub const EXPORTED: [&str; 18] = [
     MEMBERS,
     GOSSIP_PACKETS,
     GOSSIP_BYTES,
@@ -77,6 +86,8 @@ pub const EXPORTED: [&str; 16] = [
     BUILD_INFO,
     RELAY_REFUSALS,
     DNS_QUERIES,
+    TCP_CONNECTIONS,
+    TCP_BYTES,
 ];
 
 /// The standard `process_*` metrics the dashboard reads (from the
@@ -181,6 +192,14 @@ fn describe() {
         "DNS questions answered on --dns-listen, by query type (A, AAAA, SRV, SOA, ANY, other) and response code"
     );
     describe_gauge!(BUILD_INFO, "Always 1; the agent's version is the label");
+    describe_counter!(
+        TCP_CONNECTIONS,
+        "Connections accepted on --tcp listeners, by service and the node of the instance they went to (none: refused or unreachable)"
+    );
+    describe_counter!(
+        TCP_BYTES,
+        "Bytes carried for --tcp services, by direction (out: from the local client to the instance, in: back), counted at close"
+    );
 }
 
 /// The `process_*` metrics (resident memory, CPU seconds, open fds, …).

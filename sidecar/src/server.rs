@@ -52,7 +52,9 @@ where
             });
             let connection = hyper::server::conn::http1::Builder::new()
                 .max_buf_size(256 * 1024)
-                .serve_connection(TokioIo::new(stream), service);
+                .serve_connection(TokioIo::new(stream), service)
+                // The proxy splices upgraded (WebSocket) connections.
+                .with_upgrades();
             let mut connection = std::pin::pin!(connection);
             let result = tokio::select! {
                 result = connection.as_mut() => result,

@@ -33,6 +33,7 @@ pub async fn dispatch(agent: Arc<StreamHandles>, mut streams: mpsc::Receiver<Inb
                 StreamKind::Hello => answer_hello(&agent, stream).await,
                 StreamKind::Sync => sync::answer(&agent.catalog, stream).await,
                 StreamKind::Proxy => proxy::inbound::serve_stream(&agent.proxy, stream).await,
+                StreamKind::Tcp => proxy::tcp::serve_stream(&agent.proxy, stream).await,
                 StreamKind::Swim => Ok(()),
             };
             if let Err(e) = result {

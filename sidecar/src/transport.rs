@@ -409,7 +409,12 @@ async fn accept_bi(inbound: Inbound, connection: Connection) {
                 return;
             }
             match StreamKind::from_byte(tag[0]) {
-                Some(kind @ (StreamKind::Sync | StreamKind::Proxy | StreamKind::Hello)) => {
+                Some(
+                    kind @ (StreamKind::Sync
+                    | StreamKind::Proxy
+                    | StreamKind::Hello
+                    | StreamKind::Tcp),
+                ) => {
                     let _ = inbound
                         .streams
                         .send(InboundStream {

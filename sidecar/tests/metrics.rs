@@ -35,7 +35,8 @@ async fn every_contract_metric_is_scraped_and_moves() {
         "echo",
         false,
         (5, 40),
-        &["--base-ejection-ms", "60000"],
+        // A TCP listener, so the TCP series exist from the first scrape.
+        &["--base-ejection-ms", "60000", "--tcp", "echo=127.0.0.1:0"],
     )
     .await;
     wait_instances_measured(&trio.a, "echo", 2).await;

@@ -142,14 +142,15 @@ pub async fn over_quic(
     let (mut sender, connection) = hyper::client::conn::http1::handshake(io)
         .await
         .map_err(|e| connect(e.to_string()))?;
-    tokio::spawn(connection);
+    // With upgrades: a 101 hands the stream over to the splice.
+    tokio::spawn(connection.with_upgrades());
     let origin_form = request
         .uri()
         .path_and_query()
         .map_or("/", |pq| pq.as_str())
         .to_owned();
     *request.uri_mut() = Uri::try_from(origin_form).map_err(|e| connect(e.to_string()))?;
-    strip_hop_by_hop(request.headers_mut());
+    super::upgrade::strip_for_next_hop(request.headers_mut());
     let response = sender
         .send_request(request)
         .await

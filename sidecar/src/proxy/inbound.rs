@@ -16,6 +16,7 @@ use tracing::warn;
 
 use super::forward::{self, ProxyBody, SendError, CONNECT_FAILURE_HEADER};
 use super::json_error;
+use super::upgrade;
 use super::ProxyHandles;
 use crate::metrics;
 use crate::transport::InboundStream;
@@ -25,23 +26,9 @@ pub async fn serve_stream(
     agent: &Arc<ProxyHandles>,
     mut stream: InboundStream,
 ) -> anyhow::Result<()> {
-    let mut prefix = [0u8; 2];
-    stream.recv.read_exact(&mut prefix).await?;
-    let len = ProxyFrame::body_len(prefix).inspect_err(|_| metrics::decode_error())?;
-    let mut body = vec![0u8; len];
-    stream.recv.read_exact(&mut body).await?;
-    let frame = ProxyFrame::decode(&body).inspect_err(|_| metrics::decode_error())?;
-
+    let frame = read_frame(&mut stream.recv).await?;
     let peer = stream.connection.remote_address();
-    let allowed = agent
-        .upstreams
-        .snapshot()
-        .local_instance(&frame.instance_id)
-        .is_some_and(|i| i.address == frame.address);
-    if !allowed {
-        ::metrics::counter!(metrics::RELAY_REFUSALS).increment(1);
-        warn!(%peer, instance = %frame.instance_id, address = %frame.address, "refused a proxy frame naming no instance of this node");
-    }
+    let allowed = is_own_instance(agent, &frame, peer);
 
     let io = TokioIo::new(tokio::io::join(stream.recv, stream.send));
     let agent = agent.clone();
@@ -57,15 +44,47 @@ pub async fn serve_stream(
         // that is not a reason to drop the answer.
         .half_close(true)
         .serve_connection(io, service)
+        .with_upgrades()
         .await
         .map_err(|e| anyhow!("proxied stream from {peer}: {e}"))
+}
+
+/// Reads the length-prefixed frame that opens a proxy or TCP stream
+/// (bounded: at most [`mesh_proto::frame::MAX_FRAME`] bytes).
+pub(super) async fn read_frame(recv: &mut quinn::RecvStream) -> anyhow::Result<ProxyFrame> {
+    let mut prefix = [0u8; 2];
+    recv.read_exact(&mut prefix).await?;
+    let len = ProxyFrame::body_len(prefix).inspect_err(|_| metrics::decode_error())?;
+    let mut body = vec![0u8; len];
+    recv.read_exact(&mut body).await?;
+    Ok(ProxyFrame::decode(&body).inspect_err(|_| metrics::decode_error())?)
+}
+
+/// True when `frame` names an instance registered on this node at the
+/// address it gives: a sidecar forwards only to its own instances. A
+/// refusal is counted and logged.
+pub(super) fn is_own_instance(
+    agent: &ProxyHandles,
+    frame: &ProxyFrame,
+    peer: std::net::SocketAddr,
+) -> bool {
+    let allowed = agent
+        .upstreams
+        .snapshot()
+        .local_instance(&frame.instance_id)
+        .is_some_and(|i| i.address == frame.address);
+    if !allowed {
+        ::metrics::counter!(metrics::RELAY_REFUSALS).increment(1);
+        warn!(%peer, instance = %frame.instance_id, address = %frame.address, "refused a proxy frame naming no instance of this node");
+    }
+    allowed
 }
 
 async fn handle(
     agent: &Arc<ProxyHandles>,
     frame: &ProxyFrame,
     allowed: bool,
-    request: Request<Incoming>,
+    mut request: Request<Incoming>,
 ) -> Response<ProxyBody> {
     if !allowed {
         return json_error(
@@ -79,9 +98,23 @@ async fn handle(
             "the caller's catalog is stale or the frame is forged; retry after the catalog converges",
         );
     }
+    let asked_upgrade = upgrade::is_upgrade(request.headers());
+    let downstream = asked_upgrade.then(|| hyper::upgrade::on(&mut request));
     let request = request.map(|body| body.map_err(Into::into).boxed());
-    match forward::to_local(&agent.http, frame.address, request).await {
-        Ok(response) => response.map(|body| body.map_err(Into::into).boxed()),
+    let sent = if asked_upgrade {
+        upgrade::to_local(frame.address, request).await
+    } else {
+        forward::to_local(&agent.http, frame.address, request).await
+    };
+    match sent {
+        Ok(mut response) => {
+            upgrade::splice_if_switched(
+                downstream,
+                &mut response,
+                format!("upgrade to instance {}", frame.instance_id),
+            );
+            response.map(|body| body.map_err(Into::into).boxed())
+        }
         Err(e) => {
             let mut response = json_error(
                 StatusCode::BAD_GATEWAY,

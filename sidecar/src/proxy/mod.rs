@@ -4,11 +4,16 @@
 //! Each request goes through the same steps, each findable by name:
 //! [`route`] (which service, what requirements), eligible and pick (the
 //! shared selection module), [`forward`] (loopback or QUIC), observe
-//! (outcome to the balancer, metrics, retry once when safe).
+//! (outcome to the balancer, metrics, retry once when safe). An HTTP/1.1
+//! `Upgrade` takes the same steps, then [`upgrade`] splices the connections
+//! after the instance's 101. [`tcp`] serves the `--tcp` listeners with the
+//! same selection, once per connection.
 
 pub mod forward;
 pub mod inbound;
 pub mod route;
+pub mod tcp;
+pub mod upgrade;
 
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -99,12 +104,18 @@ impl RequestBody {
     }
 }
 
-async fn handle(agent: &Arc<ProxyHandles>, request: Request<Incoming>) -> Response<ProxyBody> {
+async fn handle(agent: &Arc<ProxyHandles>, mut request: Request<Incoming>) -> Response<ProxyBody> {
     let started = Instant::now();
-    let route = match route::route(request.method(), request.headers()) {
+    let mut route = match route::route(request.method(), request.headers()) {
         Ok(route) => route,
         Err(e) => return json_error(StatusCode::BAD_REQUEST, e.error, e.hint),
     };
+    // An upgraded connection is never retried: once it switches, bytes of
+    // another protocol flow.
+    let client_upgrade = upgrade::is_upgrade(request.headers()).then(|| {
+        route.retryable = false;
+        hyper::upgrade::on(&mut request)
+    });
     let (parts, body) = request.into_parts();
     let replayable = route.retryable
         && body
@@ -149,6 +160,12 @@ async fn handle(agent: &Arc<ProxyHandles>, request: Request<Incoming>) -> Respon
                 None,
             ),
         };
+    let mut response = response;
+    upgrade::splice_if_switched(
+        client_upgrade,
+        &mut response,
+        format!("upgrade to {service}"),
+    );
     let code = response.status().as_u16().to_string();
     ::metrics::counter!(
         metrics::PROXY_REQUESTS,
@@ -410,7 +427,11 @@ async fn send(
     request: Request<ProxyBody>,
 ) -> Result<Response<Incoming>, SendError> {
     if instance.node == *agent.node_id() {
-        let result = forward::to_local(&agent.http, instance.address, request).await;
+        let result = if upgrade::is_upgrade(request.headers()) {
+            upgrade::to_local(instance.address, request).await
+        } else {
+            forward::to_local(&agent.http, instance.address, request).await
+        };
         if matches!(result, Err(SendError::Connect { .. })) {
             agent.health.connect_failed(&instance.id).await;
         }

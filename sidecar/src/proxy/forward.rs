@@ -6,7 +6,7 @@ use std::net::SocketAddr;
 use std::sync::Arc;
 
 use bytes::Bytes;
-use http::{HeaderMap, Request, Response, Uri};
+use http::{Request, Response, Uri};
 use http_body_util::combinators::BoxBody;
 use hyper::body::Incoming;
 use hyper_util::client::legacy::connect::HttpConnector;
@@ -15,6 +15,7 @@ use hyper_util::rt::{TokioExecutor, TokioIo};
 use mesh_proto::frame::ProxyFrame;
 use mesh_proto::gossip::StreamKind;
 
+use super::headers::{strip_for_next_hop, strip_hop_by_hop};
 use crate::transport::Transport;
 
 /// Errors crossing the proxy.
@@ -58,31 +59,6 @@ pub fn local_client() -> LocalClient {
         .pool_idle_timeout(std::time::Duration::from_secs(60))
         .pool_max_idle_per_host(256)
         .build(connector)
-}
-
-/// Headers that describe one hop, not the message (RFC 9110 §7.6.1).
-const HOP_BY_HOP: &[&str] = &[
-    "connection",
-    "keep-alive",
-    "proxy-connection",
-    "proxy-authenticate",
-    "proxy-authorization",
-    "te",
-    "trailer",
-    "upgrade",
-];
-
-/// Removes hop-by-hop headers, including those named by `Connection`.
-pub fn strip_hop_by_hop(headers: &mut HeaderMap) {
-    let named: Vec<String> = headers
-        .get_all(http::header::CONNECTION)
-        .iter()
-        .filter_map(|v| v.to_str().ok())
-        .flat_map(|v| v.split(',').map(|s| s.trim().to_ascii_lowercase()))
-        .collect();
-    for name in HOP_BY_HOP.iter().copied().map(str::to_owned).chain(named) {
-        headers.remove(name.as_str());
-    }
 }
 
 /// Sends to an instance on this node.
@@ -150,7 +126,7 @@ pub async fn over_quic(
         .map_or("/", |pq| pq.as_str())
         .to_owned();
     *request.uri_mut() = Uri::try_from(origin_form).map_err(|e| connect(e.to_string()))?;
-    super::upgrade::strip_for_next_hop(request.headers_mut());
+    strip_for_next_hop(request.headers_mut());
     let response = sender
         .send_request(request)
         .await

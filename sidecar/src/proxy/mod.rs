@@ -10,6 +10,7 @@
 //! same selection, once per connection.
 
 pub mod forward;
+pub mod headers;
 pub mod inbound;
 pub mod route;
 pub mod tcp;

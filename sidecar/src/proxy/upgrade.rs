@@ -10,43 +10,18 @@
 
 use std::net::SocketAddr;
 
-use http::header::{CONNECTION, UPGRADE};
-use http::{HeaderMap, HeaderValue, Request, Response, StatusCode, Uri};
+use http::{Request, Response, StatusCode, Uri};
 use hyper::body::Incoming;
 use hyper::upgrade::OnUpgrade;
 use hyper_util::rt::TokioIo;
 use tracing::debug;
 
-use super::forward::{strip_hop_by_hop, ProxyBody, SendError};
+use super::forward::{ProxyBody, SendError};
+pub use super::headers::is_upgrade;
+use super::headers::strip_for_next_hop;
 
 /// How long connecting to a local instance for an upgrade may take.
 const CONNECT_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(5);
-
-/// True when the request asks to switch protocols: `Connection` names
-/// `upgrade` and an `Upgrade` header is present.
-pub fn is_upgrade(headers: &HeaderMap) -> bool {
-    headers.contains_key(UPGRADE)
-        && headers
-            .get_all(CONNECTION)
-            .iter()
-            .filter_map(|v| v.to_str().ok())
-            .flat_map(|v| v.split(','))
-            .any(|token| token.trim().eq_ignore_ascii_case("upgrade"))
-}
-
-/// Strips hop-by-hop headers, except that an upgrade request keeps
-/// `Connection: upgrade` and its `Upgrade` header (the next hop must see
-/// them to switch protocols).
-pub fn strip_for_next_hop(headers: &mut HeaderMap) {
-    let upgrade = is_upgrade(headers)
-        .then(|| headers.get(UPGRADE).cloned())
-        .flatten();
-    strip_hop_by_hop(headers);
-    if let Some(protocol) = upgrade {
-        headers.insert(CONNECTION, HeaderValue::from_static("upgrade"));
-        headers.insert(UPGRADE, protocol);
-    }
-}
 
 /// Sends an upgrade request to an instance on this node over a connection
 /// of its own (an upgraded connection never goes back to a pool).
@@ -127,6 +102,8 @@ async fn splice(downstream: OnUpgrade, upstream: OnUpgrade, what: String) {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use http::header::{CONNECTION, UPGRADE};
+    use http::{HeaderMap, HeaderValue};
 
     #[test]
     fn upgrade_headers_survive_only_on_upgrade_requests() {

@@ -888,3 +888,46 @@ async fn hop_by_hop_headers_stop_at_the_proxy_and_end_to_end_ones_pass() {
         );
     }
 }
+
+#[tokio::test]
+async fn connect_is_the_callers_error_and_never_ejects_an_instance() {
+    let a = AgentProc::start(Spec::new("conn-a").with_metrics()).await;
+    let (port, _echo) = common::echo_service("rawb@conn-a").await;
+    common::register_port(&a, "rawb", port).await;
+    let proxy = a.listeners.proxy;
+    // More CONNECTs than the 5 consecutive failures that eject an instance.
+    for i in 0..12 {
+        let (status, _, body) = http_request(
+            proxy,
+            "CONNECT",
+            "rawb.localhost:80",
+            &[("host", "rawb.localhost:80")],
+            Vec::new(),
+        )
+        .await
+        .unwrap_or_else(|| panic!("CONNECT {i}: no answer"));
+        assert_eq!(status, 405, "CONNECT {i}: {body}");
+        let error = json(&body);
+        assert!(
+            error["error"]
+                .as_str()
+                .is_some_and(|e| e.contains("CONNECT"))
+                && error["hint"].as_str().is_some_and(|h| h.contains("--tcp")),
+            "{body}"
+        );
+    }
+    let (status, _, body) = http_get(proxy, "/", &[("host", "rawb.localhost")])
+        .await
+        .expect("answer");
+    assert_eq!(status, 200, "the instance still serves: {body}");
+    let metrics = a.metrics_text().await;
+    assert_eq!(
+        metric_value(
+            &metrics,
+            "gossamer_upstream_ejections_total",
+            &[("service", "rawb")]
+        ),
+        0.0,
+        "no ejection"
+    );
+}

@@ -107,6 +107,15 @@ impl RequestBody {
 
 async fn handle(agent: &Arc<ProxyHandles>, mut request: Request<Incoming>) -> Response<ProxyBody> {
     let started = Instant::now();
+    // A caller's unsupported request is the caller's 4xx: it must never
+    // reach an instance and count against it (CONNECT ejected healthy ones).
+    if request.method() == http::Method::CONNECT {
+        return json_error(
+            StatusCode::METHOD_NOT_ALLOWED,
+            "CONNECT is not supported by the proxy",
+            "reach a TCP service through a --tcp listener (see Protocols in README.md)",
+        );
+    }
     let mut route = match route::route(request.method(), request.headers()) {
         Ok(route) => route,
         Err(e) => return json_error(StatusCode::BAD_REQUEST, e.error, e.hint),

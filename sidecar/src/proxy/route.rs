@@ -55,6 +55,14 @@ fn route_error(error: impl Into<String>, hint: impl Into<String>) -> RouteError 
 
 /// Reads the route from the request's method and headers.
 pub fn route(method: &Method, headers: &HeaderMap) -> Result<Route, RouteError> {
+    // Two Host headers could route by one and reach the instance with both
+    // (request smuggling): refuse the request instead of choosing.
+    if headers.get_all(http::header::HOST).iter().count() > 1 {
+        return Err(route_error(
+            "the request has several Host headers",
+            "send exactly one Host header",
+        ));
+    }
     let service = service_name(headers)?;
     let requirements = Requirements {
         hard_rtt_ms: millis_header(headers, HARD_RTT_HEADER)?,
@@ -156,6 +164,14 @@ mod tests {
             map.insert(*k, HeaderValue::from_static(v));
         }
         map
+    }
+
+    #[test]
+    fn several_host_headers_are_refused() {
+        let mut map = headers(&[("host", "echo.localhost")]);
+        map.append("host", HeaderValue::from_static("admin.localhost"));
+        let error = route(&Method::GET, &map).expect_err("two Host headers");
+        assert!(error.error.contains("several Host"), "{error:?}");
     }
 
     #[test]

@@ -825,9 +825,21 @@ async fn header_recorder() -> (u16, tokio::sync::mpsc::UnboundedReceiver<http::H
                     move |request: http::Request<hyper::body::Incoming>| {
                         let _ = tx.send(request.headers().clone());
                         async {
-                            Ok::<_, std::convert::Infallible>(http::Response::new(
-                                http_body_util::Full::new(bytes::Bytes::from_static(b"seen")),
-                            ))
+                            // Hop-by-hop headers on the answer too: they
+                            // must stop at the caller's proxy.
+                            let mut response = http::Response::new(http_body_util::Full::new(
+                                bytes::Bytes::from_static(b"seen"),
+                            ));
+                            let headers = response.headers_mut();
+                            for (name, value) in [
+                                ("connection", "x-upstream-secret"),
+                                ("x-upstream-secret", "for the proxy only"),
+                                ("proxy-authenticate", "Basic realm=\"upstream\""),
+                                ("x-end-to-end-reply", "kept"),
+                            ] {
+                                headers.insert(name, http::HeaderValue::from_static(value));
+                            }
+                            Ok::<_, std::convert::Infallible>(response)
                         }
                     },
                 );
@@ -855,7 +867,7 @@ async fn hop_by_hop_headers_stop_at_the_proxy_and_end_to_end_ones_pass() {
 
     for (service, seen) in [("near", &mut near_seen), ("far", &mut far_seen)] {
         let host = format!("{service}.localhost");
-        let (status, _, body) = http_get(
+        let (status, reply, body) = http_get(
             a.listeners.proxy,
             "/",
             &[
@@ -871,6 +883,19 @@ async fn hop_by_hop_headers_stop_at_the_proxy_and_end_to_end_ones_pass() {
         .await
         .expect("answer");
         assert_eq!(status, 200, "{service}: {body}");
+        for name in ["x-upstream-secret", "proxy-authenticate"] {
+            assert!(
+                !reply.contains_key(name),
+                "{service}: the upstream's {name} reached the caller: {reply:?}"
+            );
+        }
+        assert_eq!(
+            reply
+                .get("x-end-to-end-reply")
+                .and_then(|v| v.to_str().ok()),
+            Some("kept"),
+            "{service}: {reply:?}"
+        );
         let headers = tokio::time::timeout(Duration::from_secs(10), seen.recv())
             .await
             .expect("the service got the request")

@@ -339,6 +339,10 @@ async fn attempts(
             Ok(response) => {
                 in_flight.finish(response.status().as_u16() < 500);
                 let mut response = response.map(|b| b.map_err(Into::into).boxed());
+                // A switch of protocols keeps its Upgrade/Connection pair.
+                if response.status() != StatusCode::SWITCHING_PROTOCOLS {
+                    headers::strip_hop_by_hop(response.headers_mut());
+                }
                 annotate(&mut response, instance, candidate.rtt_ms);
                 return (response, Some(node));
             }

@@ -13,7 +13,7 @@ use super::config::BalancerConfig;
 use super::eject::{Accrual, Change, EjectPolicy, Status};
 use super::error::SelectError;
 use super::ewma::PeakEwma;
-use super::{Candidate, Outcome, Pick, Ranked, Ranking, Requirements};
+use super::{Candidate, Explained, Outcome, Pick, Ranked, Ranking, Requirements};
 
 /// What the balancer remembers about one instance.
 #[derive(Debug, Clone)]
@@ -142,15 +142,51 @@ impl Balancer {
         exclude: &[&str],
         now: Instant,
     ) -> Result<Pick, SelectError> {
+        self.pick_explained(candidates, req, exclude, now).pick
+    }
+
+    /// [`Balancer::pick`], also returning why each other candidate was or
+    /// was not usable, from the same classification (no second pass).
+    pub fn pick_explained(
+        &mut self,
+        candidates: &[Candidate],
+        req: Requirements,
+        exclude: &[&str],
+        now: Instant,
+    ) -> Explained {
         if exclude.is_empty() {
             self.budget.deposit(now);
         }
         self.observe_candidates(candidates, now);
         let verdicts = self.classify(candidates, req, now);
+        let mut ineligible = Vec::new();
+        let mut eligible = 0;
+        for (i, verdict) in verdicts.iter().enumerate() {
+            match verdict {
+                Verdict::Eligible { .. } => eligible += 1,
+                Verdict::Ineligible(reason) => ineligible.push((i, reason.clone())),
+            }
+        }
+        let pick = self.choose(candidates, &verdicts, req, exclude, now);
+        Explained {
+            pick,
+            ineligible,
+            eligible,
+        }
+    }
 
+    /// P2C among the eligible, not excluded candidates; marks the choice in flight.
+    fn choose(
+        &mut self,
+        candidates: &[Candidate],
+        verdicts: &[Verdict],
+        req: Requirements,
+        exclude: &[&str],
+        now: Instant,
+    ) -> Result<Pick, SelectError> {
         let mut pool: Vec<(usize, bool, bool)> = candidates
             .iter()
-            .zip(&verdicts)
+            .zip(verdicts)
             .enumerate()
             .filter_map(|(i, (c, v))| match *v {
                 Verdict::Eligible { within_soft, probe }
@@ -166,7 +202,7 @@ impl Balancer {
         }
 
         let chosen = match pool.len() {
-            0 => return Err(no_pick_error(candidates, &verdicts, req)),
+            0 => return Err(no_pick_error(candidates, verdicts, req)),
             1 => pool[0],
             n => {
                 let a = self.rng.random_range(0..n);

@@ -150,6 +150,18 @@ pub struct Pick {
     pub within_soft: bool,
 }
 
+/// A pick with why the candidates were or were not usable, from the one
+/// classification the pick made (for callers that explain their choice).
+#[derive(Debug, Clone, PartialEq)]
+pub struct Explained {
+    /// The pick, or why there is none.
+    pub pick: Result<Pick, SelectError>,
+    /// Candidates that may not be called (index into the candidates), and why.
+    pub ineligible: Vec<(usize, Ineligible)>,
+    /// How many candidates were eligible (excluded ones included).
+    pub eligible: usize,
+}
+
 /// How a picked call ended.
 ///
 /// `latency` is the time to the first byte of the response (linkerd samples

@@ -276,24 +276,24 @@ async fn attempts(
         }
         let candidates = agent.upstreams.candidates(&snapshot, &live);
         let excluded: Vec<&str> = tried.iter().map(String::as_str).collect();
-        let (pick, ranking) = agent.upstreams.with(service, |b| {
-            let now = Instant::now();
-            let pick = b.pick(&candidates, requirements, &excluded, now);
-            (pick, b.rank(&candidates, requirements, now))
+        // One classification serves the pick and the decision record.
+        let explained = agent.upstreams.with(service, |b| {
+            b.pick_explained(&candidates, requirements, &excluded, Instant::now())
         });
-        let rejected: Vec<Rejected> = ranking
+        let rejected: Vec<Rejected> = explained
             .ineligible
-            .iter()
-            .map(|(c, reason)| Rejected {
-                upstream: upstream_of(&live, &c.instance_id),
-                reason: reason.clone(),
+            .into_iter()
+            .map(|(i, reason)| Rejected {
+                upstream: upstream_at(&live, i),
+                reason,
             })
             .collect();
+        let pick = explained.pick;
         let picked = pick.as_ref().map(|p| Picked {
-            upstream: upstream_of(&live, &p.instance_id),
+            upstream: upstream_at(&live, p.index),
             rtt_ms: candidates.get(p.index).and_then(|c| c.rtt_ms),
             within_soft: p.within_soft,
-            others: ranking.eligible.len().saturating_sub(1),
+            others: explained.eligible.saturating_sub(1),
         });
         record(
             agent,
@@ -378,11 +378,10 @@ struct Picked {
     others: usize,
 }
 
-/// `node/instance` of `id` among `live`.
-fn upstream_of(live: &[Instance], id: &str) -> String {
-    live.iter()
-        .find(|i| i.id == id)
-        .map_or_else(|| id.to_owned(), |i| format!("{}/{}", i.node, i.id))
+/// `node/instance` of the candidate at `index` (candidates follow `live`).
+fn upstream_at(live: &[Instance], index: usize) -> String {
+    live.get(index)
+        .map_or_else(String::new, |i| format!("{}/{}", i.node, i.id))
 }
 
 /// Records one decision in the ring the UI and `GET /v1/decisions` read.

@@ -99,7 +99,7 @@ pub async fn over_quic(
     transport: &Arc<Transport>,
     sidecar: SocketAddr,
     frame: &ProxyFrame,
-    mut request: Request<ProxyBody>,
+    request: Request<ProxyBody>,
 ) -> Result<Response<Incoming>, SendError> {
     let target = format!("{} via {sidecar}", frame.instance_id);
     let connect = |reason: String| SendError::Connect {
@@ -115,10 +115,34 @@ pub async fn over_quic(
         .await
         .map_err(|e| connect(e.to_string()))?;
     let io = TokioIo::new(tokio::io::join(recv, send));
+    let response = send_http1(io, request, &target).await?;
+    if response.headers().contains_key(CONNECT_FAILURE_HEADER) {
+        return Err(connect(
+            "the remote sidecar could not reach its instance".to_owned(),
+        ));
+    }
+    Ok(response)
+}
+
+/// Sends `request` as HTTP/1.1 on a connection of its own (`io`: a loopback
+/// socket or a QUIC stream): in origin form, hop-by-hop headers stripped
+/// (an upgrade's pair kept), the connection driven with upgrades so a 101
+/// can be spliced. Fails as `Connect` until the request is sent.
+pub async fn send_http1<I>(
+    io: I,
+    mut request: Request<ProxyBody>,
+    target: &str,
+) -> Result<Response<Incoming>, SendError>
+where
+    I: hyper::rt::Read + hyper::rt::Write + Unpin + Send + 'static,
+{
+    let connect = |reason: String| SendError::Connect {
+        target: target.to_owned(),
+        reason,
+    };
     let (mut sender, connection) = hyper::client::conn::http1::handshake(io)
         .await
         .map_err(|e| connect(e.to_string()))?;
-    // With upgrades: a 101 hands the stream over to the splice.
     tokio::spawn(connection.with_upgrades());
     let origin_form = request
         .uri()
@@ -127,17 +151,11 @@ pub async fn over_quic(
         .to_owned();
     *request.uri_mut() = Uri::try_from(origin_form).map_err(|e| connect(e.to_string()))?;
     strip_for_next_hop(request.headers_mut());
-    let response = sender
+    sender
         .send_request(request)
         .await
         .map_err(|e| SendError::Broken {
-            target: target.clone(),
+            target: target.to_owned(),
             reason: e.to_string(),
-        })?;
-    if response.headers().contains_key(CONNECT_FAILURE_HEADER) {
-        return Err(connect(
-            "the remote sidecar could not reach its instance".to_owned(),
-        ));
-    }
-    Ok(response)
+        })
 }

@@ -10,15 +10,14 @@
 
 use std::net::SocketAddr;
 
-use http::{Request, Response, StatusCode, Uri};
+use http::{Request, Response, StatusCode};
 use hyper::body::Incoming;
 use hyper::upgrade::OnUpgrade;
 use hyper_util::rt::TokioIo;
 use tracing::debug;
 
-use super::forward::{ProxyBody, SendError};
+use super::forward::{send_http1, ProxyBody, SendError};
 pub use super::headers::is_upgrade;
-use super::headers::strip_for_next_hop;
 
 /// How long connecting to a local instance for an upgrade may take.
 const CONNECT_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(5);
@@ -27,7 +26,7 @@ const CONNECT_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(5);
 /// of its own (an upgraded connection never goes back to a pool).
 pub async fn to_local(
     address: SocketAddr,
-    mut request: Request<ProxyBody>,
+    request: Request<ProxyBody>,
 ) -> Result<Response<Incoming>, SendError> {
     let target = address.to_string();
     let connect = |reason: String| SendError::Connect {
@@ -39,24 +38,7 @@ pub async fn to_local(
         .map_err(|_| connect(format!("no connection within {CONNECT_TIMEOUT:?}")))?
         .map_err(|e| connect(e.to_string()))?;
     let _ = stream.set_nodelay(true);
-    let (mut sender, connection) = hyper::client::conn::http1::handshake(TokioIo::new(stream))
-        .await
-        .map_err(|e| connect(e.to_string()))?;
-    tokio::spawn(connection.with_upgrades());
-    let origin_form = request
-        .uri()
-        .path_and_query()
-        .map_or("/", |pq| pq.as_str())
-        .to_owned();
-    *request.uri_mut() = Uri::try_from(origin_form).map_err(|e| connect(e.to_string()))?;
-    strip_for_next_hop(request.headers_mut());
-    sender
-        .send_request(request)
-        .await
-        .map_err(|e| SendError::Broken {
-            target: target.clone(),
-            reason: e.to_string(),
-        })
+    send_http1(TokioIo::new(stream), request, &target).await
 }
 
 /// When `response` switches protocols, splices `downstream` (the side that
@@ -102,6 +84,7 @@ async fn splice(downstream: OnUpgrade, upstream: OnUpgrade, what: String) {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::proxy::headers::strip_for_next_hop;
     use http::header::{CONNECTION, UPGRADE};
     use http::{HeaderMap, HeaderValue};
 

@@ -29,6 +29,7 @@ use tracing::{debug, warn};
 
 use super::{inbound, report, ProxyHandles};
 use crate::metrics;
+use crate::server::accept_until_stop;
 use crate::transport::InboundStream;
 
 /// How long dialling an instance (directly, or through its sidecar) may take.
@@ -50,20 +51,7 @@ pub async fn serve(agent: Arc<ProxyHandles>, service: String, listener: TcpListe
         ::metrics::counter!(metrics::TCP_BYTES, "service" => service.clone(), "direction" => direction).increment(0);
     }
     let mut shutdown = agent.shutdown.clone();
-    loop {
-        let accepted = tokio::select! {
-            accepted = listener.accept() => accepted,
-            _ = shutdown.wait_for(|stop| *stop) => break,
-        };
-        let (stream, peer) = match accepted {
-            Ok(pair) => pair,
-            Err(e) => {
-                debug!(%service, error = %e, "TCP accept failed");
-                tokio::time::sleep(Duration::from_millis(50)).await;
-                continue;
-            }
-        };
-        let _ = stream.set_nodelay(true);
+    while let Some((stream, peer)) = accept_until_stop(&listener, &mut shutdown).await {
         let agent = agent.clone();
         let service = service.clone();
         tokio::spawn(async move { connection(&agent, &service, stream, peer).await });

@@ -60,11 +60,6 @@ impl Upstreams {
         self.catalog.snapshot()
     }
 
-    /// The RTT table.
-    pub fn rtt(&self) -> &Arc<RttTable> {
-        &self.rtt
-    }
-
     /// Runs `f` on the balancer of `service`, made on first use: call it
     /// only for services with live instances, so that names callers make
     /// up leave no state behind.

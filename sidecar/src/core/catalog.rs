@@ -84,11 +84,6 @@ impl CatalogSnapshot {
     pub fn local_instances(&self) -> impl Iterator<Item = &Instance> {
         self.local.values()
     }
-
-    /// Number of instance records, for gauges.
-    pub fn instance_count(&self) -> usize {
-        self.services.values().map(|s| s.instances.len()).sum()
-    }
 }
 
 /// Record counts by kind, for the catalog gauges.

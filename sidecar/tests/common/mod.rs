@@ -10,7 +10,6 @@ use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
 use client::Client;
-use serde::Deserialize;
 
 /// The passphrase every test cluster uses unless a test says otherwise.
 pub const PSK: &str = "test-cluster-passphrase";
@@ -61,16 +60,8 @@ pub fn gossamer() -> Command {
     command
 }
 
-/// Listener addresses an agent reports in `listeners.json`.
-#[derive(Debug, Clone, Copy, Deserialize)]
-pub struct Listeners {
-    pub quic: SocketAddr,
-    pub admin: SocketAddr,
-    pub proxy: SocketAddr,
-    pub metrics: Option<SocketAddr>,
-    #[serde(default)]
-    pub dns: Option<SocketAddr>,
-}
+/// Listener addresses an agent reports in `listeners.json` (the agent's own type).
+pub use sidecar::listeners::Listeners;
 
 /// How to start one agent.
 #[derive(Debug, Clone)]

@@ -435,6 +435,7 @@ mod tests {
             service: "web".to_owned(),
             hard_rtt_ms: hard,
             soft_rtt_ms: None,
+            protocol: None,
             eligible: instances,
             ineligible: Vec::new(),
         }

@@ -405,6 +405,7 @@ mod tests {
             service: "web".to_owned(),
             hard_rtt_ms: Some(30),
             soft_rtt_ms: None,
+            protocol: None,
             eligible: instances
                 .iter()
                 .filter(|i| i.2.is_none())

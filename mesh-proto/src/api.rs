@@ -173,6 +173,9 @@ pub struct InstancesView {
     pub hard_rtt_ms: Option<u32>,
     /// Effective soft requirement.
     pub soft_rtt_ms: Option<u32>,
+    /// What the instances speak (`None`: no definition, so `http`).
+    #[serde(default)]
+    pub protocol: Option<crate::catalog::Protocol>,
     /// Usable instances, best first.
     pub eligible: Vec<InstanceView>,
     /// The rest, each with its reason.

@@ -59,9 +59,54 @@ pub struct Definition {
     /// RTT, CPU and memory requirements.
     #[serde(default)]
     pub requirements: Requirements,
+    /// What the instances speak, and so how the proxy reaches them.
+    #[serde(default)]
+    pub protocol: Protocol,
     /// Hash of the content above, filled in by the agent that writes it.
     #[serde(default)]
     pub content_hash: String,
+}
+
+/// What a service's instances speak. Callers may use HTTP/1.1 or HTTP/2
+/// with any HTTP protocol: the sidecar beside the instance speaks the
+/// instance's own.
+#[derive(
+    Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize, Default,
+)]
+#[serde(rename_all = "lowercase")]
+pub enum Protocol {
+    /// HTTP/1.1 (the default).
+    #[default]
+    Http,
+    /// HTTP/2 without TLS (h2c, prior knowledge).
+    Http2,
+    /// gRPC: HTTP/2, with failures read from `grpc-status`.
+    Grpc,
+    /// A TCP byte stream, reached through a `--tcp` listener.
+    Tcp,
+}
+
+impl Protocol {
+    /// The name used in definitions, metrics and the CLI.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Protocol::Http => "http",
+            Protocol::Http2 => "http2",
+            Protocol::Grpc => "grpc",
+            Protocol::Tcp => "tcp",
+        }
+    }
+
+    /// True when the instances are spoken to in HTTP/2.
+    pub fn is_http2(self) -> bool {
+        matches!(self, Protocol::Http2 | Protocol::Grpc)
+    }
+}
+
+impl std::fmt::Display for Protocol {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(self.as_str())
+    }
 }
 
 /// Health of an instance, as its own node sees it.

@@ -9,7 +9,9 @@ use serde::Serialize;
 use thiserror::Error;
 
 /// Wire format version written in front of every encoded message.
-pub const WIRE_VERSION: u8 = 1;
+/// Version 2 added `protocol` to definitions; [`crate::legacy`] still reads
+/// version 1 catalog snapshots.
+pub const WIRE_VERSION: u8 = 2;
 
 /// Why bytes could not be decoded.
 #[derive(Debug, Error, PartialEq, Eq)]
@@ -60,6 +62,15 @@ pub fn encode<T: Serialize>(value: &T) -> Result<Vec<u8>, EncodeError> {
 
 /// Decodes a message of at most `limit` bytes, rejecting trailing bytes.
 pub fn decode<T: DeserializeOwned>(bytes: &[u8], limit: usize) -> Result<T, DecodeError> {
+    decode_version(bytes, limit, WIRE_VERSION)
+}
+
+/// Decodes a message written by wire version `expected`.
+pub(crate) fn decode_version<T: DeserializeOwned>(
+    bytes: &[u8],
+    limit: usize,
+    expected: u8,
+) -> Result<T, DecodeError> {
     if bytes.len() > limit {
         return Err(DecodeError::TooLarge {
             len: bytes.len(),
@@ -67,7 +78,7 @@ pub fn decode<T: DeserializeOwned>(bytes: &[u8], limit: usize) -> Result<T, Deco
         });
     }
     let (&version, body) = bytes.split_first().ok_or(DecodeError::Empty)?;
-    if version != WIRE_VERSION {
+    if version != expected {
         return Err(DecodeError::UnsupportedVersion { found: version });
     }
     let (value, rest) =

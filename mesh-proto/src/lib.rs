@@ -14,8 +14,11 @@ pub mod frame;
 pub mod gossip;
 pub mod hlc;
 pub mod identity;
+pub mod legacy;
 pub mod names;
 
-pub use catalog::{Catalog, Definition, Health, Instance, NodeMeta, Record, RecordBody, RecordKey};
+pub use catalog::{
+    Catalog, Definition, Health, Instance, NodeMeta, Protocol, Record, RecordBody, RecordKey,
+};
 pub use hlc::{Hlc, HlcClock, Version};
 pub use identity::{NodeId, NodeIdentity};

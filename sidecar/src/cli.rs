@@ -81,8 +81,9 @@ pub async fn run_operator(cli: &Cli) -> anyhow::Result<()> {
             }
             let fmt_req = |r: Option<u32>| r.map_or("none".to_owned(), |v| format!("{v} ms"));
             println!(
-                "service {}: hard RTT {}, soft RTT {}",
+                "service {} ({}): hard RTT {}, soft RTT {}",
                 view.service,
+                view.protocol.unwrap_or_default(),
                 fmt_req(view.hard_rtt_ms),
                 fmt_req(view.soft_rtt_ms)
             );

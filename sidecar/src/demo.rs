@@ -128,7 +128,7 @@ pub async fn run(keep: bool, calls: u32) -> anyhow::Result<()> {
                 cpu_millis: Some(100),
                 memory_mb: Some(64),
             },
-            content_hash: String::new(),
+            ..Definition::default()
         })
         .await
         .map_err(|e| anyhow::anyhow!("{e}; {}", e.hint))?;

@@ -115,6 +115,7 @@ pub fn instances(agent: &AdminHandles, service: &str, caller: Requirements) -> I
         service: service.to_owned(),
         hard_rtt_ms: requirements.hard_rtt_ms,
         soft_rtt_ms: requirements.soft_rtt_ms,
+        protocol: snapshot.definition(service).map(|d| d.protocol),
         eligible: ranking
             .eligible
             .iter()

@@ -62,6 +62,7 @@ fn definition(name: &str, version: &str) -> Definition {
             cpu_millis: Some(250),
             memory_mb: Some(128),
         },
+        protocol: mesh_proto::Protocol::Http2,
         content_hash: String::new(),
     }
 }

@@ -515,11 +515,7 @@ impl Node {
             name: name.to_owned(),
             version: version.to_owned(),
             port: Some(8080),
-            image: None,
-            endpoints: BTreeMap::new(),
-            client_sdks: BTreeMap::new(),
-            requirements: Default::default(),
-            content_hash: String::new(),
+            ..Definition::default()
         };
         self.client
             .put_definition(&definition)

@@ -349,17 +349,12 @@ async fn a_hard_requirement_nobody_meets_closes_the_connection_and_says_why() {
         .put_definition(&mesh_proto::catalog::Definition {
             name: "far".to_owned(),
             version: "1".to_owned(),
-            port: None,
-            image: None,
-            endpoints: Default::default(),
-            client_sdks: Default::default(),
             requirements: mesh_proto::catalog::Requirements {
-                soft_rtt_ms: None,
                 hard_rtt_ms: Some(5),
-                cpu_millis: None,
-                memory_mb: None,
+                ..Default::default()
             },
-            content_hash: String::new(),
+            protocol: mesh_proto::Protocol::Tcp,
+            ..Default::default()
         })
         .await
         .expect("put the definition");

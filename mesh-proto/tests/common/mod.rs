@@ -96,6 +96,12 @@ fn definition(name: String) -> impl Strategy<Value = Definition> {
                     cpu_millis: req.2,
                     memory_mb: req.3,
                 },
+                protocol: [
+                    mesh_proto::Protocol::Http,
+                    mesh_proto::Protocol::Http2,
+                    mesh_proto::Protocol::Grpc,
+                    mesh_proto::Protocol::Tcp,
+                ][content_hash.len() % 4],
                 content_hash,
             },
         )

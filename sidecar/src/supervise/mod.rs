@@ -458,7 +458,7 @@ async fn declare_requirements(registry: &Registry, spec: &ServiceSpec) {
         endpoints: Default::default(),
         client_sdks: Default::default(),
         requirements: Requirements::default(),
-        content_hash: String::new(),
+        ..Definition::default()
     });
     let declared = &spec.requirements;
     let r = &mut definition.requirements;

@@ -162,7 +162,7 @@ mod tests {
                 memory_mb: Some(mem),
                 ..Requirements::default()
             },
-            content_hash: String::new(),
+            ..Definition::default()
         };
         for d in [definition("db", 1500, 2048), definition("web", 250, 128)] {
             put(

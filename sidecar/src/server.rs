@@ -1,5 +1,6 @@
-//! The HTTP/1.1 accept loop shared by the admin API, the metrics endpoint and
-//! the proxy: one task per connection, keep-alive; on shutdown it stops
+//! The HTTP accept loop shared by the admin API, the metrics endpoint and
+//! the proxy: one task per connection, HTTP/1.1 or HTTP/2 without TLS (told
+//! apart by the connection preface), keep-alive; on shutdown it stops
 //! accepting, lets requests in flight finish, closes idle connections, and
 //! returns once every connection is done (the agent bounds the wait).
 
@@ -12,7 +13,8 @@ use http::{Request, Response};
 use http_body::Body;
 use hyper::body::Incoming;
 use hyper::service::service_fn;
-use hyper_util::rt::TokioIo;
+use hyper_util::rt::{TokioExecutor, TokioIo};
+use hyper_util::server::conn::auto;
 use std::net::SocketAddr;
 use std::time::Duration;
 
@@ -21,7 +23,27 @@ use tokio::sync::watch;
 use tokio_util::task::TaskTracker;
 use tracing::debug;
 
-/// Serves HTTP/1.1 on `listener` with `handler` until `shutdown` turns true.
+/// Concurrent streams an HTTP/2 client may open on one connection; more
+/// wait (the client's h2 stack queues them), so memory stays bounded.
+const MAX_H2_STREAMS: u32 = 256;
+
+/// The per-connection protocol settings: HTTP/1.1 header names keep their
+/// case (legacy servers depend on it), HTTP/2 streams are capped.
+fn http_builder() -> auto::Builder<TokioExecutor> {
+    let mut builder = auto::Builder::new(TokioExecutor::new());
+    builder
+        .http1()
+        .max_buf_size(256 * 1024)
+        .preserve_header_case(true);
+    builder
+        .http2()
+        .max_concurrent_streams(MAX_H2_STREAMS)
+        .max_pending_accept_reset_streams(64);
+    builder
+}
+
+/// Serves HTTP/1.1 and h2c on `listener` with `handler` until `shutdown`
+/// turns true.
 pub async fn serve<H, F, B>(listener: TcpListener, mut shutdown: watch::Receiver<bool>, handler: H)
 where
     H: Fn(Request<Incoming>) -> F + Send + Sync + 'static,
@@ -39,11 +61,9 @@ where
                 let response = handler(request);
                 async move { Ok::<_, Infallible>(response.await) }
             });
-            let connection = hyper::server::conn::http1::Builder::new()
-                .max_buf_size(256 * 1024)
-                .serve_connection(TokioIo::new(stream), service)
-                // The proxy splices upgraded (WebSocket) connections.
-                .with_upgrades();
+            let builder = http_builder();
+            // The proxy splices upgraded (WebSocket) connections.
+            let connection = builder.serve_connection_with_upgrades(TokioIo::new(stream), service);
             let mut connection = std::pin::pin!(connection);
             let result = tokio::select! {
                 result = connection.as_mut() => result,

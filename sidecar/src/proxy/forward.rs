@@ -1,12 +1,17 @@
 //! Send: carrying a request to an instance, either directly (same node, over
 //! a pooled keep-alive connection) or over a new bidirectional QUIC stream of
 //! the warm connection to the instance's sidecar.
+//!
+//! Versions: the hop between sidecars speaks the caller's HTTP version (so
+//! HTTP/2 trailers and streams survive it); the last hop speaks the
+//! instance's own, from its definition's `protocol`.
 
 use std::net::SocketAddr;
 use std::sync::Arc;
 
 use bytes::Bytes;
-use http::{Request, Response, Uri};
+use http::header::HOST;
+use http::{HeaderValue, Request, Response, Uri, Version};
 use http_body_util::combinators::BoxBody;
 use hyper::body::Incoming;
 use hyper_util::client::legacy::connect::HttpConnector;
@@ -14,16 +19,25 @@ use hyper_util::client::legacy::Client;
 use hyper_util::rt::{TokioExecutor, TokioIo};
 use mesh_proto::frame::ProxyFrame;
 use mesh_proto::gossip::StreamKind;
+use mesh_proto::Protocol;
 
-use super::headers::{strip_for_next_hop, strip_hop_by_hop};
+use super::headers::strip_for_next_hop;
 use crate::transport::Transport;
 
 /// Errors crossing the proxy.
 pub type BoxError = Box<dyn std::error::Error + Send + Sync>;
 /// A streaming body of any origin.
 pub type ProxyBody = BoxBody<Bytes, BoxError>;
-/// Keep-alive client for instances on this node.
-pub type LocalClient = Client<HttpConnector, ProxyBody>;
+/// Keep-alive client for instances on this node, of one HTTP version.
+pub type PooledClient = Client<HttpConnector, ProxyBody>;
+
+/// Keep-alive clients for instances on this node: HTTP/1.1 (a pool of
+/// connections per instance) and h2c (one multiplexed connection each).
+#[derive(Clone)]
+pub struct LocalClient {
+    http1: PooledClient,
+    http2: PooledClient,
+}
 
 /// Marks a 502 from a remote sidecar that could not reach its instance, so
 /// the caller's sidecar may retry elsewhere.
@@ -50,34 +64,53 @@ pub enum SendError {
     },
 }
 
-/// A client with a keep-alive pool per instance.
+/// Clients with a keep-alive pool per instance.
 pub fn local_client() -> LocalClient {
     let mut connector = HttpConnector::new();
     connector.set_nodelay(true);
     connector.set_connect_timeout(Some(std::time::Duration::from_secs(5)));
-    Client::builder(TokioExecutor::new())
-        .pool_idle_timeout(std::time::Duration::from_secs(60))
-        .pool_max_idle_per_host(256)
-        .build(connector)
+    let builder = || {
+        let mut builder = Client::builder(TokioExecutor::new());
+        builder
+            .pool_idle_timeout(std::time::Duration::from_secs(60))
+            .pool_max_idle_per_host(256)
+            .http1_preserve_header_case(true);
+        builder
+    };
+    LocalClient {
+        http1: builder().build(connector.clone()),
+        http2: builder().http2_only(true).build(connector),
+    }
 }
 
-/// Sends to an instance on this node.
+/// Sends to an instance on this node, in the instance's protocol.
 pub async fn to_local(
     client: &LocalClient,
+    protocol: Protocol,
     address: SocketAddr,
     mut request: Request<ProxyBody>,
 ) -> Result<Response<Incoming>, SendError> {
-    let path = request
-        .uri()
-        .path_and_query()
-        .map_or("/", |pq| pq.as_str())
-        .to_owned();
-    *request.uri_mut() =
-        Uri::try_from(format!("http://{address}{path}")).map_err(|e| SendError::Broken {
+    let path = request.uri().path_and_query().map_or("/", |pq| pq.as_str());
+    let absolute = Uri::builder()
+        .scheme("http")
+        .authority(address.to_string())
+        .path_and_query(path)
+        .build()
+        .map_err(|e| SendError::Broken {
             target: address.to_string(),
             reason: format!("bad request path: {e}"),
         })?;
-    strip_hop_by_hop(request.headers_mut());
+    strip_for_next_hop(request.headers_mut());
+    let client = if protocol.is_http2() {
+        *request.version_mut() = Version::HTTP_2;
+        // The instance's address is the authority (`:authority`) now.
+        request.headers_mut().remove(HOST);
+        &client.http2
+    } else {
+        as_http1(&mut request);
+        &client.http1
+    };
+    *request.uri_mut() = absolute;
     client.request(request).await.map_err(|e| {
         let target = address.to_string();
         if e.is_connect() {
@@ -115,7 +148,11 @@ pub async fn over_quic(
         .await
         .map_err(|e| connect(e.to_string()))?;
     let io = TokioIo::new(tokio::io::join(recv, send));
-    let response = send_http1(io, request, &target).await?;
+    let response = if request.version() == Version::HTTP_2 {
+        send_http2(io, request, &target).await?
+    } else {
+        send_http1(io, request, &target).await?
+    };
     if response.headers().contains_key(CONNECT_FAILURE_HEADER) {
         return Err(connect(
             "the remote sidecar could not reach its instance".to_owned(),
@@ -140,10 +177,13 @@ where
         target: target.to_owned(),
         reason,
     };
-    let (mut sender, connection) = hyper::client::conn::http1::handshake(io)
+    let (mut sender, connection) = hyper::client::conn::http1::Builder::new()
+        .preserve_header_case(true)
+        .handshake(io)
         .await
         .map_err(|e| connect(e.to_string()))?;
     tokio::spawn(connection.with_upgrades());
+    as_http1(&mut request);
     let origin_form = request
         .uri()
         .path_and_query()
@@ -158,4 +198,48 @@ where
             target: target.to_owned(),
             reason: e.to_string(),
         })
+}
+
+/// Sends `request` as HTTP/2 on a connection of its own (a QUIC stream
+/// between sidecars), so its streams and trailers cross the hop.
+pub async fn send_http2<I>(
+    io: I,
+    mut request: Request<ProxyBody>,
+    target: &str,
+) -> Result<Response<Incoming>, SendError>
+where
+    I: hyper::rt::Read + hyper::rt::Write + Unpin + Send + 'static,
+{
+    let connect = |reason: String| SendError::Connect {
+        target: target.to_owned(),
+        reason,
+    };
+    let (mut sender, connection) = hyper::client::conn::http2::handshake(TokioExecutor::new(), io)
+        .await
+        .map_err(|e| connect(e.to_string()))?;
+    tokio::spawn(connection);
+    strip_for_next_hop(request.headers_mut());
+    *request.version_mut() = Version::HTTP_2;
+    sender
+        .send_request(request)
+        .await
+        .map_err(|e| SendError::Broken {
+            target: target.to_owned(),
+            reason: e.to_string(),
+        })
+}
+
+/// Makes an HTTP/2 request fit an HTTP/1.1 hop: the version, and a Host
+/// header from the authority (HTTP/2 carries it as `:authority`).
+fn as_http1(request: &mut Request<ProxyBody>) {
+    if request.version() == Version::HTTP_2 {
+        *request.version_mut() = Version::HTTP_11;
+    }
+    if !request.headers().contains_key(HOST) {
+        if let Some(authority) = request.uri().authority() {
+            if let Ok(value) = HeaderValue::from_str(authority.as_str()) {
+                request.headers_mut().insert(HOST, value);
+            }
+        }
+    }
 }

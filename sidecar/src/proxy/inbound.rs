@@ -10,7 +10,8 @@ use http::{Request, Response, StatusCode};
 use http_body_util::BodyExt;
 use hyper::body::Incoming;
 use hyper::service::service_fn;
-use hyper_util::rt::TokioIo;
+use hyper_util::rt::{TokioExecutor, TokioIo};
+use hyper_util::server::conn::auto;
 use mesh_proto::frame::ProxyFrame;
 use tracing::warn;
 
@@ -38,13 +39,17 @@ pub async fn serve_stream(
         let frame = frame.clone();
         async move { Ok::<_, std::convert::Infallible>(handle(&agent, &frame, allowed, request).await) }
     });
-    hyper::server::conn::http1::Builder::new()
+    // The calling sidecar speaks its caller's HTTP version on the stream.
+    let mut builder = auto::Builder::new(TokioExecutor::new());
+    builder
+        .http1()
         .max_buf_size(256 * 1024)
+        .preserve_header_case(true)
         // A peer may finish its half of the stream once the request is out;
         // that is not a reason to drop the answer.
-        .half_close(true)
-        .serve_connection(io, service)
-        .with_upgrades()
+        .half_close(true);
+    builder
+        .serve_connection_with_upgrades(io, service)
         .await
         .map_err(|e| anyhow!("proxied stream from {peer}: {e}"))
 }
@@ -104,7 +109,13 @@ async fn handle(
     let sent = if asked_upgrade {
         upgrade::to_local(frame.address, request).await
     } else {
-        forward::to_local(&agent.http, frame.address, request).await
+        let protocol = agent
+            .upstreams
+            .snapshot()
+            .definition(&frame.service)
+            .map(|d| d.protocol)
+            .unwrap_or_default();
+        forward::to_local(&agent.http, protocol, frame.address, request).await
     };
     match sent {
         Ok(mut response) => {

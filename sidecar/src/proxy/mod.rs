@@ -10,6 +10,7 @@
 //! same selection, once per connection.
 
 pub mod forward;
+pub mod grpc;
 pub mod headers;
 pub mod inbound;
 pub mod route;
@@ -76,14 +77,34 @@ pub async fn serve(agent: Arc<ProxyHandles>, listener: TcpListener) {
     .await;
 }
 
+/// Marks an answer the proxy made itself (not an instance's), with its
+/// error and hint, so a gRPC caller can get it as a gRPC status.
+#[derive(Debug, Clone)]
+struct ProxyMade(String);
+
 /// A JSON error response with `error` and `hint`.
 pub fn json_error(
     status: StatusCode,
     error: impl Into<String>,
     hint: impl Into<String>,
 ) -> Response<ProxyBody> {
-    crate::reply::error(status, error, hint)
-        .map(|body| body.map_err(|never| match never {}).boxed())
+    let (error, hint) = (error.into(), hint.into());
+    let made = ProxyMade(format!("{error} ({hint})"));
+    let mut response = crate::reply::error(status, error, hint)
+        .map(|body| body.map_err(|never| match never {}).boxed());
+    response.extensions_mut().insert(made);
+    response
+}
+
+/// Which protocol the caller spoke, for the `protocol` metric label.
+fn protocol_label(request: &Request<Incoming>) -> &'static str {
+    if grpc::is_grpc(request.headers()) {
+        "grpc"
+    } else if request.version() == http::Version::HTTP_2 {
+        "http2"
+    } else {
+        "http1"
+    }
 }
 
 /// The request body, kept whole when it may have to be sent twice.
@@ -116,7 +137,8 @@ async fn handle(agent: &Arc<ProxyHandles>, mut request: Request<Incoming>) -> Re
             "reach a TCP service through a --tcp listener (see Protocols in README.md)",
         );
     }
-    let mut route = match route::route(request.method(), request.headers()) {
+    let protocol = protocol_label(&request);
+    let mut route = match route::route(request.method(), request.uri(), request.headers()) {
         Ok(route) => route,
         Err(e) => return json_error(StatusCode::BAD_REQUEST, e.error, e.hint),
     };
@@ -171,6 +193,11 @@ async fn handle(agent: &Arc<ProxyHandles>, mut request: Request<Incoming>) -> Re
             ),
         };
     let mut response = response;
+    if protocol == "grpc" {
+        if let Some(ProxyMade(message)) = response.extensions_mut().remove::<ProxyMade>() {
+            response = grpc::as_grpc_status(response, &message, empty_body());
+        }
+    }
     upgrade::splice_if_switched(
         client_upgrade,
         &mut response,
@@ -181,12 +208,19 @@ async fn handle(agent: &Arc<ProxyHandles>, mut request: Request<Incoming>) -> Re
         metrics::PROXY_REQUESTS,
         "service" => label.clone(),
         "upstream_node" => upstream_node.unwrap_or_else(|| "none".to_owned()),
-        "code" => code
+        "code" => code,
+        "protocol" => protocol
     )
     .increment(1);
     ::metrics::histogram!(metrics::PROXY_DURATION, "service" => label)
         .record(started.elapsed().as_secs_f64());
     response
+}
+
+fn empty_body() -> ProxyBody {
+    http_body_util::Empty::new()
+        .map_err(|never| match never {})
+        .boxed()
 }
 
 /// Reports the outcome of a picked instance even when the attempt is dropped
@@ -252,6 +286,10 @@ async fn attempts(
 ) -> (Response<ProxyBody>, Option<String>) {
     let service = route.service.as_str();
     let snapshot = agent.upstreams.snapshot();
+    let protocol = snapshot
+        .definition(service)
+        .map(|d| d.protocol)
+        .unwrap_or_default();
     let requirements =
         agent
             .upstreams
@@ -335,9 +373,12 @@ async fn attempts(
             // decided with nowhere left to go was never sent.
             ::metrics::counter!(metrics::RETRIES, "service" => service.to_owned()).increment(1);
         }
-        match send(agent, service, instance, request).await {
+        match send(agent, service, protocol, instance, request).await {
             Ok(response) => {
-                in_flight.finish(response.status().as_u16() < 500);
+                // A gRPC refusal arrives as 200 with grpc-status UNAVAILABLE.
+                in_flight.finish(
+                    response.status().as_u16() < 500 && !grpc::is_unavailable(response.headers()),
+                );
                 let mut response = response.map(|b| b.map_err(Into::into).boxed());
                 // A switch of protocols keeps its Upgrade/Connection pair.
                 if response.status() != StatusCode::SWITCHING_PROTOCOLS {
@@ -436,6 +477,7 @@ fn record(
 async fn send(
     agent: &ProxyHandles,
     service: &str,
+    protocol: mesh_proto::Protocol,
     instance: &Instance,
     request: Request<ProxyBody>,
 ) -> Result<Response<Incoming>, SendError> {
@@ -443,7 +485,7 @@ async fn send(
         let result = if upgrade::is_upgrade(request.headers()) {
             upgrade::to_local(instance.address, request).await
         } else {
-            forward::to_local(&agent.http, instance.address, request).await
+            forward::to_local(&agent.http, protocol, instance.address, request).await
         };
         if matches!(result, Err(SendError::Connect { .. })) {
             agent.health.connect_failed(&instance.id).await;

@@ -4,7 +4,7 @@
 use std::time::Duration;
 
 use client::select::Requirements;
-use http::{HeaderMap, Method};
+use http::{HeaderMap, Method, Uri};
 use mesh_proto::names::validate_service_name;
 
 /// Header naming the service when the Host header cannot.
@@ -53,8 +53,9 @@ fn route_error(error: impl Into<String>, hint: impl Into<String>) -> RouteError 
     }
 }
 
-/// Reads the route from the request's method and headers.
-pub fn route(method: &Method, headers: &HeaderMap) -> Result<Route, RouteError> {
+/// Reads the route from the request's method, URI (an HTTP/2 request names
+/// its service in `:authority`, not Host) and headers.
+pub fn route(method: &Method, uri: &Uri, headers: &HeaderMap) -> Result<Route, RouteError> {
     // Two Host headers could route by one and reach the instance with both
     // (request smuggling): refuse the request instead of choosing.
     if headers.get_all(http::header::HOST).iter().count() > 1 {
@@ -63,12 +64,13 @@ pub fn route(method: &Method, headers: &HeaderMap) -> Result<Route, RouteError> 
             "send exactly one Host header",
         ));
     }
-    let service = service_name(headers)?;
+    let service = service_name(uri, headers)?;
     let requirements = Requirements {
         hard_rtt_ms: millis_header(headers, HARD_RTT_HEADER)?,
         soft_rtt_ms: millis_header(headers, SOFT_RTT_HEADER)?,
     };
-    let timeout = match millis_header(headers, TIMEOUT_HEADER)? {
+    let timeout = match millis_header(headers, TIMEOUT_HEADER)?.or_else(|| grpc_timeout_ms(headers))
+    {
         Some(0) => {
             return Err(route_error(
                 format!("{TIMEOUT_HEADER} is 0"),
@@ -88,7 +90,24 @@ pub fn route(method: &Method, headers: &HeaderMap) -> Result<Route, RouteError> 
     })
 }
 
-fn service_name(headers: &HeaderMap) -> Result<String, RouteError> {
+/// A gRPC deadline (`grpc-timeout: 250m`), in whole milliseconds, at least 1.
+fn grpc_timeout_ms(headers: &HeaderMap) -> Option<u32> {
+    let value = headers.get("grpc-timeout")?.to_str().ok()?;
+    let (digits, unit) = value.split_at(value.len().checked_sub(1)?);
+    let amount: u64 = digits.parse().ok()?;
+    let ms = match unit {
+        "H" => amount.saturating_mul(3_600_000),
+        "M" => amount.saturating_mul(60_000),
+        "S" => amount.saturating_mul(1_000),
+        "m" => amount,
+        "u" => amount / 1_000,
+        "n" => amount / 1_000_000,
+        _ => return None,
+    };
+    Some(u32::try_from(ms.max(1)).unwrap_or(u32::MAX))
+}
+
+fn service_name(uri: &Uri, headers: &HeaderMap) -> Result<String, RouteError> {
     let name =
         if let Some(value) = headers.get(SERVICE_HEADER) {
             value
@@ -105,6 +124,7 @@ fn service_name(headers: &HeaderMap) -> Result<String, RouteError> {
             let host = headers
                 .get(http::header::HOST)
                 .and_then(|h| h.to_str().ok())
+                .or_else(|| uri.authority().map(|a| a.as_str()))
                 .ok_or_else(|| {
                     route_error(
                     "the request has no Host header naming a service",
@@ -170,17 +190,23 @@ mod tests {
     fn several_host_headers_are_refused() {
         let mut map = headers(&[("host", "echo.localhost")]);
         map.append("host", HeaderValue::from_static("admin.localhost"));
-        let error = route(&Method::GET, &map).expect_err("two Host headers");
+        let error = route(&Method::GET, &Uri::default(), &map).expect_err("two Host headers");
         assert!(error.error.contains("several Host"), "{error:?}");
     }
 
     #[test]
     fn service_comes_from_the_host_label_or_the_header() {
-        let r = route(&Method::GET, &headers(&[("host", "echo.localhost:4201")])).expect("routes");
+        let r = route(
+            &Method::GET,
+            &Uri::default(),
+            &headers(&[("host", "echo.localhost:4201")]),
+        )
+        .expect("routes");
         assert_eq!(r.service, "echo");
         assert!(r.retryable);
         let r = route(
             &Method::POST,
+            &Uri::default(),
             &headers(&[
                 ("host", "127.0.0.1:4201"),
                 ("x-gossamer-service", "billing"),
@@ -189,15 +215,76 @@ mod tests {
         .expect("routes");
         assert_eq!(r.service, "billing");
         assert!(!r.retryable);
-        assert!(route(&Method::GET, &headers(&[("host", "127.0.0.1:4201")])).is_err());
-        assert!(route(&Method::GET, &HeaderMap::new()).is_err());
-        assert!(route(&Method::GET, &headers(&[("host", "Bad_Name.localhost")])).is_err());
+        assert!(route(
+            &Method::GET,
+            &Uri::default(),
+            &headers(&[("host", "127.0.0.1:4201")])
+        )
+        .is_err());
+        assert!(route(&Method::GET, &Uri::default(), &HeaderMap::new()).is_err());
+        assert!(route(
+            &Method::GET,
+            &Uri::default(),
+            &headers(&[("host", "Bad_Name.localhost")])
+        )
+        .is_err());
+    }
+
+    #[test]
+    fn an_http2_request_names_its_service_in_the_authority() {
+        let uri: Uri = "http://billing.localhost:4201/pay".parse().expect("uri");
+        let r = route(&Method::POST, &uri, &HeaderMap::new()).expect("routes");
+        assert_eq!(r.service, "billing");
+    }
+
+    #[test]
+    fn a_grpc_deadline_bounds_the_wait_unless_the_caller_set_one() {
+        let r = route(
+            &Method::POST,
+            &Uri::default(),
+            &headers(&[("host", "echo.localhost"), ("grpc-timeout", "250m")]),
+        )
+        .expect("routes");
+        assert_eq!(r.timeout, Duration::from_millis(250));
+        let r = route(
+            &Method::POST,
+            &Uri::default(),
+            &headers(&[("host", "echo.localhost"), ("grpc-timeout", "2S")]),
+        )
+        .expect("routes");
+        assert_eq!(r.timeout, Duration::from_secs(2));
+        let r = route(
+            &Method::POST,
+            &Uri::default(),
+            &headers(&[("host", "echo.localhost"), ("grpc-timeout", "5n")]),
+        )
+        .expect("routes");
+        assert_eq!(r.timeout, Duration::from_millis(1));
+        let r = route(
+            &Method::POST,
+            &Uri::default(),
+            &headers(&[
+                ("host", "echo.localhost"),
+                ("grpc-timeout", "2S"),
+                ("x-gossamer-timeout-ms", "50"),
+            ]),
+        )
+        .expect("routes");
+        assert_eq!(r.timeout, Duration::from_millis(50));
+        let r = route(
+            &Method::POST,
+            &Uri::default(),
+            &headers(&[("host", "echo.localhost"), ("grpc-timeout", "soon")]),
+        )
+        .expect("routes");
+        assert_eq!(r.timeout, DEFAULT_TIMEOUT);
     }
 
     #[test]
     fn caller_requirements_and_timeout_are_parsed_or_refused() {
         let r = route(
             &Method::POST,
+            &Uri::default(),
             &headers(&[
                 ("host", "echo.localhost"),
                 ("x-gossamer-hard-rtt-ms", "20"),
@@ -213,11 +300,13 @@ mod tests {
         assert!(r.retryable);
         assert!(route(
             &Method::GET,
+            &Uri::default(),
             &headers(&[("host", "echo.localhost"), ("x-gossamer-hard-rtt-ms", "-1")])
         )
         .is_err());
         assert!(route(
             &Method::GET,
+            &Uri::default(),
             &headers(&[("host", "echo.localhost"), ("x-gossamer-timeout-ms", "0")])
         )
         .is_err());

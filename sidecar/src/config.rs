@@ -99,6 +99,12 @@ pub struct AgentArgs {
     /// Unique node name [default: generated once, kept in the data dir].
     #[arg(long, env = "GOSSAMER_NODE_ID")]
     pub node_id: Option<String>,
+    /// Worker threads, the cores the agent may keep busy [default: 2, or 1
+    /// on a one-core machine]. A flag or env only: the runtime starts
+    /// before the config file is read.
+    #[arg(long, env = "GOSSAMER_THREADS", value_parser = clap::value_parser!(u16).range(1..=256))]
+    #[serde(skip)]
+    pub threads: Option<u16>,
     /// UDP address of the QUIC endpoint [default: 0.0.0.0:4300].
     #[arg(long, env = "GOSSAMER_BIND")]
     pub bind: Option<SocketAddr>,
@@ -308,6 +314,7 @@ impl AgentArgs {
         AgentArgs {
             config: self.config,
             node_id: self.node_id.or(file.node_id),
+            threads: self.threads,
             bind: self.bind.or(file.bind),
             advertise: self.advertise.or(file.advertise),
             join: pick_vec(self.join, file.join),

@@ -7,9 +7,36 @@ use clap::Parser;
 use sidecar::cli::{Cli, Command, LogFormat};
 use tracing_subscriber::EnvFilter;
 
-#[tokio::main]
-async fn main() {
+/// Worker threads when `--threads` is not given: a sidecar shares its node
+/// with the service it serves, so it takes two cores at most.
+const DEFAULT_THREADS: usize = 2;
+
+fn main() {
     let cli = Cli::parse();
+    let threads = match &cli.command {
+        Command::Agent(args) => args.threads.map(usize::from),
+        _ => None,
+    }
+    .unwrap_or_else(|| {
+        std::thread::available_parallelism()
+            .map_or(1, |n| n.get())
+            .min(DEFAULT_THREADS)
+    });
+    let runtime = match tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(threads)
+        .enable_all()
+        .build()
+    {
+        Ok(runtime) => runtime,
+        Err(e) => {
+            eprintln!("error: cannot start the async runtime: {e}");
+            std::process::exit(1);
+        }
+    };
+    runtime.block_on(run(cli));
+}
+
+async fn run(cli: Cli) {
     // An agent's log is its record; for the demo and operator commands the
     // table is the point, and only warnings belong beside it.
     let default_filter = match cli.command {

@@ -39,6 +39,8 @@ pub enum CopyState {
     Backoff,
     /// Out of rotation, being restarted on request.
     Restarting,
+    /// Deregistered and draining before it stops for good (`stop`, `scale` down).
+    Stopping,
     /// Stopped for good.
     Stopped,
 }
@@ -121,6 +123,9 @@ pub struct CopyContext {
     pub drain: Duration,
     /// True once the supervisor deregistered everything to stop.
     pub leaving: Arc<std::sync::atomic::AtomicBool>,
+    /// True once this copy alone was deregistered to stop (`stop`, `scale`
+    /// down): a late health change must not register it again.
+    pub retiring: Arc<std::sync::atomic::AtomicBool>,
 }
 
 /// What ended one process's run.
@@ -176,7 +181,14 @@ impl Backoff {
 
 impl CopyContext {
     fn update(&self, f: impl FnOnce(&mut CopyStatus)) {
-        f(&mut self.status.lock().unwrap_or_else(PoisonError::into_inner));
+        let mut status = self.status.lock().unwrap_or_else(PoisonError::into_inner);
+        f(&mut status);
+        // A retiring copy shows it until it is gone, whatever its process does.
+        if self.retiring.load(std::sync::atomic::Ordering::Acquire)
+            && status.state != CopyState::Stopped
+        {
+            status.state = CopyState::Stopping;
+        }
     }
 
     async fn note(&self, text: String) {
@@ -185,7 +197,9 @@ impl CopyContext {
 
     /// Publishes the instance with `health`, unless the supervisor is leaving.
     async fn publish(&self, port: u16, health: Health) {
-        if self.leaving.load(std::sync::atomic::Ordering::Acquire) {
+        if self.leaving.load(std::sync::atomic::Ordering::Acquire)
+            || self.retiring.load(std::sync::atomic::Ordering::Acquire)
+        {
             return;
         }
         let mut tags = self.spec.tags.clone();

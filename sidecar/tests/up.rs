@@ -213,7 +213,7 @@ fn load(
                         Some((200, _, body)) => {
                             let name = serde_json::from_str::<serde_json::Value>(&body)
                                 .ok()
-                                .and_then(|v| v.get("name")?.as_str().map(str::to_owned))
+                                .and_then(|v| v.get("instance")?.as_str().map(str::to_owned))
                                 .unwrap_or_default();
                             if !names.contains(&name) {
                                 names.push(name);
@@ -359,6 +359,12 @@ async fn up_runs_a_folder_in_order_scales_rebuilds_and_goes_down() {
         failures.len()
     );
     assert!(names.contains(&"api-v2".to_owned()), "{names:?}");
+    for _ in 0..10 {
+        let (_, _, body) = http_get(proxy, "/", &[("host", "api.localhost")])
+            .await
+            .expect("answer");
+        assert!(body.contains("api-v2"), "every copy rolled to the new build: {body}");
+    }
 
     // A broken build: old copies keep serving, ps and logs say so.
     write(&dir.join("api/version.txt"), "fail");

@@ -311,10 +311,36 @@ async fn up_runs_a_folder_in_order_scales_rebuilds_and_goes_down() {
         .collect();
     assert_eq!(api.len(), 1);
     assert_eq!(api[0].copy, 1, "the oldest copy stays");
+    let metrics = listeners.metrics.expect("metrics listener");
+    let (_, _, text) = http_get(metrics, "/metrics", &[]).await.expect("metrics");
+    assert_eq!(
+        common::metric_value(&text, "gossamer_supervised_copies", &[("service", "api")]),
+        1.0,
+        "{text}"
+    );
 
-    // stop and start.
-    let stopped = control(admin, "/v1/supervise/web/stop").await;
-    assert_eq!(stopped.to, 0);
+    // stop and start, with the CLI.
+    let cli = |args: &[&str]| {
+        let out = run_bounded(
+            common::gossamer()
+                .arg("--agent")
+                .arg(format!("http://{admin}"))
+                .args(args),
+            Duration::from_secs(60),
+            "gossamer stop/start",
+        );
+        assert!(
+            out.status.success(),
+            "{}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        String::from_utf8_lossy(&out.stdout).into_owned()
+    };
+    let stopped = cli(&["stop", "web"]);
+    assert!(
+        stopped.contains("1 -> 0") && stopped.contains("drained and stopped"),
+        "{stopped}"
+    );
     let view = ps(admin).await.expect("ps");
     assert!(view.processes.iter().all(|p| p.service != "web"));
     assert!(view
@@ -325,8 +351,14 @@ async fn up_runs_a_folder_in_order_scales_rebuilds_and_goes_down() {
         .await
         .expect("answer");
     assert_ne!(status, 200, "a stopped service is not served");
-    control(admin, "/v1/supervise/web/start").await;
+    let started = cli(&["start", "web"]);
+    assert!(started.contains("0 -> 1"), "{started}");
     wait_copies(admin, "web", 1).await;
+    let ps_text = cli(&["ps"]);
+    assert!(
+        ps_text.contains("web") && ps_text.contains("running"),
+        "{ps_text}"
+    );
 
     // A change rebuilds and rolls api, one copy at a time: no call lost.
     control(admin, "/v1/supervise/api/scale?n=2").await;
@@ -363,7 +395,10 @@ async fn up_runs_a_folder_in_order_scales_rebuilds_and_goes_down() {
         let (_, _, body) = http_get(proxy, "/", &[("host", "api.localhost")])
             .await
             .expect("answer");
-        assert!(body.contains("api-v2"), "every copy rolled to the new build: {body}");
+        assert!(
+            body.contains("api-v2"),
+            "every copy rolled to the new build: {body}"
+        );
     }
 
     // A broken build: old copies keep serving, ps and logs say so.

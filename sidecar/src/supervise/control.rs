@@ -254,7 +254,7 @@ fn gauge(service: &Service) {
         .lock()
         .unwrap_or_else(PoisonError::into_inner)
         .len();
-    ::metrics::gauge!("gossamer_supervised_copies", "service" => service.spec.name.clone())
+    ::metrics::gauge!(crate::metrics::SUPERVISED_COPIES, "service" => service.spec.name.clone())
         .set(n as f64);
 }
 

@@ -195,12 +195,13 @@ async fn control(admin: SocketAddr, path: &str) -> ScaleView {
     serde_json::from_str(&body).expect("scale view")
 }
 
+/// What one load worker saw: calls, failures, the copies' names.
+type Tally = (usize, Vec<String>, Vec<String>);
+type Workers = Vec<tokio::task::JoinHandle<Tally>>;
+
 /// GETs api through the proxy from 4 workers until `done` (bounded in
 /// count and time): (calls, failures, answers by name).
-fn load(
-    proxy: SocketAddr,
-    done: Arc<AtomicBool>,
-) -> Vec<tokio::task::JoinHandle<(usize, Vec<String>, Vec<String>)>> {
+fn load(proxy: SocketAddr, done: Arc<AtomicBool>) -> Workers {
     let deadline = Instant::now() + Duration::from_secs(90);
     (0..4)
         .map(|_| {
@@ -229,10 +230,7 @@ fn load(
         .collect()
 }
 
-async fn finish(
-    done: &AtomicBool,
-    workers: Vec<tokio::task::JoinHandle<(usize, Vec<String>, Vec<String>)>>,
-) -> (usize, Vec<String>, Vec<String>) {
+async fn finish(done: &AtomicBool, workers: Workers) -> Tally {
     done.store(true, Ordering::Relaxed);
     let (mut calls, mut failures, mut names) = (0, Vec::new(), Vec::new());
     for worker in workers {
@@ -469,7 +467,8 @@ async fn up_runs_a_folder_in_order_scales_rebuilds_and_goes_down() {
 
 #[test]
 fn a_bad_service_toml_is_refused_naming_the_file_and_the_key() {
-    let cases: [(&[(&str, &str)], &[&str]); 3] = [
+    type Files<'a> = &'a [(&'a str, &'a str)];
+    let cases: [(Files, &[&str]); 3] = [
         (
             &[("api", "command = \"true\"\nreplicas = 2\n")],
             &["api/service.toml", "replicas"],

@@ -77,10 +77,15 @@ struct Up {
 
 impl Up {
     fn start(dir: &Path) -> Self {
+        Self::start_with(dir, &[])
+    }
+
+    fn start_with(dir: &Path, extra: &[&str]) -> Self {
         let mut command = common::gossamer();
         command
             .arg("up")
             .arg(dir)
+            .args(extra)
             .args(["--admin-listen", "127.0.0.1:0"])
             .args(["--proxy-listen", "127.0.0.1:0"])
             .args(["--metrics-listen", "127.0.0.1:0"])
@@ -132,10 +137,14 @@ impl Drop for Up {
             let _ = self.child.kill();
             let _ = self.child.wait();
         }
-        for pid in recorded_pids(&self.dir) {
-            let _ = Command::new("kill")
-                .args(["-KILL", &pid.to_string()])
-                .status();
+        // A failed test leaves no process behind; a passing one stopped
+        // them itself (and keeps a stray alive on purpose meanwhile).
+        if std::thread::panicking() {
+            for pid in recorded_pids(&self.dir) {
+                let _ = Command::new("kill")
+                    .args(["-KILL", &pid.to_string()])
+                    .status();
+            }
         }
     }
 }
@@ -462,6 +471,92 @@ async fn up_runs_a_folder_in_order_scales_rebuilds_and_goes_down() {
         );
     }
     assert!(!dir.join(".gossamer/up.json").exists());
+    let _ = std::fs::remove_dir_all(&dir);
+}
+
+fn alive(pid: u32) -> bool {
+    // A zombie is as good as gone.
+    std::fs::read_to_string(format!("/proc/{pid}/stat"))
+        .map(|stat| {
+            stat.rsplit(')')
+                .next()
+                .is_some_and(|rest| !rest.trim_start().starts_with('Z'))
+        })
+        .unwrap_or(false)
+}
+
+fn down(dir: &Path) {
+    let out = run_bounded(
+        common::gossamer().arg("down").arg(dir),
+        Duration::from_secs(120),
+        "gossamer down",
+    );
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+}
+
+#[tokio::test]
+async fn processes_a_crashed_up_left_are_reported_and_kill_strays_stops_them() {
+    let dir = scratch("strays");
+    write(
+        &dir.join("db/service.toml"),
+        &format!("command = [\"{GOSSAMER}\", \"echo\", \"--name\", \"db\"]\n"),
+    );
+    let listeners_json = dir.join(".gossamer/data/listeners.json");
+    let mut first = Up::start(&dir);
+    wait_copies(first.listeners().await.admin, "db", 1).await;
+    let pids = recorded_pids(&dir);
+    assert_eq!(pids.len(), 1, "{pids:?}");
+    let stray = pids[0];
+    // A crash: `up` is killed, its copy (its own process group) runs on.
+    let _ = first.child.kill();
+    let _ = first.child.wait();
+    assert!(alive(stray));
+    let _ = std::fs::remove_file(&listeners_json);
+
+    // Reported, not stopped.
+    let second = Up::start(&dir);
+    wait_copies(second.listeners().await.admin, "db", 1).await;
+    let printed = eventually("the stray to be reported", Duration::from_secs(30), || {
+        let printed = second.printed();
+        async move {
+            printed
+                .contains("still runs from an earlier run")
+                .then_some(printed)
+        }
+    })
+    .await;
+    assert!(
+        printed.contains(&stray.to_string()) && printed.contains("--kill-strays"),
+        "{printed}"
+    );
+    assert!(
+        alive(stray),
+        "a stray is never stopped without --kill-strays"
+    );
+    down(&dir);
+    drop(second);
+    let _ = std::fs::remove_file(&listeners_json);
+
+    // --kill-strays stops it, and says so.
+    let third = Up::start_with(&dir, &["--kill-strays"]);
+    wait_copies(third.listeners().await.admin, "db", 1).await;
+    let printed = third.printed();
+    assert!(
+        printed.contains(&format!("stopping pid {stray}")),
+        "{printed}"
+    );
+    eventually(
+        "the stray to be gone",
+        Duration::from_secs(10),
+        || async move { (!alive(stray)).then_some(()) },
+    )
+    .await;
+    down(&dir);
+    drop(third);
     let _ = std::fs::remove_dir_all(&dir);
 }
 

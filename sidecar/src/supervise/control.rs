@@ -13,7 +13,8 @@ use serde::{Deserialize, Serialize};
 use tracing::{info, warn};
 
 use super::copy::{stopped, CopyState};
-use super::{build, declare_requirements, roll, warn_if_no_room, CopyHandle, Service, Supervisor};
+use super::placement::{declare_requirements, warn_if_no_room};
+use super::{build, roll, CopyHandle, Service, Supervisor};
 use crate::config::supervise::MAX_SCALE;
 
 /// How often a waiting service looks at its dependencies again.

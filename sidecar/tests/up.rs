@@ -560,6 +560,52 @@ async fn processes_a_crashed_up_left_are_reported_and_kill_strays_stops_them() {
     let _ = std::fs::remove_dir_all(&dir);
 }
 
+#[tokio::test]
+async fn a_service_waits_for_its_dependency_and_up_says_so() {
+    let dir = scratch("waits");
+    // db never serves (it does not listen), so api can only wait.
+    write(
+        &dir.join("db/service.toml"),
+        "command = \"exec sleep 600\"\n",
+    );
+    write(
+        &dir.join("api/service.toml"),
+        &format!("command = [\"{GOSSAMER}\", \"echo\"]\ndepends_on = [\"db\"]\n"),
+    );
+    let up = Up::start(&dir);
+    let admin = up.listeners().await.admin;
+    eventually(
+        "up to print that api waits for db",
+        Duration::from_secs(30),
+        || {
+            let printed = up.printed();
+            async move { printed.contains("waiting for db").then_some(()) }
+        },
+    )
+    .await;
+    let view = ps(admin).await.expect("ps");
+    let api = view
+        .services
+        .iter()
+        .find(|s| s.service == "api")
+        .expect("api listed");
+    assert_eq!(api.state, "waiting");
+    assert_eq!(api.waiting_for, ["db"]);
+    assert!(
+        view.processes.iter().all(|p| p.service != "api"),
+        "api not started"
+    );
+    let scaled = control(admin, "/v1/supervise/api/scale?n=2").await;
+    let note = scaled.note.unwrap_or_default();
+    assert!(
+        note.contains("db") && note.contains("will start 2"),
+        "{note}"
+    );
+    down(&dir);
+    drop(up);
+    let _ = std::fs::remove_dir_all(&dir);
+}
+
 #[test]
 fn a_bad_service_toml_is_refused_naming_the_file_and_the_key() {
     type Files<'a> = &'a [(&'a str, &'a str)];

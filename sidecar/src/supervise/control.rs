@@ -315,6 +315,9 @@ pub(super) async fn bring_up(supervisor: Arc<Supervisor>, service: Arc<Service>)
 
 async fn first_start(supervisor: &Supervisor, service: &Service) {
     let _changing = service.changing.lock().await;
+    if *supervisor.stop.borrow() {
+        return;
+    }
     let n = service.desired.load(Ordering::Acquire);
     service.set_phase(|p| p.started = true);
     info!(service = %service.spec.name, scale = n, command = ?service.spec.command, "supervising");
@@ -391,9 +394,12 @@ async fn watch_and_rebuild(supervisor: &Supervisor, service: &Service) {
             }
             settled = again;
         }
-        seen = settled;
         info!(service = %spec.name, "a watched file changed; building");
-        if !build::run(supervisor, service).await {
+        let built = build::run(supervisor, service).await;
+        // What the build itself wrote (outputs under a `**` glob) must not
+        // start another build.
+        seen = scan(root.clone(), spec.watch.clone()).await;
+        if !built {
             continue;
         }
         if !service.phase().started {

@@ -446,6 +446,11 @@ async fn run_once(
 
 /// Stops the process gracefully and records how it ended.
 async fn finish(ctx: &CopyContext, process: &mut Child, why: &str) {
+    let why = if ctx.retiring.load(std::sync::atomic::Ordering::Acquire) {
+        "stopped on request (`stop` or `scale`), after it was deregistered and drained"
+    } else {
+        why
+    };
     let (status, killed) = child::stop(process, ctx.spec.grace).await;
     let why = if killed {
         format!(

@@ -145,7 +145,7 @@ pub struct BuildView {
 pub struct ServiceView {
     /// Service name.
     pub service: String,
-    /// `waiting`, `building`, `running` or `stopped`.
+    /// `waiting`, `building`, `build failed` (never started), `running` or `stopped`.
     pub state: String,
     /// Copies wanted.
     pub desired: u32,
@@ -482,6 +482,8 @@ pub fn ps(supervisor: &Supervisor) -> PsView {
             service: service.spec.name.clone(),
             state: if !phase.waiting_for.is_empty() {
                 "waiting"
+            } else if !phase.started && phase.build.as_ref().is_some_and(|b| !b.ok) {
+                "build failed"
             } else if !phase.started {
                 "building"
             } else if desired == 0 && copies.is_empty() {

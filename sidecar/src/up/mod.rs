@@ -108,13 +108,18 @@ pub async fn run(args: UpArgs) -> anyhow::Result<()> {
     if agent.data_dir.is_none() {
         agent.data_dir = Some(state.join("data"));
     }
-    // A folder on a laptop: without a passphrase or peers, a single loopback node.
-    let alone = agent.psk.is_none()
-        && agent.psk_file.is_none()
-        && agent.tls_ca.is_none()
-        && agent.join.is_empty()
-        && std::env::var_os("GOSSAMER_PSK").is_none();
-    if alone && agent.config.is_none() {
+    // A folder on a laptop: without a passphrase or peers (flags or
+    // gossamer.toml), a single loopback node.
+    let file: AgentArgs = agent
+        .config
+        .as_ref()
+        .and_then(|path| std::fs::read_to_string(path).ok())
+        .and_then(|text| toml::from_str(&text).ok())
+        .unwrap_or_default();
+    let alone = [&agent, &file].iter().all(|a| {
+        a.psk.is_none() && a.psk_file.is_none() && a.tls_ca.is_none() && a.join.is_empty()
+    });
+    if alone {
         agent.dev = true;
     }
     agent.supervise = services.iter().map(|s| s.service.clone()).collect();

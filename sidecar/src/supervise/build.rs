@@ -58,6 +58,16 @@ pub(super) async fn run(supervisor: &Supervisor, service: &Service) -> bool {
     if let Some(dir) = &spec.workdir {
         command.current_dir(dir);
     }
+    // As for the copies: the agent's settings (the passphrase among them)
+    // are not the build's business.
+    for (key, _) in std::env::vars_os() {
+        if key.to_string_lossy().starts_with("GOSSAMER_") {
+            command.env_remove(key);
+        }
+    }
+    for (key, value) in &spec.env {
+        command.env(key, value);
+    }
     let outcome = match command.spawn() {
         Err(e) => Err(format!("cannot start the build {:?}: {e}", spec.build[0])),
         Ok(mut child) => {

@@ -263,6 +263,25 @@ mod tests {
         assert_eq!(services[0].service.name, "api");
         assert_eq!(services[0].service.command[..2], ["/bin/sh", "-c"]);
         assert_eq!(services[1].service.memory_mb, Some(64));
+        assert!(services[0].service.watch.is_empty());
+    }
+
+    #[test]
+    fn watch_all_watches_every_file_of_a_service_with_a_build() {
+        let dir = folder(&[
+            ("api", "command = \"true\"\nbuild = \"make\""),
+            ("db", "command = \"true\""),
+            (
+                "web",
+                "command = \"true\"\nbuild = \"make\"\nwatch = [\"src/**\"]",
+            ),
+        ]);
+        let services = read(&dir, true).expect("valid");
+        let watch: Vec<_> = services.iter().map(|s| s.service.watch.clone()).collect();
+        assert_eq!(
+            watch,
+            [vec!["**".to_owned()], vec![], vec!["src/**".to_owned()]]
+        );
     }
 
     #[test]

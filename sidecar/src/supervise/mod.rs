@@ -539,6 +539,17 @@ pub async fn restart(supervisor: &Supervisor, name: &str) -> Result<RestartView,
         .changing
         .try_lock()
         .map_err(|_| RestartError::Busy(name.to_owned()))?;
+    if service.copies().is_empty() {
+        return Ok(RestartView {
+            service: name.to_owned(),
+            restarted: Vec::new(),
+            took_ms: 0,
+            note: Some(format!(
+                "{name} runs no copy (stopped, or not started yet): nothing to restart; \
+                 `gossamer start {name}` starts it"
+            )),
+        });
+    }
     roll(&service, name).await
 }
 

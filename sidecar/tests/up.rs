@@ -426,6 +426,13 @@ async fn up_runs_a_folder_in_order_scales_rebuilds_and_goes_down() {
     )
     .await;
     assert!(message.contains("keep serving"), "{message}");
+    let (_, _, logs) = http_get(admin, "/v1/supervise/api/logs", &[])
+        .await
+        .expect("logs");
+    assert!(
+        logs.contains("api-build") && logs.contains("the build failed"),
+        "the build's failure is in api's logs: {logs}"
+    );
     for _ in 0..20 {
         let (status, _, body) = http_get(proxy, "/", &[("host", "api.localhost")])
             .await

@@ -6,7 +6,7 @@
 //!   waits for one (`gossamer logs -f`).
 //! - `POST /v1/supervise/{name}/restart`: a rolling restart.
 //! - `POST /v1/supervise/{name}/scale?n=N`, `.../stop`, `.../start`: run-time
-//!   control; copies leave deregistered and drained, newest first.
+//!   control; copies leave out of rotation and drained, newest first.
 //! - `GET /v1/placement[/{name}]`: nodes' CPU and memory, free and
 //!   reserved; with a service name, which nodes fit it.
 

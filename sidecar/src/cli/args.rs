@@ -153,7 +153,7 @@ pub enum Command {
         /// Service name.
         name: String,
     },
-    /// Stop a supervised service: each copy deregistered and drained before its process stops.
+    /// Stop a supervised service: each copy out of rotation and drained before its process stops.
     Stop {
         /// Service name.
         name: String,

@@ -12,7 +12,9 @@ use std::time::{Duration, Instant};
 use serde::{Deserialize, Serialize};
 use tracing::{info, warn};
 
-use super::copy::{stopped, CopyState};
+use mesh_proto::catalog::Health;
+
+use super::copy::{publish_health, stopped, CopyState};
 use super::placement::{declare_requirements, warn_if_no_room};
 use super::{build, roll, CopyHandle, Service, Supervisor};
 use crate::config::supervise::MAX_SCALE;
@@ -31,7 +33,7 @@ pub struct ScaleView {
     pub to: u32,
     /// Instances started, serving when the answer came.
     pub started: Vec<String>,
-    /// Instances deregistered, drained and stopped (newest first).
+    /// Instances taken out of rotation, drained, stopped and deregistered (newest first).
     pub stopped: Vec<String>,
     /// How long it took.
     pub took_ms: u64,
@@ -54,8 +56,8 @@ pub enum ControlError {
 }
 
 /// `gossamer scale NAME N`: starts copies up to `n` (answering once they
-/// serve) or stops the newest down to `n`, each deregistered and drained
-/// before its process stops.
+/// serve) or stops the newest down to `n`, each out of rotation and
+/// drained before its process stops, deregistered once it has.
 pub async fn scale(supervisor: &Supervisor, name: &str, n: u32) -> Result<ScaleView, ControlError> {
     if n > MAX_SCALE {
         return Err(ControlError::Range(n));
@@ -117,7 +119,7 @@ pub async fn scale(supervisor: &Supervisor, name: &str, n: u32) -> Result<ScaleV
     })
 }
 
-/// `gossamer stop NAME`: every copy out of rotation, drained, stopped.
+/// `gossamer stop NAME`: every copy out of rotation, drained, stopped, deregistered.
 pub async fn stop(supervisor: &Supervisor, name: &str) -> Result<ScaleView, ControlError> {
     let service = supervisor
         .service_named(name)
@@ -198,23 +200,43 @@ async fn set_copies(
     (started, stopped_ids)
 }
 
-/// Deregisters `copies`, lets callers learn it for the drain time, then
-/// stops them and forgets them.
+/// Takes `copies` out of rotation (marked critical), lets callers learn it
+/// for the drain time, then stops them; each copy deregisters as it ends.
+///
+/// Critical, not deregistered, while draining: a caller a gossip round
+/// behind still sends to the copy, and the copy's node forwards only to
+/// instances it still has (the relay check), so a copy deregistered first
+/// would turn those calls away instead of serving them.
 async fn retire(supervisor: &Supervisor, service: &Service, copies: &[Arc<CopyHandle>]) {
     for copy in copies {
+        // First, so the copy's own health checks cannot mark it passing again.
         copy.retiring.store(true, Ordering::Release);
-        if let Ok(mut status) = copy.status.lock() {
+        let port = {
+            let mut status = copy.status.lock().unwrap_or_else(PoisonError::into_inner);
             status.state = CopyState::Stopping;
-        }
-        if let Err(e) = supervisor.ctx.registry.deregister(&copy.instance).await {
-            warn!(instance = %copy.instance, error = %e, "cannot deregister a copy being stopped");
+            status.port
+        };
+        match port {
+            Some(port) => {
+                publish_health(
+                    &supervisor.ctx.registry,
+                    &service.spec,
+                    &copy.instance,
+                    port,
+                    Health::Critical,
+                )
+                .await
+            }
+            None => {
+                let _ = supervisor.ctx.registry.deregister(&copy.instance).await;
+            }
         }
     }
     info!(
         service = %service.spec.name,
         copies = copies.len(),
         drain_ms = service.drain.as_millis() as u64,
-        "deregistered; stopping the copies after the drain"
+        "out of rotation; stopping the copies after the drain"
     );
     tokio::time::sleep(service.drain).await;
     for copy in copies {

@@ -39,7 +39,7 @@ pub enum CopyState {
     Backoff,
     /// Out of rotation, being restarted on request.
     Restarting,
-    /// Deregistered and draining before it stops for good (`stop`, `scale` down).
+    /// Out of rotation and draining before it stops for good (`stop`, `scale` down).
     Stopping,
     /// Stopped for good.
     Stopped,
@@ -123,7 +123,7 @@ pub struct CopyContext {
     pub drain: Duration,
     /// True once the supervisor deregistered everything to stop.
     pub leaving: Arc<std::sync::atomic::AtomicBool>,
-    /// True once this copy alone was deregistered to stop (`stop`, `scale`
+    /// True once this copy alone was taken out of rotation to stop (`stop`, `scale`
     /// down): a late health change must not register it again.
     pub retiring: Arc<std::sync::atomic::AtomicBool>,
 }
@@ -202,20 +202,7 @@ impl CopyContext {
         {
             return;
         }
-        let mut tags = self.spec.tags.clone();
-        tags.push("supervised".to_owned());
-        let request = RegisterInstance {
-            service: self.spec.name.clone(),
-            port: Some(port),
-            address: None,
-            id: Some(self.instance.clone()),
-            deployment_id: None,
-            tags,
-            health: Some(health),
-        };
-        if let Err(e) = self.registry.register(request, false).await {
-            warn!(instance = %self.instance, error = %e, hint = %e.hint, "cannot register a supervised instance");
-        }
+        publish_health(&self.registry, &self.spec, &self.instance, port, health).await;
     }
 
     fn placement(&self, port: u16) -> Placement {
@@ -234,6 +221,30 @@ impl CopyContext {
             proxy: loopback(listeners.proxy),
             admin_url: format!("http://{}", loopback(listeners.admin)),
         }
+    }
+}
+
+/// Registers (or updates) a copy's instance with `health`.
+pub async fn publish_health(
+    registry: &Registry,
+    spec: &ServiceSpec,
+    instance: &str,
+    port: u16,
+    health: Health,
+) {
+    let mut tags = spec.tags.clone();
+    tags.push("supervised".to_owned());
+    let request = RegisterInstance {
+        service: spec.name.clone(),
+        port: Some(port),
+        address: None,
+        id: Some(instance.to_owned()),
+        deployment_id: None,
+        tags,
+        health: Some(health),
+    };
+    if let Err(e) = registry.register(request, false).await {
+        warn!(instance = %instance, error = %e, hint = %e.hint, "cannot register a supervised instance");
     }
 }
 
@@ -447,7 +458,7 @@ async fn run_once(
 /// Stops the process gracefully and records how it ended.
 async fn finish(ctx: &CopyContext, process: &mut Child, why: &str) {
     let why = if ctx.retiring.load(std::sync::atomic::Ordering::Acquire) {
-        "stopped on request (`stop` or `scale`), after it was deregistered and drained"
+        "stopped on request (`stop` or `scale`), after it was out of rotation and drained"
     } else {
         why
     };

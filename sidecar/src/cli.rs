@@ -184,10 +184,18 @@ pub async fn run_operator(cli: &Cli) -> anyhow::Result<()> {
             };
             crate::demo::call_cli(name, path, proxy, *hard_rtt, *soft_rtt, cli.json).await?
         }
-        Command::Ps | Command::Logs { .. } | Command::Restart { .. } | Command::Nodes { .. } => {
-            supervise::run(cli).await?
-        }
-        Command::Agent(_) | Command::Echo { .. } | Command::Demo { .. } => {
+        Command::Ps
+        | Command::Logs { .. }
+        | Command::Restart { .. }
+        | Command::Start { .. }
+        | Command::Stop { .. }
+        | Command::Scale { .. }
+        | Command::Nodes { .. } => supervise::run(cli).await?,
+        Command::Agent(_)
+        | Command::Echo { .. }
+        | Command::Demo { .. }
+        | Command::Up(_)
+        | Command::Down { .. } => {
             bail!("not an operator command")
         }
     }

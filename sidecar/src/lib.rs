@@ -6,7 +6,8 @@
 //!
 //! ```text
 //! 6 agent      agent (composition root: builds handles, one task tracker,
-//!              ordered stop), demo, cli (+ cli::{args, table, supervise})
+//!              ordered stop), demo, up (a folder of services under one
+//!              in-process agent), cli (+ cli::{args, table, supervise})
 //! 5 fronts     proxy (route → eligible → pick → send → observe; inbound;
 //!              upgrade: WebSocket splice; tcp: --tcp listeners and tunnels),
 //!              admin (+ admin::supervise), ui (+ ui::{html, sse}: /ui and
@@ -62,5 +63,6 @@ pub mod sync;
 pub mod tls;
 pub mod transport;
 pub mod ui;
+pub mod up;
 pub mod upstreams;
 pub mod views;

@@ -74,6 +74,8 @@ async fn run(cli: Cli) {
             sidecar::echo::run(listen, name.clone()).await
         }
         Command::Demo { keep, calls } => sidecar::demo::run(keep, calls).await,
+        Command::Up(ref args) => sidecar::up::run((**args).clone()).await,
+        Command::Down { ref dir } => sidecar::up::down(dir).await,
         _ => sidecar::cli::run_operator(&cli).await,
     };
     if let Err(e) = result {

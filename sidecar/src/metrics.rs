@@ -36,6 +36,8 @@ pub const RETRIES: &str = "gossamer_retries_total";
 pub const RELAY_REFUSALS: &str = "gossamer_relay_refusals_total";
 /// `gossamer_dns_queries_total{type,rcode}`: DNS questions answered.
 pub const DNS_QUERIES: &str = "gossamer_dns_queries_total";
+/// `gossamer_supervised_copies{service}`: copies this agent runs.
+pub const SUPERVISED_COPIES: &str = "gossamer_supervised_copies";
 /// The `service` label of proxy metrics for a name the catalog does not know.
 pub const UNKNOWN_SERVICE: &str = "unknown";
 /// `gossamer_tcp_connections_total{service,upstream_node}`: connections
@@ -153,6 +155,10 @@ fn describe() {
         "Smoothed measured round-trip time to each peer"
     );
     describe_gauge!(CATALOG_RECORDS, "Records in this node's catalog, by kind");
+    describe_gauge!(
+        SUPERVISED_COPIES,
+        "Copies of each supervised service this agent runs (stopping ones included until they exit)"
+    );
     describe_gauge!(
         CATALOG_INDEX,
         "The catalog index: grows on every change this node sees"

@@ -551,6 +551,122 @@ async fn rolling_restart_under_load_loses_no_call() {
     );
 }
 
+/// Waits (at most 30 s) until the load workers sent `n` calls in all.
+async fn sent_at_least(sent: &std::sync::atomic::AtomicUsize, n: usize) {
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while sent.load(std::sync::atomic::Ordering::Relaxed) < n {
+        assert!(Instant::now() < deadline, "fewer than {n} calls in 30 s");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+}
+
+#[tokio::test]
+async fn scale_up_and_down_at_run_time_under_load_through_another_agent_loses_no_call() {
+    let a = AgentProc::start(supervising("scale-a", &["--scale", "1"])).await;
+    let b = AgentProc::start(Spec::new("scale-b").join(&a)).await;
+    let mut reaper = Reaper::default();
+    reaper.track(&a);
+    reaper.track(&b);
+    wait_alive(&[&a, &b], &["scale-a", "scale-b"], Duration::from_secs(20)).await;
+    wait_passing(&b, 1).await;
+
+    // Four workers GET through b while a scales echo 1 -> 3 -> 1: the
+    // copies leaving are deregistered, b learns it by gossip, and only
+    // then do they stop.
+    let done = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let sent = std::sync::Arc::new(std::sync::atomic::AtomicUsize::new(0));
+    let deadline = Instant::now() + Duration::from_secs(60);
+    let workers: Vec<_> = (0..4)
+        .map(|_| {
+            let done = done.clone();
+            let sent = sent.clone();
+            let proxy = b.listeners.proxy;
+            tokio::spawn(async move {
+                let (mut calls, mut failures) = (0usize, Vec::new());
+                while !done.load(std::sync::atomic::Ordering::Relaxed)
+                    && calls < 10_000
+                    && Instant::now() < deadline
+                {
+                    calls += 1;
+                    sent.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+                    match http_get(proxy, "/?delay_ms=20", &[("host", "echo.localhost")]).await {
+                        Some((200, _, _)) => {}
+                        Some((status, _, body)) => failures.push(format!("{status}: {body}")),
+                        None => failures.push("no answer".to_owned()),
+                    }
+                }
+                (calls, failures)
+            })
+        })
+        .collect();
+    // The CLI runs off the test's runtime, so the workers keep calling
+    // while it waits for the copies.
+    let admin = a.listeners.admin;
+    let scale = |n: &'static str| {
+        tokio::task::spawn_blocking(move || {
+            let output = common::gossamer()
+                .arg("--agent")
+                .arg(format!("http://{admin}"))
+                .args(["scale", "echo", n])
+                .output()
+                .expect("run gossamer");
+            (
+                output.status.success(),
+                String::from_utf8_lossy(&output.stdout).into_owned(),
+                String::from_utf8_lossy(&output.stderr).into_owned(),
+            )
+        })
+    };
+    let (ok, out, err) = scale("3").await.expect("scale 3");
+    assert!(ok, "{err}");
+    assert!(out.contains("1 -> 3"), "{out}");
+    wait_passing(&b, 3).await;
+    // Calls spread over three copies before two of them leave.
+    sent_at_least(&sent, 100).await;
+    let (ok, out, err) = scale("1").await.expect("scale 1");
+    assert!(ok, "{err}");
+    assert!(
+        out.contains("echo-scale-a-3, echo-scale-a-2"),
+        "newest first: {out}"
+    );
+    wait_passing(&b, 1).await;
+    let now = sent.load(std::sync::atomic::Ordering::Relaxed);
+    sent_at_least(&sent, now + 100).await;
+    done.store(true, std::sync::atomic::Ordering::Relaxed);
+    let (mut calls, mut failures) = (0, Vec::new());
+    for worker in workers {
+        let (n, failed) = worker.await.expect("worker");
+        calls += n;
+        failures.extend(failed);
+    }
+    eprintln!(
+        "scale 1 -> 3 -> 1 through another agent: {calls} GETs, {} failed",
+        failures.len()
+    );
+    assert!(
+        failures.is_empty(),
+        "{} of {calls} calls failed: {failures:?}",
+        failures.len()
+    );
+    assert!(calls >= 200, "too few calls to mean anything: {calls}");
+    let view = ps(&a).await.expect("ps");
+    assert_eq!(view.processes.len(), 1);
+    assert_eq!(view.processes[0].copy, 1, "the oldest copy stays");
+
+    // stop, then start.
+    let (ok, out, err) = cli(&a, &["stop", "echo"]);
+    assert!(ok && out.contains("1 -> 0"), "{out}{err}");
+    wait_passing(&b, 0).await;
+    let (ok, out, _) = cli(&a, &["ps"]);
+    assert!(ok && out.contains("echo: stopped"), "{out}");
+    let (ok, out, err) = cli(&a, &["start", "echo"]);
+    assert!(ok && out.contains("0 -> 1"), "{out}{err}");
+    wait_passing(&b, 1).await;
+    // A bad scale is explained.
+    let (ok, _, err) = cli(&a, &["scale", "echo", "500"]);
+    assert!(!ok && err.contains("out of range"), "{err}");
+}
+
 #[tokio::test]
 async fn an_earlier_runs_process_is_reported_not_killed() {
     let mut a = AgentProc::start(supervising("stray-a", &[])).await;

@@ -5,6 +5,8 @@
 //!   logs merged in time order; with `wait`, an answer with no new line
 //!   waits for one (`gossamer logs -f`).
 //! - `POST /v1/supervise/{name}/restart`: a rolling restart.
+//! - `POST /v1/supervise/{name}/scale?n=N`, `.../stop`, `.../start`: run-time
+//!   control; copies leave out of rotation and drained, newest first.
 //! - `GET /v1/placement[/{name}]`: nodes' CPU and memory, free and
 //!   reserved; with a service name, which nodes fit it.
 
@@ -43,6 +45,9 @@ pub async fn route(
         }
         (&Method::GET, ["v1", "supervise", name, "logs"]) => logs(agent, name, &query).await,
         (&Method::POST, ["v1", "supervise", name, "restart"]) => restart(agent, name).await,
+        (&Method::POST, ["v1", "supervise", name, action @ ("scale" | "stop" | "start")]) => {
+            control(agent, name, action, query.n).await
+        }
         (&Method::GET, ["v1", "placement"]) => {
             reply::json(StatusCode::OK, &placement_view(agent, None).await, None)
         }
@@ -66,7 +71,7 @@ pub async fn route(
         _ => reply::error(
             StatusCode::NOT_FOUND,
             format!("no route for {method} /{}", segments.join("/")),
-            "supervision: GET /v1/supervise, GET /v1/supervise/NAME/logs, POST /v1/supervise/NAME/restart; placement: GET /v1/placement[/NAME]",
+            "supervision: GET /v1/supervise, GET /v1/supervise/NAME/logs, POST /v1/supervise/NAME/restart|stop|start, POST /v1/supervise/NAME/scale?n=N; placement: GET /v1/placement[/NAME]",
         ),
     }
 }
@@ -76,6 +81,7 @@ struct Query {
     after: u64,
     tail: Option<usize>,
     wait: Option<Duration>,
+    n: Option<u64>,
 }
 
 impl Query {
@@ -95,6 +101,7 @@ impl Query {
                 "after" => query.after = number()?,
                 "tail" => query.tail = Some(number()?.min(logs::MAX_LINES as u64) as usize),
                 "wait" => query.wait = Some(parse_wait(value)?.min(MAX_LOG_WAIT)),
+                "n" => query.n = Some(number()?),
                 _ => {}
             }
         }
@@ -210,6 +217,42 @@ async fn restart(agent: &Arc<AdminHandles>, name: &str) -> JsonResponse {
             format!("see `gossamer logs {name}`; the copy keeps being restarted with backoff"),
         ),
         Err(e @ RestartError::Stopping) => reply::error(
+            StatusCode::SERVICE_UNAVAILABLE,
+            e.to_string(),
+            "the agent is shutting down",
+        ),
+    }
+}
+
+async fn control(
+    agent: &Arc<AdminHandles>,
+    name: &str,
+    action: &str,
+    n: Option<u64>,
+) -> JsonResponse {
+    use crate::supervise::control::{self, ControlError};
+    if let Err(response) = check_name(name) {
+        return response;
+    }
+    let supervisor = &agent.supervisor;
+    let result = match action {
+        "stop" => control::stop(supervisor, name).await,
+        "start" => control::start(supervisor, name).await,
+        _ => {
+            let Some(n) = n else {
+                return bad_request(
+                    "scale needs the number of copies",
+                    format!("POST /v1/supervise/{name}/scale?n=3 (n=0 stops it)"),
+                );
+            };
+            control::scale(supervisor, name, u32::try_from(n).unwrap_or(u32::MAX)).await
+        }
+    };
+    match result {
+        Ok(view) => reply::json(StatusCode::OK, &view, None),
+        Err(ControlError::Unknown(_)) => not_supervised(agent, name),
+        Err(e @ ControlError::Range(_)) => bad_request(e.to_string(), "pass n between 0 and 64"),
+        Err(e @ ControlError::Stopping) => reply::error(
             StatusCode::SERVICE_UNAVAILABLE,
             e.to_string(),
             "the agent is shutting down",

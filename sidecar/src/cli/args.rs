@@ -148,6 +148,31 @@ pub enum Command {
         /// Service name.
         name: String,
     },
+    /// Start a stopped supervised service again (as many copies as before `stop`).
+    Start {
+        /// Service name.
+        name: String,
+    },
+    /// Stop a supervised service: each copy out of rotation and drained before its process stops.
+    Stop {
+        /// Service name.
+        name: String,
+    },
+    /// Run N copies of a supervised service; scaling down stops the newest copies first, each drained.
+    Scale {
+        /// Service name.
+        name: String,
+        /// Copies wanted (0 stops the service).
+        copies: u32,
+    },
+    /// Run every service of a folder (DIR/*/service.toml) under one agent, until Ctrl-C.
+    Up(Box<crate::up::UpArgs>),
+    /// Stop the `gossamer up` running in a folder.
+    Down {
+        /// The folder `gossamer up` runs in.
+        #[arg(default_value = ".")]
+        dir: PathBuf,
+    },
     /// Nodes with their CPU and memory, free and reserved.
     Nodes {
         /// Only the nodes with room for one copy of NAME (its definition's cpu_millis and memory_mb).

@@ -1,5 +1,6 @@
 //! Operator commands of supervision and placement: `gossamer ps`,
-//! `gossamer logs NAME [-f]`, `gossamer restart NAME` and
+//! `gossamer logs NAME [-f]`, `gossamer restart NAME`, `gossamer start|stop
+//! NAME`, `gossamer scale NAME N` and
 //! `gossamer nodes [--fits NAME]`, talking to the agent's admin API.
 
 use std::time::Duration;
@@ -15,6 +16,7 @@ use serde::de::DeserializeOwned;
 
 use super::args::{Cli, Command};
 use super::table::table;
+use crate::supervise::control::ScaleView;
 use crate::supervise::logs::{LogLine, LogsView, Stream};
 use crate::supervise::placement::PlacementView;
 use crate::supervise::{PsView, RestartView};
@@ -76,6 +78,11 @@ pub async fn run(cli: &Cli) -> anyhow::Result<()> {
         Command::Ps => ps(&api, cli.json).await,
         Command::Logs { name, follow, tail } => logs(&api, name, *follow, *tail, cli.json).await,
         Command::Restart { name } => restart(&api, name, cli.json).await,
+        Command::Start { name } => control(&api, name, "start", cli.json).await,
+        Command::Stop { name } => control(&api, name, "stop", cli.json).await,
+        Command::Scale { name, copies } => {
+            control(&api, name, &format!("scale?n={copies}"), cli.json).await
+        }
         Command::Nodes { fits } => nodes(&api, fits.as_deref(), cli.json).await,
         _ => bail!("not a supervision command"),
     }
@@ -143,6 +150,23 @@ async fn ps(api: &Api, json: bool) -> anyhow::Result<()> {
             ],
             rows,
         );
+    }
+    for service in &view.services {
+        if !service.waiting_for.is_empty() {
+            println!(
+                "{}: waiting for {} to pass before starting",
+                service.service,
+                service.waiting_for.join(", ")
+            );
+        } else if service.state == "stopped" {
+            println!(
+                "{}: stopped (`gossamer start {}` starts it)",
+                service.service, service.service
+            );
+        }
+        if let Some(build) = service.build.as_ref().filter(|b| !b.ok) {
+            println!("{}: {}", service.service, build.message);
+        }
     }
     if !view.strays.is_empty() {
         println!("\nstill running from an earlier run of the agent (not stopped; `kill PID` if unwanted):");
@@ -239,6 +263,33 @@ async fn restart(api: &Api, name: &str, json: bool) -> anyhow::Result<()> {
         view.took_ms as f64 / 1000.0,
         view.restarted.join(", ")
     );
+    if let Some(note) = view.note {
+        println!("note: {note}");
+    }
+    Ok(())
+}
+
+async fn control(api: &Api, name: &str, action: &str, json: bool) -> anyhow::Result<()> {
+    let view: ScaleView = api
+        .call(Method::POST, &format!("/v1/supervise/{name}/{action}"))
+        .await?;
+    if json {
+        return print_json(&view);
+    }
+    println!(
+        "{}: {} -> {} cop{} in {:.1} s",
+        view.service,
+        view.from,
+        view.to,
+        if view.to == 1 { "y" } else { "ies" },
+        view.took_ms as f64 / 1000.0
+    );
+    if !view.started.is_empty() {
+        println!("started: {}", view.started.join(", "));
+    }
+    if !view.stopped.is_empty() {
+        println!("drained and stopped: {}", view.stopped.join(", "));
+    }
     if let Some(note) = view.note {
         println!("note: {note}");
     }

@@ -93,6 +93,17 @@ pub struct ServiceFile {
     /// Rotated log files kept per copy [default: 3].
     #[serde(default)]
     pub log_files: Option<u32>,
+    /// Services that must have a passing instance before this one starts.
+    #[serde(default)]
+    pub depends_on: Vec<String>,
+    /// Build command (program and arguments), run in `workdir` before the
+    /// first start and on every watched change [default: none].
+    #[serde(default)]
+    pub build: Vec<String>,
+    /// Files whose change rebuilds and rolls the copies: globs relative to
+    /// `workdir`, `*` within a name, `**` across folders (e.g. "src/**").
+    #[serde(default)]
+    pub watch: Vec<String>,
 }
 
 /// A supervised service, resolved and checked.
@@ -132,6 +143,12 @@ pub struct ServiceSpec {
     pub log_max_bytes: u64,
     /// Rotated log files kept.
     pub log_files: u32,
+    /// Services that must pass before this one starts.
+    pub depends_on: Vec<String>,
+    /// Build command, when any.
+    pub build: Vec<String>,
+    /// Watched globs, relative to the working directory.
+    pub watch: Vec<String>,
 }
 
 impl ServiceSpec {
@@ -182,6 +199,7 @@ pub fn resolve(args: &AgentArgs) -> anyhow::Result<Vec<ServiceSpec>> {
             })?,
         );
     }
+    check_dependencies(&specs)?;
     Ok(specs)
 }
 
@@ -288,7 +306,77 @@ pub fn check(file: ServiceFile, origin: &str) -> anyhow::Result<ServiceSpec> {
         .max(Duration::from_millis(100)),
         log_max_bytes,
         log_files,
+        depends_on: file.depends_on,
+        build: file.build,
+        watch: file.watch,
     })
+}
+
+/// A dependency cycle among `services` (name, depends_on), as the names
+/// around it ending where it began, if there is one.
+pub fn dependency_cycle(services: &[(String, Vec<String>)]) -> Option<Vec<String>> {
+    // Depth-first search; `path` is the chain being followed.
+    fn visit<'a>(
+        name: &'a str,
+        services: &'a [(String, Vec<String>)],
+        done: &mut Vec<&'a str>,
+        path: &mut Vec<&'a str>,
+    ) -> Option<Vec<String>> {
+        if let Some(at) = path.iter().position(|n| *n == name) {
+            let mut cycle: Vec<String> = path[at..].iter().map(|s| (*s).to_owned()).collect();
+            cycle.push(name.to_owned());
+            return Some(cycle);
+        }
+        if done.contains(&name) {
+            return None;
+        }
+        path.push(name);
+        let deps = services.iter().find(|(n, _)| n == name).map(|(_, d)| d);
+        for dep in deps.into_iter().flatten() {
+            if let Some(cycle) = visit(dep, services, done, path) {
+                return Some(cycle);
+            }
+        }
+        path.pop();
+        done.push(name);
+        None
+    }
+    let mut done = Vec::new();
+    for (name, _) in services {
+        if let Some(cycle) = visit(name, services, &mut done, &mut Vec::new()) {
+            return Some(cycle);
+        }
+    }
+    None
+}
+
+/// Refuses a `depends_on` naming no supervised service, or a cycle.
+pub fn check_dependencies(specs: &[ServiceSpec]) -> anyhow::Result<()> {
+    for spec in specs {
+        for dep in &spec.depends_on {
+            if dep == &spec.name {
+                bail!("{:?} depends on itself (depends_on); remove it", spec.name);
+            }
+            if !specs.iter().any(|s| &s.name == dep) {
+                bail!(
+                    "{:?} depends on {dep:?} (depends_on), which is not supervised here; \
+                     supervise it too or remove it from depends_on",
+                    spec.name
+                );
+            }
+        }
+    }
+    let graph: Vec<_> = specs
+        .iter()
+        .map(|s| (s.name.clone(), s.depends_on.clone()))
+        .collect();
+    if let Some(cycle) = dependency_cycle(&graph) {
+        bail!(
+            "depends_on has a cycle: {}; a service cannot wait for itself, remove one of these",
+            cycle.join(" -> ")
+        );
+    }
+    Ok(())
 }
 
 /// Fails early, with the name, when the program cannot be found.
@@ -375,6 +463,24 @@ mod tests {
             ..base.clone()
         })
         .contains("start with '/'"));
+    }
+
+    #[test]
+    fn dependency_cycles_are_found_and_named() {
+        let g = |edges: &[(&str, &[&str])]| {
+            edges
+                .iter()
+                .map(|(n, d)| ((*n).to_owned(), d.iter().map(|s| (*s).to_owned()).collect()))
+                .collect::<Vec<_>>()
+        };
+        assert_eq!(
+            dependency_cycle(&g(&[("web", &["api"]), ("api", &["db"]), ("db", &[])])),
+            None
+        );
+        assert_eq!(
+            dependency_cycle(&g(&[("web", &["api"]), ("api", &["db"]), ("db", &["web"])])),
+            Some(vec!["web".into(), "api".into(), "db".into(), "web".into()])
+        );
     }
 
     #[test]

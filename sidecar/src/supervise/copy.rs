@@ -39,6 +39,8 @@ pub enum CopyState {
     Backoff,
     /// Out of rotation, being restarted on request.
     Restarting,
+    /// Out of rotation and draining before it stops for good (`stop`, `scale` down).
+    Stopping,
     /// Stopped for good.
     Stopped,
 }
@@ -121,6 +123,9 @@ pub struct CopyContext {
     pub drain: Duration,
     /// True once the supervisor deregistered everything to stop.
     pub leaving: Arc<std::sync::atomic::AtomicBool>,
+    /// True once this copy alone was taken out of rotation to stop (`stop`, `scale`
+    /// down): a late health change must not register it again.
+    pub retiring: Arc<std::sync::atomic::AtomicBool>,
 }
 
 /// What ended one process's run.
@@ -176,7 +181,14 @@ impl Backoff {
 
 impl CopyContext {
     fn update(&self, f: impl FnOnce(&mut CopyStatus)) {
-        f(&mut self.status.lock().unwrap_or_else(PoisonError::into_inner));
+        let mut status = self.status.lock().unwrap_or_else(PoisonError::into_inner);
+        f(&mut status);
+        // A retiring copy shows it until it is gone, whatever its process does.
+        if self.retiring.load(std::sync::atomic::Ordering::Acquire)
+            && status.state != CopyState::Stopped
+        {
+            status.state = CopyState::Stopping;
+        }
     }
 
     async fn note(&self, text: String) {
@@ -185,23 +197,12 @@ impl CopyContext {
 
     /// Publishes the instance with `health`, unless the supervisor is leaving.
     async fn publish(&self, port: u16, health: Health) {
-        if self.leaving.load(std::sync::atomic::Ordering::Acquire) {
+        if self.leaving.load(std::sync::atomic::Ordering::Acquire)
+            || self.retiring.load(std::sync::atomic::Ordering::Acquire)
+        {
             return;
         }
-        let mut tags = self.spec.tags.clone();
-        tags.push("supervised".to_owned());
-        let request = RegisterInstance {
-            service: self.spec.name.clone(),
-            port: Some(port),
-            address: None,
-            id: Some(self.instance.clone()),
-            deployment_id: None,
-            tags,
-            health: Some(health),
-        };
-        if let Err(e) = self.registry.register(request, false).await {
-            warn!(instance = %self.instance, error = %e, hint = %e.hint, "cannot register a supervised instance");
-        }
+        publish_health(&self.registry, &self.spec, &self.instance, port, health).await;
     }
 
     fn placement(&self, port: u16) -> Placement {
@@ -220,6 +221,30 @@ impl CopyContext {
             proxy: loopback(listeners.proxy),
             admin_url: format!("http://{}", loopback(listeners.admin)),
         }
+    }
+}
+
+/// Registers (or updates) a copy's instance with `health`.
+pub async fn publish_health(
+    registry: &Registry,
+    spec: &ServiceSpec,
+    instance: &str,
+    port: u16,
+    health: Health,
+) {
+    let mut tags = spec.tags.clone();
+    tags.push("supervised".to_owned());
+    let request = RegisterInstance {
+        service: spec.name.clone(),
+        port: Some(port),
+        address: None,
+        id: Some(instance.to_owned()),
+        deployment_id: None,
+        tags,
+        health: Some(health),
+    };
+    if let Err(e) = registry.register(request, false).await {
+        warn!(instance = %instance, error = %e, hint = %e.hint, "cannot register a supervised instance");
     }
 }
 
@@ -432,6 +457,11 @@ async fn run_once(
 
 /// Stops the process gracefully and records how it ended.
 async fn finish(ctx: &CopyContext, process: &mut Child, why: &str) {
+    let why = if ctx.retiring.load(std::sync::atomic::Ordering::Acquire) {
+        "stopped on request (`stop` or `scale`), after it was out of rotation and drained"
+    } else {
+        why
+    };
     let (status, killed) = child::stop(process, ctx.spec.grace).await;
     let why = if killed {
         format!(

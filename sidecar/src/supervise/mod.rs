@@ -16,22 +16,23 @@
 //! process runs, `supervise/<service>/stray-<pid>.json` for processes an
 //! earlier run left running, and `supervise/<service>/logs/<instance>.log*`.
 
+pub mod build;
 pub mod child;
+pub mod control;
 pub mod copy;
 pub mod logs;
 pub mod placement;
 pub mod records;
 
 use std::path::PathBuf;
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU32, Ordering};
 use std::sync::{Arc, Mutex, PoisonError};
 use std::time::{Duration, Instant};
 
-use mesh_proto::catalog::{Definition, Health, Requirements};
+use mesh_proto::catalog::Health;
 use serde::{Deserialize, Serialize};
-use sha2::{Digest, Sha256};
 use tokio::sync::{mpsc, oneshot, watch};
-use tokio::task::JoinSet;
+use tokio_util::task::TaskTracker;
 use tracing::{info, warn};
 
 pub use crate::config::supervise::ServiceSpec;
@@ -62,6 +63,10 @@ pub struct Supervisor {
     stop: watch::Sender<bool>,
     done: watch::Sender<bool>,
     leaving: Arc<AtomicBool>,
+    /// Every copy's task; the supervisor is done when they are.
+    copy_tasks: TaskTracker,
+    /// Log writers, dependency waits, builds and watchers.
+    helpers: TaskTracker,
     /// Stamps of log lines, watched by `logs -f`.
     pub clock: Arc<LogClock>,
 }
@@ -75,6 +80,8 @@ impl Supervisor {
             stop: watch::channel(false).0,
             done: watch::channel(true).0,
             leaving: Arc::new(AtomicBool::new(false)),
+            copy_tasks: TaskTracker::new(),
+            helpers: TaskTracker::new(),
             clock: Arc::new(LogClock::default()),
         }
     }
@@ -85,9 +92,28 @@ impl Supervisor {
 struct Service {
     spec: Arc<ServiceSpec>,
     dir: PathBuf,
-    copies: Vec<CopyHandle>,
+    /// Running copies, oldest first.
+    copies: Mutex<Vec<Arc<CopyHandle>>>,
     drain: Duration,
-    restarting: tokio::sync::Mutex<()>,
+    /// One change at a time: a restart, a scale, a stop or start, a rebuild.
+    changing: tokio::sync::Mutex<()>,
+    /// Copies wanted now (0: stopped).
+    desired: AtomicU32,
+    /// Copies `start` brings back: the last scale above 0.
+    resume: AtomicU32,
+    /// Dependencies and builds, for `ps`.
+    phase: Mutex<Phase>,
+}
+
+/// Where a service is besides its copies.
+#[derive(Debug, Clone, Default)]
+struct Phase {
+    /// Dependencies it still waits for before its first start.
+    waiting_for: Vec<String>,
+    /// True once its first copies were started (or it was stopped).
+    started: bool,
+    /// The last build, when it has one.
+    build: Option<BuildView>,
 }
 
 #[derive(Debug)]
@@ -96,6 +122,39 @@ struct CopyHandle {
     instance: String,
     status: SharedStatus,
     control: mpsc::Sender<Control>,
+    /// Set before the copy is deregistered to stop alone.
+    retiring: Arc<AtomicBool>,
+    /// Stops this copy alone (its process, then its task).
+    retire: Mutex<Option<oneshot::Sender<()>>>,
+    task: Mutex<Option<tokio::task::JoinHandle<()>>>,
+}
+
+/// The last build of a service.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq)]
+pub struct BuildView {
+    /// True when it succeeded.
+    pub ok: bool,
+    /// When it ended, ms since the Unix epoch.
+    pub at_ms: u64,
+    /// What happened, for people.
+    pub message: String,
+}
+
+/// One service as `gossamer ps` shows it.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct ServiceView {
+    /// Service name.
+    pub service: String,
+    /// `waiting`, `building`, `build failed` (never started), `running` or `stopped`.
+    pub state: String,
+    /// Copies wanted.
+    pub desired: u32,
+    /// Copies running and registered.
+    pub running: u32,
+    /// Dependencies it still waits for.
+    pub waiting_for: Vec<String>,
+    /// The last build, when it has one.
+    pub build: Option<BuildView>,
 }
 
 /// One copy as `gossamer ps` shows it.
@@ -132,6 +191,9 @@ pub struct PsView {
     pub processes: Vec<ProcessView>,
     /// Processes an earlier run left running (never killed by the agent).
     pub strays: Vec<records::Stray>,
+    /// Every supervised service, stopped ones too.
+    #[serde(default)]
+    pub services: Vec<ServiceView>,
 }
 
 /// `POST /v1/supervise/{name}/restart`.
@@ -209,88 +271,105 @@ pub async fn run(supervisor: Arc<Supervisor>) {
     }
     supervisor.done.send_replace(false);
     let drain_default = ctx.profile.default_drain();
-    // Copies in one set (the supervisor is done when they are); log writers
-    // and later checks in another.
-    let mut copies_running = JoinSet::new();
-    let mut helpers = JoinSet::new();
+    let mut services = Vec::new();
     for spec in specs {
         let spec = Arc::new(spec);
-        declare_requirements(registry, &spec).await;
-        let placement_known = warn_if_no_room(registry, &spec);
-        let dir = root.join(&spec.name);
-        let drain = spec.drain.unwrap_or(drain_default);
-        let mut copies = Vec::new();
-        for copy in 1..=spec.scale {
-            let instance = instance_id(registry.node_id(), &spec.name, copy);
-            let status: SharedStatus = Arc::new(Mutex::new(CopyStatus::default()));
-            let (log_tx, log_rx) = mpsc::channel(1024);
-            let log_path = dir.join("logs").join(format!("{instance}.log"));
-            match logs::LogFile::open(log_path.clone(), spec.log_max_bytes, spec.log_files) {
-                Ok(file) => {
-                    helpers.spawn(logs::write_loop(file, supervisor.clock.clone(), log_rx));
-                }
-                Err(e) => {
-                    warn!(path = %log_path.display(), error = %e, "cannot open a supervised process's log; its output is dropped");
-                    helpers.spawn(async move {
-                        let mut rx = log_rx;
-                        while rx.recv().await.is_some() {}
-                    });
-                }
-            }
-            let (control_tx, control_rx) = mpsc::channel(8);
-            let copy_ctx = CopyContext {
-                registry: registry.clone(),
-                listeners: ctx.listeners,
-                spec: spec.clone(),
-                copy,
-                instance: instance.clone(),
-                dir: dir.clone(),
-                status: status.clone(),
-                log: log_tx,
-                drain,
-                leaving: supervisor.leaving.clone(),
-            };
-            copies_running.spawn(copy::run(copy_ctx, control_rx, supervisor.stop.subscribe()));
-            copies.push(CopyHandle {
-                copy,
-                instance,
-                status,
-                control: control_tx,
-            });
-        }
-        info!(service = %spec.name, scale = spec.scale, command = ?spec.command, "supervising");
-        if !placement_known {
-            // The definition may arrive with the first sync: check again then.
-            let registry = registry.clone();
-            let spec = spec.clone();
-            let mut stop = supervisor.stop.subscribe();
-            helpers.spawn(async move {
-                tokio::select! {
-                    _ = tokio::time::sleep(Duration::from_secs(10)) => { warn_if_no_room(&registry, &spec); }
-                    _ = stopped(&mut stop) => {}
-                }
-            });
-        }
-        supervisor
-            .services
-            .lock()
-            .unwrap_or_else(PoisonError::into_inner)
-            .push(Arc::new(Service {
-                spec,
-                dir,
-                copies,
-                drain,
-                restarting: tokio::sync::Mutex::new(()),
-            }));
+        services.push(Arc::new(Service {
+            dir: root.join(&spec.name),
+            copies: Mutex::new(Vec::new()),
+            drain: spec.drain.unwrap_or(drain_default),
+            changing: tokio::sync::Mutex::new(()),
+            desired: AtomicU32::new(spec.scale),
+            resume: AtomicU32::new(spec.scale),
+            phase: Mutex::new(Phase {
+                waiting_for: spec.depends_on.clone(),
+                ..Phase::default()
+            }),
+            spec,
+        }));
     }
-    while copies_running.join_next().await.is_some() {}
+    *supervisor
+        .services
+        .lock()
+        .unwrap_or_else(PoisonError::into_inner) = services.clone();
+    for service in services {
+        supervisor
+            .helpers
+            .spawn(control::bring_up(supervisor.clone(), service));
+    }
+    stopped(&mut supervisor.stop.subscribe()).await;
+    // Every copy sees the stop; copies started after it stop at once.
+    supervisor.copy_tasks.close();
+    supervisor.copy_tasks.wait().await;
     supervisor.done.send_replace(true);
     // Let the writers store the processes' last words; a grandchild that
     // keeps a pipe open must not hold the agent's exit.
-    let _ = tokio::time::timeout(Duration::from_secs(1), async {
-        while helpers.join_next().await.is_some() {}
-    })
-    .await;
+    supervisor.helpers.close();
+    let _ = tokio::time::timeout(Duration::from_secs(1), supervisor.helpers.wait()).await;
+}
+
+impl Supervisor {
+    /// Starts copy number `copy` of `service`: its log writer, its task.
+    fn spawn_copy(&self, service: &Service, copy: u32) -> Arc<CopyHandle> {
+        let registry = &self.ctx.registry;
+        let spec = &service.spec;
+        let dir = &service.dir;
+        let instance = instance_id(registry.node_id(), &spec.name, copy);
+        let status: SharedStatus = Arc::new(Mutex::new(CopyStatus::default()));
+        let (log_tx, log_rx) = mpsc::channel(1024);
+        let log_path = dir.join("logs").join(format!("{instance}.log"));
+        match logs::LogFile::open(log_path.clone(), spec.log_max_bytes, spec.log_files) {
+            Ok(file) => {
+                self.helpers
+                    .spawn(logs::write_loop(file, self.clock.clone(), log_rx));
+            }
+            Err(e) => {
+                warn!(path = %log_path.display(), error = %e, "cannot open a supervised process's log; its output is dropped");
+                self.helpers.spawn(async move {
+                    let mut rx = log_rx;
+                    while rx.recv().await.is_some() {}
+                });
+            }
+        }
+        let (control_tx, control_rx) = mpsc::channel(8);
+        let retiring = Arc::new(AtomicBool::new(false));
+        let copy_ctx = CopyContext {
+            registry: registry.clone(),
+            listeners: self.ctx.listeners,
+            spec: spec.clone(),
+            copy,
+            instance: instance.clone(),
+            dir: dir.clone(),
+            status: status.clone(),
+            log: log_tx,
+            drain: service.drain,
+            leaving: self.leaving.clone(),
+            retiring: retiring.clone(),
+        };
+        // The copy stops with the agent or alone (`stop`, `scale` down).
+        let (copy_stop, copy_stopped) = watch::channel(false);
+        let (retire_tx, retire_rx) = oneshot::channel::<()>();
+        let mut agent_stop = self.stop.subscribe();
+        self.copy_tasks.spawn(async move {
+            tokio::select! {
+                _ = stopped(&mut agent_stop) => {}
+                _ = retire_rx => {}
+            }
+            copy_stop.send_replace(true);
+        });
+        let task = self
+            .copy_tasks
+            .spawn(copy::run(copy_ctx, control_rx, copy_stopped));
+        Arc::new(CopyHandle {
+            copy,
+            instance,
+            status,
+            control: control_tx,
+            retiring,
+            retire: Mutex::new(Some(retire_tx)),
+            task: Mutex::new(Some(task)),
+        })
+    }
 }
 
 /// Deregisters every supervised instance, lets callers learn it, then stops
@@ -302,7 +381,7 @@ pub async fn stop(supervisor: &Supervisor) {
     }
     supervisor.leaving.store(true, Ordering::Release);
     for service in &services {
-        for copy in &service.copies {
+        for copy in service.copies() {
             if let Err(e) = supervisor.ctx.registry.deregister(&copy.instance).await {
                 warn!(instance = %copy.instance, error = %e, "cannot deregister a supervised copy");
             }
@@ -330,6 +409,35 @@ pub async fn stop(supervisor: &Supervisor) {
     }
 }
 
+impl Service {
+    fn copies(&self) -> Vec<Arc<CopyHandle>> {
+        self.copies
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .clone()
+    }
+
+    fn phase(&self) -> Phase {
+        self.phase
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .clone()
+    }
+
+    fn set_phase(&self, f: impl FnOnce(&mut Phase)) {
+        f(&mut self.phase.lock().unwrap_or_else(PoisonError::into_inner));
+    }
+}
+
+impl CopyHandle {
+    fn state(&self) -> CopyState {
+        self.status
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .state
+    }
+}
+
 impl Supervisor {
     fn services(&self) -> Vec<Arc<Service>> {
         self.services
@@ -338,7 +446,7 @@ impl Supervisor {
             .clone()
     }
 
-    fn service(&self, name: &str) -> Option<Arc<Service>> {
+    fn service_named(&self, name: &str) -> Option<Arc<Service>> {
         self.services().into_iter().find(|s| s.spec.name == name)
     }
 
@@ -352,7 +460,7 @@ impl Supervisor {
 
     /// The log directory of `name`, if supervised here.
     pub fn log_dir(&self, name: &str) -> Option<PathBuf> {
-        self.service(name).map(|s| s.dir.join("logs"))
+        self.service_named(name).map(|s| s.dir.join("logs"))
     }
 }
 
@@ -361,8 +469,35 @@ pub fn ps(supervisor: &Supervisor) -> PsView {
     let now = Instant::now();
     let mut processes = Vec::new();
     let snapshot = supervisor.ctx.registry.catalog().snapshot();
+    let mut views = Vec::new();
     for service in supervisor.services() {
-        for copy in &service.copies {
+        let copies = service.copies();
+        let phase = service.phase();
+        let running = copies
+            .iter()
+            .filter(|c| c.state() == CopyState::Running)
+            .count() as u32;
+        let desired = service.desired.load(Ordering::Acquire);
+        views.push(ServiceView {
+            service: service.spec.name.clone(),
+            state: if !phase.waiting_for.is_empty() {
+                "waiting"
+            } else if !phase.started && phase.build.as_ref().is_some_and(|b| !b.ok) {
+                "build failed"
+            } else if !phase.started {
+                "building"
+            } else if desired == 0 && copies.is_empty() {
+                "stopped"
+            } else {
+                "running"
+            }
+            .to_owned(),
+            desired,
+            running,
+            waiting_for: phase.waiting_for,
+            build: phase.build,
+        });
+        for copy in &copies {
             let status = copy
                 .status
                 .lock()
@@ -389,6 +524,7 @@ pub fn ps(supervisor: &Supervisor) -> PsView {
         node: supervisor.ctx.registry.node_id().to_string(),
         processes,
         strays: records::current_strays(&supervisor.ctx.root),
+        services: views,
     }
 }
 
@@ -397,15 +533,32 @@ pub fn ps(supervisor: &Supervisor) -> PsView {
 /// learn the previous one is back.
 pub async fn restart(supervisor: &Supervisor, name: &str) -> Result<RestartView, RestartError> {
     let service = supervisor
-        .service(name)
+        .service_named(name)
         .ok_or_else(|| RestartError::Unknown(name.to_owned()))?;
     let _running = service
-        .restarting
+        .changing
         .try_lock()
         .map_err(|_| RestartError::Busy(name.to_owned()))?;
+    if service.copies().is_empty() {
+        return Ok(RestartView {
+            service: name.to_owned(),
+            restarted: Vec::new(),
+            took_ms: 0,
+            note: Some(format!(
+                "{name} runs no copy (stopped, or not started yet): nothing to restart; \
+                 `gossamer start {name}` starts it"
+            )),
+        });
+    }
+    roll(&service, name).await
+}
+
+/// The rolling restart itself, under the service's `changing` lock.
+async fn roll(service: &Service, name: &str) -> Result<RestartView, RestartError> {
     let started = Instant::now();
     let mut restarted = Vec::new();
-    for (i, copy) in service.copies.iter().enumerate() {
+    let copies = service.copies();
+    for (i, copy) in copies.iter().enumerate() {
         let (reply, answer) = oneshot::channel();
         copy.control
             .send(Control::Restart(reply))
@@ -422,7 +575,7 @@ pub async fn restart(supervisor: &Supervisor, name: &str) -> Result<RestartView,
             }
             Err(_) => return Err(RestartError::Stopping),
         }
-        if i + 1 < service.copies.len() {
+        if i + 1 < copies.len() {
             tokio::time::sleep(service.drain).await;
         }
     }
@@ -431,96 +584,10 @@ pub async fn restart(supervisor: &Supervisor, name: &str) -> Result<RestartView,
         service: name.to_owned(),
         restarted,
         took_ms: started.elapsed().as_millis() as u64,
-        note: (service.copies.len() == 1).then(|| {
+        note: (copies.len() == 1).then(|| {
             "only one copy: callers found no instance while it restarted; \
              run two or more copies (--scale) for restarts without failed calls"
                 .to_owned()
         }),
     })
-}
-
-/// Writes the requirements a `[[supervise]]` table declares into the
-/// service's definition (keeping its other fields), so placement sees them.
-async fn declare_requirements(registry: &Registry, spec: &ServiceSpec) {
-    if !spec.declares_requirements() {
-        return;
-    }
-    let current = registry
-        .catalog()
-        .snapshot()
-        .definition(&spec.name)
-        .cloned();
-    let mut definition = current.clone().unwrap_or_else(|| Definition {
-        name: spec.name.clone(),
-        version: String::new(),
-        port: None,
-        image: None,
-        endpoints: Default::default(),
-        client_sdks: Default::default(),
-        requirements: Requirements::default(),
-        ..Definition::default()
-    });
-    let declared = &spec.requirements;
-    let r = &mut definition.requirements;
-    r.cpu_millis = declared.cpu_millis.or(r.cpu_millis);
-    r.memory_mb = declared.memory_mb.or(r.memory_mb);
-    r.soft_rtt_ms = declared.soft_rtt_ms.or(r.soft_rtt_ms);
-    r.hard_rtt_ms = declared.hard_rtt_ms.or(r.hard_rtt_ms);
-    if current
-        .as_ref()
-        .is_some_and(|c| c.requirements == definition.requirements)
-    {
-        return;
-    }
-    // The same content hash the admin API computes for a written definition.
-    definition.content_hash = String::new();
-    let canonical = serde_json::to_vec(&definition).unwrap_or_default();
-    definition.content_hash = Sha256::digest(&canonical)
-        .iter()
-        .take(16)
-        .map(|b| format!("{b:02x}"))
-        .collect();
-    info!(service = %spec.name, requirements = ?definition.requirements, "writing the declared requirements to the service definition");
-    if let Err(e) = registry.put_definition(definition).await {
-        warn!(service = %spec.name, error = %e, hint = %e.hint, "cannot write the declared requirements");
-    }
-}
-
-/// Warns when this node has no room for the service's copies; false when
-/// the service's requirements are not known yet.
-fn warn_if_no_room(registry: &Registry, spec: &ServiceSpec) -> bool {
-    let node = registry.node_id().clone();
-    let (requirements, resources) = registry.catalog().read(|c| {
-        let requirements = c.definition(&spec.name).map(|d| d.requirements.clone());
-        let resources = placement::resources(
-            c,
-            &[(node.clone(), "alive".to_owned())],
-            Some((&node, &spec.name)),
-        );
-        (requirements, resources)
-    });
-    let Some(requirements) = requirements else {
-        return false;
-    };
-    let Some(mine) = resources.first() else {
-        return false;
-    };
-    if !placement::fits(mine, &requirements, spec.scale) {
-        warn!(
-            node = %node,
-            service = %spec.name,
-            "this node does not fit {} cop{} of {}: it has {} CPU millis and {} MiB free, \
-             each copy needs {} CPU millis and {} MiB (cpu_millis and memory_mb of the definition); \
-             starting anyway. `gossamer nodes --fits {}` lists the nodes with room",
-            spec.scale,
-            if spec.scale == 1 { "y" } else { "ies" },
-            spec.name,
-            mine.free_cpu_millis,
-            mine.free_memory_mb,
-            requirements.cpu_millis.unwrap_or(0),
-            requirements.memory_mb.unwrap_or(0),
-            spec.name,
-        );
-    }
-    true
 }

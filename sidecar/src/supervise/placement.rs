@@ -4,9 +4,14 @@
 //! service fits a node when every copy's requirement fits in that.
 //! Pure functions of the catalog, so they are tested without an agent.
 
-use mesh_proto::catalog::{Catalog, Requirements};
+use mesh_proto::catalog::{Catalog, Definition, Requirements};
 use mesh_proto::NodeId;
 use serde::{Deserialize, Serialize};
+use sha2::{Digest, Sha256};
+use tracing::{info, warn};
+
+use super::ServiceSpec;
+use crate::registry::Registry;
 
 /// One node's resources.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -103,6 +108,86 @@ pub fn fits(node: &NodeResources, requirements: &Requirements, copies: u32) -> b
     let cpu = u64::from(requirements.cpu_millis.unwrap_or(0)) * u64::from(copies);
     let memory = u64::from(requirements.memory_mb.unwrap_or(0)) * u64::from(copies);
     node.free_cpu_millis >= cpu && node.free_memory_mb >= memory
+}
+
+/// Writes the requirements a `[[supervise]]` table declares into the
+/// service's definition (keeping its other fields), so placement sees them.
+pub(super) async fn declare_requirements(registry: &Registry, spec: &ServiceSpec) {
+    if !spec.declares_requirements() {
+        return;
+    }
+    let current = registry
+        .catalog()
+        .snapshot()
+        .definition(&spec.name)
+        .cloned();
+    let mut definition = current.clone().unwrap_or_else(|| Definition {
+        name: spec.name.clone(),
+        ..Definition::default()
+    });
+    let declared = &spec.requirements;
+    let r = &mut definition.requirements;
+    r.cpu_millis = declared.cpu_millis.or(r.cpu_millis);
+    r.memory_mb = declared.memory_mb.or(r.memory_mb);
+    r.soft_rtt_ms = declared.soft_rtt_ms.or(r.soft_rtt_ms);
+    r.hard_rtt_ms = declared.hard_rtt_ms.or(r.hard_rtt_ms);
+    if current
+        .as_ref()
+        .is_some_and(|c| c.requirements == definition.requirements)
+    {
+        return;
+    }
+    // The same content hash the admin API computes for a written definition.
+    definition.content_hash = String::new();
+    let canonical = serde_json::to_vec(&definition).unwrap_or_default();
+    definition.content_hash = Sha256::digest(&canonical)
+        .iter()
+        .take(16)
+        .map(|b| format!("{b:02x}"))
+        .collect();
+    info!(service = %spec.name, requirements = ?definition.requirements, "writing the declared requirements to the service definition");
+    if let Err(e) = registry.put_definition(definition).await {
+        warn!(service = %spec.name, error = %e, hint = %e.hint, "cannot write the declared requirements");
+    }
+}
+
+/// Warns when this node has no room for the service's copies; false when
+/// the service's requirements are not known yet.
+pub(super) fn warn_if_no_room(registry: &Registry, spec: &ServiceSpec) -> bool {
+    let node = registry.node_id().clone();
+    let (requirements, resources) = registry.catalog().read(|c| {
+        let requirements = c.definition(&spec.name).map(|d| d.requirements.clone());
+        let resources = resources(
+            c,
+            &[(node.clone(), "alive".to_owned())],
+            Some((&node, &spec.name)),
+        );
+        (requirements, resources)
+    });
+    let Some(requirements) = requirements else {
+        return false;
+    };
+    let Some(mine) = resources.first() else {
+        return false;
+    };
+    if !fits(mine, &requirements, spec.scale) {
+        warn!(
+            node = %node,
+            service = %spec.name,
+            "this node does not fit {} cop{} of {}: it has {} CPU millis and {} MiB free, \
+             each copy needs {} CPU millis and {} MiB (cpu_millis and memory_mb of the definition); \
+             starting anyway. `gossamer nodes --fits {}` lists the nodes with room",
+            spec.scale,
+            if spec.scale == 1 { "y" } else { "ies" },
+            spec.name,
+            mine.free_cpu_millis,
+            mine.free_memory_mb,
+            requirements.cpu_millis.unwrap_or(0),
+            requirements.memory_mb.unwrap_or(0),
+            spec.name,
+        );
+    }
+    true
 }
 
 #[cfg(test)]

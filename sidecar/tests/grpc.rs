@@ -1,0 +1,613 @@
+//! gRPC through the mesh with a real gRPC implementation (tonic, with a
+//! raw-bytes codec so no protoc is needed): unary, server streaming and
+//! bidirectional streaming through one sidecar (instance on the caller's
+//! node) and through two (over a QUIC stream); statuses and trailers reach
+//! the client; `grpc-timeout` bounds the proxy's wait; the proxy's own
+//! errors are gRPC statuses; an instance answering UNAVAILABLE is ejected.
+//!
+//! The instances speak HTTP/2 only (hyper's h2 server, no HTTP/1.1
+//! fallback), so a hop that spoke HTTP/1.1 to them would fail the test.
+
+mod common;
+
+use std::convert::Infallible;
+use std::future::Future;
+use std::net::SocketAddr;
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::Arc;
+use std::time::Duration;
+
+use bytes::{Buf, BufMut, Bytes};
+use common::{eventually, metric_value, register_port, wait_instances_measured, AgentProc, Spec};
+use http::uri::PathAndQuery;
+use hyper::service::service_fn;
+use hyper_util::rt::{TokioExecutor, TokioIo};
+use tonic::codec::{Codec, DecodeBuf, Decoder, EncodeBuf, Encoder};
+use tonic::codegen::BoxStream;
+use tonic::transport::{Channel, Endpoint};
+use tonic::{Code, Status};
+
+const SERVICE: &str = "greeter";
+/// A status with text gRPC must percent-encode (`%`, non-ASCII).
+const CUSTOM_MESSAGE: &str = "quota 100% used by ünïcode tenant";
+
+// ---------------------------------------------------------------- codec
+
+/// Messages are raw bytes: the test needs real gRPC framing, trailers and
+/// statuses, not protobuf.
+#[derive(Debug, Clone, Copy, Default)]
+struct Raw;
+
+impl Codec for Raw {
+    type Encode = Bytes;
+    type Decode = Bytes;
+    type Encoder = Raw;
+    type Decoder = Raw;
+
+    fn encoder(&mut self) -> Raw {
+        Raw
+    }
+
+    fn decoder(&mut self) -> Raw {
+        Raw
+    }
+}
+
+impl Encoder for Raw {
+    type Item = Bytes;
+    type Error = Status;
+
+    fn encode(&mut self, item: Bytes, dst: &mut EncodeBuf<'_>) -> Result<(), Status> {
+        dst.put_slice(&item);
+        Ok(())
+    }
+}
+
+impl Decoder for Raw {
+    type Item = Bytes;
+    type Error = Status;
+
+    fn decode(&mut self, src: &mut DecodeBuf<'_>) -> Result<Option<Bytes>, Status> {
+        Ok(Some(src.copy_to_bytes(src.remaining())))
+    }
+}
+
+// --------------------------------------------------------------- server
+
+struct Unary<F>(F);
+
+impl<F, Fut> tonic::server::UnaryService<Bytes> for Unary<F>
+where
+    F: FnMut(tonic::Request<Bytes>) -> Fut,
+    Fut: Future<Output = Result<tonic::Response<Bytes>, Status>>,
+{
+    type Response = Bytes;
+    type Future = Fut;
+
+    fn call(&mut self, request: tonic::Request<Bytes>) -> Fut {
+        (self.0)(request)
+    }
+}
+
+struct ServerStream<F>(F);
+
+impl<F, Fut> tonic::server::ServerStreamingService<Bytes> for ServerStream<F>
+where
+    F: FnMut(tonic::Request<Bytes>) -> Fut,
+    Fut: Future<Output = Result<tonic::Response<BoxStream<Bytes>>, Status>>,
+{
+    type Response = Bytes;
+    type ResponseStream = BoxStream<Bytes>;
+    type Future = Fut;
+
+    fn call(&mut self, request: tonic::Request<Bytes>) -> Fut {
+        (self.0)(request)
+    }
+}
+
+/// Bidirectional echo: every message comes straight back.
+struct Echo;
+
+impl tonic::server::StreamingService<Bytes> for Echo {
+    type Response = Bytes;
+    type ResponseStream = BoxStream<Bytes>;
+    type Future = std::future::Ready<Result<tonic::Response<BoxStream<Bytes>>, Status>>;
+
+    fn call(&mut self, request: tonic::Request<tonic::Streaming<Bytes>>) -> Self::Future {
+        let stream: BoxStream<Bytes> = Box::pin(request.into_inner());
+        std::future::ready(Ok(tonic::Response::new(stream)))
+    }
+}
+
+/// A gRPC instance on a free loopback port speaking h2c only.
+struct GrpcInstance {
+    port: u16,
+    /// Calls it received.
+    served: Arc<AtomicUsize>,
+}
+
+/// Starts an instance named `name`; with `unavailable` every call is
+/// refused with UNAVAILABLE (a draining or broken server).
+async fn grpc_instance(name: &str, unavailable: bool) -> GrpcInstance {
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
+        .await
+        .expect("bind the gRPC instance");
+    let port = listener.local_addr().expect("addr").port();
+    let served = Arc::new(AtomicUsize::new(0));
+    let counter = served.clone();
+    let name: Arc<str> = Arc::from(name);
+    tokio::spawn(async move {
+        while let Ok((stream, _)) = listener.accept().await {
+            let (counter, name) = (counter.clone(), name.clone());
+            tokio::spawn(async move {
+                let service = service_fn(move |request| {
+                    counter.fetch_add(1, Ordering::SeqCst);
+                    let name = name.clone();
+                    async move { Ok::<_, Infallible>(dispatch(&name, unavailable, request).await) }
+                });
+                let _ = hyper::server::conn::http2::Builder::new(TokioExecutor::new())
+                    .serve_connection(TokioIo::new(stream), service)
+                    .await;
+            });
+        }
+    });
+    GrpcInstance { port, served }
+}
+
+/// Routes one call by its path (`/t.Test/METHOD`).
+async fn dispatch(
+    name: &Arc<str>,
+    unavailable: bool,
+    request: http::Request<hyper::body::Incoming>,
+) -> http::Response<tonic::body::Body> {
+    let mut grpc = tonic::server::Grpc::new(Raw);
+    if unavailable {
+        return Status::unavailable(format!("{name} is draining")).into_http();
+    }
+    let tagged = |bytes: Bytes| {
+        let mut response = tonic::Response::new(bytes);
+        if let Ok(value) = name.parse() {
+            response.metadata_mut().insert("x-instance", value);
+        }
+        response
+    };
+    match request.uri().path() {
+        "/t.Test/Unary" => {
+            let service = Unary(|r: tonic::Request<Bytes>| {
+                let reply = tagged(r.into_inner());
+                async move { Ok(reply) }
+            });
+            grpc.unary(service, request).await
+        }
+        "/t.Test/Fail" => {
+            let service = Unary(|_| async { Err(Status::failed_precondition(CUSTOM_MESSAGE)) });
+            grpc.unary(service, request).await
+        }
+        "/t.Test/Sleep" => {
+            let service = Unary(|r: tonic::Request<Bytes>| async move {
+                tokio::time::sleep(Duration::from_secs(60)).await;
+                Ok(tonic::Response::new(r.into_inner()))
+            });
+            grpc.unary(service, request).await
+        }
+        "/t.Test/List" => {
+            grpc.server_streaming(ServerStream(list), request).await
+        }
+        "/t.Test/Echo" => grpc.streaming(Echo, request).await,
+        other => Status::unimplemented(format!("no method {other}")).into_http(),
+    }
+}
+
+/// `N`: N messages, then OK; `N!`: N messages, then RESOURCE_EXHAUSTED (a
+/// status that can only travel in trailers, after the data).
+fn list(
+    request: tonic::Request<Bytes>,
+) -> std::future::Ready<Result<tonic::Response<BoxStream<Bytes>>, Status>> {
+    let text = String::from_utf8_lossy(request.get_ref()).into_owned();
+    let fail = text.ends_with('!');
+    let count: usize = text.trim_end_matches('!').parse().unwrap_or(0);
+    let mut items: Vec<Result<Bytes, Status>> = (0..count)
+        .map(|i| Ok(Bytes::from(format!("item {i}"))))
+        .collect();
+    if fail {
+        items.push(Err(Status::resource_exhausted(format!(
+            "stopped after {count}"
+        ))));
+    }
+    let stream: BoxStream<Bytes> = Box::pin(futures_util::stream::iter(items));
+    std::future::ready(Ok(tonic::Response::new(stream)))
+}
+
+// --------------------------------------------------------------- client
+
+/// A tonic client of `service` through `proxy`: the channel connects to
+/// the proxy port, and requests carry `:authority` `SERVICE.localhost:PORT`.
+async fn grpc_client(proxy: SocketAddr, service: &str) -> tonic::client::Grpc<Channel> {
+    let origin = format!("http://{service}.localhost:{}", proxy.port())
+        .parse()
+        .expect("origin");
+    let channel = Endpoint::from_shared(format!("http://{proxy}"))
+        .expect("endpoint")
+        .origin(origin)
+        .connect()
+        .await
+        .expect("connect to the proxy");
+    tonic::client::Grpc::new(channel)
+}
+
+async fn unary<T>(
+    grpc: &mut tonic::client::Grpc<T>,
+    path: &'static str,
+    request: tonic::Request<Bytes>,
+) -> Result<tonic::Response<Bytes>, Status>
+where
+    T: tonic::client::GrpcService<tonic::body::Body>,
+    T::Error: Into<tonic::codegen::StdError>,
+    T::ResponseBody: http_body::Body<Data = Bytes> + Send + 'static,
+    <T::ResponseBody as http_body::Body>::Error: Into<tonic::codegen::StdError>,
+{
+    grpc.ready()
+        .await
+        .map_err(|e| Status::unknown(format!("not ready: {}", e.into())))?;
+    grpc.unary(request, PathAndQuery::from_static(path), Raw)
+        .await
+}
+
+fn metadata(response: &tonic::metadata::MetadataMap, key: &str) -> String {
+    response
+        .get(key)
+        .and_then(|v| v.to_str().ok())
+        .unwrap_or("")
+        .to_owned()
+}
+
+/// Unary, server streaming (with trailers), bidirectional echo and a
+/// custom status, all through `proxy` to an instance on `node`.
+async fn exercise(proxy: SocketAddr, node: &str) {
+    let mut grpc = grpc_client(proxy, SERVICE).await;
+
+    let reply = unary(&mut grpc, "/t.Test/Unary", tonic::Request::new("hello".into()))
+        .await
+        .expect("unary call");
+    assert_eq!(reply.get_ref().as_ref(), b"hello");
+    assert_eq!(metadata(reply.metadata(), "x-instance"), "inst");
+    assert!(
+        metadata(reply.metadata(), "x-gossamer-upstream").starts_with(&format!("{node}/")),
+        "{:?}",
+        reply.metadata()
+    );
+
+    // Server streaming: 100 messages in order, then OK in the trailers.
+    grpc.ready().await.expect("ready");
+    let mut stream = grpc
+        .server_streaming(
+            tonic::Request::new(Bytes::from("100")),
+            PathAndQuery::from_static("/t.Test/List"),
+            Raw,
+        )
+        .await
+        .expect("server streaming call")
+        .into_inner();
+    for i in 0..100 {
+        let item = stream.message().await.expect("stream item");
+        assert_eq!(item.as_deref(), Some(format!("item {i}").as_bytes()));
+    }
+    assert_eq!(stream.message().await.expect("end of stream"), None);
+
+    // A status after data travels only in trailers: it must arrive.
+    grpc.ready().await.expect("ready");
+    let mut stream = grpc
+        .server_streaming(
+            tonic::Request::new(Bytes::from("3!")),
+            PathAndQuery::from_static("/t.Test/List"),
+            Raw,
+        )
+        .await
+        .expect("server streaming call")
+        .into_inner();
+    for i in 0..3 {
+        let item = stream.message().await.expect("stream item");
+        assert_eq!(item.as_deref(), Some(format!("item {i}").as_bytes()));
+    }
+    let status = stream
+        .message()
+        .await
+        .expect_err("the trailers carry RESOURCE_EXHAUSTED");
+    assert_eq!(
+        (status.code(), status.message()),
+        (Code::ResourceExhausted, "stopped after 3")
+    );
+
+    // Bidirectional: each message is echoed before the next is sent.
+    let (tx, rx) = tokio::sync::mpsc::channel::<Bytes>(1);
+    let outbound =
+        futures_util::stream::unfold(rx, |mut rx| async move { rx.recv().await.map(|m| (m, rx)) });
+    grpc.ready().await.expect("ready");
+    let mut echoes = grpc
+        .streaming(
+            tonic::Request::new(outbound),
+            PathAndQuery::from_static("/t.Test/Echo"),
+            Raw,
+        )
+        .await
+        .expect("bidirectional call")
+        .into_inner();
+    let exchange = async {
+        for i in 0..100 {
+            let message = Bytes::from(format!("ping {i} {}", "x".repeat(i * 10)));
+            tx.send(message.clone()).await.expect("send");
+            let echo = echoes.message().await.expect("echo");
+            assert_eq!(echo.as_ref(), Some(&message), "echo {i}");
+        }
+        drop(tx);
+        assert_eq!(echoes.message().await.expect("end of echoes"), None);
+    };
+    tokio::time::timeout(Duration::from_secs(60), exchange)
+        .await
+        .expect("100 echoes within 60 s");
+
+    // A handler's own status, code and message, reaches the caller.
+    let status = unary(&mut grpc, "/t.Test/Fail", tonic::Request::new(Bytes::new()))
+        .await
+        .expect_err("Fail answers a status");
+    assert_eq!(
+        (status.code(), status.message()),
+        (Code::FailedPrecondition, CUSTOM_MESSAGE)
+    );
+}
+
+/// Puts the `greeter` definition (protocol grpc) through `writer` and waits
+/// until `caller` sees it and `instances` measured instances.
+async fn define_grpc(writer: &AgentProc, caller: &AgentProc, service: &str, instances: usize) {
+    writer
+        .client()
+        .put_definition(&mesh_proto::catalog::Definition {
+            name: service.to_owned(),
+            version: "1".to_owned(),
+            protocol: mesh_proto::Protocol::Grpc,
+            ..Default::default()
+        })
+        .await
+        .expect("put the definition");
+    for agent in [writer, caller] {
+        let client = agent.client();
+        eventually(
+            &format!("{} to see {service} as grpc", agent.node_id()),
+            Duration::from_secs(30),
+            || {
+                let client = client.clone();
+                async move {
+                    let view = client
+                        .instances(service, &Default::default())
+                        .await
+                        .ok()?;
+                    (view.protocol == Some(mesh_proto::Protocol::Grpc)).then_some(())
+                }
+            },
+        )
+        .await;
+    }
+    wait_instances_measured(caller, service, instances).await;
+}
+
+#[tokio::test]
+async fn grpc_calls_through_one_sidecar() {
+    let instance = grpc_instance("inst", false).await;
+    let a = AgentProc::start(Spec::new("grpc1-a")).await;
+    register_port(&a, SERVICE, instance.port).await;
+    define_grpc(&a, &a, SERVICE, 1).await;
+    exercise(a.listeners.proxy, "grpc1-a").await;
+    assert!(instance.served.load(Ordering::SeqCst) >= 5);
+}
+
+#[tokio::test]
+async fn grpc_calls_through_two_sidecars() {
+    let instance = grpc_instance("inst", false).await;
+    let b = AgentProc::start(Spec::new("grpc2-b")).await;
+    register_port(&b, SERVICE, instance.port).await;
+    let a = AgentProc::start(Spec::new("grpc2-a").join(&b)).await;
+    define_grpc(&b, &a, SERVICE, 1).await;
+    exercise(a.listeners.proxy, "grpc2-b").await;
+    assert!(instance.served.load(Ordering::SeqCst) >= 5);
+}
+
+/// A tonic transport that does not enforce `grpc-timeout` itself (tonic's
+/// Channel does, and would cancel the call before the proxy could answer):
+/// requests go as they are on one h2c connection to the proxy.
+#[derive(Clone)]
+struct PlainH2(hyper::client::conn::http2::SendRequest<tonic::body::Body>);
+
+impl tonic::codegen::Service<http::Request<tonic::body::Body>> for PlainH2 {
+    type Response = http::Response<hyper::body::Incoming>;
+    type Error = hyper::Error;
+    type Future = tonic::codegen::BoxFuture<Self::Response, Self::Error>;
+
+    fn poll_ready(
+        &mut self,
+        cx: &mut std::task::Context<'_>,
+    ) -> std::task::Poll<Result<(), Self::Error>> {
+        self.0.poll_ready(cx)
+    }
+
+    fn call(&mut self, request: http::Request<tonic::body::Body>) -> Self::Future {
+        let mut sender = self.0.clone();
+        Box::pin(async move { sender.send_request(request).await })
+    }
+}
+
+#[tokio::test]
+async fn grpc_deadline_and_proxy_errors_are_grpc_statuses() {
+    let instance = grpc_instance("inst", false).await;
+    let b = AgentProc::start(Spec::new("grpcdl-b")).await;
+    register_port(&b, SERVICE, instance.port).await;
+    let a = AgentProc::start(Spec::new("grpcdl-a").join(&b)).await;
+    define_grpc(&b, &a, SERVICE, 1).await;
+    let proxy = a.listeners.proxy;
+
+    // The handler sleeps a minute; the caller's 300 ms deadline must come
+    // back from the proxy as DEADLINE_EXCEEDED. The outer 40 s bound only
+    // fails rather than hangs, far from both figures.
+    let stream = tokio::net::TcpStream::connect(proxy)
+        .await
+        .expect("connect to the proxy");
+    let (sender, connection) =
+        hyper::client::conn::http2::handshake(TokioExecutor::new(), TokioIo::new(stream))
+            .await
+            .expect("h2c handshake with the proxy");
+    tokio::spawn(connection);
+    let origin = format!("http://{SERVICE}.localhost:{}", proxy.port())
+        .parse()
+        .expect("origin");
+    let mut plain = tonic::client::Grpc::with_origin(PlainH2(sender), origin);
+    let mut request = tonic::Request::new(Bytes::from("slow"));
+    request.set_timeout(Duration::from_millis(300));
+    let status = tokio::time::timeout(
+        Duration::from_secs(40),
+        unary(&mut plain, "/t.Test/Sleep", request),
+    )
+    .await
+    .expect("the proxy answers long before the handler")
+    .expect_err("a deadline exceeded");
+    assert_eq!(status.code(), Code::DeadlineExceeded, "{status:?}");
+    assert!(
+        status.message().contains("300 ms"),
+        "the proxy says which deadline: {status:?}"
+    );
+
+    // The same connection still serves a normal call.
+    let reply = unary(&mut plain, "/t.Test/Unary", tonic::Request::new("ok".into()))
+        .await
+        .expect("a call after the deadline");
+    assert_eq!(reply.get_ref().as_ref(), b"ok");
+
+    // tonic's own Channel with a deadline: whoever answers first, the call
+    // ends within the bound with a deadline status, never a hang.
+    let mut grpc = grpc_client(proxy, SERVICE).await;
+    let mut request = tonic::Request::new(Bytes::from("slow"));
+    request.set_timeout(Duration::from_millis(300));
+    let status = tokio::time::timeout(
+        Duration::from_secs(40),
+        unary(&mut grpc, "/t.Test/Sleep", request),
+    )
+    .await
+    .expect("the deadline ends the call")
+    .expect_err("a deadline exceeded");
+    assert!(
+        matches!(status.code(), Code::DeadlineExceeded | Code::Cancelled),
+        "{status:?}"
+    );
+
+    // No instance at all: a gRPC UNAVAILABLE naming the service, not JSON
+    // (a JSON body would reach tonic as an `Unknown`/`Internal` error).
+    let mut nobody = grpc_client(proxy, "nosuch").await;
+    let status = unary(&mut nobody, "/t.Test/Unary", tonic::Request::new("x".into()))
+        .await
+        .expect_err("no instance of nosuch");
+    assert_eq!(status.code(), Code::Unavailable, "{status:?}");
+    assert!(status.message().contains("nosuch"), "{status:?}");
+}
+
+/// A unary call with the caller's hard RTT requirement in its metadata.
+fn pinned(hard_ms: u32) -> tonic::Request<Bytes> {
+    let mut request = tonic::Request::new(Bytes::from("hi"));
+    request.metadata_mut().insert(
+        "x-gossamer-hard-rtt-ms",
+        hard_ms.to_string().parse().expect("metadata value"),
+    );
+    request
+}
+
+#[tokio::test]
+async fn an_instance_answering_unavailable_is_ejected() {
+    // The broken instance is on the caller's node, the healthy one on b
+    // behind a 60 ms link: a caller's hard 20 ms pins calls to the broken
+    // one, so its failures are consecutive and eject it.
+    let healthy = grpc_instance("healthy", false).await;
+    let broken = grpc_instance("broken", true).await;
+    let b = AgentProc::start(Spec::new("grpcej-b")).await;
+    register_port(&b, SERVICE, healthy.port).await;
+    let a = AgentProc::start(
+        Spec::new("grpcej-a")
+            .join(&b)
+            .with_metrics()
+            .arg("--debug-link-delay")
+            .arg(format!("{}=60", b.listeners.quic)),
+    )
+    .await;
+    register_port(&a, SERVICE, broken.port).await;
+    define_grpc(&a, &a, SERVICE, 2).await;
+    let client = a.client();
+    eventually("b to be over hard 20 ms", Duration::from_secs(30), || {
+        let client = client.clone();
+        async move {
+            let view = client
+                .instances(
+                    SERVICE,
+                    &client::select::Requirements {
+                        hard_rtt_ms: Some(20),
+                        soft_rtt_ms: None,
+                    },
+                )
+                .await
+                .ok()?;
+            (view.eligible.len() == 1 && view.eligible[0].instance.node.as_str() == "grpcej-a")
+                .then_some(())
+        }
+    })
+    .await;
+
+    let mut grpc = grpc_client(a.listeners.proxy, SERVICE).await;
+    // Unpinned, the failure penalty already steers calls away from the
+    // broken instance: most reach the healthy one.
+    let mut ok = 0;
+    for i in 0..20 {
+        match unary(&mut grpc, "/t.Test/Unary", tonic::Request::new("hi".into())).await {
+            Ok(reply) => {
+                assert_eq!(metadata(reply.metadata(), "x-instance"), "healthy");
+                ok += 1;
+            }
+            Err(status) => {
+                assert_eq!(status.code(), Code::Unavailable, "call {i}: {status:?}");
+                assert!(status.message().contains("broken is draining"), "{status:?}");
+            }
+        }
+    }
+    assert!(ok >= 15, "{ok} of 20 reached the healthy instance");
+
+    // Pinned: UNAVAILABLE from the instance until five in a row eject it,
+    // then the proxy's own refusal, as a gRPC UNAVAILABLE naming the ejection.
+    let mut from_instance = 0;
+    let mut ejected = false;
+    for i in 0..10 {
+        let status = unary(&mut grpc, "/t.Test/Unary", pinned(20))
+            .await
+            .expect_err("only the broken instance is within 20 ms");
+        assert_eq!(status.code(), Code::Unavailable, "call {i}: {status:?}");
+        if status.message().contains("broken is draining") {
+            from_instance += 1;
+        } else {
+            assert!(status.message().contains("ejected"), "{status:?}");
+            ejected = true;
+            break;
+        }
+    }
+    assert!(ejected, "never ejected after {from_instance} UNAVAILABLE answers");
+    assert!(from_instance <= 5, "{from_instance} calls reached it");
+    let ejections = metric_value(
+        &a.metrics_text().await,
+        "gossamer_upstream_ejections_total",
+        &[("service", SERVICE)],
+    );
+    assert!(ejections >= 1.0, "ejections {ejections}");
+
+    // While it is out (30 s), every call goes to the healthy instance.
+    let served_before = broken.served.load(Ordering::SeqCst);
+    for i in 0..20 {
+        let reply = unary(&mut grpc, "/t.Test/Unary", tonic::Request::new("hi".into()))
+            .await
+            .unwrap_or_else(|e| panic!("call {i} after the ejection: {e:?}"));
+        assert_eq!(metadata(reply.metadata(), "x-instance"), "healthy");
+    }
+    assert_eq!(broken.served.load(Ordering::SeqCst), served_before);
+    assert!(healthy.served.load(Ordering::SeqCst) >= 35);
+}

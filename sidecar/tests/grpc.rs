@@ -190,9 +190,7 @@ async fn dispatch(
             });
             grpc.unary(service, request).await
         }
-        "/t.Test/List" => {
-            grpc.server_streaming(ServerStream(list), request).await
-        }
+        "/t.Test/List" => grpc.server_streaming(ServerStream(list), request).await,
         "/t.Test/Echo" => grpc.streaming(Echo, request).await,
         other => Status::unimplemented(format!("no method {other}")).into_http(),
     }
@@ -266,9 +264,13 @@ fn metadata(response: &tonic::metadata::MetadataMap, key: &str) -> String {
 async fn exercise(proxy: SocketAddr, node: &str) {
     let mut grpc = grpc_client(proxy, SERVICE).await;
 
-    let reply = unary(&mut grpc, "/t.Test/Unary", tonic::Request::new("hello".into()))
-        .await
-        .expect("unary call");
+    let reply = unary(
+        &mut grpc,
+        "/t.Test/Unary",
+        tonic::Request::new("hello".into()),
+    )
+    .await
+    .expect("unary call");
     assert_eq!(reply.get_ref().as_ref(), b"hello");
     assert_eq!(metadata(reply.metadata(), "x-instance"), "inst");
     assert!(
@@ -377,10 +379,7 @@ async fn define_grpc(writer: &AgentProc, caller: &AgentProc, service: &str, inst
             || {
                 let client = client.clone();
                 async move {
-                    let view = client
-                        .instances(service, &Default::default())
-                        .await
-                        .ok()?;
+                    let view = client.instances(service, &Default::default()).await.ok()?;
                     (view.protocol == Some(mesh_proto::Protocol::Grpc)).then_some(())
                 }
             },
@@ -475,9 +474,13 @@ async fn grpc_deadline_and_proxy_errors_are_grpc_statuses() {
     );
 
     // The same connection still serves a normal call.
-    let reply = unary(&mut plain, "/t.Test/Unary", tonic::Request::new("ok".into()))
-        .await
-        .expect("a call after the deadline");
+    let reply = unary(
+        &mut plain,
+        "/t.Test/Unary",
+        tonic::Request::new("ok".into()),
+    )
+    .await
+    .expect("a call after the deadline");
     assert_eq!(reply.get_ref().as_ref(), b"ok");
 
     // tonic's own Channel with a deadline: whoever answers first, the call
@@ -500,9 +503,13 @@ async fn grpc_deadline_and_proxy_errors_are_grpc_statuses() {
     // No instance at all: a gRPC UNAVAILABLE naming the service, not JSON
     // (a JSON body would reach tonic as an `Unknown`/`Internal` error).
     let mut nobody = grpc_client(proxy, "nosuch").await;
-    let status = unary(&mut nobody, "/t.Test/Unary", tonic::Request::new("x".into()))
-        .await
-        .expect_err("no instance of nosuch");
+    let status = unary(
+        &mut nobody,
+        "/t.Test/Unary",
+        tonic::Request::new("x".into()),
+    )
+    .await
+    .expect_err("no instance of nosuch");
     assert_eq!(status.code(), Code::Unavailable, "{status:?}");
     assert!(status.message().contains("nosuch"), "{status:?}");
 }
@@ -568,7 +575,10 @@ async fn an_instance_answering_unavailable_is_ejected() {
             }
             Err(status) => {
                 assert_eq!(status.code(), Code::Unavailable, "call {i}: {status:?}");
-                assert!(status.message().contains("broken is draining"), "{status:?}");
+                assert!(
+                    status.message().contains("broken is draining"),
+                    "{status:?}"
+                );
             }
         }
     }
@@ -591,7 +601,10 @@ async fn an_instance_answering_unavailable_is_ejected() {
             break;
         }
     }
-    assert!(ejected, "never ejected after {from_instance} UNAVAILABLE answers");
+    assert!(
+        ejected,
+        "never ejected after {from_instance} UNAVAILABLE answers"
+    );
     assert!(from_instance <= 5, "{from_instance} calls reached it");
     let ejections = metric_value(
         &a.metrics_text().await,

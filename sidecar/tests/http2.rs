@@ -39,9 +39,17 @@ fn require_curl() {
     );
 }
 
-/// `curl -i` of `http://SERVICE.localhost:PORT/PATH` through `proxy`;
-/// returns (status line, headers and body as text).
-fn curl(proxy: SocketAddr, service: &str, path: &str, http2: bool) -> String {
+/// `curl -i` of `http://SERVICE.localhost:PORT/PATH` through `proxy`: the
+/// status line, headers and body as text. curl runs on a blocking thread so
+/// the instances of this test process keep being served meanwhile.
+async fn curl(proxy: SocketAddr, service: &str, path: &str, http2: bool) -> String {
+    let (service, path) = (service.to_owned(), path.to_owned());
+    tokio::task::spawn_blocking(move || curl_blocking(proxy, &service, &path, http2))
+        .await
+        .expect("curl thread")
+}
+
+fn curl_blocking(proxy: SocketAddr, service: &str, path: &str, http2: bool) -> String {
     let host = format!("{service}.localhost:{}", proxy.port());
     let mut command = Command::new("curl");
     command
@@ -86,7 +94,12 @@ async fn h2c_instance(name: &str) -> u16 {
     port
 }
 
-async fn define(agent: &AgentProc, service: &str, protocol: mesh_proto::Protocol, hard: Option<u32>) {
+async fn define(
+    agent: &AgentProc,
+    service: &str,
+    protocol: mesh_proto::Protocol,
+    hard: Option<u32>,
+) {
     agent
         .client()
         .put_definition(&mesh_proto::catalog::Definition {
@@ -140,25 +153,27 @@ async fn curl_http2_prior_knowledge_through_one_and_two_sidecars() {
     let proxy = a.listeners.proxy;
 
     // One sidecar: an HTTP/2 caller, an HTTP/1.1 instance.
-    let text = curl(proxy, "local", "/", true);
+    let text = curl(proxy, "local", "/", true).await;
     assert!(text.starts_with("HTTP/2 200"), "{text}");
     assert!(
-        text.to_ascii_lowercase().contains("x-gossamer-upstream: h2curl-a/"),
+        text.to_ascii_lowercase()
+            .contains("x-gossamer-upstream: h2curl-a/"),
         "{text}"
     );
-    // Two sidecars: the QUIC hop carries HTTP/2 (with a request body).
-    let text = curl(proxy, "remote", "/", true);
+    // Two sidecars: the QUIC hop carries HTTP/2.
+    let text = curl(proxy, "remote", "/", true).await;
     assert!(text.starts_with("HTTP/2 200"), "{text}");
     assert!(
-        text.to_ascii_lowercase().contains("x-gossamer-upstream: h2curl-b/"),
+        text.to_ascii_lowercase()
+            .contains("x-gossamer-upstream: h2curl-b/"),
         "{text}"
     );
     // Two sidecars to an h2c-only instance: the last hop speaks HTTP/2,
     // whatever version the caller used.
-    let text = curl(proxy, "h2only", "/", true);
+    let text = curl(proxy, "h2only", "/", true).await;
     assert!(text.starts_with("HTTP/2 200"), "{text}");
     assert!(text.ends_with("h2only saw HTTP/2.0"), "{text}");
-    let text = curl(proxy, "h2only", "/", false);
+    let text = curl(proxy, "h2only", "/", false).await;
     assert!(text.starts_with("HTTP/1.1 200"), "{text}");
     assert!(text.ends_with("h2only saw HTTP/2.0"), "{text}");
 }
@@ -385,8 +400,12 @@ async fn garbage_after_the_h2c_preface_closes_only_that_connection() {
         // The agent answers with its settings and a GOAWAY, then closes; the
         // read ends (EOF or reset) instead of hanging.
         let mut sink = Vec::new();
-        let read = tokio::time::timeout(Duration::from_secs(20), stream.read_to_end(&mut sink)).await;
-        assert!(read.is_ok(), "the connection stayed open after garbage {garbage:?}");
+        let read =
+            tokio::time::timeout(Duration::from_secs(20), stream.read_to_end(&mut sink)).await;
+        assert!(
+            read.is_ok(),
+            "the connection stayed open after garbage {garbage:?}"
+        );
     }
     assert!(healthy(&a).await, "the agent stopped answering");
     let sender = h2_connect(a.listeners.proxy).await;

@@ -624,3 +624,39 @@ async fn an_instance_answering_unavailable_is_ejected() {
     assert_eq!(broken.served.load(Ordering::SeqCst), served_before);
     assert!(healthy.served.load(Ordering::SeqCst) >= 35);
 }
+
+/// An instance that accepts connections and drops them at once.
+async fn dropping_instance() -> u16 {
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
+        .await
+        .expect("bind");
+    let port = listener.local_addr().expect("addr").port();
+    tokio::spawn(async move {
+        while let Ok((stream, _)) = listener.accept().await {
+            drop(stream);
+        }
+    });
+    port
+}
+
+/// The remote sidecar's own error (its instance drops the connection) must
+/// reach a gRPC caller as UNAVAILABLE with the reason, not as a JSON body
+/// that tonic reads as a broken frame (`Internal`, "invalid compression
+/// flag: 123", the `{`).
+#[tokio::test]
+async fn a_remote_sidecars_error_reaches_a_grpc_caller_as_a_status() {
+    let port = dropping_instance().await;
+    let b = AgentProc::start(Spec::new("grpcbr-b")).await;
+    register_port(&b, SERVICE, port).await;
+    let a = AgentProc::start(Spec::new("grpcbr-a").join(&b)).await;
+    define_grpc(&b, &a, SERVICE, 1).await;
+    let mut grpc = grpc_client(a.listeners.proxy, SERVICE).await;
+    let status = unary(&mut grpc, "/t.Test/Unary", tonic::Request::new("x".into()))
+        .await
+        .expect_err("the instance drops every connection");
+    assert_eq!(status.code(), Code::Unavailable, "{status:?}");
+    assert!(
+        status.message().contains("grpcbr-b") && status.message().contains(SERVICE),
+        "the status names the node and service: {status:?}"
+    );
+}

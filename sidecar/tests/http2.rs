@@ -2,7 +2,7 @@
 //! two sidecars (to an HTTP/1.1 instance and to an h2c-only one); one hyper
 //! h2 connection's 1,000 requests spread per request over 3 instances on 3
 //! nodes, never above the definition's hard RTT; HTTP/1.1 header-name case
-//! kept across two sidecars; and bad input (garbage after the h2c preface,
+//! kept across one and two sidecars; `gossamer call --http2`; and bad input (garbage after the h2c preface,
 //! 10,000 streams on one connection) met with a clean end, a responsive
 //! agent and bounded memory.
 
@@ -329,19 +329,31 @@ async fn raw_instance() -> u16 {
 }
 
 #[tokio::test]
-async fn http1_header_case_survives_two_sidecars() {
+async fn http1_header_case_survives_one_and_two_sidecars() {
     let port = raw_instance().await;
     let b = AgentProc::start(Spec::new("h2case-b")).await;
     register_port(&b, "raw", port).await;
     let a = AgentProc::start(Spec::new("h2case-a").join(&b)).await;
+    register_port(&a, "rawlocal", raw_instance().await).await;
     wait_instances_measured(&a, "raw", 1).await;
+    wait_instances_measured(&a, "rawlocal", 1).await;
+    for service in ["rawlocal", "raw"] {
+        header_case_through(a.listeners.proxy, service).await;
+    }
+}
 
-    let mut stream = tokio::net::TcpStream::connect(a.listeners.proxy)
+/// A raw HTTP/1.1 request for `service` with a mixed-case header: the
+/// instance sees the caller's spelling, the caller the instance's.
+async fn header_case_through(proxy: SocketAddr, service: &str) {
+    let mut stream = tokio::net::TcpStream::connect(proxy)
         .await
         .expect("connect to the proxy");
     stream
         .write_all(
-            b"GET /case HTTP/1.1\r\nHost: raw.localhost\r\nX-MiXed-Case: kept\r\nconnection: close\r\n\r\n",
+            format!(
+                "GET /case HTTP/1.1\r\nHost: {service}.localhost\r\nX-MiXed-Case: kept\r\nconnection: close\r\n\r\n"
+            )
+            .as_bytes(),
         )
         .await
         .expect("send");
@@ -352,7 +364,7 @@ async fn http1_header_case_survives_two_sidecars() {
         .expect("read the answer");
     let answer = String::from_utf8_lossy(&answer);
     let (head, body) = answer.split_once("\r\n\r\n").expect("a head and a body");
-    assert!(head.starts_with("HTTP/1.1 200"), "{answer}");
+    assert!(head.starts_with("HTTP/1.1 200"), "{service}: {answer}");
     // The caller sees the instance's spelling, and the instance the caller's.
     assert!(head.contains("\r\nX-Instance-SaYs: HeLLo\r\n"), "{head}");
     assert!(body.contains("\r\nX-MiXed-Case: kept\r\n"), "{body}");
@@ -483,4 +495,37 @@ async fn ten_thousand_streams_on_one_connection_stay_bounded() {
     assert!(health_checked);
     assert!(peak < RSS_LIMIT_MIB, "agent RSS peaked at {peak:.1} MiB");
     assert!(healthy(&a).await, "the agent stopped answering");
+}
+
+#[tokio::test]
+async fn gossamer_call_http2_speaks_http2_to_the_proxy() {
+    let (port, _echo) = echo_service("cli@b").await;
+    let b = AgentProc::start(Spec::new("h2cli-b")).await;
+    register_port(&b, "web", port).await;
+    let a = AgentProc::start(Spec::new("h2cli-a").join(&b)).await;
+    wait_instances_measured(&a, "web", 1).await;
+    let admin = format!("http://{}", a.listeners.admin);
+    let run = |http2: bool| {
+        let admin = admin.clone();
+        tokio::task::spawn_blocking(move || {
+            let mut command = common::gossamer();
+            command.args(["--agent", &admin, "call", "web", "/hello"]);
+            if http2 {
+                command.arg("--http2");
+            }
+            run_bounded(&mut command, Duration::from_secs(30), "gossamer call")
+        })
+    };
+    let output = run(true).await.expect("gossamer call thread");
+    let text = String::from_utf8_lossy(&output.stdout);
+    assert!(
+        output.status.success(),
+        "{text}{}",
+        String::from_utf8_lossy(&output.stderr)
+    );
+    assert!(text.starts_with("HTTP/2 200 OK from h2cli-b/"), "{text}");
+    // Without the flag, the same call speaks HTTP/1.1.
+    let output = run(false).await.expect("gossamer call thread");
+    let text = String::from_utf8_lossy(&output.stdout);
+    assert!(text.starts_with("HTTP 200 OK from h2cli-b/"), "{text}");
 }

@@ -9,212 +9,22 @@
 //! fallback), so a hop that spoke HTTP/1.1 to them would fail the test.
 
 mod common;
+#[path = "common/grpc_harness.rs"]
+mod harness;
 
-use std::convert::Infallible;
-use std::future::Future;
 use std::net::SocketAddr;
-use std::sync::atomic::{AtomicUsize, Ordering};
-use std::sync::Arc;
+use std::sync::atomic::Ordering;
 use std::time::Duration;
 
-use bytes::{Buf, BufMut, Bytes};
+use bytes::Bytes;
 use common::{eventually, metric_value, register_port, wait_instances_measured, AgentProc, Spec};
+use harness::{grpc_instance, Raw, CUSTOM_MESSAGE};
 use http::uri::PathAndQuery;
-use hyper::service::service_fn;
 use hyper_util::rt::{TokioExecutor, TokioIo};
-use tonic::codec::{Codec, DecodeBuf, Decoder, EncodeBuf, Encoder};
-use tonic::codegen::BoxStream;
 use tonic::transport::{Channel, Endpoint};
 use tonic::{Code, Status};
 
 const SERVICE: &str = "greeter";
-/// A status with text gRPC must percent-encode (`%`, non-ASCII).
-const CUSTOM_MESSAGE: &str = "quota 100% used by ünïcode tenant";
-
-// ---------------------------------------------------------------- codec
-
-/// Messages are raw bytes: the test needs real gRPC framing, trailers and
-/// statuses, not protobuf.
-#[derive(Debug, Clone, Copy, Default)]
-struct Raw;
-
-impl Codec for Raw {
-    type Encode = Bytes;
-    type Decode = Bytes;
-    type Encoder = Raw;
-    type Decoder = Raw;
-
-    fn encoder(&mut self) -> Raw {
-        Raw
-    }
-
-    fn decoder(&mut self) -> Raw {
-        Raw
-    }
-}
-
-impl Encoder for Raw {
-    type Item = Bytes;
-    type Error = Status;
-
-    fn encode(&mut self, item: Bytes, dst: &mut EncodeBuf<'_>) -> Result<(), Status> {
-        dst.put_slice(&item);
-        Ok(())
-    }
-}
-
-impl Decoder for Raw {
-    type Item = Bytes;
-    type Error = Status;
-
-    fn decode(&mut self, src: &mut DecodeBuf<'_>) -> Result<Option<Bytes>, Status> {
-        Ok(Some(src.copy_to_bytes(src.remaining())))
-    }
-}
-
-// --------------------------------------------------------------- server
-
-struct Unary<F>(F);
-
-impl<F, Fut> tonic::server::UnaryService<Bytes> for Unary<F>
-where
-    F: FnMut(tonic::Request<Bytes>) -> Fut,
-    Fut: Future<Output = Result<tonic::Response<Bytes>, Status>>,
-{
-    type Response = Bytes;
-    type Future = Fut;
-
-    fn call(&mut self, request: tonic::Request<Bytes>) -> Fut {
-        (self.0)(request)
-    }
-}
-
-struct ServerStream<F>(F);
-
-impl<F, Fut> tonic::server::ServerStreamingService<Bytes> for ServerStream<F>
-where
-    F: FnMut(tonic::Request<Bytes>) -> Fut,
-    Fut: Future<Output = Result<tonic::Response<BoxStream<Bytes>>, Status>>,
-{
-    type Response = Bytes;
-    type ResponseStream = BoxStream<Bytes>;
-    type Future = Fut;
-
-    fn call(&mut self, request: tonic::Request<Bytes>) -> Fut {
-        (self.0)(request)
-    }
-}
-
-/// Bidirectional echo: every message comes straight back.
-struct Echo;
-
-impl tonic::server::StreamingService<Bytes> for Echo {
-    type Response = Bytes;
-    type ResponseStream = BoxStream<Bytes>;
-    type Future = std::future::Ready<Result<tonic::Response<BoxStream<Bytes>>, Status>>;
-
-    fn call(&mut self, request: tonic::Request<tonic::Streaming<Bytes>>) -> Self::Future {
-        let stream: BoxStream<Bytes> = Box::pin(request.into_inner());
-        std::future::ready(Ok(tonic::Response::new(stream)))
-    }
-}
-
-/// A gRPC instance on a free loopback port speaking h2c only.
-struct GrpcInstance {
-    port: u16,
-    /// Calls it received.
-    served: Arc<AtomicUsize>,
-}
-
-/// Starts an instance named `name`; with `unavailable` every call is
-/// refused with UNAVAILABLE (a draining or broken server).
-async fn grpc_instance(name: &str, unavailable: bool) -> GrpcInstance {
-    let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
-        .await
-        .expect("bind the gRPC instance");
-    let port = listener.local_addr().expect("addr").port();
-    let served = Arc::new(AtomicUsize::new(0));
-    let counter = served.clone();
-    let name: Arc<str> = Arc::from(name);
-    tokio::spawn(async move {
-        while let Ok((stream, _)) = listener.accept().await {
-            let (counter, name) = (counter.clone(), name.clone());
-            tokio::spawn(async move {
-                let service = service_fn(move |request| {
-                    counter.fetch_add(1, Ordering::SeqCst);
-                    let name = name.clone();
-                    async move { Ok::<_, Infallible>(dispatch(&name, unavailable, request).await) }
-                });
-                let _ = hyper::server::conn::http2::Builder::new(TokioExecutor::new())
-                    .serve_connection(TokioIo::new(stream), service)
-                    .await;
-            });
-        }
-    });
-    GrpcInstance { port, served }
-}
-
-/// Routes one call by its path (`/t.Test/METHOD`).
-async fn dispatch(
-    name: &Arc<str>,
-    unavailable: bool,
-    request: http::Request<hyper::body::Incoming>,
-) -> http::Response<tonic::body::Body> {
-    let mut grpc = tonic::server::Grpc::new(Raw);
-    if unavailable {
-        return Status::unavailable(format!("{name} is draining")).into_http();
-    }
-    let tagged = |bytes: Bytes| {
-        let mut response = tonic::Response::new(bytes);
-        if let Ok(value) = name.parse() {
-            response.metadata_mut().insert("x-instance", value);
-        }
-        response
-    };
-    match request.uri().path() {
-        "/t.Test/Unary" => {
-            let service = Unary(|r: tonic::Request<Bytes>| {
-                let reply = tagged(r.into_inner());
-                async move { Ok(reply) }
-            });
-            grpc.unary(service, request).await
-        }
-        "/t.Test/Fail" => {
-            let service = Unary(|_| async { Err(Status::failed_precondition(CUSTOM_MESSAGE)) });
-            grpc.unary(service, request).await
-        }
-        "/t.Test/Sleep" => {
-            let service = Unary(|r: tonic::Request<Bytes>| async move {
-                tokio::time::sleep(Duration::from_secs(60)).await;
-                Ok(tonic::Response::new(r.into_inner()))
-            });
-            grpc.unary(service, request).await
-        }
-        "/t.Test/List" => grpc.server_streaming(ServerStream(list), request).await,
-        "/t.Test/Echo" => grpc.streaming(Echo, request).await,
-        other => Status::unimplemented(format!("no method {other}")).into_http(),
-    }
-}
-
-/// `N`: N messages, then OK; `N!`: N messages, then RESOURCE_EXHAUSTED (a
-/// status that can only travel in trailers, after the data).
-fn list(
-    request: tonic::Request<Bytes>,
-) -> std::future::Ready<Result<tonic::Response<BoxStream<Bytes>>, Status>> {
-    let text = String::from_utf8_lossy(request.get_ref()).into_owned();
-    let fail = text.ends_with('!');
-    let count: usize = text.trim_end_matches('!').parse().unwrap_or(0);
-    let mut items: Vec<Result<Bytes, Status>> = (0..count)
-        .map(|i| Ok(Bytes::from(format!("item {i}"))))
-        .collect();
-    if fail {
-        items.push(Err(Status::resource_exhausted(format!(
-            "stopped after {count}"
-        ))));
-    }
-    let stream: BoxStream<Bytes> = Box::pin(futures_util::stream::iter(items));
-    std::future::ready(Ok(tonic::Response::new(stream)))
-}
 
 // --------------------------------------------------------------- client
 

@@ -2,9 +2,9 @@
 //! two sidecars (to an HTTP/1.1 instance and to an h2c-only one); one hyper
 //! h2 connection's 1,000 requests spread per request over 3 instances on 3
 //! nodes, never above the definition's hard RTT; HTTP/1.1 header-name case
-//! kept across one and two sidecars; `gossamer call --http2`; and bad input (garbage after the h2c preface,
-//! 10,000 streams on one connection, through two sidecars) met with a clean end, a responsive
-//! agent and bounded memory.
+//! kept across one and two sidecars; `gossamer call --http2`; and bad input
+//! (garbage after the h2c preface, 10,000 streams on one connection through
+//! two sidecars) met with a clean end, responsive agents and bounded memory.
 
 mod common;
 

@@ -478,3 +478,45 @@ async fn a_remote_sidecars_error_reaches_a_grpc_caller_as_a_status() {
         "the status names the node and service: {status:?}"
     );
 }
+
+/// A caller that drops its streaming calls frees them at the instance too,
+/// through two sidecars: the cancel (RST_STREAM) crosses every hop, so
+/// abandoned streams do not pile up at the instance.
+#[tokio::test]
+async fn cancelled_streams_end_at_the_instance() {
+    const STREAMS: usize = 20;
+    let instance = grpc_instance("inst", false).await;
+    let b = AgentProc::start(Spec::new("grpccx-b")).await;
+    register_port(&b, SERVICE, instance.port).await;
+    let a = AgentProc::start(Spec::new("grpccx-a").join(&b)).await;
+    define_grpc(&b, &a, SERVICE, 1).await;
+    let mut grpc = grpc_client(a.listeners.proxy, SERVICE).await;
+    let mut open = Vec::new();
+    for _ in 0..STREAMS {
+        grpc.ready().await.expect("ready");
+        let mut stream = grpc
+            .server_streaming(
+                tonic::Request::new(Bytes::new()),
+                PathAndQuery::from_static("/t.Test/Hold"),
+                Raw,
+            )
+            .await
+            .expect("Hold call")
+            .into_inner();
+        let first = stream.message().await.expect("first message");
+        assert_eq!(first.as_deref(), Some(&b"held"[..]));
+        open.push(stream);
+    }
+    assert_eq!(instance.holding.load(Ordering::SeqCst), STREAMS);
+    drop(open);
+    let holding = instance.holding.clone();
+    eventually(
+        "the instance to see every dropped stream end",
+        Duration::from_secs(20),
+        || {
+            let holding = holding.clone();
+            async move { (holding.load(Ordering::SeqCst) == 0).then_some(()) }
+        },
+    )
+    .await;
+}

@@ -9,6 +9,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use bytes::{Buf, BufMut, Bytes};
+use futures_util::StreamExt;
 use hyper::service::service_fn;
 use hyper_util::rt::{TokioExecutor, TokioIo};
 use tonic::codec::{Codec, DecodeBuf, Decoder, EncodeBuf, Encoder};
@@ -111,6 +112,8 @@ pub struct GrpcInstance {
     pub port: u16,
     /// Calls it received.
     pub served: Arc<AtomicUsize>,
+    /// `Hold` calls whose response stream is still open here.
+    pub holding: Arc<AtomicUsize>,
 }
 
 /// Starts an instance named `name`; with `unavailable` every call is
@@ -122,15 +125,19 @@ pub async fn grpc_instance(name: &str, unavailable: bool) -> GrpcInstance {
     let port = listener.local_addr().expect("addr").port();
     let served = Arc::new(AtomicUsize::new(0));
     let counter = served.clone();
+    let holding = Arc::new(AtomicUsize::new(0));
+    let held = holding.clone();
     let name: Arc<str> = Arc::from(name);
     tokio::spawn(async move {
         while let Ok((stream, _)) = listener.accept().await {
-            let (counter, name) = (counter.clone(), name.clone());
+            let (counter, name, held) = (counter.clone(), name.clone(), held.clone());
             tokio::spawn(async move {
                 let service = service_fn(move |request| {
                     counter.fetch_add(1, Ordering::SeqCst);
-                    let name = name.clone();
-                    async move { Ok::<_, Infallible>(dispatch(&name, unavailable, request).await) }
+                    let (name, held) = (name.clone(), held.clone());
+                    async move {
+                        Ok::<_, Infallible>(dispatch(&name, unavailable, &held, request).await)
+                    }
                 });
                 let _ = hyper::server::conn::http2::Builder::new(TokioExecutor::new())
                     .serve_connection(TokioIo::new(stream), service)
@@ -138,13 +145,18 @@ pub async fn grpc_instance(name: &str, unavailable: bool) -> GrpcInstance {
             });
         }
     });
-    GrpcInstance { port, served }
+    GrpcInstance {
+        port,
+        served,
+        holding,
+    }
 }
 
 /// Routes one call by its path (`/t.Test/METHOD`).
 async fn dispatch(
     name: &Arc<str>,
     unavailable: bool,
+    holding: &Arc<AtomicUsize>,
     request: http::Request<hyper::body::Incoming>,
 ) -> http::Response<tonic::body::Body> {
     let mut grpc = tonic::server::Grpc::new(Raw);
@@ -179,7 +191,52 @@ async fn dispatch(
         }
         "/t.Test/List" => grpc.server_streaming(ServerStream(list), request).await,
         "/t.Test/Echo" => grpc.streaming(Echo, request).await,
+        // One message, then the stream stays open until the caller goes:
+        // `holding` counts it while it lives.
+        "/t.Test/Hold" => {
+            let service = Hold(Holding::new(holding.clone()));
+            grpc.server_streaming(service, request).await
+        }
         other => Status::unimplemented(format!("no method {other}")).into_http(),
+    }
+}
+
+/// One message, then a stream that ends only when the caller drops it.
+struct Hold(Holding);
+
+impl tonic::server::ServerStreamingService<Bytes> for Hold {
+    type Response = Bytes;
+    type ResponseStream = BoxStream<Bytes>;
+    type Future = std::future::Ready<Result<tonic::Response<BoxStream<Bytes>>, Status>>;
+
+    fn call(&mut self, _: tonic::Request<Bytes>) -> Self::Future {
+        let guard = self.0.clone();
+        let stream = futures_util::stream::iter([Ok(Bytes::from("held"))])
+            .chain(futures_util::stream::pending())
+            .map(move |item| {
+                let _alive = &guard;
+                item
+            });
+        std::future::ready(Ok(tonic::Response::new(Box::pin(stream))))
+    }
+}
+
+/// Counts one open `Hold` stream from creation until its last clone drops.
+#[derive(Clone)]
+struct Holding(Arc<HoldingInner>);
+
+struct HoldingInner(Arc<AtomicUsize>);
+
+impl Holding {
+    fn new(count: Arc<AtomicUsize>) -> Self {
+        count.fetch_add(1, Ordering::SeqCst);
+        Holding(Arc::new(HoldingInner(count)))
+    }
+}
+
+impl Drop for HoldingInner {
+    fn drop(&mut self) {
+        self.0.fetch_sub(1, Ordering::SeqCst);
     }
 }
 

@@ -202,7 +202,7 @@ async fn dispatch(
 }
 
 /// One message, then a stream that ends only when the caller drops it.
-struct Hold(Holding);
+struct Hold(Arc<Holding>);
 
 impl tonic::server::ServerStreamingService<Bytes> for Hold {
     type Response = Bytes;
@@ -221,20 +221,18 @@ impl tonic::server::ServerStreamingService<Bytes> for Hold {
     }
 }
 
-/// Counts one open `Hold` stream from creation until its last clone drops.
-#[derive(Clone)]
-struct Holding(Arc<HoldingInner>);
-
-struct HoldingInner(Arc<AtomicUsize>);
+/// Counts one open `Hold` stream from creation until it drops (shared by
+/// the stream through an `Arc`).
+struct Holding(Arc<AtomicUsize>);
 
 impl Holding {
-    fn new(count: Arc<AtomicUsize>) -> Self {
+    fn new(count: Arc<AtomicUsize>) -> Arc<Self> {
         count.fetch_add(1, Ordering::SeqCst);
-        Holding(Arc::new(HoldingInner(count)))
+        Arc::new(Holding(count))
     }
 }
 
-impl Drop for HoldingInner {
+impl Drop for Holding {
     fn drop(&mut self) {
         self.0.fetch_sub(1, Ordering::SeqCst);
     }

@@ -177,12 +177,21 @@ pub async fn run_operator(cli: &Cli) -> anyhow::Result<()> {
             proxy,
             hard_rtt,
             soft_rtt,
+            http2,
         } => {
             let proxy = match proxy {
                 Some(proxy) => *proxy,
                 None => proxy_of(&cli.agent).await?,
             };
-            crate::demo::call_cli(name, path, proxy, *hard_rtt, *soft_rtt, cli.json).await?
+            let call = crate::demo::Call {
+                name,
+                path,
+                proxy,
+                hard_rtt: *hard_rtt,
+                soft_rtt: *soft_rtt,
+                http2: *http2,
+            };
+            crate::demo::call_cli(&call, cli.json).await?
         }
         Command::Ps
         | Command::Logs { .. }

@@ -251,16 +251,35 @@ async fn stop_all(first: RunningAgent, rest: Vec<RunningAgent>) {
     }
 }
 
+/// What `gossamer call` sends.
+pub struct Call<'a> {
+    /// Service name.
+    pub name: &'a str,
+    /// Path, with or without its leading `/`.
+    pub path: &'a str,
+    /// The proxy to send through.
+    pub proxy: SocketAddr,
+    /// Hard RTT requirement (ms).
+    pub hard_rtt: Option<u32>,
+    /// Soft RTT requirement (ms).
+    pub soft_rtt: Option<u32>,
+    /// Speak HTTP/2 (h2c with prior knowledge) instead of HTTP/1.1.
+    pub http2: bool,
+}
+
 /// `gossamer call`: one request through the proxy, printed for people or as JSON.
-pub async fn call_cli(
-    name: &str,
-    path: &str,
-    proxy: SocketAddr,
-    hard_rtt: Option<u32>,
-    soft_rtt: Option<u32>,
-    json: bool,
-) -> anyhow::Result<()> {
-    let client = HttpClient::builder(TokioExecutor::new()).build_http::<Empty<Bytes>>();
+pub async fn call_cli(call: &Call<'_>, json: bool) -> anyhow::Result<()> {
+    let Call {
+        name,
+        path,
+        proxy,
+        hard_rtt,
+        soft_rtt,
+        http2,
+    } = *call;
+    let client = HttpClient::builder(TokioExecutor::new())
+        .http2_only(http2)
+        .build_http::<Empty<Bytes>>();
     let path = if path.starts_with('/') {
         path.to_owned()
     } else {
@@ -279,6 +298,11 @@ pub async fn call_cli(
         .await
         .with_context(|| format!("cannot reach the proxy at {proxy}; is the agent running with --proxy-listen {proxy}?"))?;
     let status = response.status();
+    let version = if response.version() == http::Version::HTTP_2 {
+        "HTTP/2"
+    } else {
+        "HTTP"
+    };
     let header = |name: &str| {
         response
             .headers()
@@ -302,7 +326,7 @@ pub async fn call_cli(
         );
     } else {
         println!(
-            "HTTP {status} from {} (rtt {} ms)",
+            "{version} {status} from {} (rtt {} ms)",
             if upstream.is_empty() { "-" } else { &upstream },
             if rtt.is_empty() { "-" } else { &rtt }
         );

@@ -108,6 +108,9 @@ pub enum Command {
         /// Soft RTT requirement in ms.
         #[arg(long)]
         soft_rtt: Option<u32>,
+        /// Speak HTTP/2 to the proxy (h2c, prior knowledge) instead of HTTP/1.1.
+        #[arg(long)]
+        http2: bool,
     },
     /// Run a small HTTP echo service (demos and tests).
     Echo {

@@ -37,7 +37,18 @@ pub async fn serve_stream(
     let service = service_fn(move |request: Request<Incoming>| {
         let agent = agent.clone();
         let frame = frame.clone();
-        async move { Ok::<_, std::convert::Infallible>(handle(&agent, &frame, allowed, request).await) }
+        async move {
+            // The calling sidecar passes this answer on as it is, so a gRPC
+            // caller's error must be a gRPC status already.
+            let grpc = super::grpc::is_grpc(request.headers());
+            let response = handle(&agent, &frame, allowed, request).await;
+            let response = if grpc {
+                super::grpc_if_proxy_made(response)
+            } else {
+                response
+            };
+            Ok::<_, std::convert::Infallible>(response)
+        }
     });
     // The calling sidecar speaks its caller's HTTP version on the stream.
     let mut builder = auto::Builder::new(TokioExecutor::new());

@@ -194,9 +194,7 @@ async fn handle(agent: &Arc<ProxyHandles>, mut request: Request<Incoming>) -> Re
         };
     let mut response = response;
     if protocol == "grpc" {
-        if let Some(ProxyMade(message)) = response.extensions_mut().remove::<ProxyMade>() {
-            response = grpc::as_grpc_status(response, &message, empty_body());
-        }
+        response = grpc_if_proxy_made(response);
     }
     upgrade::splice_if_switched(
         client_upgrade,
@@ -215,6 +213,16 @@ async fn handle(agent: &Arc<ProxyHandles>, mut request: Request<Incoming>) -> Re
     ::metrics::histogram!(metrics::PROXY_DURATION, "service" => label)
         .record(started.elapsed().as_secs_f64());
     response
+}
+
+/// For a gRPC caller, turns one of the proxy's own error answers (on
+/// either sidecar) into a gRPC status: a JSON body would reach the client
+/// as a framing error instead of the reason.
+fn grpc_if_proxy_made(mut response: Response<ProxyBody>) -> Response<ProxyBody> {
+    match response.extensions_mut().remove::<ProxyMade>() {
+        Some(ProxyMade(message)) => grpc::as_grpc_status(response, &message, empty_body()),
+        None => response,
+    }
 }
 
 fn empty_body() -> ProxyBody {

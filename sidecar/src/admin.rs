@@ -39,9 +39,9 @@ const DEFAULT_WAIT: Duration = Duration::from_secs(300);
 const MAX_WAIT: Duration = Duration::from_secs(600);
 
 /// Serves the admin API until the agent stops.
-pub async fn serve(agent: Arc<AdminHandles>, listener: TcpListener) {
+pub async fn serve(agent: Arc<AdminHandles>, listener: TcpListener, limits: server::Limits) {
     let shutdown = agent.shutdown.clone();
-    server::serve(listener, shutdown, move |request| {
+    server::serve(listener, limits, shutdown, move |request| {
         let agent = agent.clone();
         async move {
             if request.method() == Method::GET && request.uri().path() == "/v1/events" {
@@ -65,28 +65,34 @@ pub async fn serve(agent: Arc<AdminHandles>, listener: TcpListener) {
 pub async fn serve_metrics(
     listener: TcpListener,
     handle: PrometheusHandle,
+    limits: server::Limits,
     shutdown: tokio::sync::watch::Receiver<bool>,
 ) {
-    server::serve(listener, shutdown, move |request: Request<Incoming>| {
-        let handle = handle.clone();
-        async move {
-            if request.uri().path() == "/metrics" {
-                crate::metrics::collect_process();
-                let mut response = Response::new(Full::new(Bytes::from(handle.render())));
-                response.headers_mut().insert(
-                    http::header::CONTENT_TYPE,
-                    http::HeaderValue::from_static("text/plain; version=0.0.4"),
-                );
-                response
-            } else {
-                reply::error(
-                    StatusCode::NOT_FOUND,
-                    format!("no such path {}", request.uri().path()),
-                    "metrics are at /metrics",
-                )
+    server::serve(
+        listener,
+        limits,
+        shutdown,
+        move |request: Request<Incoming>| {
+            let handle = handle.clone();
+            async move {
+                if request.uri().path() == "/metrics" {
+                    crate::metrics::collect_process();
+                    let mut response = Response::new(Full::new(Bytes::from(handle.render())));
+                    response.headers_mut().insert(
+                        http::header::CONTENT_TYPE,
+                        http::HeaderValue::from_static("text/plain; version=0.0.4"),
+                    );
+                    response
+                } else {
+                    reply::error(
+                        StatusCode::NOT_FOUND,
+                        format!("no such path {}", request.uri().path()),
+                        "metrics are at /metrics",
+                    )
+                }
             }
-        }
-    })
+        },
+    )
     .await;
 }
 

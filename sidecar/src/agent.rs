@@ -223,7 +223,15 @@ pub async fn start(config: AgentConfig) -> anyhow::Result<RunningAgent> {
     let tasks = TaskTracker::new();
     let (shutdown, _) = watch::channel(false);
     let metrics_addr = match config.metrics_listen {
-        Some(addr) => Some(start_metrics(&tasks, addr, shutdown.subscribe()).await?),
+        Some(addr) => Some(
+            start_metrics(
+                &tasks,
+                addr,
+                http_limits(&config, "metrics"),
+                shutdown.subscribe(),
+            )
+            .await?,
+        ),
         None => None,
     };
     let dns = match config.dns_listen {
@@ -307,11 +315,19 @@ pub async fn start(config: AgentConfig) -> anyhow::Result<RunningAgent> {
         },
         rtt_rx,
     ))));
-    tasks.spawn(admin::serve(admin_handles, admin_listener));
+    tasks.spawn(admin::serve(
+        admin_handles,
+        admin_listener,
+        http_limits(&config, "admin"),
+    ));
     for (service, listener) in tcp_listeners {
         tasks.spawn(proxy::tcp::serve(proxy_handles.clone(), service, listener));
     }
-    tasks.spawn(proxy::serve(proxy_handles, proxy_listener));
+    tasks.spawn(proxy::serve(
+        proxy_handles,
+        proxy_listener,
+        http_limits(&config, "proxy"),
+    ));
     tasks.spawn(until_stop(Box::pin(sync::run(anti_entropy.clone()))));
     tasks.spawn(until_stop(Box::pin(sync::persist_loop(
         catalog.clone(),
@@ -440,15 +456,25 @@ async fn bind_tcp(addr: SocketAddr, flag: &str) -> anyhow::Result<tokio::net::Tc
     })
 }
 
+/// The bounds of the HTTP listener named `listener`, from the flags.
+fn http_limits(config: &AgentConfig, listener: &'static str) -> crate::server::Limits {
+    crate::server::Limits {
+        listener,
+        max_connections: config.max_connections,
+        header_read_timeout: config.header_read_timeout,
+    }
+}
+
 async fn start_metrics(
     tasks: &TaskTracker,
     addr: SocketAddr,
+    limits: crate::server::Limits,
     shutdown: watch::Receiver<bool>,
 ) -> anyhow::Result<SocketAddr> {
     let handle = metrics::recorder()?;
     let listener = bind_tcp(addr, "--metrics-listen").await?;
     let local = listener.local_addr()?;
-    tasks.spawn(admin::serve_metrics(listener, handle, shutdown));
+    tasks.spawn(admin::serve_metrics(listener, handle, limits, shutdown));
     Ok(local)
 }
 

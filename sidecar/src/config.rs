@@ -155,6 +155,14 @@ pub struct AgentArgs {
     /// How long an instance is ejected after 5 consecutive failures, doubling on repeats [default: 30000].
     #[arg(long, env = "GOSSAMER_BASE_EJECTION_MS")]
     pub base_ejection_ms: Option<u64>,
+    /// Open connections at most on each HTTP listener (proxy, admin,
+    /// metrics); more are answered 503 and closed [default: 4096].
+    #[arg(long, env = "GOSSAMER_MAX_CONNECTIONS")]
+    pub max_connections: Option<usize>,
+    /// Time a client of an HTTP listener has to send a request head, also
+    /// the idle keep-alive timeout [default: 30000].
+    #[arg(long, env = "GOSSAMER_HEADER_READ_TIMEOUT_MS")]
+    pub header_read_timeout_ms: Option<u64>,
     /// Let estimated (Vivaldi) RTT satisfy hard requirements.
     #[arg(long, env = "GOSSAMER_ALLOW_ESTIMATED_RTT")]
     #[serde(default)]
@@ -263,6 +271,10 @@ pub struct AgentConfig {
     pub allow_estimated_rtt: bool,
     /// Base ejection time of failing instances.
     pub base_ejection: Duration,
+    /// Connection cap of each HTTP listener.
+    pub max_connections: usize,
+    /// Header-read (and idle keep-alive) timeout of the HTTP listeners.
+    pub header_read_timeout: Duration,
     /// Test-only per-peer delays.
     pub link_delays: Vec<(SocketAddr, Duration)>,
     /// Test-only per-peer drops.
@@ -326,6 +338,8 @@ impl AgentArgs {
             profile: self.profile.or(file.profile),
             zone: self.zone.or(file.zone),
             base_ejection_ms: self.base_ejection_ms.or(file.base_ejection_ms),
+            max_connections: self.max_connections.or(file.max_connections),
+            header_read_timeout_ms: self.header_read_timeout_ms.or(file.header_read_timeout_ms),
             allow_estimated_rtt: self.allow_estimated_rtt || file.allow_estimated_rtt,
             dev: self.dev || file.dev,
             debug_link_delay: pick_vec(self.debug_link_delay, file.debug_link_delay),
@@ -444,6 +458,15 @@ impl AgentArgs {
                     .unwrap_or(30_000)
                     .clamp(100, 3_600_000),
             ),
+            max_connections: self
+                .max_connections
+                .unwrap_or(crate::server::Limits::MAX_CONNECTIONS)
+                .max(1),
+            header_read_timeout: self
+                .header_read_timeout_ms
+                .map_or(crate::server::Limits::HEADER_READ_TIMEOUT, |ms| {
+                    Duration::from_millis(ms.clamp(100, 3_600_000))
+                }),
             link_delays,
             link_drops,
             supervise,

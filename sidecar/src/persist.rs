@@ -304,12 +304,25 @@ pub fn write_atomic(path: &Path, bytes: &[u8]) -> anyhow::Result<()> {
         fs::rename(&tmp, path)?;
         fs::File::open(dir)?.sync_all()
     })();
-    result.with_context(|| {
-        format!(
-            "cannot write {}; check free space and permissions",
-            path.display()
-        )
+    result.map_err(|e| {
+        let advice = write_advice(&e);
+        anyhow::Error::new(e).context(format!("cannot write {}; {advice}", path.display()))
     })
+}
+
+/// What to do about a failed write, by its cause: issue 21 saw an agent out
+/// of file descriptors blame free space.
+pub fn write_advice(error: &std::io::Error) -> &'static str {
+    if crate::server::out_of_descriptors(error) {
+        return "the agent is out of file descriptors (too many open connections?): raise the limit (ulimit -n, LimitNOFILE) or lower --max-connections";
+    }
+    match error.raw_os_error() {
+        // ENOSPC, EDQUOT
+        Some(28 | 122) => "the data dir's filesystem is full: free space there",
+        // EACCES, EPERM, EROFS
+        Some(13 | 1 | 30) => "the data dir is not writable: fix its permissions or mount",
+        _ => "check free space and permissions in the data dir",
+    }
 }
 
 #[cfg(test)]

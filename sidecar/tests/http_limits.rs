@@ -211,3 +211,83 @@ async fn past_the_connection_cap_new_connections_get_503_and_open_ones_keep_work
     );
     assert!(counted >= EXTRA as f64, "{counted} refusals counted");
 }
+
+fn open_fds(pid: u32) -> usize {
+    std::fs::read_dir(format!("/proc/{pid}/fd"))
+        .map(|d| d.count())
+        .unwrap_or(0)
+}
+
+/// Sets the soft limit on open files of `pid` (the hard one stays: raising
+/// it back would need privileges).
+fn set_fd_limit(pid: u32, limit: usize) {
+    let status = std::process::Command::new("prlimit")
+        .args([
+            "--pid",
+            &pid.to_string(),
+            &format!("--nofile={limit}:"),
+        ])
+        .status()
+        .expect("run prlimit");
+    assert!(status.success(), "prlimit failed");
+}
+
+#[tokio::test]
+async fn an_agent_out_of_descriptors_blames_itself_not_its_healthy_instance() {
+    let agent = AgentProc::start(Spec::new("fd-out")).await;
+    let pid = agent.pid().expect("pid");
+    let (port, _echo) = common::echo_service("fd-echo").await;
+    common::register_port(&agent, "fdecho", port).await;
+    // Connections accepted before the descriptors run out.
+    let mut caller = connect(agent.listeners.proxy).await;
+    let mut admin = connect(agent.listeners.admin).await;
+    let instances = "GET /v1/services/fdecho/instances HTTP/1.1\r\nHost: x\r\n\r\n";
+    assert!(request(&mut admin, instances).await.contains("passing"));
+
+    // Lower the agent's limit a little above what it holds, then fill it
+    // with idle connections to its proxy.
+    let limit = open_fds(pid) + 30;
+    set_fd_limit(pid, limit);
+    let mut idle = Vec::new();
+    for _ in 0..60 {
+        idle.push(connect(agent.listeners.proxy).await);
+    }
+    eventually(
+        "the agent to run out of descriptors",
+        Duration::from_secs(10),
+        || async { (open_fds(pid) >= limit).then_some(()) },
+    )
+    .await;
+
+    // A call to the healthy local instance cannot connect...
+    let answer = request(
+        &mut caller,
+        "GET / HTTP/1.1\r\nHost: fdecho.localhost\r\n\r\n",
+    )
+    .await;
+    assert!(!answer.starts_with("HTTP/1.1 200"), "{answer}");
+    // ...and the instance is not blamed for it; the log says why.
+    let listed = request(&mut admin, instances).await;
+    assert!(
+        listed.contains("passing") && !listed.contains("critical"),
+        "the healthy instance was marked: {listed}"
+    );
+    assert!(
+        agent.log().contains("out of file descriptors"),
+        "the log does not say the agent is out of descriptors"
+    );
+
+    // Once descriptors are free again, calls go through.
+    idle.clear();
+    set_fd_limit(pid, 4_096);
+    eventually("calls to work again", Duration::from_secs(20), || async {
+        let mut stream = connect(agent.listeners.proxy).await;
+        let answer = request(
+            &mut stream,
+            "GET / HTTP/1.1\r\nHost: fdecho.localhost\r\n\r\n",
+        )
+        .await;
+        answer.starts_with("HTTP/1.1 200").then_some(())
+    })
+    .await;
+}

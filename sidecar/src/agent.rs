@@ -333,8 +333,19 @@ pub async fn start(config: AgentConfig) -> anyhow::Result<RunningAgent> {
         catalog.clone(),
         data.clone(),
     ))));
+    let saved_members = data.members();
+    if !saved_members.is_empty() {
+        info!(
+            members = saved_members.len(),
+            "rejoining the members saved in the data dir, with --join"
+        );
+    }
+    tasks.spawn(until_stop(Box::pin(join::remember_members(
+        membership.clone(),
+        data.clone(),
+    ))));
     tasks.spawn(until_stop(Box::pin(join::run(join::Joiner {
-        targets: config.join.clone(),
+        targets: join::targets(&config.join, &saved_members, &[quic, advertise]),
         identity: identity.clone(),
         bound: quic,
         membership: membership.clone(),

@@ -1,7 +1,14 @@
 //! Joining: learn each `--join` target's identity over a Hello stream and
 //! announce ourselves to it, retrying with capped exponential backoff until
 //! one answers. After that foca's periodic announces keep us in.
+//!
+//! The targets are `--join` and the members this node saw last time
+//! ([`remember_members`] keeps them in the data dir, as Serf's snapshot):
+//! a node restarted without `--join` (the first node of a cluster, say)
+//! finds its peers again, where before it stayed alone and its peers kept
+//! it down after a graceful leave (issue 21, row 3).
 
+use std::collections::BTreeSet;
 use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::Duration;
@@ -13,6 +20,7 @@ use mesh_proto::NodeIdentity;
 use tracing::{info, warn};
 
 use crate::membership::Membership;
+use crate::persist::DataDir;
 use crate::transport::Transport;
 
 const FIRST_BACKOFF: Duration = Duration::from_millis(200);
@@ -107,6 +115,48 @@ async fn join_one(agent: &Joiner, target: &str) -> anyhow::Result<NodeIdentity> 
     Err(last_error)
 }
 
+/// The join targets: `--join` as given, then the saved members' addresses
+/// not already named and not this node's own.
+pub fn targets(join: &[String], saved: &[SocketAddr], own: &[SocketAddr]) -> Vec<String> {
+    let mut targets = join.to_vec();
+    for addr in saved {
+        let text = addr.to_string();
+        if !own.contains(addr) && !targets.contains(&text) {
+            targets.push(text);
+        }
+    }
+    targets
+}
+
+/// Keeps the addresses of the active members in the data dir whenever they
+/// change. An empty set is never saved: when every peer has left, the last
+/// ones known are still the best guess for finding the cluster again.
+pub async fn remember_members(membership: Membership, data: DataDir) {
+    let mut active = membership.active();
+    let mut saved = BTreeSet::new();
+    loop {
+        let addrs: BTreeSet<SocketAddr> = active
+            .borrow_and_update()
+            .values()
+            .map(|identity| identity.addr)
+            .collect();
+        if !addrs.is_empty() && addrs != saved {
+            let list: Vec<SocketAddr> = addrs.iter().copied().collect();
+            let data = data.clone();
+            match tokio::task::spawn_blocking(move || data.save_members(&list)).await {
+                Ok(Ok(())) => saved = addrs,
+                Ok(Err(e)) => {
+                    warn!(error = %format!("{e:#}"), "cannot save the members to rejoin after a restart")
+                }
+                Err(_) => {}
+            }
+        }
+        if active.changed().await.is_err() {
+            return;
+        }
+    }
+}
+
 /// Asks the agent at `addr` who it is.
 pub async fn hello(transport: &Arc<Transport>, addr: SocketAddr) -> anyhow::Result<NodeIdentity> {
     let (mut send, mut recv, _) = transport.open_stream(addr, StreamKind::Hello).await?;
@@ -115,4 +165,22 @@ pub async fn hello(transport: &Arc<Transport>, addr: SocketAddr) -> anyhow::Resu
         .await
         .map_err(|_| anyhow!("{addr} did not answer hello"))??;
     codec::decode(&bytes, MAX_HELLO).map_err(|e| anyhow!("bad hello from {addr}: {e}"))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn saved_members_follow_join_without_duplicates_or_ourselves() {
+        let a: SocketAddr = "10.0.0.1:4300".parse().expect("addr");
+        let b: SocketAddr = "10.0.0.2:4300".parse().expect("addr");
+        let own: SocketAddr = "10.0.0.9:4300".parse().expect("addr");
+        let join = vec!["10.0.0.1:4300".to_owned(), "seed.example:4300".to_owned()];
+        assert_eq!(
+            targets(&join, &[a, b, own], &[own]),
+            vec!["10.0.0.1:4300", "seed.example:4300", "10.0.0.2:4300"]
+        );
+        assert!(targets(&[], &[own], &[own]).is_empty());
+    }
 }

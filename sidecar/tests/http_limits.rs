@@ -222,11 +222,7 @@ fn open_fds(pid: u32) -> usize {
 /// it back would need privileges).
 fn set_fd_limit(pid: u32, limit: usize) {
     let status = std::process::Command::new("prlimit")
-        .args([
-            "--pid",
-            &pid.to_string(),
-            &format!("--nofile={limit}:"),
-        ])
+        .args(["--pid", &pid.to_string(), &format!("--nofile={limit}:")])
         .status()
         .expect("run prlimit");
     assert!(status.success(), "prlimit failed");

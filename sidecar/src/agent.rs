@@ -275,6 +275,12 @@ pub async fn start(config: AgentConfig) -> anyhow::Result<RunningAgent> {
         shutdown: shutdown.subscribe(),
         decisions: decisions.clone(),
     });
+    // Set from the start when --join names targets: until one answers, the
+    // node is not in the cluster it was told to join.
+    let join_problem = join::JoinProblem::default();
+    if !config.join.is_empty() {
+        join_problem.set("not in a cluster yet: joining through --join".to_owned());
+    }
     let admin_handles = Arc::new(AdminHandles {
         identity: identity.clone(),
         catalog: catalog.clone(),
@@ -286,6 +292,7 @@ pub async fn start(config: AgentConfig) -> anyhow::Result<RunningAgent> {
         event_streams: Arc::new(tokio::sync::Semaphore::new(crate::ui::sse::MAX_STREAMS)),
         listeners,
         ready: ready.clone(),
+        join_problem: join_problem.clone(),
         shutdown: shutdown.subscribe(),
     });
     let stream_handles = Arc::new(StreamHandles {
@@ -346,6 +353,7 @@ pub async fn start(config: AgentConfig) -> anyhow::Result<RunningAgent> {
     ))));
     tasks.spawn(until_stop(Box::pin(join::run(join::Joiner {
         targets: join::targets(&config.join, &saved_members, &[quic, advertise]),
+        problem: (!config.join.is_empty()).then(|| join_problem.clone()),
         identity: identity.clone(),
         bound: quic,
         membership: membership.clone(),

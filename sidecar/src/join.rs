@@ -10,7 +10,7 @@
 
 use std::collections::BTreeSet;
 use std::net::SocketAddr;
-use std::sync::Arc;
+use std::sync::{Arc, Mutex, PoisonError};
 use std::time::Duration;
 
 use anyhow::{anyhow, Context};
@@ -42,6 +42,36 @@ pub struct Joiner {
     pub membership: Membership,
     /// Hello streams.
     pub transport: Arc<Transport>,
+    /// Where to say why the node is not in a cluster, when `--join` was
+    /// given (saved members alone may all be gone: being alone is then no
+    /// problem).
+    pub problem: Option<JoinProblem>,
+}
+
+/// Why this node is not in the cluster it was told to join (`/v1/health`
+/// reports it as `degraded`; issue 21 row 11: an agent with the wrong
+/// passphrase said it was fine while it never joined).
+#[derive(Debug, Clone, Default)]
+pub struct JoinProblem(Arc<Mutex<Option<String>>>);
+
+impl JoinProblem {
+    /// Records what is wrong.
+    pub fn set(&self, problem: String) {
+        *self.0.lock().unwrap_or_else(PoisonError::into_inner) = Some(problem);
+    }
+
+    /// Clears it: the node joined.
+    pub fn clear(&self) {
+        *self.0.lock().unwrap_or_else(PoisonError::into_inner) = None;
+    }
+
+    /// What is wrong, if anything.
+    pub fn get(&self) -> Option<String> {
+        self.0
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .clone()
+    }
 }
 
 /// Joins through the configured targets; returns once one answered.
@@ -54,23 +84,35 @@ pub async fn run(agent: Joiner) {
     loop {
         attempt += 1;
         let mut joined = false;
+        let mut last_error = None;
         for target in &agent.targets {
             match join_one(&agent, target).await {
                 Ok(peer) => {
                     info!(%target, peer = %peer.node_id, "joined the cluster");
                     joined = true;
                 }
-                Err(e) if attempt == 1 || attempt.is_multiple_of(10) => {
-                    warn!(%target, error = %e, attempt, "cannot join yet; retrying with backoff")
+                Err(e) => {
+                    if attempt == 1 || attempt.is_multiple_of(10) {
+                        warn!(%target, error = %e, attempt, "cannot join yet; retrying with backoff");
+                    }
+                    last_error = Some(format!("{target}: {e:#}"));
                 }
-                Err(_) => {}
             }
         }
         // The announce and its answer are single datagrams: if either was
         // lost, nobody knows us and foca's periodic announces (to known
         // members only) cannot repair it, so only a member in our table counts.
         if joined && admitted(&agent, ANNOUNCE_ANSWER).await {
+            if let Some(problem) = &agent.problem {
+                problem.clear();
+            }
             return;
+        }
+        if let Some(problem) = &agent.problem {
+            problem.set(format!(
+                "not in a cluster: no join target answered after {attempt} attempts (last: {}); check --join and that this node has the cluster's passphrase or CA",
+                last_error.as_deref().unwrap_or("announced, but no member answered")
+            ));
         }
         if joined {
             warn!(

@@ -53,3 +53,37 @@ async fn a_seed_stopped_gracefully_and_restarted_without_join_rejoins_its_peer()
     )
     .await;
 }
+
+#[tokio::test]
+async fn an_agent_that_cannot_join_says_so_in_its_health() {
+    let seed = AgentProc::start(Spec::new("health-seed")).await;
+    let member = AgentProc::start(Spec::new("health-member").join(&seed)).await;
+    let outsider = AgentProc::start(
+        Spec::new("health-outsider")
+            .psk("another-cluster-passphrase")
+            .join(&seed),
+    )
+    .await;
+    // The outsider serves its listeners, but it is not in a cluster.
+    let health = eventually("the outsider to report its problem", CONVERGE, || async {
+        let health = outsider.client().health().await.ok()?;
+        (health.status == "degraded").then_some(health)
+    })
+    .await;
+    assert!(health.ready, "{health:?}");
+    assert!(
+        health
+            .problems
+            .iter()
+            .any(|p| p.contains("not in a cluster") && p.contains("passphrase")),
+        "{health:?}"
+    );
+    // A member that joined, and the seed that joined nobody, are fine.
+    for agent in [&member, &seed] {
+        eventually("a joined agent to be ok", CONVERGE, || async {
+            let health = agent.client().health().await.ok()?;
+            (health.status == "ok" && health.problems.is_empty()).then_some(())
+        })
+        .await;
+    }
+}

@@ -28,6 +28,7 @@ use crate::registry::{Invalid, Refusal};
 use crate::reply::{self, JsonResponse};
 use crate::{server, views};
 
+pub mod auth;
 pub mod supervise;
 
 /// Decisions `GET /v1/decisions` returns without `?limit=`.
@@ -44,6 +45,13 @@ pub async fn serve(agent: Arc<AdminHandles>, listener: TcpListener, limits: serv
     server::serve(listener, limits, shutdown, move |request| {
         let agent = agent.clone();
         async move {
+            if let Some(refused) = auth::check(
+                agent.admin_token.as_ref(),
+                request.method(),
+                request.headers(),
+            ) {
+                return refused.map(|body| body.map_err(|never| match never {}).boxed());
+            }
             if request.method() == Method::GET && request.uri().path() == "/v1/events" {
                 return crate::ui::sse::events(&agent);
             }

@@ -277,6 +277,9 @@ pub async fn start(config: AgentConfig) -> anyhow::Result<RunningAgent> {
     });
     // Set from the start when --join names targets: until one answers, the
     // node is not in the cluster it was told to join.
+    if config.admin_token.is_none() && !config.admin_listen.ip().is_loopback() {
+        warn!(admin = %config.admin_listen, "the admin API listens beyond loopback without --admin-token: anyone who reaches it can change the catalog; set --admin-token (or restrict it with a network policy)");
+    }
     let join_problem = join::JoinProblem::default();
     if !config.join.is_empty() {
         join_problem.set("not in a cluster yet: joining through --join".to_owned());
@@ -293,6 +296,7 @@ pub async fn start(config: AgentConfig) -> anyhow::Result<RunningAgent> {
         listeners,
         ready: ready.clone(),
         join_problem: join_problem.clone(),
+        admin_token: config.admin_token.clone(),
         shutdown: shutdown.subscribe(),
     });
     let stream_handles = Arc::new(StreamHandles {

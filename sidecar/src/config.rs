@@ -115,6 +115,13 @@ pub struct AgentArgs {
     /// File holding the cluster passphrase.
     #[arg(long, env = "GOSSAMER_PSK_FILE")]
     pub psk_file: Option<PathBuf>,
+    /// Bearer token the admin API requires on every write (PUT, POST,
+    /// DELETE); reads stay open. The CLI sends GOSSAMER_ADMIN_TOKEN.
+    #[arg(long, env = "GOSSAMER_ADMIN_TOKEN", hide_env_values = true)]
+    pub admin_token: Option<String>,
+    /// File holding the admin token.
+    #[arg(long, env = "GOSSAMER_ADMIN_TOKEN_FILE")]
+    pub admin_token_file: Option<PathBuf>,
     /// Operator CA certificate (PEM), instead of the passphrase-derived CA.
     #[arg(long, env = "GOSSAMER_TLS_CA", requires_all = ["tls_cert", "tls_key"])]
     pub tls_ca: Option<PathBuf>,
@@ -283,6 +290,18 @@ pub struct AgentConfig {
     pub supervise: Vec<supervise::ServiceSpec>,
     /// Local listeners of TCP services.
     pub tcp: Vec<tcp::TcpSpec>,
+    /// Token required on admin writes, if any.
+    pub admin_token: Option<AdminToken>,
+}
+
+/// The admin API's bearer token; never printed.
+#[derive(Clone, PartialEq, Eq)]
+pub struct AdminToken(pub String);
+
+impl std::fmt::Debug for AdminToken {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("AdminToken(..)")
+    }
 }
 
 impl AgentArgs {
@@ -325,6 +344,8 @@ impl AgentArgs {
             join: pick_vec(self.join, file.join),
             psk: self.psk.or(file.psk),
             psk_file: self.psk_file.or(file.psk_file),
+            admin_token: self.admin_token.or(file.admin_token),
+            admin_token_file: self.admin_token_file.or(file.admin_token_file),
             tls_ca: self.tls_ca.or(file.tls_ca),
             tls_cert: self.tls_cert.or(file.tls_cert),
             tls_key: self.tls_key.or(file.tls_key),
@@ -384,6 +405,7 @@ impl AgentArgs {
             );
         }
         let trust = self.trust(dev)?;
+        let admin_token = self.admin_token()?;
         let supervise = supervise::resolve(&self)?;
         let tcp = tcp::resolve(&self.tcp, &self.tcp_tables)?;
         let services = self
@@ -471,7 +493,31 @@ impl AgentArgs {
             link_drops,
             supervise,
             tcp,
+            admin_token,
         })
+    }
+
+    fn admin_token(&self) -> anyhow::Result<Option<AdminToken>> {
+        let token = match (&self.admin_token, &self.admin_token_file) {
+            (Some(_), Some(_)) => {
+                bail!("pass either --admin-token or --admin-token-file, not both")
+            }
+            (Some(token), None) => token.trim().to_owned(),
+            (None, Some(path)) => std::fs::read_to_string(path)
+                .with_context(|| {
+                    format!(
+                        "cannot read --admin-token-file {}; check the path and its permissions",
+                        path.display()
+                    )
+                })?
+                .trim()
+                .to_owned(),
+            (None, None) => return Ok(None),
+        };
+        if token.is_empty() {
+            bail!("the admin token is empty; pass a non-empty --admin-token (or leave it unset to keep the admin API open)");
+        }
+        Ok(Some(AdminToken(token)))
     }
 
     fn trust(&self, dev: bool) -> anyhow::Result<TrustSource> {

@@ -62,6 +62,7 @@ pub fn local_config(
         link_drops: Vec::new(),
         supervise: Vec::new(),
         tcp: Vec::new(),
+        admin_token: None,
     }
 }
 

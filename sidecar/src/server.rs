@@ -29,6 +29,10 @@ use tracing::{debug, warn};
 
 use crate::metrics;
 
+mod own_errors;
+
+use own_errors::OwnErrorsAsJson;
+
 /// The bounds of one HTTP listener.
 #[derive(Debug, Clone, Copy)]
 pub struct Limits {
@@ -95,7 +99,10 @@ pub async fn serve<H, F, B>(
         let mut stopping = shutdown.clone();
         connections.spawn(async move {
             let _slot = slot;
+            let calls = Arc::new(std::sync::atomic::AtomicU64::new(0));
+            let stream = OwnErrorsAsJson::new(stream, calls.clone());
             let service = service_fn(move |request| {
+                calls.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
                 let response = handler(request);
                 async move { Ok::<_, Infallible>(response.await) }
             });

@@ -287,3 +287,46 @@ async fn an_agent_out_of_descriptors_blames_itself_not_its_healthy_instance() {
     })
     .await;
 }
+
+#[tokio::test]
+async fn requests_hyper_cannot_parse_are_answered_with_json_errors() {
+    let agent = AgentProc::start(Spec::new("badframing")).await;
+    let many_headers: String = (0..101).map(|i| format!("x-h{i}: v\r\n")).collect();
+    let cases = [
+        (
+            format!("GET /v1/health HTTP/1.1\r\nHost: x\r\n{many_headers}\r\n"),
+            "431",
+        ),
+        (
+            "POST /v1/health HTTP/1.1\r\nHost: x\r\nContent-Length: 1\r\nContent-Length: 2\r\n\r\nab"
+                .to_owned(),
+            "400",
+        ),
+        (
+            "GET /v1/health HTTP/1.1\r\nHost: x\r\nX-Folded: a\r\n b\r\n\r\n".to_owned(),
+            "400",
+        ),
+    ];
+    for addr in [agent.listeners.admin, agent.listeners.proxy] {
+        for (raw, status) in &cases {
+            let mut stream = connect(addr).await;
+            stream.write_all(raw.as_bytes()).await.expect("write");
+            let (answer, _) = read_until_closed(&mut stream, Duration::from_secs(10)).await;
+            assert!(
+                answer.starts_with(&format!("HTTP/1.1 {status} ")),
+                "{addr}: {answer}"
+            );
+            let body = answer.split_once("\r\n\r\n").map(|(_, b)| b).unwrap_or("");
+            let json: serde_json::Value = serde_json::from_str(body)
+                .unwrap_or_else(|e| panic!("{addr}: not JSON ({e}): {answer}"));
+            assert!(
+                json["error"].is_string() && json["hint"].is_string(),
+                "{json}"
+            );
+        }
+    }
+    // Requests on a connection that served fine are untouched.
+    let mut stream = connect(agent.listeners.admin).await;
+    let ok = request(&mut stream, "GET /v1/health HTTP/1.1\r\nHost: x\r\n\r\n").await;
+    assert!(ok.starts_with("HTTP/1.1 200"), "{ok}");
+}

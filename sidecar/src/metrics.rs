@@ -49,7 +49,8 @@ pub const TCP_BYTES: &str = "gossamer_tcp_bytes_total";
 /// `gossamer_quic_handshakes_refused_total{reason}`: incoming QUIC
 /// handshakes given no state or dropped before authentication: `retry`
 /// (asked to prove its address first), `busy` (too many handshakes in
-/// flight), `timeout` (not finished in time), `not_gossamer` (a peer that
+/// flight), `source` (too many from one IP address), `timeout` (not
+/// finished in time), `not_gossamer` (a peer that
 /// does not speak gossamer's TLS: another ALPN, malformed packets).
 pub const HANDSHAKES_REFUSED: &str = "gossamer_quic_handshakes_refused_total";
 /// `gossamer_http_connections_refused_total{listener,reason}`: TCP
@@ -209,7 +210,7 @@ fn describe() {
     );
     describe_counter!(
         HANDSHAKES_REFUSED,
-        "Incoming QUIC handshakes refused or given no state before authentication, by reason (retry: asked to prove its address; busy: too many in flight; timeout: not finished in time; not_gossamer: another protocol or malformed)"
+        "Incoming QUIC handshakes refused or given no state before authentication, by reason (retry: asked to prove its address; busy: too many in flight; source: too many from one address; timeout: not finished in time; not_gossamer: another protocol or malformed)"
     );
     describe_counter!(
         HTTP_CONNECTIONS_REFUSED,

@@ -56,6 +56,51 @@ impl AsyncUdpSocket for SendOnly {
     }
 }
 
+/// A UDP socket that receives only Retry packets: a connection dialled
+/// through it proves its address (it echoes the Retry token) and then never
+/// answers, so the agent holds a validated half-open handshake.
+#[derive(Debug)]
+struct RetryOnly(Arc<dyn AsyncUdpSocket>);
+
+impl AsyncUdpSocket for RetryOnly {
+    fn create_io_poller(self: Arc<Self>) -> Pin<Box<dyn UdpPoller>> {
+        self.0.clone().create_io_poller()
+    }
+
+    fn try_send(&self, transmit: &Transmit) -> io::Result<()> {
+        self.0.try_send(transmit)
+    }
+
+    fn poll_recv(
+        &self,
+        cx: &mut Context,
+        bufs: &mut [io::IoSliceMut<'_>],
+        meta: &mut [RecvMeta],
+    ) -> Poll<io::Result<usize>> {
+        loop {
+            let n = match self.0.poll_recv(cx, bufs, meta) {
+                Poll::Ready(Ok(n)) => n,
+                other => return other,
+            };
+            // Long header (0x80) of type Retry (0b11 in bits 4-5).
+            let is_retry = |i: usize| bufs[i].first().is_some_and(|b| b & 0xb0 == 0xb0);
+            if let Some(k) = (0..n).find(|&i| is_retry(i)) {
+                if k > 0 {
+                    let (head, tail) = bufs.split_at_mut(k);
+                    let len = meta[k].len;
+                    head[0][..len].copy_from_slice(&tail[0][..len]);
+                    meta[0] = meta[k];
+                }
+                return Poll::Ready(Ok(1));
+            }
+        }
+    }
+
+    fn local_addr(&self) -> io::Result<SocketAddr> {
+        self.0.local_addr()
+    }
+}
+
 /// A quinn client config with another cluster's credentials and `alpn`.
 fn stranger_config(alpn: &[u8]) -> quinn::ClientConfig {
     sidecar::tls::install_crypto_provider();
@@ -68,8 +113,15 @@ fn stranger_config(alpn: &[u8]) -> quinn::ClientConfig {
 }
 
 fn endpoint(socket: impl FnOnce(Arc<dyn AsyncUdpSocket>) -> Arc<dyn AsyncUdpSocket>) -> Endpoint {
+    endpoint_on("127.0.0.1:0", socket)
+}
+
+fn endpoint_on(
+    bind: &str,
+    socket: impl FnOnce(Arc<dyn AsyncUdpSocket>) -> Arc<dyn AsyncUdpSocket>,
+) -> Endpoint {
     let runtime = quinn::default_runtime().expect("runtime");
-    let udp = std::net::UdpSocket::bind("127.0.0.1:0").expect("bind");
+    let udp = std::net::UdpSocket::bind(bind).expect("bind");
     let udp = runtime.wrap_udp_socket(udp).expect("wrap");
     Endpoint::new_with_abstract_socket(EndpointConfig::default(), None, socket(udp), runtime)
         .expect("client endpoint")
@@ -156,6 +208,55 @@ async fn a_burst_of_half_open_handshakes_leaves_memory_bounded_and_the_agent_ser
     .await;
     drop(pending);
     flooder.close(0u32.into(), b"done");
+}
+
+#[tokio::test]
+async fn one_source_that_proves_its_address_cannot_take_every_handshake_slot() {
+    let agent = AgentProc::start(Spec::new("source-target").with_metrics()).await;
+    let target = agent.listeners.quic;
+    // From another loopback address than the agents', so the flood is one
+    // source and the member another.
+    let flooder = endpoint_on("127.0.0.2:0", |udp| Arc::new(RetryOnly(udp)));
+    let mut config = stranger_config(sidecar::tls::ALPN);
+    let mut transport = quinn::TransportConfig::default();
+    transport.max_idle_timeout(Some(Duration::from_secs(3).try_into().expect("idle")));
+    config.transport_config(Arc::new(transport));
+    let flood = tokio::spawn(async move {
+        // Bounded: at most 25 s, 10 new handshakes every 50 ms; each is kept
+        // until its own idle timeout (dropping it would close it politely).
+        let mut pending = std::collections::VecDeque::new();
+        let until = Instant::now() + Duration::from_secs(25);
+        while Instant::now() < until {
+            for _ in 0..10 {
+                let connecting = flooder
+                    .connect_with(config.clone(), target, CLUSTER_SERVER_NAME)
+                    .expect("connect");
+                pending.push_back((Instant::now(), connecting));
+            }
+            while pending
+                .front()
+                .is_some_and(|(at, _)| at.elapsed() > Duration::from_secs(5))
+            {
+                pending.pop_front();
+            }
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+    });
+    // The flood holds validated handshakes once the agent asks for retries.
+    eventually("the flood to be refused per source", CONVERGE, || async {
+        let text = agent.metrics_text().await;
+        (metric_value(&text, REFUSED, &[("reason", "source")]) >= 1.0).then_some(())
+    })
+    .await;
+    // A member from another address still gets in during the flood.
+    let member = AgentProc::start(Spec::new("source-member").join(&agent)).await;
+    wait_alive(
+        &[&agent, &member],
+        &["source-member", "source-target"],
+        CONVERGE,
+    )
+    .await;
+    flood.abort();
 }
 
 #[tokio::test]

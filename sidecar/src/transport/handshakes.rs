@@ -6,13 +6,15 @@
 //! 65,536 by default, so a flood of Initial packets grew a node by 600 MB.
 //! Here the number in flight is capped; past a low mark a source must first
 //! prove it receives our packets (stateless retry: a token, no state kept);
-//! past the cap it is refused; and a handshake that does not finish in time
+//! past the cap, or past a smaller cap for one source address, it is
+//! refused; and a handshake that does not finish in time
 //! is dropped. Peers that do complete a handshake are few and connect
 //! rarely, so the limits never touch a healthy cluster. Every refusal is
 //! counted in `gossamer_quic_handshakes_refused_total{reason}` and logged
 //! at most once every ten seconds for the whole endpoint.
 
-use std::net::SocketAddr;
+use std::collections::HashMap;
+use std::net::{IpAddr, SocketAddr};
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
@@ -25,6 +27,9 @@ use crate::metrics;
 
 /// Handshakes in flight at most (≈ 5 MB of pre-authentication state).
 pub(super) const MAX_HANDSHAKES: usize = 64;
+/// Handshakes in flight at most from one IP address, so one source that
+/// proves its address cannot take every slot from the others.
+pub(super) const MAX_PER_SOURCE: usize = 16;
 /// Handshakes in flight past which a source must first prove its address.
 pub(super) const RETRY_ABOVE: usize = 8;
 /// Incoming attempts quinn queues for the accept loop (its default is
@@ -46,6 +51,7 @@ pub(super) fn handshake_timeout(connect_timeout: Duration) -> Duration {
 /// Decides, for each incoming attempt, whether it gets state now.
 pub(super) struct HandshakeGate {
     permits: Arc<Semaphore>,
+    per_source: Arc<Mutex<HashMap<IpAddr, usize>>>,
     log: Throttle,
 }
 
@@ -53,7 +59,27 @@ impl Default for HandshakeGate {
     fn default() -> Self {
         Self {
             permits: Arc::new(Semaphore::new(MAX_HANDSHAKES)),
+            per_source: Arc::default(),
             log: Throttle::new(Duration::from_secs(10)),
+        }
+    }
+}
+
+/// A handshake's slot: one of the endpoint's and one of its source's.
+pub(super) struct Slot {
+    _permit: OwnedSemaphorePermit,
+    source: IpAddr,
+    per_source: Arc<Mutex<HashMap<IpAddr, usize>>>,
+}
+
+impl Drop for Slot {
+    fn drop(&mut self) {
+        let mut counts = self.per_source.lock().unwrap_or_else(|p| p.into_inner());
+        if let Some(count) = counts.get_mut(&self.source) {
+            *count -= 1;
+            if *count == 0 {
+                counts.remove(&self.source);
+            }
         }
     }
 }
@@ -61,7 +87,7 @@ impl Default for HandshakeGate {
 impl HandshakeGate {
     /// The attempt with a slot to hold while its handshake runs, or None when
     /// it was answered with a retry or refused (without state either way).
-    pub(super) fn admit(&self, incoming: Incoming) -> Option<(Incoming, OwnedSemaphorePermit)> {
+    pub(super) fn admit(&self, incoming: Incoming) -> Option<(Incoming, Slot)> {
         let peer = incoming.remote_address();
         let in_flight = MAX_HANDSHAKES - self.permits.available_permits();
         let mut incoming = incoming;
@@ -76,9 +102,28 @@ impl HandshakeGate {
                 Err(e) => incoming = e.into_incoming(),
             }
         }
+        let source = peer.ip();
+        let mut counts = self.per_source.lock().unwrap_or_else(|p| p.into_inner());
+        let from_source = counts.get(&source).copied().unwrap_or(0);
+        if from_source >= MAX_PER_SOURCE {
+            drop(counts);
+            incoming.refuse();
+            self.refused(peer, "source", in_flight);
+            return None;
+        }
         match self.permits.clone().try_acquire_owned() {
-            Ok(permit) => Some((incoming, permit)),
+            Ok(permit) => {
+                counts.insert(source, from_source + 1);
+                drop(counts);
+                let slot = Slot {
+                    _permit: permit,
+                    source,
+                    per_source: self.per_source.clone(),
+                };
+                Some((incoming, slot))
+            }
             Err(_) => {
+                drop(counts);
                 incoming.refuse();
                 self.refused(peer, "busy", in_flight);
                 None
@@ -101,7 +146,7 @@ impl HandshakeGate {
                 in_flight,
                 limit = MAX_HANDSHAKES,
                 refused_since_last_line = since_last,
-                "refusing unauthenticated QUIC handshakes (a flood of Initial packets?); retry: asked to prove its address, busy: too many in flight, timeout: not finished in time; logged at most once every 10 s"
+                "refusing unauthenticated QUIC handshakes (a flood of Initial packets?); retry: asked to prove its address, busy: too many in flight, source: too many from one address, timeout: not finished in time; logged at most once every 10 s"
             );
         }
     }

@@ -12,8 +12,11 @@ use serde::Deserialize;
 
 use mesh_proto::names::validate_service_name;
 
+mod admin_token;
 pub mod supervise;
 pub mod tcp;
+
+pub use admin_token::AdminToken;
 
 /// Default QUIC endpoint.
 pub const DEFAULT_BIND: &str = "0.0.0.0:4300";
@@ -294,16 +297,6 @@ pub struct AgentConfig {
     pub admin_token: Option<AdminToken>,
 }
 
-/// The admin API's bearer token; never printed.
-#[derive(Clone, PartialEq, Eq)]
-pub struct AdminToken(pub String);
-
-impl std::fmt::Debug for AdminToken {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.write_str("AdminToken(..)")
-    }
-}
-
 impl AgentArgs {
     /// Reads `--config` (if any) and resolves every setting.
     pub fn resolve(self) -> anyhow::Result<AgentConfig> {
@@ -405,7 +398,7 @@ impl AgentArgs {
             );
         }
         let trust = self.trust(dev)?;
-        let admin_token = self.admin_token()?;
+        let admin_token = admin_token::resolve(&self.admin_token, &self.admin_token_file)?;
         let supervise = supervise::resolve(&self)?;
         let tcp = tcp::resolve(&self.tcp, &self.tcp_tables)?;
         let services = self
@@ -495,29 +488,6 @@ impl AgentArgs {
             tcp,
             admin_token,
         })
-    }
-
-    fn admin_token(&self) -> anyhow::Result<Option<AdminToken>> {
-        let token = match (&self.admin_token, &self.admin_token_file) {
-            (Some(_), Some(_)) => {
-                bail!("pass either --admin-token or --admin-token-file, not both")
-            }
-            (Some(token), None) => token.trim().to_owned(),
-            (None, Some(path)) => std::fs::read_to_string(path)
-                .with_context(|| {
-                    format!(
-                        "cannot read --admin-token-file {}; check the path and its permissions",
-                        path.display()
-                    )
-                })?
-                .trim()
-                .to_owned(),
-            (None, None) => return Ok(None),
-        };
-        if token.is_empty() {
-            bail!("the admin token is empty; pass a non-empty --admin-token (or leave it unset to keep the admin API open)");
-        }
-        Ok(Some(AdminToken(token)))
     }
 
     fn trust(&self, dev: bool) -> anyhow::Result<TrustSource> {

@@ -38,6 +38,8 @@ pub struct Client {
     /// `host:port` to open TCP connections to (port 80 when the URL has none).
     connect_to: String,
     timeout: Duration,
+    /// Bearer token sent with every call (the agent's `--admin-token`).
+    token: Option<String>,
     http: hyper_util::client::legacy::Client<HttpConnector, Full<Bytes>>,
 }
 
@@ -77,14 +79,25 @@ impl Client {
         let mut connector = HttpConnector::new();
         connector.set_connect_timeout(Some(Duration::from_secs(5)));
         let http = hyper_util::client::legacy::Client::builder(TokioExecutor::new())
-            .pool_idle_timeout(Duration::from_secs(30))
+            // Below the agent's 30 s header-read timeout, which closes idle
+            // connections: a pooled one is dropped here before the agent
+            // closes it under a request.
+            .pool_idle_timeout(Duration::from_secs(20))
             .build(connector);
         Ok(Self {
             base,
             connect_to,
             timeout: DEFAULT_TIMEOUT,
+            token: None,
             http,
         })
+    }
+
+    /// The same client sending `token` as `Authorization: Bearer` (an
+    /// agent with `--admin-token` requires it on every change).
+    pub fn with_token(mut self, token: impl Into<String>) -> Self {
+        self.token = Some(token.into());
+        self
     }
 
     /// The same client with another per-call timeout (default
@@ -135,10 +148,14 @@ impl Client {
         url: &str,
         body: Option<Vec<u8>>,
     ) -> Result<Indexed<T>, Error> {
-        let request = Request::builder()
+        let mut request = Request::builder()
             .method(method)
             .uri(url)
-            .header(http::header::CONTENT_TYPE, "application/json")
+            .header(http::header::CONTENT_TYPE, "application/json");
+        if let Some(token) = &self.token {
+            request = request.header(http::header::AUTHORIZATION, format!("Bearer {token}"));
+        }
+        let request = request
             .body(Full::new(Bytes::from(body.unwrap_or_default())))
             .map_err(|e| Error::InvalidUrl {
                 url: url.to_owned(),

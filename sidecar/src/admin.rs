@@ -28,6 +28,7 @@ use crate::registry::{Invalid, Refusal};
 use crate::reply::{self, JsonResponse};
 use crate::{server, views};
 
+pub mod auth;
 pub mod supervise;
 
 /// Decisions `GET /v1/decisions` returns without `?limit=`.
@@ -39,11 +40,18 @@ const DEFAULT_WAIT: Duration = Duration::from_secs(300);
 const MAX_WAIT: Duration = Duration::from_secs(600);
 
 /// Serves the admin API until the agent stops.
-pub async fn serve(agent: Arc<AdminHandles>, listener: TcpListener) {
+pub async fn serve(agent: Arc<AdminHandles>, listener: TcpListener, limits: server::Limits) {
     let shutdown = agent.shutdown.clone();
-    server::serve(listener, shutdown, move |request| {
+    server::serve(listener, limits, shutdown, move |request| {
         let agent = agent.clone();
         async move {
+            if let Some(refused) = auth::check(
+                agent.admin_token.as_ref(),
+                request.method(),
+                request.headers(),
+            ) {
+                return refused.map(|body| body.map_err(|never| match never {}).boxed());
+            }
             if request.method() == Method::GET && request.uri().path() == "/v1/events" {
                 return crate::ui::sse::events(&agent);
             }
@@ -65,28 +73,34 @@ pub async fn serve(agent: Arc<AdminHandles>, listener: TcpListener) {
 pub async fn serve_metrics(
     listener: TcpListener,
     handle: PrometheusHandle,
+    limits: server::Limits,
     shutdown: tokio::sync::watch::Receiver<bool>,
 ) {
-    server::serve(listener, shutdown, move |request: Request<Incoming>| {
-        let handle = handle.clone();
-        async move {
-            if request.uri().path() == "/metrics" {
-                crate::metrics::collect_process();
-                let mut response = Response::new(Full::new(Bytes::from(handle.render())));
-                response.headers_mut().insert(
-                    http::header::CONTENT_TYPE,
-                    http::HeaderValue::from_static("text/plain; version=0.0.4"),
-                );
-                response
-            } else {
-                reply::error(
-                    StatusCode::NOT_FOUND,
-                    format!("no such path {}", request.uri().path()),
-                    "metrics are at /metrics",
-                )
+    server::serve(
+        listener,
+        limits,
+        shutdown,
+        move |request: Request<Incoming>| {
+            let handle = handle.clone();
+            async move {
+                if request.uri().path() == "/metrics" {
+                    crate::metrics::collect_process();
+                    let mut response = Response::new(Full::new(Bytes::from(handle.render())));
+                    response.headers_mut().insert(
+                        http::header::CONTENT_TYPE,
+                        http::HeaderValue::from_static("text/plain; version=0.0.4"),
+                    );
+                    response
+                } else {
+                    reply::error(
+                        StatusCode::NOT_FOUND,
+                        format!("no such path {}", request.uri().path()),
+                        "metrics are at /metrics",
+                    )
+                }
             }
-        }
-    })
+        },
+    )
     .await;
 }
 

@@ -223,7 +223,15 @@ pub async fn start(config: AgentConfig) -> anyhow::Result<RunningAgent> {
     let tasks = TaskTracker::new();
     let (shutdown, _) = watch::channel(false);
     let metrics_addr = match config.metrics_listen {
-        Some(addr) => Some(start_metrics(&tasks, addr, shutdown.subscribe()).await?),
+        Some(addr) => Some(
+            start_metrics(
+                &tasks,
+                addr,
+                http_limits(&config, "metrics"),
+                shutdown.subscribe(),
+            )
+            .await?,
+        ),
         None => None,
     };
     let dns = match config.dns_listen {
@@ -267,6 +275,15 @@ pub async fn start(config: AgentConfig) -> anyhow::Result<RunningAgent> {
         shutdown: shutdown.subscribe(),
         decisions: decisions.clone(),
     });
+    // Set from the start when --join names targets: until one answers, the
+    // node is not in the cluster it was told to join.
+    if config.admin_token.is_none() && !config.admin_listen.ip().is_loopback() {
+        warn!(admin = %config.admin_listen, "the admin API listens beyond loopback without --admin-token: anyone who reaches it can change the catalog; set --admin-token (or restrict it with a network policy)");
+    }
+    let join_problem = join::JoinProblem::default();
+    if !config.join.is_empty() {
+        join_problem.set("not in a cluster yet: joining through --join".to_owned());
+    }
     let admin_handles = Arc::new(AdminHandles {
         identity: identity.clone(),
         catalog: catalog.clone(),
@@ -278,6 +295,8 @@ pub async fn start(config: AgentConfig) -> anyhow::Result<RunningAgent> {
         event_streams: Arc::new(tokio::sync::Semaphore::new(crate::ui::sse::MAX_STREAMS)),
         listeners,
         ready: ready.clone(),
+        join_problem: join_problem.clone(),
+        admin_token: config.admin_token.clone(),
         shutdown: shutdown.subscribe(),
     });
     let stream_handles = Arc::new(StreamHandles {
@@ -307,18 +326,38 @@ pub async fn start(config: AgentConfig) -> anyhow::Result<RunningAgent> {
         },
         rtt_rx,
     ))));
-    tasks.spawn(admin::serve(admin_handles, admin_listener));
+    tasks.spawn(admin::serve(
+        admin_handles,
+        admin_listener,
+        http_limits(&config, "admin"),
+    ));
     for (service, listener) in tcp_listeners {
         tasks.spawn(proxy::tcp::serve(proxy_handles.clone(), service, listener));
     }
-    tasks.spawn(proxy::serve(proxy_handles, proxy_listener));
+    tasks.spawn(proxy::serve(
+        proxy_handles,
+        proxy_listener,
+        http_limits(&config, "proxy"),
+    ));
     tasks.spawn(until_stop(Box::pin(sync::run(anti_entropy.clone()))));
     tasks.spawn(until_stop(Box::pin(sync::persist_loop(
         catalog.clone(),
         data.clone(),
     ))));
+    let saved_members = data.members();
+    if !saved_members.is_empty() {
+        info!(
+            members = saved_members.len(),
+            "rejoining the members saved in the data dir, with --join"
+        );
+    }
+    tasks.spawn(until_stop(Box::pin(join::remember_members(
+        membership.clone(),
+        data.clone(),
+    ))));
     tasks.spawn(until_stop(Box::pin(join::run(join::Joiner {
-        targets: config.join.clone(),
+        targets: join::targets(&config.join, &saved_members, &[quic, advertise]),
+        problem: (!config.join.is_empty()).then(|| join_problem.clone()),
         identity: identity.clone(),
         bound: quic,
         membership: membership.clone(),
@@ -440,15 +479,25 @@ async fn bind_tcp(addr: SocketAddr, flag: &str) -> anyhow::Result<tokio::net::Tc
     })
 }
 
+/// The bounds of the HTTP listener named `listener`, from the flags.
+fn http_limits(config: &AgentConfig, listener: &'static str) -> crate::server::Limits {
+    crate::server::Limits {
+        listener,
+        max_connections: config.max_connections,
+        header_read_timeout: config.header_read_timeout,
+    }
+}
+
 async fn start_metrics(
     tasks: &TaskTracker,
     addr: SocketAddr,
+    limits: crate::server::Limits,
     shutdown: watch::Receiver<bool>,
 ) -> anyhow::Result<SocketAddr> {
     let handle = metrics::recorder()?;
     let listener = bind_tcp(addr, "--metrics-listen").await?;
     let local = listener.local_addr()?;
-    tasks.spawn(admin::serve_metrics(listener, handle, shutdown));
+    tasks.spawn(admin::serve_metrics(listener, handle, limits, shutdown));
     Ok(local)
 }
 

@@ -26,7 +26,14 @@ fn ms(value: Option<f64>) -> String {
 
 /// Runs an operator command against the agent.
 pub async fn run_operator(cli: &Cli) -> anyhow::Result<()> {
-    let client = Client::new(&cli.agent)?;
+    let mut client = Client::new(&cli.agent)?;
+    // The agent's --admin-token, for changes (reads need none).
+    if let Some(token) = std::env::var("GOSSAMER_ADMIN_TOKEN")
+        .ok()
+        .filter(|t| !t.trim().is_empty())
+    {
+        client = client.with_token(token.trim());
+    }
     match &cli.command {
         Command::Members => {
             let nodes = client.nodes().await?;

@@ -12,8 +12,11 @@ use serde::Deserialize;
 
 use mesh_proto::names::validate_service_name;
 
+mod admin_token;
 pub mod supervise;
 pub mod tcp;
+
+pub use admin_token::AdminToken;
 
 /// Default QUIC endpoint.
 pub const DEFAULT_BIND: &str = "0.0.0.0:4300";
@@ -121,6 +124,13 @@ pub struct AgentArgs {
     /// File holding the cluster passphrase.
     #[arg(long, env = "GOSSAMER_PSK_FILE")]
     pub psk_file: Option<PathBuf>,
+    /// Bearer token the admin API requires on every write (PUT, POST,
+    /// DELETE); reads stay open. The CLI sends GOSSAMER_ADMIN_TOKEN.
+    #[arg(long, env = "GOSSAMER_ADMIN_TOKEN", hide_env_values = true)]
+    pub admin_token: Option<String>,
+    /// File holding the admin token.
+    #[arg(long, env = "GOSSAMER_ADMIN_TOKEN_FILE")]
+    pub admin_token_file: Option<PathBuf>,
     /// Operator CA certificate (PEM), instead of the passphrase-derived CA.
     #[arg(long, env = "GOSSAMER_TLS_CA", requires_all = ["tls_cert", "tls_key"])]
     pub tls_ca: Option<PathBuf>,
@@ -161,6 +171,14 @@ pub struct AgentArgs {
     /// How long an instance is ejected after 5 consecutive failures, doubling on repeats [default: 30000].
     #[arg(long, env = "GOSSAMER_BASE_EJECTION_MS")]
     pub base_ejection_ms: Option<u64>,
+    /// Open connections at most on each HTTP listener (proxy, admin,
+    /// metrics); more are answered 503 and closed [default: 4096].
+    #[arg(long, env = "GOSSAMER_MAX_CONNECTIONS")]
+    pub max_connections: Option<usize>,
+    /// Time a client of an HTTP listener has to send a request head, also
+    /// the idle keep-alive timeout [default: 30000].
+    #[arg(long, env = "GOSSAMER_HEADER_READ_TIMEOUT_MS")]
+    pub header_read_timeout_ms: Option<u64>,
     /// Let estimated (Vivaldi) RTT satisfy hard requirements.
     #[arg(long, env = "GOSSAMER_ALLOW_ESTIMATED_RTT")]
     #[serde(default)]
@@ -269,6 +287,10 @@ pub struct AgentConfig {
     pub allow_estimated_rtt: bool,
     /// Base ejection time of failing instances.
     pub base_ejection: Duration,
+    /// Connection cap of each HTTP listener.
+    pub max_connections: usize,
+    /// Header-read (and idle keep-alive) timeout of the HTTP listeners.
+    pub header_read_timeout: Duration,
     /// Test-only per-peer delays.
     pub link_delays: Vec<(SocketAddr, Duration)>,
     /// Test-only per-peer drops.
@@ -277,6 +299,8 @@ pub struct AgentConfig {
     pub supervise: Vec<supervise::ServiceSpec>,
     /// Local listeners of TCP services.
     pub tcp: Vec<tcp::TcpSpec>,
+    /// Token required on admin writes, if any.
+    pub admin_token: Option<AdminToken>,
 }
 
 impl AgentArgs {
@@ -320,6 +344,8 @@ impl AgentArgs {
             join: pick_vec(self.join, file.join),
             psk: self.psk.or(file.psk),
             psk_file: self.psk_file.or(file.psk_file),
+            admin_token: self.admin_token.or(file.admin_token),
+            admin_token_file: self.admin_token_file.or(file.admin_token_file),
             tls_ca: self.tls_ca.or(file.tls_ca),
             tls_cert: self.tls_cert.or(file.tls_cert),
             tls_key: self.tls_key.or(file.tls_key),
@@ -333,6 +359,8 @@ impl AgentArgs {
             profile: self.profile.or(file.profile),
             zone: self.zone.or(file.zone),
             base_ejection_ms: self.base_ejection_ms.or(file.base_ejection_ms),
+            max_connections: self.max_connections.or(file.max_connections),
+            header_read_timeout_ms: self.header_read_timeout_ms.or(file.header_read_timeout_ms),
             allow_estimated_rtt: self.allow_estimated_rtt || file.allow_estimated_rtt,
             dev: self.dev || file.dev,
             debug_link_delay: pick_vec(self.debug_link_delay, file.debug_link_delay),
@@ -377,6 +405,7 @@ impl AgentArgs {
             );
         }
         let trust = self.trust(dev)?;
+        let admin_token = admin_token::resolve(&self.admin_token, &self.admin_token_file)?;
         let supervise = supervise::resolve(&self)?;
         let tcp = tcp::resolve(&self.tcp, &self.tcp_tables)?;
         let services = self
@@ -451,10 +480,20 @@ impl AgentArgs {
                     .unwrap_or(30_000)
                     .clamp(100, 3_600_000),
             ),
+            max_connections: self
+                .max_connections
+                .unwrap_or(crate::server::Limits::MAX_CONNECTIONS)
+                .max(1),
+            header_read_timeout: self
+                .header_read_timeout_ms
+                .map_or(crate::server::Limits::HEADER_READ_TIMEOUT, |ms| {
+                    Duration::from_millis(ms.clamp(100, 3_600_000))
+                }),
             link_delays,
             link_drops,
             supervise,
             tcp,
+            admin_token,
         })
     }
 

@@ -56,10 +56,13 @@ pub fn local_config(
         zone: None,
         allow_estimated_rtt: false,
         base_ejection: Duration::from_secs(30),
+        max_connections: crate::server::Limits::MAX_CONNECTIONS,
+        header_read_timeout: crate::server::Limits::HEADER_READ_TIMEOUT,
         link_delays: delays,
         link_drops: Vec::new(),
         supervise: Vec::new(),
         tcp: Vec::new(),
+        admin_token: None,
     }
 }
 

@@ -23,7 +23,8 @@ type EchoBody = BoxBody<Bytes, hyper::Error>;
 pub async fn serve(listener: TcpListener, name: String) {
     let (_keep, shutdown) = tokio::sync::watch::channel(false);
     let name = std::sync::Arc::new(name);
-    crate::server::serve(listener, shutdown, move |request| {
+    let limits = crate::server::Limits::new("echo");
+    crate::server::serve(listener, limits, shutdown, move |request| {
         let name = name.clone();
         async move { handle(&name, request).await }
     })

@@ -37,6 +37,10 @@ pub struct AdminHandles {
     pub listeners: crate::listeners::Listeners,
     /// True once every listener serves.
     pub ready: Arc<AtomicBool>,
+    /// Token required on admin writes (`--admin-token`), if any.
+    pub admin_token: Option<crate::config::AdminToken>,
+    /// Why this node is not in a cluster it was told to join, until it is.
+    pub join_problem: crate::join::JoinProblem,
     /// Turns true when the agent stops.
     pub shutdown: watch::Receiver<bool>,
 }

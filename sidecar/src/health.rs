@@ -6,11 +6,14 @@
 //! instance's health), which marks it `critical` in the catalog (so every sidecar in the cluster stops routing to it within a
 //! gossip round, not after each has burnt its own failures) and then probes
 //! its port until it accepts again, when it is marked `passing`. Healthy
-//! instances cost nothing: nothing probes them.
+//! instances cost nothing: nothing probes them. A connect that failed
+//! because this agent is out of file descriptors says nothing about the
+//! instance (issue 21: 21,000 idle connections got a healthy instance
+//! marked critical), so it marks nothing and the agent says what is wrong.
 
 use std::collections::HashSet;
 use std::sync::{Arc, Mutex, PoisonError};
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use tokio::net::TcpStream;
 use tokio::sync::watch;
@@ -51,6 +54,35 @@ pub struct PassiveHealth {
     registry: Arc<Registry>,
     recovering: Recovering,
     shutdown: watch::Receiver<bool>,
+    fd_log: EveryTenSeconds,
+}
+
+/// True at most once every ten seconds.
+#[derive(Debug, Default)]
+struct EveryTenSeconds {
+    last: Mutex<Option<Instant>>,
+}
+
+impl EveryTenSeconds {
+    fn due(&self) -> bool {
+        let mut last = self.last.lock().unwrap_or_else(PoisonError::into_inner);
+        if last.is_some_and(|at| at.elapsed() < Duration::from_secs(10)) {
+            return false;
+        }
+        *last = Some(Instant::now());
+        true
+    }
+}
+
+/// The error when this process cannot open a socket for want of file
+/// descriptors (checked by opening one: the caller's connect error is not
+/// at hand, and a descriptor freed since would make the instance's fault
+/// real again).
+fn self_out_of_descriptors() -> Option<std::io::Error> {
+    match std::net::UdpSocket::bind("127.0.0.1:0") {
+        Err(e) if crate::server::out_of_descriptors(&e) => Some(e),
+        _ => None,
+    }
 }
 
 impl PassiveHealth {
@@ -60,12 +92,19 @@ impl PassiveHealth {
             registry,
             recovering: Recovering::default(),
             shutdown,
+            fd_log: EveryTenSeconds::default(),
         })
     }
 
     /// A call to local instance `id` could not connect: mark it critical and
     /// probe it until it is back. Instances of other nodes are not ours to mark.
     pub async fn connect_failed(self: &Arc<Self>, id: &str) {
+        if let Some(e) = self_out_of_descriptors() {
+            if self.fd_log.due() {
+                warn!(instance = %id, error = %e, "cannot reach a local instance because this agent is out of file descriptors; the instance is not marked critical; raise the limit (ulimit -n, LimitNOFILE) or lower --max-connections; logged at most once every 10 s");
+            }
+            return;
+        }
         // Probed back even when its health did not change (its check had
         // marked it critical already): the refusal must be cleared for the
         // check's own verdict to apply again.

@@ -1,9 +1,16 @@
 //! Joining: learn each `--join` target's identity over a Hello stream and
 //! announce ourselves to it, retrying with capped exponential backoff until
 //! one answers. After that foca's periodic announces keep us in.
+//!
+//! The targets are `--join` and the members this node saw last time
+//! ([`remember_members`] keeps them in the data dir, as Serf's snapshot):
+//! a node restarted without `--join` (the first node of a cluster, say)
+//! finds its peers again, where before it stayed alone and its peers kept
+//! it down after a graceful leave (issue 21, row 3).
 
+use std::collections::BTreeSet;
 use std::net::SocketAddr;
-use std::sync::Arc;
+use std::sync::{Arc, Mutex, PoisonError};
 use std::time::Duration;
 
 use anyhow::{anyhow, Context};
@@ -13,6 +20,7 @@ use mesh_proto::NodeIdentity;
 use tracing::{info, warn};
 
 use crate::membership::Membership;
+use crate::persist::DataDir;
 use crate::transport::Transport;
 
 const FIRST_BACKOFF: Duration = Duration::from_millis(200);
@@ -34,6 +42,36 @@ pub struct Joiner {
     pub membership: Membership,
     /// Hello streams.
     pub transport: Arc<Transport>,
+    /// Where to say why the node is not in a cluster, when `--join` was
+    /// given (saved members alone may all be gone: being alone is then no
+    /// problem).
+    pub problem: Option<JoinProblem>,
+}
+
+/// Why this node is not in the cluster it was told to join (`/v1/health`
+/// reports it as `degraded`; issue 21 row 11: an agent with the wrong
+/// passphrase said it was fine while it never joined).
+#[derive(Debug, Clone, Default)]
+pub struct JoinProblem(Arc<Mutex<Option<String>>>);
+
+impl JoinProblem {
+    /// Records what is wrong.
+    pub fn set(&self, problem: String) {
+        *self.0.lock().unwrap_or_else(PoisonError::into_inner) = Some(problem);
+    }
+
+    /// Clears it: the node joined.
+    pub fn clear(&self) {
+        *self.0.lock().unwrap_or_else(PoisonError::into_inner) = None;
+    }
+
+    /// What is wrong, if anything.
+    pub fn get(&self) -> Option<String> {
+        self.0
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .clone()
+    }
 }
 
 /// Joins through the configured targets; returns once one answered.
@@ -46,23 +84,35 @@ pub async fn run(agent: Joiner) {
     loop {
         attempt += 1;
         let mut joined = false;
+        let mut last_error = None;
         for target in &agent.targets {
             match join_one(&agent, target).await {
                 Ok(peer) => {
                     info!(%target, peer = %peer.node_id, "joined the cluster");
                     joined = true;
                 }
-                Err(e) if attempt == 1 || attempt.is_multiple_of(10) => {
-                    warn!(%target, error = %e, attempt, "cannot join yet; retrying with backoff")
+                Err(e) => {
+                    if attempt == 1 || attempt.is_multiple_of(10) {
+                        warn!(%target, error = %e, attempt, "cannot join yet; retrying with backoff");
+                    }
+                    last_error = Some(format!("{target}: {e:#}"));
                 }
-                Err(_) => {}
             }
         }
         // The announce and its answer are single datagrams: if either was
         // lost, nobody knows us and foca's periodic announces (to known
         // members only) cannot repair it, so only a member in our table counts.
         if joined && admitted(&agent, ANNOUNCE_ANSWER).await {
+            if let Some(problem) = &agent.problem {
+                problem.clear();
+            }
             return;
+        }
+        if let Some(problem) = &agent.problem {
+            problem.set(format!(
+                "not in a cluster: no join target answered after {attempt} attempts (last: {}); check --join and that this node has the cluster's passphrase or CA",
+                last_error.as_deref().unwrap_or("announced, but no member answered")
+            ));
         }
         if joined {
             warn!(
@@ -107,6 +157,48 @@ async fn join_one(agent: &Joiner, target: &str) -> anyhow::Result<NodeIdentity> 
     Err(last_error)
 }
 
+/// The join targets: `--join` as given, then the saved members' addresses
+/// not already named and not this node's own.
+pub fn targets(join: &[String], saved: &[SocketAddr], own: &[SocketAddr]) -> Vec<String> {
+    let mut targets = join.to_vec();
+    for addr in saved {
+        let text = addr.to_string();
+        if !own.contains(addr) && !targets.contains(&text) {
+            targets.push(text);
+        }
+    }
+    targets
+}
+
+/// Keeps the addresses of the active members in the data dir whenever they
+/// change. An empty set is never saved: when every peer has left, the last
+/// ones known are still the best guess for finding the cluster again.
+pub async fn remember_members(membership: Membership, data: DataDir) {
+    let mut active = membership.active();
+    let mut saved = BTreeSet::new();
+    loop {
+        let addrs: BTreeSet<SocketAddr> = active
+            .borrow_and_update()
+            .values()
+            .map(|identity| identity.addr)
+            .collect();
+        if !addrs.is_empty() && addrs != saved {
+            let list: Vec<SocketAddr> = addrs.iter().copied().collect();
+            let data = data.clone();
+            match tokio::task::spawn_blocking(move || data.save_members(&list)).await {
+                Ok(Ok(())) => saved = addrs,
+                Ok(Err(e)) => {
+                    warn!(error = %format!("{e:#}"), "cannot save the members to rejoin after a restart")
+                }
+                Err(_) => {}
+            }
+        }
+        if active.changed().await.is_err() {
+            return;
+        }
+    }
+}
+
 /// Asks the agent at `addr` who it is.
 pub async fn hello(transport: &Arc<Transport>, addr: SocketAddr) -> anyhow::Result<NodeIdentity> {
     let (mut send, mut recv, _) = transport.open_stream(addr, StreamKind::Hello).await?;
@@ -115,4 +207,22 @@ pub async fn hello(transport: &Arc<Transport>, addr: SocketAddr) -> anyhow::Resu
         .await
         .map_err(|_| anyhow!("{addr} did not answer hello"))??;
     codec::decode(&bytes, MAX_HELLO).map_err(|e| anyhow!("bad hello from {addr}: {e}"))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn saved_members_follow_join_without_duplicates_or_ourselves() {
+        let a: SocketAddr = "10.0.0.1:4300".parse().expect("addr");
+        let b: SocketAddr = "10.0.0.2:4300".parse().expect("addr");
+        let own: SocketAddr = "10.0.0.9:4300".parse().expect("addr");
+        let join = vec!["10.0.0.1:4300".to_owned(), "seed.example:4300".to_owned()];
+        assert_eq!(
+            targets(&join, &[a, b, own], &[own]),
+            vec!["10.0.0.1:4300", "seed.example:4300", "10.0.0.2:4300"]
+        );
+        assert!(targets(&[], &[own], &[own]).is_empty());
+    }
 }

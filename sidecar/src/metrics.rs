@@ -48,6 +48,17 @@ pub const TCP_CONNECTIONS: &str = "gossamer_tcp_connections_total";
 /// services (`out` from the local client, `in` back to it), counted when a
 /// connection closes.
 pub const TCP_BYTES: &str = "gossamer_tcp_bytes_total";
+/// `gossamer_quic_handshakes_refused_total{reason}`: incoming QUIC
+/// handshakes given no state or dropped before authentication: `retry`
+/// (asked to prove its address first), `busy` (too many handshakes in
+/// flight), `source` (too many from one IP address), `timeout` (not
+/// finished in time), `not_gossamer` (a peer that
+/// does not speak gossamer's TLS: another ALPN, malformed packets).
+pub const HANDSHAKES_REFUSED: &str = "gossamer_quic_handshakes_refused_total";
+/// `gossamer_http_connections_refused_total{listener,reason}`: TCP
+/// connections the HTTP listeners closed unserved (`limit`: the listener's
+/// connection cap; `header_timeout`: request head not sent in time).
+pub const HTTP_CONNECTIONS_REFUSED: &str = "gossamer_http_connections_refused_total";
 /// `gossamer_build_info{version}`.
 pub const BUILD_INFO: &str = "gossamer_build_info";
 
@@ -70,8 +81,9 @@ pub const DESIGN_CONTRACT: [&str; 13] = [
 
 /// Every metric the agent exports: the contract, build info, relay refusals,
 /// DNS queries and TCP services (second wave of DESIGN.md; the TCP series
-/// appear once a `--tcp` listener is configured).
-pub const EXPORTED: [&str; 18] = [
+/// appear once a `--tcp` listener is configured), and the hardening
+/// counters of issue 21.
+pub const EXPORTED: [&str; 20] = [
     MEMBERS,
     GOSSIP_PACKETS,
     GOSSIP_BYTES,
@@ -90,6 +102,8 @@ pub const EXPORTED: [&str; 18] = [
     DNS_QUERIES,
     TCP_CONNECTIONS,
     TCP_BYTES,
+    HANDSHAKES_REFUSED,
+    HTTP_CONNECTIONS_REFUSED,
 ];
 
 /// The standard `process_*` metrics the dashboard reads (from the
@@ -129,6 +143,9 @@ pub fn recorder() -> anyhow::Result<PrometheusHandle> {
     describe();
     collect_process();
     metrics::counter!(DNS_QUERIES, "type" => "A", "rcode" => "NOERROR").increment(0);
+    metrics::counter!(HANDSHAKES_REFUSED, "reason" => "busy").increment(0);
+    metrics::counter!(HTTP_CONNECTIONS_REFUSED, "listener" => "proxy", "reason" => "limit")
+        .increment(0);
     Ok(handle)
 }
 
@@ -197,6 +214,14 @@ fn describe() {
         DNS_QUERIES,
         "DNS questions answered on --dns-listen, by query type (A, AAAA, SRV, SOA, ANY, other) and response code"
     );
+    describe_counter!(
+        HANDSHAKES_REFUSED,
+        "Incoming QUIC handshakes refused or given no state before authentication, by reason (retry: asked to prove its address; busy: too many in flight; source: too many from one address; timeout: not finished in time; not_gossamer: another protocol or malformed)"
+    );
+    describe_counter!(
+        HTTP_CONNECTIONS_REFUSED,
+        "TCP connections the proxy, admin or metrics listener closed unserved, by listener and reason (limit: connection cap reached; header_timeout: request head not sent in time)"
+    );
     describe_gauge!(BUILD_INFO, "Always 1; the agent's version is the label");
     describe_counter!(
         TCP_CONNECTIONS,
@@ -237,6 +262,19 @@ pub fn decode_error() {
 /// Counts one failed QUIC handshake.
 pub fn handshake_failure() {
     metrics::counter!(HANDSHAKE_FAILURES).increment(1);
+}
+
+/// Counts one incoming handshake refused before authentication; `reason`
+/// comes from a fixed set (see [`HANDSHAKES_REFUSED`]).
+pub fn handshake_refused(reason: &'static str) {
+    metrics::counter!(HANDSHAKES_REFUSED, "reason" => reason).increment(1);
+}
+
+/// Counts one TCP connection an HTTP listener closed unserved; both labels
+/// come from fixed sets (see [`HTTP_CONNECTIONS_REFUSED`]).
+pub fn http_connection_refused(listener: &'static str, reason: &'static str) {
+    metrics::counter!(HTTP_CONNECTIONS_REFUSED, "listener" => listener, "reason" => reason)
+        .increment(1);
 }
 
 /// Address the exporter is served on, for logs.

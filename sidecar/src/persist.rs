@@ -17,6 +17,9 @@ const NODE_ID_FILE: &str = "node-id";
 const GENERATION_FILE: &str = "generation";
 const REGISTRATIONS_FILE: &str = "registrations.json";
 const SNAPSHOT_FILE: &str = "catalog.snapshot";
+const MEMBERS_FILE: &str = "members.json";
+/// Members remembered at most: enough to find the cluster again.
+pub const MAX_SAVED_MEMBERS: usize = 16;
 /// Largest snapshot read back (the catalog of a very large cluster).
 const MAX_SNAPSHOT: usize = 256 * 1024 * 1024;
 
@@ -244,6 +247,35 @@ impl DataDir {
         catalog
     }
 
+    /// The QUIC addresses of the members this node last saw, to rejoin
+    /// them on start (empty when none were saved or the file is unreadable:
+    /// it is a hint, `--join` still works).
+    pub fn members(&self) -> Vec<std::net::SocketAddr> {
+        let path = self.root.join(MEMBERS_FILE);
+        let Ok(bytes) = fs::read(&path) else {
+            return Vec::new();
+        };
+        match serde_json::from_slice::<Vec<std::net::SocketAddr>>(&bytes) {
+            Ok(mut addrs) => {
+                addrs.truncate(MAX_SAVED_MEMBERS);
+                addrs
+            }
+            Err(e) => {
+                tracing::warn!(path = %path.display(), error = %e, "ignoring an unreadable list of saved members; only --join is used to find the cluster");
+                Vec::new()
+            }
+        }
+    }
+
+    /// Saves the members' addresses (at most [`MAX_SAVED_MEMBERS`]).
+    /// Blocks: call it from the blocking pool. Not a write a caller waits
+    /// for, so a failure does not mark the data dir degraded.
+    pub fn save_members(&self, addrs: &[std::net::SocketAddr]) -> anyhow::Result<()> {
+        let addrs = &addrs[..addrs.len().min(MAX_SAVED_MEMBERS)];
+        let bytes = serde_json::to_vec_pretty(addrs)?;
+        write_atomic(&self.root.join(MEMBERS_FILE), &bytes)
+    }
+
     /// Saves a catalog snapshot of the records `records` returns, taken
     /// once no other snapshot save runs (so the newest always lands last).
     /// Blocks: call it from the blocking pool.
@@ -304,12 +336,25 @@ pub fn write_atomic(path: &Path, bytes: &[u8]) -> anyhow::Result<()> {
         fs::rename(&tmp, path)?;
         fs::File::open(dir)?.sync_all()
     })();
-    result.with_context(|| {
-        format!(
-            "cannot write {}; check free space and permissions",
-            path.display()
-        )
+    result.map_err(|e| {
+        let advice = write_advice(&e);
+        anyhow::Error::new(e).context(format!("cannot write {}; {advice}", path.display()))
     })
+}
+
+/// What to do about a failed write, by its cause: issue 21 saw an agent out
+/// of file descriptors blame free space.
+pub fn write_advice(error: &std::io::Error) -> &'static str {
+    if crate::server::out_of_descriptors(error) {
+        return "the agent is out of file descriptors (too many open connections?): raise the limit (ulimit -n, LimitNOFILE) or lower --max-connections";
+    }
+    match error.raw_os_error() {
+        // ENOSPC, EDQUOT
+        Some(28 | 122) => "the data dir's filesystem is full: free space there",
+        // EACCES, EPERM, EROFS
+        Some(13 | 1 | 30) => "the data dir is not writable: fix its permissions or mount",
+        _ => "check free space and permissions in the data dir",
+    }
 }
 
 #[cfg(test)]

@@ -69,8 +69,16 @@ fn invalid(error: impl Into<String>, hint: impl Into<String>) -> Invalid {
 fn not_durable(what: &str, error: &anyhow::Error) -> Invalid {
     Invalid {
         error: format!("{what} was not saved to the data dir: {error:#}"),
-        hint: "free space or fix permissions in --data-dir, then retry; nothing was changed"
-            .to_owned(),
+        hint: format!(
+            "{}, then retry; nothing was changed",
+            error
+                .chain()
+                .find_map(|cause| cause.downcast_ref::<std::io::Error>())
+                .map_or(
+                    "free space or fix permissions in --data-dir",
+                    crate::persist::write_advice
+                )
+        ),
         refusal: Refusal::NotDurable,
     }
 }

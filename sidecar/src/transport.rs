@@ -6,7 +6,10 @@
 //! transport only moves bytes; what they mean is for the receivers of the
 //! [`Inbound`] channels. Strangers stop at its edge: the `guard` submodule
 //! counts every datagram that is not QUIC for this endpoint and every
-//! refused handshake, and logs each source at most once a minute.
+//! refused handshake, and logs each source at most once a minute; the
+//! `handshakes` submodule bounds what an unauthenticated source can make
+//! the endpoint hold (a cap on handshakes in flight, stateless retry, a
+//! handshake timeout).
 
 use std::collections::HashMap;
 use std::net::SocketAddr;
@@ -22,8 +25,10 @@ use tokio::sync::{mpsc, OnceCell};
 use tracing::{debug, warn};
 
 mod guard;
+mod handshakes;
 
 use guard::{EndpointKeys, GuardedSocket, KnownPeers, PeerLog};
+use handshakes::{Failure, HandshakeGate};
 
 use crate::link_shim::{LinkRules, ShimSocket};
 use crate::metrics;
@@ -102,6 +107,11 @@ impl Transport {
             .map_err(|e| anyhow!("TLS server config unusable for QUIC: {e}"))?;
         let mut server_config = quinn::ServerConfig::with_crypto(Arc::new(server_crypto));
         server_config.transport_config(transport_config.clone());
+        // Bounded state before authentication (see `handshakes`).
+        server_config
+            .max_incoming(handshakes::MAX_INCOMING)
+            .incoming_buffer_size(handshakes::INCOMING_BUFFER)
+            .incoming_buffer_size_total(handshakes::INCOMING_BUFFER_TOTAL);
 
         let client_crypto = QuicClientConfig::try_from(trust.client_config()?)
             .map_err(|e| anyhow!("TLS client config unusable for QUIC: {e}"))?;
@@ -296,42 +306,50 @@ impl Transport {
         }
     }
 
-    /// Counts a handshake the TLS or QUIC layer refused (another passphrase
-    /// or CA, an incompatible peer), and logs it at most once per peer per
-    /// minute. Silence, resets and deliberate closes are not refusals.
+    /// Counts a handshake TLS refused over a certificate (another
+    /// passphrase or CA) in `gossamer_handshake_failures_total`, and logs
+    /// it at most once per peer per minute. Something that is not a
+    /// gossamer peer (another ALPN, malformed) is counted apart, so it does
+    /// not read as a misconfigured member; silence, resets and deliberate
+    /// closes are not refusals.
     fn note_failed_handshake(&self, peer: SocketAddr, error: &ConnectionError) {
-        if !is_refusal(error) {
-            debug!(%peer, %error, "QUIC connection attempt ended");
-            return;
-        }
-        metrics::handshake_failure();
-        if self.failure_log.due(peer) {
-            warn!(%peer, %error, "QUIC handshake failed (wrong passphrase or CA?); ignoring this peer; logged at most once a minute per peer");
+        match handshakes::classify(error) {
+            Failure::Credentials => {
+                metrics::handshake_failure();
+                if self.failure_log.due(peer) {
+                    warn!(%peer, %error, "QUIC handshake failed (wrong passphrase or CA?); ignoring this peer; logged at most once a minute per peer");
+                }
+            }
+            Failure::NotGossamer => handshakes::note_not_gossamer(peer, error),
+            Failure::Other => debug!(%peer, %error, "QUIC connection attempt ended"),
         }
     }
 }
 
-/// True for a handshake refused by the TLS or QUIC layer, on either side.
-fn is_refusal(error: &ConnectionError) -> bool {
-    match error {
-        ConnectionError::TransportError(_) | ConnectionError::VersionMismatch => true,
-        ConnectionError::ConnectionClosed(_) => is_tls_alert(error),
-        _ => false,
-    }
-}
-
+/// Admits incoming handshakes through the gate (see `handshakes`) and
+/// serves those that complete.
 async fn accept_loop(transport: Arc<Transport>) {
+    let gate = Arc::new(HandshakeGate::default());
+    let limit = handshakes::handshake_timeout(transport.timings.connect_timeout);
     while let Some(incoming) = transport.endpoint.accept().await {
+        let Some((incoming, permit)) = gate.admit(incoming) else {
+            continue;
+        };
         let transport = transport.clone();
+        let gate = gate.clone();
         tokio::spawn(async move {
             let peer = incoming.remote_address();
-            match incoming.await {
-                Ok(connection) => {
+            // Dropping an unfinished handshake closes it and frees its state.
+            let handshake = tokio::time::timeout(limit, incoming).await;
+            drop(permit);
+            match handshake {
+                Ok(Ok(connection)) => {
                     transport.known_peers.insert(peer);
                     transport.remember_incoming(&connection);
                     serve_connection(transport, connection).await;
                 }
-                Err(e) => transport.note_failed_handshake(peer, &e),
+                Ok(Err(e)) => transport.note_failed_handshake(peer, &e),
+                Err(_) => gate.timed_out(peer),
             }
         });
     }

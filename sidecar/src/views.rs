@@ -19,6 +19,7 @@ pub async fn health(agent: &AdminHandles) -> HealthView {
         .storage_problem()
         .map(|p| format!("the data dir refuses writes: {p}"))
         .into_iter()
+        .chain(agent.join_problem.get())
         .collect();
     let members = agent.membership.members().await;
     let count = |state| members.iter().filter(|m| m.state == state).count();

@@ -43,6 +43,10 @@ const AGENT_FLAGS: &[&str] = &[
     "debug-link-delay",
     "debug-link-drop",
     "config",
+    "admin-token",
+    "admin-token-file",
+    "max-connections",
+    "header-read-timeout-ms",
 ];
 
 /// Default ports of the agent (DESIGN.md): QUIC, admin, proxy, metrics.

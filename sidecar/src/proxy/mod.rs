@@ -68,9 +68,9 @@ impl ProxyHandles {
 const REPLAYABLE_BODY: u64 = 64 * 1024;
 
 /// Serves the proxy until the agent stops.
-pub async fn serve(agent: Arc<ProxyHandles>, listener: TcpListener) {
+pub async fn serve(agent: Arc<ProxyHandles>, listener: TcpListener, limits: crate::server::Limits) {
     let shutdown = agent.shutdown.clone();
-    crate::server::serve(listener, shutdown, move |request| {
+    crate::server::serve(listener, limits, shutdown, move |request| {
         let agent = agent.clone();
         async move { handle(&agent, request).await }
     })

@@ -65,6 +65,11 @@ impl Upstreams {
     /// up leave no state behind.
     pub fn with<T>(&self, service: &str, f: impl FnOnce(&mut Balancer) -> T) -> T {
         let mut balancers = self.balancers.lock().unwrap_or_else(|p| p.into_inner());
+        // Looked up before inserting: the name is copied only once per
+        // service, not on every request.
+        if let Some(balancer) = balancers.get_mut(service) {
+            return f(balancer);
+        }
         let balancer = balancers
             .entry(service.to_owned())
             .or_insert_with(|| Balancer::new(self.config.clone()));

@@ -96,6 +96,32 @@ pub fn json_error(
     response
 }
 
+/// The status code as a metric label, without formatting one per request
+/// for the codes a proxy answers with most.
+fn code_label(status: StatusCode) -> ::metrics::SharedString {
+    let common = match status.as_u16() {
+        200 => "200",
+        201 => "201",
+        204 => "204",
+        301 => "301",
+        302 => "302",
+        304 => "304",
+        400 => "400",
+        401 => "401",
+        403 => "403",
+        404 => "404",
+        405 => "405",
+        409 => "409",
+        429 => "429",
+        500 => "500",
+        502 => "502",
+        503 => "503",
+        504 => "504",
+        _ => return status.as_u16().to_string().into(),
+    };
+    ::metrics::SharedString::const_str(common)
+}
+
 /// Which protocol the caller spoke, for the `protocol` metric label.
 fn protocol_label(request: &Request<Incoming>) -> &'static str {
     if grpc::is_grpc(request.headers()) {
@@ -201,7 +227,7 @@ async fn handle(agent: &Arc<ProxyHandles>, mut request: Request<Incoming>) -> Re
         &mut response,
         format!("upgrade to {service}"),
     );
-    let code = response.status().as_u16().to_string();
+    let code = code_label(response.status());
     ::metrics::counter!(
         metrics::PROXY_REQUESTS,
         "service" => label.clone(),

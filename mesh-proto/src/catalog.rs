@@ -12,6 +12,7 @@ use std::net::SocketAddr;
 use serde::{Deserialize, Serialize};
 
 use crate::coordinate::Coordinate;
+pub use crate::definition_wire::EXTENSION_PREFIX;
 use crate::hlc::Version;
 use crate::identity::NodeId;
 
@@ -44,12 +45,19 @@ pub struct Definition {
     /// Free-form version of the service (for example a semver).
     #[serde(default)]
     pub version: String,
-    /// Port the service listens on by default.
+    /// Port the service listens on by default (inside its container, when
+    /// it runs from `image`).
     #[serde(default)]
     pub port: Option<u16>,
-    /// Container image or source repository.
+    /// Container image it runs from, for example `nginx:1.27`.
     #[serde(default)]
     pub image: Option<String>,
+    /// Port on the host that a container's `port` is published on.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub host_port: Option<u16>,
+    /// Source repository it is built from, when it has no `image`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub repository: Option<Repository>,
     /// Named endpoints, for example `openapi` → URL of the OpenAPI document.
     #[serde(default)]
     pub endpoints: BTreeMap<String, String>,
@@ -62,6 +70,17 @@ pub struct Definition {
     /// Hash of the content above, filled in by the agent that writes it.
     #[serde(default)]
     pub content_hash: String,
+}
+
+/// Where a service's source lives, for services built rather than pulled.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Repository {
+    /// Clone URL, for example `https://github.com/acme/billing.git`.
+    pub url: String,
+    /// Path of the container file (Dockerfile) inside the repository.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub container_file: Option<String>,
 }
 
 /// Health of an instance, as its own node sees it.
@@ -143,8 +162,8 @@ impl RecordKey {
 /// What a record holds.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub enum RecordBody {
-    /// A service definition.
-    Definition(Definition),
+    /// A service definition (its wire layout is frozen: see `definition_wire`).
+    Definition(#[serde(with = "crate::definition_wire")] Definition),
     /// A service instance.
     Instance(Instance),
     /// Node metadata.

@@ -117,6 +117,8 @@ pub async fn run(keep: bool, calls: u32) -> anyhow::Result<()> {
             version: "1.0.0".to_owned(),
             port: Some(8080),
             image: None,
+            host_port: None,
+            repository: None,
             endpoints: BTreeMap::from([(
                 "openapi".to_owned(),
                 "http://echo.localhost/openapi.json".to_owned(),

@@ -455,6 +455,8 @@ async fn declare_requirements(registry: &Registry, spec: &ServiceSpec) {
         version: String::new(),
         port: None,
         image: None,
+        host_port: None,
+        repository: None,
         endpoints: Default::default(),
         client_sdks: Default::default(),
         requirements: Requirements::default(),

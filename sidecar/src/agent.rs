@@ -259,6 +259,16 @@ pub async fn start(config: AgentConfig) -> anyhow::Result<RunningAgent> {
     let ready = Arc::new(AtomicBool::new(false));
     let health = PassiveHealth::new(registry.clone(), shutdown.subscribe());
     let decisions = Arc::new(Decisions::default());
+    let access_log = match &config.access_log {
+        Some(target) => {
+            let (log, writer) = crate::proxy::access_log::AccessLog::open(target)?;
+            // Detached: it ends when the proxy drops its sender, after the
+            // last line is written.
+            tokio::spawn(writer);
+            Some(log)
+        }
+        None => None,
+    };
     let proxy_handles = Arc::new(ProxyHandles {
         upstreams: upstreams.clone(),
         transport: transport.clone(),
@@ -266,6 +276,7 @@ pub async fn start(config: AgentConfig) -> anyhow::Result<RunningAgent> {
         health,
         shutdown: shutdown.subscribe(),
         decisions: decisions.clone(),
+        access_log,
     });
     let admin_handles = Arc::new(AdminHandles {
         identity: identity.clone(),

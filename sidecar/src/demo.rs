@@ -48,6 +48,7 @@ pub fn local_config(
         metrics_listen: None,
         dns_listen: None,
         dns_ttl: Duration::from_secs(5),
+        access_log: None,
         data_dir: std::env::temp_dir()
             .join(format!("gossamer-demo-{name}-{}", rand::random::<u32>())),
         ephemeral_data_dir: true,

@@ -516,6 +516,8 @@ impl Node {
             version: version.to_owned(),
             port: Some(8080),
             image: None,
+            host_port: None,
+            repository: None,
             endpoints: BTreeMap::new(),
             client_sdks: BTreeMap::new(),
             requirements: Default::default(),

@@ -351,6 +351,8 @@ async fn a_hard_requirement_nobody_meets_closes_the_connection_and_says_why() {
             version: "1".to_owned(),
             port: None,
             image: None,
+            host_port: None,
+            repository: None,
             endpoints: Default::default(),
             client_sdks: Default::default(),
             requirements: mesh_proto::catalog::Requirements {

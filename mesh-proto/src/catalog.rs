@@ -344,3 +344,70 @@ impl Catalog {
         before - self.records.len()
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::hlc::Hlc;
+
+    fn record(key: RecordKey, body: RecordBody) -> Record {
+        Record {
+            key,
+            version: Version {
+                hlc: Hlc {
+                    wall_ms: 1,
+                    logical: 0,
+                },
+                writer: NodeId::new("node-a").expect("valid id"),
+            },
+            body,
+        }
+    }
+
+    #[test]
+    fn kinds_name_the_metric_labels() {
+        let node = NodeId::new("node-a").expect("valid id");
+        assert_eq!(RecordKey::Definition("x".into()).kind(), "definition");
+        assert_eq!(RecordKey::Instance("x".into()).kind(), "instance");
+        assert_eq!(RecordKey::Node(node).kind(), "node");
+    }
+
+    #[test]
+    fn live_views_list_each_kind_and_emptiness_follows_records() {
+        let mut catalog = Catalog::new();
+        assert!(catalog.is_empty());
+        let definition = Definition {
+            name: "billing".into(),
+            ..Definition::default()
+        };
+        let instance = Instance {
+            id: "billing-1".into(),
+            service: "billing".into(),
+            node: NodeId::new("node-a").expect("valid id"),
+            address: "127.0.0.1:8080".parse().expect("address"),
+            deployment_id: None,
+            tags: Vec::new(),
+            health: Health::Passing,
+        };
+        catalog.apply(record(
+            RecordKey::Definition("billing".into()),
+            RecordBody::Definition(definition.clone()),
+        ));
+        assert!(!catalog.is_empty());
+        catalog.apply(record(
+            RecordKey::Instance("billing-1".into()),
+            RecordBody::Instance(instance.clone()),
+        ));
+        catalog.apply(record(
+            RecordKey::Definition("gone".into()),
+            RecordBody::Tombstone,
+        ));
+        assert_eq!(catalog.definitions().collect::<Vec<_>>(), [&definition]);
+        assert_eq!(catalog.instances().collect::<Vec<_>>(), [&instance]);
+        assert_eq!(
+            catalog.len(),
+            3,
+            "the tombstone is a record, not a definition"
+        );
+    }
+}

@@ -294,6 +294,23 @@ mod tests {
     }
 
     #[test]
+    fn a_down_routable_peer_does_not_make_loopback_suspect() {
+        let mut nodes = vec![
+            node("a", "127.0.0.1:4300", MemberState::Alive),
+            node("gone", "10.0.0.9:4300", MemberState::Down),
+        ];
+        address_warnings(&mut nodes);
+        assert!(nodes.iter().all(|n| n.warnings.is_empty()), "{nodes:?}");
+    }
+
+    #[test]
+    fn member_states_have_their_label_names() {
+        let names =
+            [MemberState::Alive, MemberState::Suspect, MemberState::Down].map(MemberState::as_str);
+        assert_eq!(names, ["alive", "suspect", "down"]);
+    }
+
+    #[test]
     fn an_all_loopback_mesh_is_not_flagged() {
         let mut nodes = vec![
             node("a", "127.0.0.1:4300", MemberState::Alive),

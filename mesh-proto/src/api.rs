@@ -109,6 +109,58 @@ pub struct NodeView {
     pub is_self: bool,
     /// Node metadata, once gossiped.
     pub meta: Option<NodeMeta>,
+    /// What looks wrong with its advertised address (see [`address_warnings`]).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub warnings: Vec<String>,
+}
+
+/// Flags advertised addresses that peers cannot all reach: an address (IP
+/// and port) shared by two live nodes, and a loopback address while some
+/// other live node advertises a routable one (the loopback node is then
+/// reachable from its own host only: start it with `--advertise`). Nodes
+/// that are down are left out, since a restarted node may reuse the address
+/// of the one it replaced.
+pub fn address_warnings(nodes: &mut [NodeView]) {
+    let live = |n: &NodeView| n.state != MemberState::Down;
+    let ip = |n: &NodeView| {
+        n.address
+            .parse::<std::net::SocketAddr>()
+            .ok()
+            .map(|a| a.ip())
+    };
+    let routable_peer = |me: &NodeView, all: &[NodeView]| {
+        all.iter()
+            .filter(|n| live(n) && n.id != me.id)
+            .any(|n| ip(n).is_some_and(|ip| !ip.is_loopback()))
+    };
+    let mut found: Vec<Vec<String>> = Vec::with_capacity(nodes.len());
+    for me in nodes.iter() {
+        let mut warnings = Vec::new();
+        if live(me) {
+            let sharing: Vec<&str> = nodes
+                .iter()
+                .filter(|n| live(n) && n.id != me.id && n.address == me.address)
+                .map(|n| n.id.as_str())
+                .collect();
+            if !sharing.is_empty() {
+                warnings.push(format!(
+                    "address {} is also advertised by {}",
+                    me.address,
+                    sharing.join(", ")
+                ));
+            }
+            if ip(me).is_some_and(|ip| ip.is_loopback()) && routable_peer(me, nodes) {
+                warnings.push(format!(
+                    "loopback address {} while peers are routable; only its own host reaches it",
+                    me.address
+                ));
+            }
+        }
+        found.push(warnings);
+    }
+    for (node, warnings) in nodes.iter_mut().zip(found) {
+        node.warnings = warnings;
+    }
 }
 
 /// One entry of `GET /v1/services`.
@@ -206,4 +258,68 @@ pub struct RegisterInstance {
     /// Initial health (default passing).
     #[serde(default)]
     pub health: Option<Health>,
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn node(id: &str, address: &str, state: MemberState) -> NodeView {
+        NodeView {
+            id: id.into(),
+            address: address.into(),
+            state,
+            generation: 0,
+            last_heard_ms: None,
+            rtt_ms: None,
+            rtt_source: RttSource::Unknown,
+            is_self: false,
+            meta: None,
+            warnings: Vec::new(),
+        }
+    }
+
+    #[test]
+    fn shared_and_lone_loopback_addresses_are_flagged() {
+        let mut nodes = vec![
+            node("a", "10.0.0.1:4300", MemberState::Alive),
+            node("b", "10.0.0.1:4300", MemberState::Alive),
+            node("c", "127.0.0.1:4300", MemberState::Suspect),
+            node("d", "10.0.0.4:4300", MemberState::Alive),
+            node("old", "10.0.0.4:4300", MemberState::Down),
+        ];
+        address_warnings(&mut nodes);
+        assert!(nodes[0].warnings[0].contains("also advertised by b"));
+        assert!(nodes[1].warnings[0].contains("also advertised by a"));
+        assert!(nodes[2].warnings[0].contains("loopback"), "{:?}", nodes[2]);
+        assert!(nodes[3].warnings.is_empty(), "down nodes do not count");
+        assert!(nodes[4].warnings.is_empty());
+    }
+
+    #[test]
+    fn a_down_routable_peer_does_not_make_loopback_suspect() {
+        let mut nodes = vec![
+            node("a", "127.0.0.1:4300", MemberState::Alive),
+            node("gone", "10.0.0.9:4300", MemberState::Down),
+        ];
+        address_warnings(&mut nodes);
+        assert!(nodes.iter().all(|n| n.warnings.is_empty()), "{nodes:?}");
+    }
+
+    #[test]
+    fn member_states_have_their_label_names() {
+        let names =
+            [MemberState::Alive, MemberState::Suspect, MemberState::Down].map(MemberState::as_str);
+        assert_eq!(names, ["alive", "suspect", "down"]);
+    }
+
+    #[test]
+    fn an_all_loopback_mesh_is_not_flagged() {
+        let mut nodes = vec![
+            node("a", "127.0.0.1:4300", MemberState::Alive),
+            node("b", "127.0.0.1:4301", MemberState::Alive),
+        ];
+        address_warnings(&mut nodes);
+        assert!(nodes.iter().all(|n| n.warnings.is_empty()));
+    }
 }

@@ -12,6 +12,7 @@ use std::net::SocketAddr;
 use serde::{Deserialize, Serialize};
 
 use crate::coordinate::Coordinate;
+pub use crate::definition_wire::EXTENSION_PREFIX;
 use crate::hlc::Version;
 use crate::identity::NodeId;
 
@@ -44,12 +45,19 @@ pub struct Definition {
     /// Free-form version of the service (for example a semver).
     #[serde(default)]
     pub version: String,
-    /// Port the service listens on by default.
+    /// Port the service listens on by default (inside its container, when
+    /// it runs from `image`).
     #[serde(default)]
     pub port: Option<u16>,
-    /// Container image or source repository.
+    /// Container image it runs from, for example `nginx:1.27`.
     #[serde(default)]
     pub image: Option<String>,
+    /// Port on the host that a container's `port` is published on.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub host_port: Option<u16>,
+    /// Source repository it is built from, when it has no `image`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub repository: Option<Repository>,
     /// Named endpoints, for example `openapi` → URL of the OpenAPI document.
     #[serde(default)]
     pub endpoints: BTreeMap<String, String>,
@@ -60,7 +68,7 @@ pub struct Definition {
     #[serde(default)]
     pub requirements: Requirements,
     /// What the instances speak, and so how the proxy reaches them.
-    #[serde(default)]
+    #[serde(default, skip_serializing_if = "Protocol::is_http")]
     pub protocol: Protocol,
     /// Hash of the content above, filled in by the agent that writes it.
     #[serde(default)]
@@ -97,6 +105,24 @@ impl Protocol {
         }
     }
 
+    /// True for the default, HTTP/1.1 (left out of JSON, so definitions
+    /// written before `protocol` existed keep their content hash).
+    pub fn is_http(&self) -> bool {
+        *self == Protocol::Http
+    }
+
+    /// The protocol named `name`, if any.
+    pub fn parse(name: &str) -> Option<Self> {
+        [
+            Protocol::Http,
+            Protocol::Http2,
+            Protocol::Grpc,
+            Protocol::Tcp,
+        ]
+        .into_iter()
+        .find(|p| p.as_str() == name)
+    }
+
     /// True when the instances are spoken to in HTTP/2.
     pub fn is_http2(self) -> bool {
         matches!(self, Protocol::Http2 | Protocol::Grpc)
@@ -107,6 +133,17 @@ impl std::fmt::Display for Protocol {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.write_str(self.as_str())
     }
+}
+
+/// Where a service's source lives, for services built rather than pulled.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Repository {
+    /// Clone URL, for example `https://github.com/acme/billing.git`.
+    pub url: String,
+    /// Path of the container file (Dockerfile) inside the repository.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub container_file: Option<String>,
 }
 
 /// Health of an instance, as its own node sees it.
@@ -188,8 +225,8 @@ impl RecordKey {
 /// What a record holds.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub enum RecordBody {
-    /// A service definition.
-    Definition(Definition),
+    /// A service definition (its wire layout is frozen: see `definition_wire`).
+    Definition(#[serde(with = "crate::definition_wire")] Definition),
     /// A service instance.
     Instance(Instance),
     /// Node metadata.
@@ -368,5 +405,72 @@ impl Catalog {
             !(r.is_tombstone() && r.version.hlc.wall_ms.saturating_add(ttl_ms) < now_ms)
         });
         before - self.records.len()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::hlc::Hlc;
+
+    fn record(key: RecordKey, body: RecordBody) -> Record {
+        Record {
+            key,
+            version: Version {
+                hlc: Hlc {
+                    wall_ms: 1,
+                    logical: 0,
+                },
+                writer: NodeId::new("node-a").expect("valid id"),
+            },
+            body,
+        }
+    }
+
+    #[test]
+    fn kinds_name_the_metric_labels() {
+        let node = NodeId::new("node-a").expect("valid id");
+        assert_eq!(RecordKey::Definition("x".into()).kind(), "definition");
+        assert_eq!(RecordKey::Instance("x".into()).kind(), "instance");
+        assert_eq!(RecordKey::Node(node).kind(), "node");
+    }
+
+    #[test]
+    fn live_views_list_each_kind_and_emptiness_follows_records() {
+        let mut catalog = Catalog::new();
+        assert!(catalog.is_empty());
+        let definition = Definition {
+            name: "billing".into(),
+            ..Definition::default()
+        };
+        let instance = Instance {
+            id: "billing-1".into(),
+            service: "billing".into(),
+            node: NodeId::new("node-a").expect("valid id"),
+            address: "127.0.0.1:8080".parse().expect("address"),
+            deployment_id: None,
+            tags: Vec::new(),
+            health: Health::Passing,
+        };
+        catalog.apply(record(
+            RecordKey::Definition("billing".into()),
+            RecordBody::Definition(definition.clone()),
+        ));
+        assert!(!catalog.is_empty());
+        catalog.apply(record(
+            RecordKey::Instance("billing-1".into()),
+            RecordBody::Instance(instance.clone()),
+        ));
+        catalog.apply(record(
+            RecordKey::Definition("gone".into()),
+            RecordBody::Tombstone,
+        ));
+        assert_eq!(catalog.definitions().collect::<Vec<_>>(), [&definition]);
+        assert_eq!(catalog.instances().collect::<Vec<_>>(), [&instance]);
+        assert_eq!(
+            catalog.len(),
+            3,
+            "the tombstone is a record, not a definition"
+        );
     }
 }

@@ -9,9 +9,7 @@ use serde::Serialize;
 use thiserror::Error;
 
 /// Wire format version written in front of every encoded message.
-/// Version 2 added `protocol` to definitions; [`crate::legacy`] still reads
-/// version 1 catalog snapshots.
-pub const WIRE_VERSION: u8 = 2;
+pub const WIRE_VERSION: u8 = 1;
 
 /// Why bytes could not be decoded.
 #[derive(Debug, Error, PartialEq, Eq)]
@@ -62,15 +60,6 @@ pub fn encode<T: Serialize>(value: &T) -> Result<Vec<u8>, EncodeError> {
 
 /// Decodes a message of at most `limit` bytes, rejecting trailing bytes.
 pub fn decode<T: DeserializeOwned>(bytes: &[u8], limit: usize) -> Result<T, DecodeError> {
-    decode_version(bytes, limit, WIRE_VERSION)
-}
-
-/// Decodes a message written by wire version `expected`.
-pub(crate) fn decode_version<T: DeserializeOwned>(
-    bytes: &[u8],
-    limit: usize,
-    expected: u8,
-) -> Result<T, DecodeError> {
     if bytes.len() > limit {
         return Err(DecodeError::TooLarge {
             len: bytes.len(),
@@ -78,7 +67,7 @@ pub(crate) fn decode_version<T: DeserializeOwned>(
         });
     }
     let (&version, body) = bytes.split_first().ok_or(DecodeError::Empty)?;
-    if version != expected {
+    if version != WIRE_VERSION {
         return Err(DecodeError::UnsupportedVersion { found: version });
     }
     let (value, rest) =

@@ -10,15 +10,16 @@ pub mod api;
 pub mod catalog;
 pub mod codec;
 pub mod coordinate;
+mod definition_wire;
 pub mod frame;
 pub mod gossip;
 pub mod hlc;
 pub mod identity;
-pub mod legacy;
 pub mod names;
 
 pub use catalog::{
     Catalog, Definition, Health, Instance, NodeMeta, Protocol, Record, RecordBody, RecordKey,
+    Repository,
 };
 pub use hlc::{Hlc, HlcClock, Version};
 pub use identity::{NodeId, NodeIdentity};

@@ -15,7 +15,7 @@ use http::{Method, Request, Response, StatusCode};
 use http_body_util::{BodyExt, Full, Limited};
 use hyper::body::Incoming;
 use mesh_proto::api::{RegisterInstance, INDEX_HEADER};
-use mesh_proto::catalog::Definition;
+use mesh_proto::catalog::{Definition, EXTENSION_PREFIX};
 use mesh_proto::names::{validate_id, validate_service_name};
 use metrics_exporter_prometheus::PrometheusHandle;
 use serde::de::DeserializeOwned;
@@ -499,8 +499,29 @@ fn check_definition(name: &str, mut definition: Definition) -> Result<Definition
             ));
         }
     }
+    if let Some(name) = definition
+        .endpoints
+        .keys()
+        .find(|k| k.starts_with(EXTENSION_PREFIX))
+    {
+        return Err(bad_request(
+            format!("endpoint name {name:?} starts with the reserved {EXTENSION_PREFIX:?}"),
+            "rename the endpoint (names starting with that prefix carry fields on the wire)",
+        ));
+    }
+    if let Some(repository) = &definition.repository {
+        if repository.url.trim().is_empty() {
+            return Err(bad_request(
+                "repository.url is empty",
+                "give the clone URL, for example \"repository\": {\"url\": \"https://github.com/acme/billing.git\"}, or drop \"repository\"",
+            ));
+        }
+    }
+    let repository = definition.repository.iter();
     let texts = std::iter::once(&definition.version)
         .chain(definition.image.iter())
+        .chain(repository.clone().map(|r| &r.url))
+        .chain(repository.filter_map(|r| r.container_file.as_ref()))
         .chain(definition.endpoints.keys())
         .chain(definition.endpoints.values())
         .chain(definition.client_sdks.keys())

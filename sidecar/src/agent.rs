@@ -267,6 +267,16 @@ pub async fn start(config: AgentConfig) -> anyhow::Result<RunningAgent> {
     let ready = Arc::new(AtomicBool::new(false));
     let health = PassiveHealth::new(registry.clone(), shutdown.subscribe());
     let decisions = Arc::new(Decisions::default());
+    let access_log = match &config.access_log {
+        Some(target) => {
+            let (log, writer) = crate::proxy::access_log::AccessLog::open(target)?;
+            // Detached: it ends when the proxy drops its sender, after the
+            // last line is written.
+            tokio::spawn(writer);
+            Some(log)
+        }
+        None => None,
+    };
     let proxy_handles = Arc::new(ProxyHandles {
         upstreams: upstreams.clone(),
         transport: transport.clone(),
@@ -274,6 +284,7 @@ pub async fn start(config: AgentConfig) -> anyhow::Result<RunningAgent> {
         health,
         shutdown: shutdown.subscribe(),
         decisions: decisions.clone(),
+        access_log,
     });
     // Set from the start when --join names targets: until one answers, the
     // node is not in the cluster it was told to join.

@@ -9,6 +9,7 @@ use mesh_proto::catalog::Definition;
 use serde::Serialize;
 
 pub mod args;
+mod show;
 pub mod supervise;
 pub mod table;
 
@@ -52,6 +53,11 @@ pub async fn run_operator(cli: &Cli) -> anyhow::Result<()> {
                         format!("{:?}", n.rtt_source).to_lowercase(),
                         n.last_heard_ms
                             .map_or("-".to_owned(), |m| format!("{m} ms ago")),
+                        if n.warnings.is_empty() {
+                            "-".to_owned()
+                        } else {
+                            n.warnings.join("; ")
+                        },
                     ]
                 })
                 .collect();
@@ -64,6 +70,7 @@ pub async fn run_operator(cli: &Cli) -> anyhow::Result<()> {
                     "RTT_MS",
                     "RTT_SOURCE",
                     "LAST_HEARD",
+                    "WARNING",
                 ],
                 rows,
             );
@@ -250,7 +257,13 @@ async fn services(cli: &Cli, client: &Client, action: &ServicesAction) -> anyhow
                 rows,
             );
         }
-        ServicesAction::Get { name } => print_json(&client.definition(name).await?)?,
+        ServicesAction::Get { name } => {
+            let definition = client.definition(name).await?;
+            if cli.json {
+                return print_json(&definition);
+            }
+            print!("{}", show::definition(&definition));
+        }
         ServicesAction::Put { file } => {
             let text = if file.as_os_str() == "-" {
                 std::io::read_to_string(std::io::stdin())

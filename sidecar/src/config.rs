@@ -155,6 +155,10 @@ pub struct AgentArgs {
     /// TTL of DNS answers, in seconds [default: 5].
     #[arg(long, env = "GOSSAMER_DNS_TTL", value_name = "SECONDS")]
     pub dns_ttl: Option<u32>,
+    /// Write one JSON line per proxied request to PATH (appended), or to
+    /// stdout with `-` [default: off].
+    #[arg(long, env = "GOSSAMER_ACCESS_LOG", value_name = "PATH|-")]
+    pub access_log: Option<PathBuf>,
     /// Directory for node identity, registrations and catalog snapshot [default: ./gossamer-data].
     #[arg(long, env = "GOSSAMER_DATA_DIR")]
     pub data_dir: Option<PathBuf>,
@@ -273,6 +277,8 @@ pub struct AgentConfig {
     pub dns_listen: Option<SocketAddr>,
     /// TTL of DNS answers.
     pub dns_ttl: Duration,
+    /// Access log target (`-` is stdout); None writes none.
+    pub access_log: Option<PathBuf>,
     /// Data directory.
     pub data_dir: PathBuf,
     /// True when the data dir is a temporary one to remove at exit.
@@ -354,6 +360,7 @@ impl AgentArgs {
             metrics_listen: self.metrics_listen.or(file.metrics_listen),
             dns_listen: self.dns_listen.or(file.dns_listen),
             dns_ttl: self.dns_ttl.or(file.dns_ttl),
+            access_log: self.access_log.or(file.access_log),
             data_dir: self.data_dir.or(file.data_dir),
             services: pick_vec(self.services, file.services),
             profile: self.profile.or(file.profile),
@@ -467,6 +474,7 @@ impl AgentArgs {
             ),
             dns_listen,
             dns_ttl,
+            access_log: self.access_log,
             data_dir,
             ephemeral_data_dir,
             services,

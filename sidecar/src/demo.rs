@@ -48,6 +48,7 @@ pub fn local_config(
         metrics_listen: None,
         dns_listen: None,
         dns_ttl: Duration::from_secs(5),
+        access_log: None,
         data_dir: std::env::temp_dir()
             .join(format!("gossamer-demo-{name}-{}", rand::random::<u32>())),
         ephemeral_data_dir: true,
@@ -120,6 +121,8 @@ pub async fn run(keep: bool, calls: u32) -> anyhow::Result<()> {
             version: "1.0.0".to_owned(),
             port: Some(8080),
             image: None,
+            host_port: None,
+            repository: None,
             endpoints: BTreeMap::from([(
                 "openapi".to_owned(),
                 "http://echo.localhost/openapi.json".to_owned(),

@@ -201,12 +201,18 @@ pub async fn remember_members(membership: Membership, data: DataDir) {
 
 /// Asks the agent at `addr` who it is.
 pub async fn hello(transport: &Arc<Transport>, addr: SocketAddr) -> anyhow::Result<NodeIdentity> {
-    let (mut send, mut recv, _) = transport.open_stream(addr, StreamKind::Hello).await?;
+    let (mut send, mut recv, connection) = transport.open_stream(addr, StreamKind::Hello).await?;
     send.finish()?;
     let bytes = tokio::time::timeout(Duration::from_secs(5), recv.read_to_end(MAX_HELLO))
         .await
         .map_err(|_| anyhow!("{addr} did not answer hello"))??;
-    codec::decode(&bytes, MAX_HELLO).map_err(|e| anyhow!("bad hello from {addr}: {e}"))
+    let identity: NodeIdentity =
+        codec::decode(&bytes, MAX_HELLO).map_err(|e| anyhow!("bad hello from {addr}: {e}"))?;
+    // The seed's id must be the one its certificate was issued to.
+    let certified = crate::tls::peer_node_id(&connection);
+    crate::tls::check_claimed_id(certified.as_deref(), identity.node_id.as_str())
+        .map_err(|e| anyhow!("{addr}: {e}"))?;
+    Ok(identity)
 }
 
 #[cfg(test)]

@@ -223,7 +223,7 @@ impl DataDir {
         let Ok(bytes) = fs::read(&path) else {
             return catalog;
         };
-        match mesh_proto::legacy::decode_snapshot(&bytes, MAX_SNAPSHOT) {
+        match codec::decode::<Vec<Record>>(&bytes, MAX_SNAPSHOT) {
             Ok(records) => {
                 for record in records {
                     catalog.apply(record);

@@ -52,10 +52,30 @@ pub struct ClusterTrust {
 
 impl ClusterTrust {
     /// Builds the trust material for `node_id` from the configured source.
+    ///
+    /// An operator certificate that names a node (a
+    /// `spiffe://gossamer/node/ID` URI SAN) is this node's only if ID is
+    /// `node_id`: a node cannot run under another node's id with that
+    /// node's certificate, and peers hold every node to its certificate.
     pub fn load(source: &TrustSource, node_id: &str) -> anyhow::Result<Self> {
         match source {
             TrustSource::Passphrase(psk) => Self::from_passphrase(psk, node_id),
-            TrustSource::OperatorCa { ca, cert, key } => Self::from_files(ca, cert, key),
+            TrustSource::OperatorCa { ca, cert, key } => {
+                let trust = Self::from_files(ca, cert, key)?;
+                let leaf = trust
+                    .chain
+                    .first()
+                    .context("--tls-cert holds no certificate")?;
+                match certified_node_id(leaf) {
+                    Err(e) => anyhow::bail!("--tls-cert {}: {e}", cert.display()),
+                    Ok(Some(certified)) if certified != node_id => anyhow::bail!(
+                        "--tls-cert {} is issued to node {certified:?}, but this node is {node_id:?}; \
+                         pass --node-id {certified} or this node's own certificate",
+                        cert.display()
+                    ),
+                    Ok(_) => Ok(trust),
+                }
+            }
         }
     }
 
@@ -72,7 +92,7 @@ impl ClusterTrust {
             KeyPair::generate_for(&PKCS_ED25519).context("cannot generate a node key")?;
         let mut params = CertificateParams::new(vec![CLUSTER_SERVER_NAME.to_owned()])
             .context("cannot build node certificate parameters")?;
-        let uri = format!("spiffe://gossamer/node/{node_id}");
+        let uri = format!("{NODE_URI_PREFIX}{node_id}");
         params.subject_alt_names.push(SanType::URI(
             uri.as_str()
                 .try_into()
@@ -167,6 +187,48 @@ impl ClusterTrust {
                 .map_err(|e| anyhow!("this node's certificate and key do not match: {e}"))?;
         config.alpn_protocols = vec![ALPN.to_vec()];
         Ok(config)
+    }
+}
+
+/// URI SAN prefix that binds a certificate to a node id.
+pub const NODE_URI_PREFIX: &str = "spiffe://gossamer/node/";
+
+/// The node id `cert` is issued to: its `spiffe://gossamer/node/ID` URI
+/// SAN. `None` when it names no node (an operator certificate may bind no
+/// id); an error when it cannot be read or names two nodes.
+pub fn certified_node_id(cert: &CertificateDer<'_>) -> Result<Option<String>, String> {
+    let parsed = webpki::EndEntityCert::try_from(cert)
+        .map_err(|e| format!("the certificate cannot be read: {e}"))?;
+    let mut ids = parsed
+        .valid_uri_names()
+        .filter_map(|uri| uri.strip_prefix(NODE_URI_PREFIX));
+    match (ids.next(), ids.next()) {
+        (Some(a), Some(b)) => Err(format!(
+            "the certificate names two nodes ({a:?} and {b:?}); issue one per node"
+        )),
+        (id, _) => Ok(id.map(str::to_owned)),
+    }
+}
+
+/// The node id the peer of `connection` proved with its certificate (None
+/// when its certificate binds no id).
+pub fn peer_node_id(connection: &quinn::Connection) -> Option<String> {
+    let chain = connection
+        .peer_identity()?
+        .downcast::<Vec<CertificateDer<'static>>>()
+        .ok()?;
+    certified_node_id(chain.first()?).ok().flatten()
+}
+
+/// Refuses a peer that says it is `claimed` while its certificate is
+/// another node's. A certificate that binds no id (an operator's without
+/// the URI SAN) refuses nothing.
+pub fn check_claimed_id(certified: Option<&str>, claimed: &str) -> anyhow::Result<()> {
+    match certified {
+        Some(certified) if certified != claimed => Err(anyhow!(
+            "a peer whose certificate is issued to node {certified:?} says it is {claimed:?}; refused"
+        )),
+        _ => Ok(()),
     }
 }
 
@@ -291,6 +353,19 @@ mod tests {
         assert_ne!(a1.endpoint_secret, b.endpoint_secret);
         // The node key is fresh on every start; the secret is not tied to it.
         assert_ne!(a1.key.secret_der(), a2.key.secret_der());
+    }
+
+    #[test]
+    fn a_derived_certificate_binds_its_node_id_and_a_claim_is_checked_against_it() {
+        let trust = ClusterTrust::from_passphrase("pass", "node-7").expect("trust");
+        let certified = certified_node_id(&trust.chain[0]).expect("readable");
+        assert_eq!(certified.as_deref(), Some("node-7"));
+        assert!(check_claimed_id(certified.as_deref(), "node-7").is_ok());
+        let refused = check_claimed_id(certified.as_deref(), "node-8").expect_err("impostor");
+        assert!(refused.to_string().contains("\"node-7\""), "{refused}");
+        // A certificate binding no id refuses nothing (operator certificates).
+        assert!(check_claimed_id(None, "node-8").is_ok());
+        assert!(certified_node_id(&CertificateDer::from(vec![0u8; 8])).is_err());
     }
 
     #[test]

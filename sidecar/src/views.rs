@@ -67,10 +67,12 @@ pub async fn nodes(agent: &AdminHandles) -> Vec<NodeView> {
                 rtt_source,
                 is_self,
                 meta: metas.get(node).cloned(),
+                warnings: Vec::new(),
             }
         })
         .collect();
     views.sort_by(|a, b| a.id.cmp(&b.id));
+    mesh_proto::api::address_warnings(&mut views);
     views
 }
 

@@ -150,6 +150,26 @@ async fn malformed_and_mistyped_definitions_get_400_with_a_hint() {
                 .to_string()
                 .into(),
         ),
+        (
+            "a reserved endpoint name",
+            json!({"endpoints": {"gossamer.ext.host_port": "1"}})
+                .to_string()
+                .into(),
+        ),
+        (
+            "a repository without a URL",
+            json!({"repository": {"url": " "}}).to_string().into(),
+        ),
+        (
+            "an unknown repository field",
+            json!({"repository": {"url": "https://x", "branch": "main"}})
+                .to_string()
+                .into(),
+        ),
+        (
+            "host port too large",
+            json!({"host_port": 70000}).to_string().into(),
+        ),
         ("deeply nested", {
             let mut deep = r#"{"endpoints": "#.to_owned();
             deep.push_str(&"[".repeat(100_000));

@@ -51,6 +51,11 @@ fn definition(name: &str, version: &str) -> Definition {
         version: version.to_owned(),
         port: Some(8080),
         image: Some(format!("registry.example/{name}:{version}")),
+        host_port: Some(18080),
+        repository: Some(mesh_proto::catalog::Repository {
+            url: format!("https://git.example/{name}.git"),
+            container_file: Some("deploy/Containerfile".to_owned()),
+        }),
         endpoints: BTreeMap::from([(
             "openapi".to_owned(),
             format!("http://{name}.localhost/openapi.json"),
@@ -207,6 +212,36 @@ async fn definitions_written_through_api_and_cli_spread_and_deletes_follow() {
     wait_definition(&[&a], "ledger", Some(&ledger.content_hash)).await;
     let got: Definition = cli_json(&a, &["services", "get", "ledger"]);
     assert_eq!(got, ledger);
+    // The seeds' fields crossed gossip and come back as written.
+    assert_eq!(
+        (got.image.as_deref(), got.port, got.host_port),
+        (
+            Some("registry.example/ledger:0.3.1"),
+            Some(8080),
+            Some(18080)
+        )
+    );
+    let repository = got.repository.as_ref().expect("repository kept");
+    assert_eq!(repository.url, "https://git.example/ledger.git");
+    assert_eq!(
+        repository.container_file.as_deref(),
+        Some("deploy/Containerfile")
+    );
+    // For people: one field per line, every one of them shown.
+    let (ok, shown, err) = cli(&a, &["services", "get", "ledger"]);
+    assert!(ok, "{err}");
+    for line in [
+        "image                     registry.example/ledger:0.3.1",
+        "port                      8080",
+        "host_port                 18080",
+        "repository.url            https://git.example/ledger.git",
+        "repository.container_file deploy/Containerfile",
+        "endpoint openapi          http://ledger.localhost/openapi.json",
+        "client_sdk rust           https://crates.example/x",
+        "hard_rtt_ms               30",
+    ] {
+        assert!(shown.lines().any(|l| l == line), "no {line:?} in:\n{shown}");
+    }
     let listed: Vec<ServiceSummary> = cli_json(&a, &["services", "list"]);
     let names: Vec<&str> = listed.iter().map(|s| s.name.as_str()).collect();
     assert_eq!(names, ["billing", "ledger"]);
@@ -358,10 +393,32 @@ async fn instances_registered_through_cli_and_api_and_flags_spread_and_leave() {
     assert_eq!(registered.address.to_string(), "127.0.0.1:18090");
     let (ok, out, err) = cli(
         &a,
-        &["register", "orders", "--port", "18091", "--id", "orders-x"],
+        &[
+            "register",
+            "orders",
+            "--port",
+            "18091",
+            "--id",
+            "orders-x",
+            "--deployment",
+            "deploy-9",
+        ],
     );
     assert!(ok && out.contains("registered orders-x"), "{out} {err}");
     wait_instances(&[&b, &c], "orders", &[&registered.id, "orders-x"], CONVERGE).await;
+    // The deployment id crossed gossip with the instance.
+    let seen_on_c = c
+        .client()
+        .instances("orders", &Default::default())
+        .await
+        .expect("instances on c");
+    let x = seen_on_c
+        .eligible
+        .iter()
+        .chain(&seen_on_c.ineligible)
+        .find(|i| i.instance.id == "orders-x")
+        .expect("orders-x listed on c");
+    assert_eq!(x.instance.deployment_id.as_deref(), Some("deploy-9"));
     let (ok, table, err) = cli(&b, &["instances", "orders"]);
     assert!(ok, "{err}");
     assert!(

@@ -411,3 +411,76 @@ async fn garbage_and_a_bounded_flood_leave_dns_and_the_agent_serving() {
         "no HELP text"
     );
 }
+
+/// Sends `packet` on a DNS-over-TCP connection and reads one answer; None
+/// when the server closed the connection instead.
+async fn tcp_exchange(stream: &mut tokio::net::TcpStream, packet: &[u8]) -> Option<Vec<u8>> {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let mut framed = u16::try_from(packet.len()).ok()?.to_be_bytes().to_vec();
+    framed.extend_from_slice(packet);
+    stream.write_all(&framed).await.ok()?;
+    let read = async {
+        let mut len = [0u8; 2];
+        stream.read_exact(&mut len).await.ok()?;
+        let mut body = vec![0u8; usize::from(u16::from_be_bytes(len))];
+        stream.read_exact(&mut body).await.ok()?;
+        Some(body)
+    };
+    tokio::time::timeout(Duration::from_secs(10), read)
+        .await
+        .ok()
+        .flatten()
+}
+
+#[tokio::test]
+async fn tcp_connections_beyond_the_cap_are_closed_and_served_again_once_others_go() {
+    let (echo_port, _echo) = common::echo_service("echo@tcpcap-1").await;
+    let agent = AgentProc::start(Spec::new("tcpcap-1")).await;
+    let dns = dns_addr(&agent);
+    register_port(&agent, "echo", echo_port).await;
+    let ask_a = query(9, &[b"echo", b"service", b"gossamer"], 1);
+    let cap = sidecar::dns::tcp::MAX_TCP_CONNECTIONS;
+
+    // Fill every slot with a connection that is being served.
+    let mut held = Vec::with_capacity(cap);
+    for i in 0..cap {
+        let mut stream = tokio::net::TcpStream::connect(dns).await.expect("connect");
+        let answer = tcp_exchange(&mut stream, &ask_a).await;
+        assert!(answer.is_some(), "connection {i} of {cap} was not served");
+        held.push(stream);
+    }
+    // Each is served still (this also restarts their idle timers, so none
+    // can time out and free a slot while the next one is tried).
+    for stream in &mut held {
+        assert!(tcp_exchange(stream, &ask_a).await.is_some());
+    }
+    let mut extra = tokio::net::TcpStream::connect(dns).await.expect("connect");
+    assert_eq!(
+        tcp_exchange(&mut extra, &ask_a).await,
+        None,
+        "connection {} past the cap was answered",
+        cap + 1
+    );
+    // UDP keeps answering meanwhile.
+    let resolver = resolver(dns);
+    assert_eq!(
+        ask(&resolver, "echo.service.gossamer.", RecordType::A).await,
+        ["127.0.0.1"]
+    );
+
+    // The held connections go; TCP serves a new one again.
+    drop(held);
+    eventually(
+        "a TCP query answered once slots are free",
+        Duration::from_secs(20),
+        || async move {
+            let mut stream = tokio::net::TcpStream::connect(dns).await.ok()?;
+            tcp_exchange(
+                &mut stream,
+                &query(10, &[b"echo", b"service", b"gossamer"], 1),
+            )
+            .await
+        },
+    )
+    .await;
+}

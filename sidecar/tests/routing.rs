@@ -37,6 +37,8 @@ async fn measured_rtt_follows_the_configured_link_delay() {
     let nodes = client.nodes().await.expect("nodes");
     let me = nodes.iter().find(|n| n.is_self).expect("self listed");
     assert_eq!((me.rtt_ms, me.rtt_source), (Some(0.0), RttSource::Measured));
+    // Distinct loopback addresses in an all-loopback mesh: nothing to warn of.
+    assert!(nodes.iter().all(|n| n.warnings.is_empty()), "{nodes:?}");
 
     // The CLI shows the same table.
     let output = common::gossamer()
@@ -52,6 +54,18 @@ async fn measured_rtt_follows_the_configured_link_delay() {
         text.contains("RTT_SOURCE") && text.contains("rtt-c") && text.contains("measured"),
         "{text}"
     );
+    // Each peer's last heartbeat, and the warning column (empty here).
+    let peer = text
+        .lines()
+        .find(|l| l.starts_with("rtt-c"))
+        .unwrap_or_default();
+    assert!(
+        text.lines()
+            .next()
+            .is_some_and(|h| h.ends_with("LAST_HEARD  WARNING")),
+        "{text}"
+    );
+    assert!(peer.contains("ms ago") && peer.ends_with('-'), "{text}");
 }
 
 #[tokio::test]

@@ -154,6 +154,30 @@ impl TestCa {
         )
     }
 
+    /// Writes `<file>.crt`/`<file>.key` bound to node `id` by the URI SAN
+    /// `spiffe://gossamer/node/<id>`.
+    fn issue_bound(&self, file: &str, id: &str, dir: &Path) -> (String, String) {
+        let key = KeyPair::generate().expect("node key");
+        let mut params =
+            CertificateParams::new(vec!["gossamer.mesh".to_owned()]).expect("node params");
+        params.subject_alt_names.push(rcgen::SanType::URI(
+            format!("spiffe://gossamer/node/{id}")
+                .try_into()
+                .expect("URI SAN"),
+        ));
+        let cert = params
+            .signed_by(&key, &self.issuer)
+            .expect("signed node cert");
+        let cert_path = dir.join(format!("{file}.crt"));
+        let key_path = dir.join(format!("{file}.key"));
+        std::fs::write(&cert_path, cert.pem()).expect("write cert");
+        std::fs::write(&key_path, key.serialize_pem()).expect("write key");
+        (
+            cert_path.display().to_string(),
+            key_path.display().to_string(),
+        )
+    }
+
     fn write(&self, dir: &Path, name: &str) -> String {
         let path = dir.join(name);
         std::fs::write(&path, &self.pem).expect("write CA");
@@ -574,4 +598,81 @@ async fn an_anti_entropy_message_over_the_limit_is_refused_before_it_is_read() {
     );
     // And the agent still serves.
     assert!(agent.client().health().await.expect("health").ready);
+}
+
+#[tokio::test]
+async fn a_node_cannot_run_under_another_nodes_id_with_that_nodes_certificate() {
+    let dir = std::env::temp_dir().join(format!(
+        "gossamer-test-bound-{}-{}",
+        std::process::id(),
+        rand::random::<u32>()
+    ));
+    std::fs::create_dir_all(&dir).expect("cert dir");
+    let ca = TestCa::new("operator CA binding ids");
+    let ca_pem = ca.write(&dir, "ca.crt");
+
+    // Certificates bound to their nodes' ids: the mesh forms as usual (each
+    // join checks the seed's hello against the seed's certificate).
+    let a_cert = ca.issue_bound("bind-a", "bind-a", &dir);
+    let a = AgentProc::start(operator_spec("bind-a", &ca_pem, a_cert.clone())).await;
+    let b = AgentProc::start(
+        operator_spec("bind-b", &ca_pem, ca.issue_bound("bind-b", "bind-b", &dir)).join(&a),
+    )
+    .await;
+    wait_alive(&[&a, &b], &["bind-a", "bind-b"], CONVERGE).await;
+
+    // bind-a's certificate presented as bind-c: refused, and told why.
+    let mut child = common::gossamer()
+        .args(["agent", "--node-id", "bind-c", "--profile", "local"])
+        .args(["--psk", "unused-with-an-operator-ca"])
+        .args([
+            "--tls-ca",
+            &ca_pem,
+            "--tls-cert",
+            &a_cert.0,
+            "--tls-key",
+            &a_cert.1,
+        ])
+        .args(["--bind", "127.0.0.1:0", "--admin-listen", "127.0.0.1:0"])
+        .args([
+            "--proxy-listen",
+            "127.0.0.1:0",
+            "--metrics-listen",
+            "127.0.0.1:0",
+        ])
+        .args([
+            "--dns-listen",
+            "off",
+            "--join",
+            &a.listeners.quic.to_string(),
+        ])
+        .arg("--data-dir")
+        .arg(dir.join("bind-c-data"))
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .expect("start bind-c");
+    let exited = eventually("bind-c to stop", Duration::from_secs(30), || {
+        let status = child.try_wait().ok().flatten();
+        async move { status }
+    })
+    .await;
+    let _ = child.kill();
+    let mut stderr = String::new();
+    if let Some(mut pipe) = child.stderr.take() {
+        use std::io::Read;
+        let _ = pipe.read_to_string(&mut stderr);
+    }
+    assert!(
+        !exited.success(),
+        "bind-c started with bind-a's certificate"
+    );
+    assert!(
+        stderr.contains("issued to node \"bind-a\"") && stderr.contains("\"bind-c\""),
+        "{stderr}"
+    );
+    // And nobody lists it.
+    let nodes = a.client().nodes().await.expect("nodes");
+    assert!(nodes.iter().all(|n| n.id != "bind-c"), "{nodes:?}");
+    let _ = std::fs::remove_dir_all(&dir);
 }

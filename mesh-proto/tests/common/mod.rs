@@ -8,7 +8,7 @@
 use std::collections::BTreeSet;
 use std::net::{SocketAddr, SocketAddrV6};
 
-use mesh_proto::catalog::{Health, Requirements};
+use mesh_proto::catalog::{Health, Repository, Requirements};
 use mesh_proto::coordinate::{Coordinate, DIMENSIONS};
 use mesh_proto::{
     Catalog, Definition, Hlc, Instance, NodeId, NodeMeta, Record, RecordBody, RecordKey, Version,
@@ -81,13 +81,30 @@ fn definition(name: String) -> impl Strategy<Value = Definition> {
             any::<Option<u32>>(),
         ),
         "[0-9a-f]{0,16}",
+        any::<Option<u16>>(),
+        proptest::option::of(("\\PC{0,12}", proptest::option::of("\\PC{0,12}"))),
     )
         .prop_map(
-            move |(version, port, image, endpoints, client_sdks, req, content_hash)| Definition {
+            move |(
+                version,
+                port,
+                image,
+                endpoints,
+                client_sdks,
+                req,
+                content_hash,
+                host_port,
+                repository,
+            )| Definition {
                 name: name.clone(),
                 version,
                 port,
                 image,
+                host_port,
+                repository: repository.map(|(url, container_file)| Repository {
+                    url,
+                    container_file,
+                }),
                 endpoints,
                 client_sdks,
                 requirements: Requirements {

@@ -5,6 +5,7 @@
 //! - [`answer`](mod@answer) is the pure core: a question and a [`DnsSource`] in, records
 //!   and a response code out. No sockets, no clock.
 //! - [`server`] is the I/O loop (hickory-server) and the query metric.
+//! - [`tcp`] serves DNS over TCP with a cap on open connections.
 //! - [`source`] adapts today's agent to [`DnsSource`]; it is the only file of
 //!   this module that knows the agent, so the catalog can change under it.
 
@@ -13,6 +14,7 @@ use std::net::SocketAddr;
 pub mod answer;
 pub mod server;
 pub mod source;
+pub mod tcp;
 
 #[cfg(test)]
 mod tests;

@@ -4,7 +4,9 @@
 //! hickory-server answers undecodable packets with FORMERR (or drops those
 //! shorter than a header) before they reach our handler, truncates UDP
 //! answers past the client's buffer with the TC bit so clients retry over
-//! TCP, and closes a TCP connection silent for [`TCP_IDLE`]; a TCP
+//! TCP. TCP is served by [`super::tcp`] (at most
+//! [`super::tcp::MAX_TCP_CONNECTIONS`] open), which closes a connection silent
+//! for [`TCP_IDLE`] or sending an undecodable query; a TCP
 //! connection's queries are answered one at a time, so one client holds at
 //! most one answer in progress and [`TCP_RESPONSE_BUFFER`] queued.
 
@@ -72,17 +74,29 @@ impl DnsSockets {
 pub async fn serve(sockets: DnsSockets, source: Arc<dyn DnsSource>, ttl: Duration) {
     let addr = sockets.local_addr().ok();
     let ttl = u32::try_from(ttl.as_secs()).unwrap_or(u32::MAX);
-    let mut server = Server::new(Handler { source, ttl });
+    let handler = Handler { source, ttl };
+    let mut server = Server::new(handler.clone());
     server.register_socket(sockets.udp);
-    server.register_listener(sockets.tcp, TCP_IDLE, TCP_RESPONSE_BUFFER);
     info!(?addr, ttl, "DNS front serving *.gossamer over UDP and TCP");
-    // Dropping `server` (the agent aborts this task) aborts its socket tasks.
-    if let Err(error) = server.block_until_done().await {
-        warn!(%error, "the DNS server stopped; DNS answers are unavailable until restart");
+    // Dropping this future (the agent aborts the task) drops `server` and the
+    // TCP loop, which abort their sockets' tasks.
+    let tcp = super::tcp::serve(
+        sockets.tcp,
+        Arc::new(handler),
+        TCP_IDLE,
+        TCP_RESPONSE_BUFFER,
+    );
+    let udp = server.block_until_done();
+    tokio::select! {
+        () = tcp => {}
+        stopped = udp => if let Err(error) = stopped {
+            warn!(%error, "the DNS server stopped; DNS answers are unavailable until restart");
+        },
     }
 }
 
 /// hickory's request handler: checks the request, asks the core, counts.
+#[derive(Clone)]
 struct Handler {
     source: Arc<dyn DnsSource>,
     ttl: u32,

@@ -114,6 +114,8 @@ async fn handle(
             "the caller's catalog is stale or the frame is forged; retry after the catalog converges",
         );
     }
+    // This sidecar is a hop of its own: a new span in the caller's trace.
+    super::trace::continue_trace(request.headers_mut());
     let asked_upgrade = upgrade::is_upgrade(request.headers());
     let downstream = asked_upgrade.then(|| hyper::upgrade::on(&mut request));
     let request = request.map(|body| body.map_err(Into::into).boxed());

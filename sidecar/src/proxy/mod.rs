@@ -9,12 +9,14 @@
 //! after the instance's 101. [`tcp`] serves the `--tcp` listeners with the
 //! same selection, once per connection.
 
+pub mod access_log;
 pub mod forward;
 pub mod grpc;
 pub mod headers;
 pub mod inbound;
 pub mod route;
 pub mod tcp;
+pub mod trace;
 pub mod upgrade;
 
 use std::sync::Arc;
@@ -55,6 +57,8 @@ pub struct ProxyHandles {
     pub shutdown: watch::Receiver<bool>,
     /// Recent routing decisions (read by the admin API and the UI).
     pub decisions: Arc<Decisions>,
+    /// `--access-log`, when set.
+    pub access_log: Option<access_log::AccessLog>,
 }
 
 impl ProxyHandles {
@@ -168,6 +172,10 @@ async fn handle(agent: &Arc<ProxyHandles>, mut request: Request<Incoming>) -> Re
         Ok(route) => route,
         Err(e) => return json_error(StatusCode::BAD_REQUEST, e.error, e.hint),
     };
+    let trace = trace::continue_trace(request.headers_mut());
+    let arrival = agent.access_log.as_ref().map(|_| {
+        access_log::AccessLog::arrival(request.method(), request.uri(), request.headers(), trace)
+    });
     // An upgraded connection is never retried: once it switches, bytes of
     // another protocol flow.
     let client_upgrade = upgrade::is_upgrade(request.headers()).then(|| {
@@ -238,6 +246,9 @@ async fn handle(agent: &Arc<ProxyHandles>, mut request: Request<Incoming>) -> Re
     .increment(1);
     ::metrics::histogram!(metrics::PROXY_DURATION, "service" => label)
         .record(started.elapsed().as_secs_f64());
+    if let (Some(log), Some(arrival)) = (&agent.access_log, arrival) {
+        log.finished(arrival, &service, &response, started.elapsed());
+    }
     response
 }
 
@@ -419,6 +430,10 @@ async fn attempts(
                     headers::strip_hop_by_hop(response.headers_mut());
                 }
                 annotate(&mut response, instance, candidate.rtt_ms);
+                if !tried.is_empty() {
+                    let retries = access_log::Retries(tried.len() as u32);
+                    response.extensions_mut().insert(retries);
+                }
                 return (response, Some(node));
             }
             Err(e) => {

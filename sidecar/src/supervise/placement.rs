@@ -240,6 +240,8 @@ mod tests {
             version: String::new(),
             port: None,
             image: None,
+            host_port: None,
+            repository: None,
             endpoints: Default::default(),
             client_sdks: Default::default(),
             requirements: Requirements {

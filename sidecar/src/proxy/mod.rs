@@ -13,6 +13,7 @@ pub mod access_log;
 pub mod forward;
 pub mod grpc;
 pub mod headers;
+pub mod idle_body;
 pub mod inbound;
 pub mod route;
 pub mod tcp;
@@ -235,6 +236,11 @@ async fn handle(agent: &Arc<ProxyHandles>, mut request: Request<Incoming>) -> Re
         &mut response,
         format!("upgrade to {service}"),
     );
+    if let Some(idle) = route.body_idle {
+        if response.status() != StatusCode::SWITCHING_PROTOCOLS {
+            response = response.map(|body| idle_body::IdleTimeoutBody::new(body, idle).boxed());
+        }
+    }
     let code = code_label(response.status());
     ::metrics::counter!(
         metrics::PROXY_REQUESTS,

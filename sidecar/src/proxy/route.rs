@@ -33,6 +33,10 @@ pub struct Route {
     pub requirements: Requirements,
     /// Give up (504) after this long without response headers.
     pub timeout: Duration,
+    /// With a timeout the caller set (`x-gossamer-timeout-ms`), the answer's
+    /// body is cut once it is silent for that long; the default timeout
+    /// leaves long-lived streams alone.
+    pub body_idle: Option<Duration>,
     /// Safe to send again on another instance if the connection fails.
     pub retryable: bool,
 }
@@ -69,8 +73,8 @@ pub fn route(method: &Method, uri: &Uri, headers: &HeaderMap) -> Result<Route, R
         hard_rtt_ms: millis_header(headers, HARD_RTT_HEADER)?,
         soft_rtt_ms: millis_header(headers, SOFT_RTT_HEADER)?,
     };
-    let timeout = match millis_header(headers, TIMEOUT_HEADER)?.or_else(|| grpc_timeout_ms(headers))
-    {
+    let caller_timeout = millis_header(headers, TIMEOUT_HEADER)?;
+    let timeout = match caller_timeout.or_else(|| grpc_timeout_ms(headers)) {
         Some(0) => {
             return Err(route_error(
                 format!("{TIMEOUT_HEADER} is 0"),
@@ -86,6 +90,7 @@ pub fn route(method: &Method, uri: &Uri, headers: &HeaderMap) -> Result<Route, R
         service,
         requirements,
         timeout,
+        body_idle: caller_timeout.map(|ms| Duration::from_millis(u64::from(ms)).min(MAX_TIMEOUT)),
         retryable,
     })
 }

@@ -305,6 +305,13 @@ impl Balancer {
         for c in candidates {
             match self.stats.get_mut(&c.instance_id) {
                 Some(s) => {
+                    // Missing from a pick means it was critical or its node
+                    // was down: back now, it was restarted or recovered, so
+                    // its old failures and latency no longer describe it.
+                    if s.seen_gen + 1 < self.generation {
+                        s.ewma = PeakEwma::new(millis(self.config.default_rtt), now);
+                        s.accrual = Accrual::default();
+                    }
                     s.seen_at = now;
                     s.seen_gen = self.generation;
                 }

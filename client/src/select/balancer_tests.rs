@@ -284,6 +284,26 @@ fn five_consecutive_failures_eject_for_30_s() {
 }
 
 #[test]
+fn an_instance_that_was_gone_comes_back_with_a_clean_record() {
+    let t0 = Instant::now();
+    let mut b = balancer(14);
+    let cs = [cand("a", 1.0), cand("b", 1.0), cand("c", 1.0)];
+    call(&mut b, &cs, "a", fail(), 5, t0);
+    assert_eq!(ejected_ids(&b, &cs, t0), vec!["a".to_string()]);
+    // Still listed, it stays ejected: nothing says it changed.
+    b.pick(&cs, req(None, None), &[], t0).unwrap();
+    assert_eq!(ejected_ids(&b, &cs, t0), vec!["a".to_string()]);
+    // Gone from the candidates for a pick (critical, node down), then back.
+    let t1 = t0 + Duration::from_secs(1);
+    b.pick(&cs[1..], req(None, None), &[], t1).unwrap();
+    b.pick(&cs, req(None, None), &[], t1).unwrap();
+    assert!(ejected_ids(&b, &cs, t1).is_empty());
+    // And its failure count starts again: four failures do not eject it.
+    call(&mut b, &cs, "a", fail(), 4, t1);
+    assert!(ejected_ids(&b, &cs, t1).is_empty());
+}
+
+#[test]
 fn never_more_than_half_are_ejected() {
     let t0 = Instant::now();
     let mut b = balancer(13);

@@ -7,12 +7,6 @@ use clap::Parser;
 use sidecar::cli::{Cli, Command, LogFormat};
 use tracing_subscriber::EnvFilter;
 
-/// The proxy allocates and frees small buffers on every request from every
-/// worker thread; mimalloc's per-thread free lists take no arena lock
-/// (glibc's malloc and free were 10-12 % of the agent's CPU under load).
-#[global_allocator]
-static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
-
 /// Worker threads when `--threads` is not given: a sidecar shares its node
 /// with the service it serves, so it takes two cores at most.
 const DEFAULT_THREADS: usize = 2;

@@ -59,30 +59,28 @@ enum Proto {
 /// Free loopback ports, one per variable, all held open together while they
 /// are chosen so that no two are the same. They are released before the
 /// tour binds them: the tour's agents take fixed ports by design.
+///
+/// They come from below the kernel's ephemeral range (32768 and up), where
+/// the other tests' port-0 sockets and outgoing connections never land, so
+/// nothing takes one between its release and the tour's bind; and each is
+/// free for TCP and UDP both (the DNS listener binds both).
 fn free_ports() -> Vec<u16> {
-    let mut tcp = Vec::new();
-    let mut udp = Vec::new();
+    const FIRST: u16 = 20_000;
+    const SPAN: u16 = 12_000;
+    let mut held = Vec::new();
     let mut ports = Vec::new();
-    for (_, proto) in PORT_VARIABLES {
-        // TCP and UDP port spaces are separate: keep the ports distinct
-        // anyway, so the tour reads as it would with the defaults.
+    // A start that differs between runs, so that two checkouts testing at
+    // once do not walk the same ports.
+    let mut candidate =
+        FIRST + u16::try_from(std::process::id() % u32::from(SPAN)).expect("below the span");
+    for _ in PORT_VARIABLES {
         loop {
-            let port = match proto {
-                Proto::Tcp => {
-                    let l = std::net::TcpListener::bind("127.0.0.1:0").expect("bind tcp");
-                    let port = l.local_addr().expect("addr").port();
-                    tcp.push(l);
-                    port
-                }
-                Proto::Udp => {
-                    let s = std::net::UdpSocket::bind("127.0.0.1:0").expect("bind udp");
-                    let port = s.local_addr().expect("addr").port();
-                    udp.push(s);
-                    port
-                }
-            };
-            if !ports.contains(&port) {
-                ports.push(port);
+            candidate = FIRST + (candidate - FIRST + 1) % SPAN;
+            let tcp = std::net::TcpListener::bind(("127.0.0.1", candidate));
+            let udp = std::net::UdpSocket::bind(("127.0.0.1", candidate));
+            if let (Ok(tcp), Ok(udp)) = (tcp, udp) {
+                held.push((tcp, udp));
+                ports.push(candidate);
                 break;
             }
         }

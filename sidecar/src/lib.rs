@@ -8,8 +8,10 @@
 //! 6 agent      agent (composition root: builds handles, one task tracker,
 //!              ordered stop), demo, up (a folder of services under one
 //!              in-process agent), cli (+ cli::{args, table, supervise})
-//! 5 fronts     proxy (route → eligible → pick → send → observe; inbound;
-//!              upgrade: WebSocket splice; tcp: --tcp listeners and tunnels),
+//! 5 fronts     proxy (route → eligible → pick → send → observe; decide:
+//!              the decision record; answers: its own 502/503; grpc: gRPC
+//!              statuses; trace, access_log, idle_body; inbound; upgrade:
+//!              WebSocket splice; tcp: --tcp listeners and tunnels),
 //!              admin (+ admin::supervise), ui (+ ui::{html, sse}: /ui and
 //!              /v1/events), views, streams (inbound QUIC
 //!              streams by kind), echo (the demo's service)

@@ -10,6 +10,8 @@
 //! same selection, once per connection.
 
 pub mod access_log;
+mod answers;
+mod decide;
 pub mod forward;
 pub mod grpc;
 pub mod headers;
@@ -36,11 +38,13 @@ use tracing::debug;
 
 use tokio::sync::watch;
 
-use crate::decisions::{Decision, Decisions, Rejected};
+use crate::decisions::{Decisions, Rejected};
 use crate::health::PassiveHealth;
 use crate::metrics;
 use crate::transport::Transport;
 use crate::upstreams::Upstreams;
+use answers::{failed_response, no_upstream, Failure};
+use decide::{record, upstream_at, Picked};
 use forward::{LocalClient, ProxyBody, SendError};
 use route::Route;
 
@@ -466,69 +470,6 @@ async fn attempts(
     }
 }
 
-/// What was picked, for the decision record.
-struct Picked {
-    upstream: String,
-    rtt_ms: Option<f64>,
-    within_soft: bool,
-    others: usize,
-}
-
-/// `node/instance` of the candidate at `index` (candidates follow `live`).
-fn upstream_at(live: &[Instance], index: usize) -> String {
-    live.get(index)
-        .map_or_else(String::new, |i| format!("{}/{}", i.node, i.id))
-}
-
-/// Records one decision in the ring the UI and `GET /v1/decisions` read.
-fn record(
-    agent: &ProxyHandles,
-    service: &str,
-    outcome: Result<&Picked, &SelectError>,
-    rejected: &[Rejected],
-    requirements: client::select::Requirements,
-    retry: bool,
-) {
-    let (picked, rtt_ms, why, eligible_others) = match outcome {
-        Ok(p) => {
-            let local = p.rtt_ms == Some(0.0);
-            let why = match (requirements.soft_rtt_ms, p.within_soft) {
-                _ if local && p.others == 0 => {
-                    "the only eligible instance (on this node)".to_owned()
-                }
-                (Some(soft), true) => format!(
-                    "within soft {soft} ms; P2C over peak-EWMA among {} eligible",
-                    p.others + 1
-                ),
-                (Some(soft), false) => {
-                    format!(
-                        "none within soft {soft} ms: the best of {} eligible",
-                        p.others + 1
-                    )
-                }
-                (None, _) => format!("P2C over peak-EWMA among {} eligible", p.others + 1),
-            };
-            (Some(p.upstream.clone()), p.rtt_ms, why, p.others)
-        }
-        Err(e) => (None, None, e.message(), 0),
-    };
-    let why = if retry {
-        format!("retry after a failed attempt; {why}")
-    } else {
-        why
-    };
-    agent.decisions.record(Decision {
-        at_ms: crate::catalog::wall_ms(),
-        service: service.to_owned(),
-        picked,
-        rtt_ms,
-        why,
-        eligible_others,
-        rejected: rejected.to_vec(),
-        retry,
-    });
-}
-
 async fn send(
     agent: &ProxyHandles,
     service: &str,
@@ -573,63 +514,4 @@ fn annotate(response: &mut Response<ProxyBody>, instance: &Instance, rtt_ms: Opt
             headers.insert(route::RTT_HEADER, value);
         }
     }
-}
-
-/// The last attempt's failure, kept to explain the final answer.
-struct Failure {
-    error: SendError,
-    node: String,
-    /// `node/instance`, as in `x-gossamer-upstream`.
-    upstream: String,
-}
-
-fn failed_response(
-    service: &str,
-    failure: Option<Failure>,
-) -> (Response<ProxyBody>, Option<String>) {
-    let Some(failure) = failure else {
-        return (
-            json_error(
-                StatusCode::BAD_GATEWAY,
-                format!("upstream of {service} failed"),
-                "retry",
-            ),
-            None,
-        );
-    };
-    let mut response = json_error(
-        StatusCode::BAD_GATEWAY,
-        format!("upstream of {service} failed: {}", failure.error),
-        "the instance is failing; safe requests were retried elsewhere when the budget allowed",
-    );
-    if let Ok(value) = HeaderValue::from_str(&failure.upstream) {
-        response.headers_mut().insert(route::UPSTREAM_HEADER, value);
-    }
-    (response, Some(failure.node))
-}
-
-fn no_upstream(
-    service: &str,
-    live: &[Instance],
-    error: SelectError,
-    last_failure: Option<Failure>,
-) -> Response<ProxyBody> {
-    if last_failure.is_some() {
-        return failed_response(service, last_failure).0;
-    }
-    if matches!(error, SelectError::NoneWithinHardRtt { .. }) {
-        ::metrics::counter!(metrics::RTT_REJECTIONS, "service" => service.to_owned()).increment(1);
-    }
-    let error_text = if live.is_empty() {
-        format!("no instance of {service:?} is registered on any live node")
-    } else {
-        format!("{service}: {}", error.message())
-    };
-    let hint = if live.is_empty() {
-        "register one with `gossamer register NAME --port P` or PUT /v1/instances, then retry"
-            .to_owned()
-    } else {
-        error.hint().to_owned()
-    };
-    json_error(StatusCode::SERVICE_UNAVAILABLE, error_text, hint)
 }

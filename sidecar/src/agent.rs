@@ -521,7 +521,8 @@ pub async fn run_until_signal(args: crate::config::AgentArgs) -> anyhow::Result<
     Ok(())
 }
 
-async fn wait_for_signal() -> anyhow::Result<()> {
+/// Resolves on SIGINT (Ctrl-C) or SIGTERM.
+pub async fn wait_for_signal() -> anyhow::Result<()> {
     use tokio::signal::unix::{signal, SignalKind};
     let mut terminate = signal(SignalKind::terminate()).context("cannot watch SIGTERM")?;
     tokio::select! {

@@ -190,19 +190,7 @@ async fn define_grpc(writer: &AgentProc, caller: &AgentProc, service: &str, inst
         .await
         .expect("put the definition");
     for agent in [writer, caller] {
-        let client = agent.client();
-        eventually(
-            &format!("{} to see {service} as grpc", agent.node_id()),
-            Duration::from_secs(30),
-            || {
-                let client = client.clone();
-                async move {
-                    let view = client.instances(service, &Default::default()).await.ok()?;
-                    (view.protocol == Some(mesh_proto::Protocol::Grpc)).then_some(())
-                }
-            },
-        )
-        .await;
+        common::wait_protocol(agent, service, mesh_proto::Protocol::Grpc).await;
     }
     wait_instances_measured(caller, service, instances).await;
 }

@@ -27,48 +27,25 @@ const FLOOD: usize = 3_000;
 const RSS_BUDGET_KB: u64 = 64 * 1024;
 const REFUSED: &str = "gossamer_quic_handshakes_refused_total";
 
-/// A UDP socket that sends and never receives: a connection dialled through
-/// it sends its Initial (and resends it) but never answers the agent, which
-/// is left with a half-open handshake, as in a flood.
+/// A UDP socket that sends but hears at most Retry packets. With
+/// `hears_retries` false, a connection dialled through it sends its Initial
+/// (and resends it) but never answers the agent, which is left with a
+/// half-open handshake, as in a flood; with it true, the connection proves
+/// its address (it echoes the Retry token) and then never answers, so the
+/// agent holds a validated half-open handshake.
 #[derive(Debug)]
-struct SendOnly(Arc<dyn AsyncUdpSocket>);
-
-impl AsyncUdpSocket for SendOnly {
-    fn create_io_poller(self: Arc<Self>) -> Pin<Box<dyn UdpPoller>> {
-        self.0.clone().create_io_poller()
-    }
-
-    fn try_send(&self, transmit: &Transmit) -> io::Result<()> {
-        self.0.try_send(transmit)
-    }
-
-    fn poll_recv(
-        &self,
-        _cx: &mut Context,
-        _bufs: &mut [io::IoSliceMut<'_>],
-        _meta: &mut [RecvMeta],
-    ) -> Poll<io::Result<usize>> {
-        Poll::Pending
-    }
-
-    fn local_addr(&self) -> io::Result<SocketAddr> {
-        self.0.local_addr()
-    }
+struct Deaf {
+    inner: Arc<dyn AsyncUdpSocket>,
+    hears_retries: bool,
 }
 
-/// A UDP socket that receives only Retry packets: a connection dialled
-/// through it proves its address (it echoes the Retry token) and then never
-/// answers, so the agent holds a validated half-open handshake.
-#[derive(Debug)]
-struct RetryOnly(Arc<dyn AsyncUdpSocket>);
-
-impl AsyncUdpSocket for RetryOnly {
+impl AsyncUdpSocket for Deaf {
     fn create_io_poller(self: Arc<Self>) -> Pin<Box<dyn UdpPoller>> {
-        self.0.clone().create_io_poller()
+        self.inner.clone().create_io_poller()
     }
 
     fn try_send(&self, transmit: &Transmit) -> io::Result<()> {
-        self.0.try_send(transmit)
+        self.inner.try_send(transmit)
     }
 
     fn poll_recv(
@@ -77,8 +54,11 @@ impl AsyncUdpSocket for RetryOnly {
         bufs: &mut [io::IoSliceMut<'_>],
         meta: &mut [RecvMeta],
     ) -> Poll<io::Result<usize>> {
+        if !self.hears_retries {
+            return Poll::Pending;
+        }
         loop {
-            let n = match self.0.poll_recv(cx, bufs, meta) {
+            let n = match self.inner.poll_recv(cx, bufs, meta) {
                 Poll::Ready(Ok(n)) => n,
                 other => return other,
             };
@@ -97,7 +77,7 @@ impl AsyncUdpSocket for RetryOnly {
     }
 
     fn local_addr(&self) -> io::Result<SocketAddr> {
-        self.0.local_addr()
+        self.inner.local_addr()
     }
 }
 
@@ -143,7 +123,12 @@ async fn a_burst_of_half_open_handshakes_leaves_memory_bounded_and_the_agent_ser
     let pid = agent.pid().expect("pid");
     let before = rss_kb(pid);
 
-    let flooder = endpoint(|udp| Arc::new(SendOnly(udp)));
+    let flooder = endpoint(|inner| {
+        Arc::new(Deaf {
+            inner,
+            hears_retries: false,
+        })
+    });
     let config = stranger_config(sidecar::tls::ALPN);
     // Kept alive until the end: dropping one would close it politely.
     let mut pending = Vec::with_capacity(FLOOD);
@@ -216,7 +201,12 @@ async fn one_source_that_proves_its_address_cannot_take_every_handshake_slot() {
     let target = agent.listeners.quic;
     // From another loopback address than the agents', so the flood is one
     // source and the member another.
-    let flooder = endpoint_on("127.0.0.2:0", |udp| Arc::new(RetryOnly(udp)));
+    let flooder = endpoint_on("127.0.0.2:0", |inner| {
+        Arc::new(Deaf {
+            inner,
+            hears_retries: true,
+        })
+    });
     let mut config = stranger_config(sidecar::tls::ALPN);
     let mut transport = quinn::TransportConfig::default();
     transport.max_idle_timeout(Some(Duration::from_secs(3).try_into().expect("idle")));

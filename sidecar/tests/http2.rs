@@ -116,23 +116,6 @@ async fn define(
         .expect("put the definition");
 }
 
-/// Waits until `agent` sees `service` defined with `protocol`.
-async fn wait_protocol(agent: &AgentProc, service: &str, protocol: mesh_proto::Protocol) {
-    let client = agent.client();
-    eventually(
-        &format!("{} to see {service} as {protocol}", agent.node_id()),
-        Duration::from_secs(30),
-        || {
-            let client = client.clone();
-            async move {
-                let view = client.instances(service, &Default::default()).await.ok()?;
-                (view.protocol == Some(protocol)).then_some(())
-            }
-        },
-    )
-    .await;
-}
-
 #[tokio::test]
 async fn curl_http2_prior_knowledge_through_one_and_two_sidecars() {
     require_curl();
@@ -145,8 +128,8 @@ async fn curl_http2_prior_knowledge_through_one_and_two_sidecars() {
     register_port(&b, "remote", remote_port).await;
     register_port(&b, "h2only", h2_port).await;
     define(&b, "h2only", mesh_proto::Protocol::Http2, None).await;
-    wait_protocol(&b, "h2only", mesh_proto::Protocol::Http2).await;
-    wait_protocol(&a, "h2only", mesh_proto::Protocol::Http2).await;
+    common::wait_protocol(&b, "h2only", mesh_proto::Protocol::Http2).await;
+    common::wait_protocol(&a, "h2only", mesh_proto::Protocol::Http2).await;
     wait_instances_measured(&a, "local", 1).await;
     wait_instances_measured(&a, "remote", 1).await;
     wait_instances_measured(&a, "h2only", 1).await;

@@ -6,7 +6,7 @@
 
 mod common;
 
-use std::path::{Path, PathBuf};
+use std::path::PathBuf;
 use std::process::Command;
 use std::time::{Duration, Instant};
 
@@ -45,55 +45,22 @@ impl Reaper {
     }
 }
 
-fn recorded_pids(data_dir: &Path) -> Vec<u32> {
-    let mut pids = Vec::new();
-    let Ok(services) = std::fs::read_dir(data_dir.join("supervise")) else {
-        return pids;
-    };
-    for service in services.flatten() {
-        for file in std::fs::read_dir(service.path())
-            .into_iter()
-            .flatten()
-            .flatten()
-        {
-            let record: Option<serde_json::Value> = std::fs::read(file.path())
-                .ok()
-                .and_then(|b| serde_json::from_slice(&b).ok());
-            if let Some(pid) = record.and_then(|r| r.get("pid").and_then(|p| p.as_u64())) {
-                pids.push(pid as u32);
-            }
-        }
-    }
-    pids
-}
-
 fn kill9(pid: u32) {
     let _ = Command::new("kill")
         .args(["-KILL", &pid.to_string()])
         .status();
 }
 
-fn alive(pid: u32) -> bool {
-    // A zombie is as good as gone: its parent (the agent) reaps it.
-    std::fs::read_to_string(format!("/proc/{pid}/stat"))
-        .map(|stat| {
-            stat.rsplit(')')
-                .next()
-                .is_some_and(|rest| !rest.trim_start().starts_with('Z'))
-        })
-        .unwrap_or(false)
-}
-
 impl Drop for Reaper {
     fn drop(&mut self) {
         for (agent, _) in &self.tracked {
-            if alive(*agent) {
+            if common::alive(*agent) {
                 kill9(*agent);
             }
         }
         for (_, dir) in &self.tracked {
-            for pid in recorded_pids(dir) {
-                if alive(pid) {
+            for pid in common::recorded_pids(&dir.join("supervise")) {
+                if common::alive(pid) {
                     kill9(pid);
                 }
             }
@@ -323,7 +290,10 @@ async fn supervised_echo_serves_through_another_agent_and_comes_back_after_a_kil
     let mut a = a;
     let status = a.terminate().expect("exit status");
     assert!(status.success(), "agent exit: {status}");
-    assert!(!alive(new_pid), "the supervised process outlived its agent");
+    assert!(
+        !common::alive(new_pid),
+        "the supervised process outlived its agent"
+    );
     eventually(
         "b to drop the instance",
         Duration::from_secs(10),
@@ -346,7 +316,7 @@ async fn scale_three_runs_three_instances_with_logs_and_ps() {
     ports.dedup();
     assert_eq!(ports.len(), 3, "each copy has its own port: {view:?}");
     for p in &view.processes {
-        assert!(alive(p.pid.expect("pid")), "{p:?}");
+        assert!(common::alive(p.pid.expect("pid")), "{p:?}");
     }
     let instances = a
         .client()
@@ -540,7 +510,7 @@ async fn rolling_restart_under_load_loses_no_call() {
         assert_eq!(p.restarts, 1);
     }
     for pid in before {
-        assert!(!alive(pid), "old process {pid} still runs");
+        assert!(!common::alive(pid), "old process {pid} still runs");
     }
     // Unknown names are explained.
     let (ok, _, err) = cli(&a, &["restart", "nosuch"]);
@@ -678,7 +648,7 @@ async fn an_earlier_runs_process_is_reported_not_killed() {
 
     // A crash of the agent leaves its process running.
     a.kill();
-    assert!(alive(old_pid));
+    assert!(common::alive(old_pid));
     a.restart().await;
     reaper.track(&a);
     wait_passing(&a, 1).await;
@@ -687,7 +657,7 @@ async fn an_earlier_runs_process_is_reported_not_killed() {
     let stray = &view.strays[0];
     assert_eq!(stray.record.pid, old_pid);
     assert!(stray.holds_port);
-    assert!(alive(old_pid), "the stray was killed");
+    assert!(common::alive(old_pid), "the stray was killed");
     assert_ne!(
         view.processes[0].port, old.port,
         "the new copy took a free port"
@@ -885,7 +855,7 @@ grace_ms = 2000
                 return None;
             }
             assert!(
-                alive(pid),
+                common::alive(pid),
                 "the process stopped before b saw the instance deregistered"
             );
             assert!(
@@ -901,7 +871,10 @@ grace_ms = 2000
     .await;
     let status = a.wait_exit(Duration::from_secs(40)).expect("exit status");
     assert!(status.success(), "agent exit: {status}");
-    assert!(!alive(pid), "the supervised process outlived its agent");
+    assert!(
+        !common::alive(pid),
+        "the supervised process outlived its agent"
+    );
     let _ = std::fs::remove_dir_all(&dir);
 }
 

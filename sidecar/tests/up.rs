@@ -140,33 +140,13 @@ impl Drop for Up {
         // A failed test leaves no process behind; a passing one stopped
         // them itself (and keeps a stray alive on purpose meanwhile).
         if std::thread::panicking() {
-            for pid in recorded_pids(&self.dir) {
+            for pid in common::recorded_pids(&self.dir.join(".gossamer/data/supervise")) {
                 let _ = Command::new("kill")
                     .args(["-KILL", &pid.to_string()])
                     .status();
             }
         }
     }
-}
-
-fn recorded_pids(dir: &Path) -> Vec<u32> {
-    let mut pids = Vec::new();
-    let root = dir.join(".gossamer/data/supervise");
-    for service in std::fs::read_dir(root).into_iter().flatten().flatten() {
-        for file in std::fs::read_dir(service.path())
-            .into_iter()
-            .flatten()
-            .flatten()
-        {
-            let record: Option<serde_json::Value> = std::fs::read(file.path())
-                .ok()
-                .and_then(|b| serde_json::from_slice(&b).ok());
-            if let Some(pid) = record.and_then(|r| r.get("pid").and_then(|p| p.as_u64())) {
-                pids.push(pid as u32);
-            }
-        }
-    }
-    pids
 }
 
 async fn ps(admin: SocketAddr) -> Option<PsView> {
@@ -454,7 +434,7 @@ async fn up_runs_a_folder_in_order_scales_rebuilds_and_goes_down() {
     );
 
     // `gossamer down` from another process stops everything.
-    let pids = recorded_pids(&dir);
+    let pids = common::recorded_pids(&dir.join(".gossamer/data/supervise"));
     assert_eq!(pids.len(), 4, "db, api x2, web: {pids:?}");
     let down = run_bounded(
         common::gossamer().arg("down").arg(&dir),
@@ -481,17 +461,6 @@ async fn up_runs_a_folder_in_order_scales_rebuilds_and_goes_down() {
     let _ = std::fs::remove_dir_all(&dir);
 }
 
-fn alive(pid: u32) -> bool {
-    // A zombie is as good as gone.
-    std::fs::read_to_string(format!("/proc/{pid}/stat"))
-        .map(|stat| {
-            stat.rsplit(')')
-                .next()
-                .is_some_and(|rest| !rest.trim_start().starts_with('Z'))
-        })
-        .unwrap_or(false)
-}
-
 fn down(dir: &Path) {
     let out = run_bounded(
         common::gossamer().arg("down").arg(dir),
@@ -515,13 +484,13 @@ async fn processes_a_crashed_up_left_are_reported_and_kill_strays_stops_them() {
     let listeners_json = dir.join(".gossamer/data/listeners.json");
     let mut first = Up::start(&dir);
     wait_copies(first.listeners().await.admin, "db", 1).await;
-    let pids = recorded_pids(&dir);
+    let pids = common::recorded_pids(&dir.join(".gossamer/data/supervise"));
     assert_eq!(pids.len(), 1, "{pids:?}");
     let stray = pids[0];
     // A crash: `up` is killed, its copy (its own process group) runs on.
     let _ = first.child.kill();
     let _ = first.child.wait();
-    assert!(alive(stray));
+    assert!(common::alive(stray));
     let _ = std::fs::remove_file(&listeners_json);
 
     // Reported, not stopped.
@@ -541,7 +510,7 @@ async fn processes_a_crashed_up_left_are_reported_and_kill_strays_stops_them() {
         "{printed}"
     );
     assert!(
-        alive(stray),
+        common::alive(stray),
         "a stray is never stopped without --kill-strays"
     );
     down(&dir);
@@ -559,7 +528,7 @@ async fn processes_a_crashed_up_left_are_reported_and_kill_strays_stops_them() {
     eventually(
         "the stray to be gone",
         Duration::from_secs(10),
-        || async move { (!alive(stray)).then_some(()) },
+        || async move { (!common::alive(stray)).then_some(()) },
     )
     .await;
     down(&dir);

@@ -144,7 +144,7 @@ pub async fn run(args: UpArgs) -> anyhow::Result<()> {
         record.proxy,
         dir.display()
     );
-    let stop = wait_for_signal();
+    let stop = crate::agent::wait_for_signal();
     tokio::select! {
         result = stop => result?,
         _ = show::follow(running.agent.clone(), std::io::IsTerminal::is_terminal(&std::io::stdout())) => {}
@@ -155,16 +155,6 @@ pub async fn run(args: UpArgs) -> anyhow::Result<()> {
         let _ = std::fs::remove_file(record_path(&dir));
     }
     println!("gossamer up: stopped");
-    Ok(())
-}
-
-async fn wait_for_signal() -> anyhow::Result<()> {
-    use tokio::signal::unix::{signal, SignalKind};
-    let mut terminate = signal(SignalKind::terminate()).context("cannot watch SIGTERM")?;
-    tokio::select! {
-        _ = tokio::signal::ctrl_c() => {}
-        _ = terminate.recv() => {}
-    }
     Ok(())
 }
 

@@ -5,7 +5,7 @@
 
 use std::future::Future;
 use std::net::SocketAddr;
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
@@ -618,4 +618,56 @@ pub fn run_bounded(command: &mut Command, limit: Duration, what: &str) -> std::p
         std::thread::sleep(Duration::from_millis(100));
     }
     child.wait_with_output().expect("collect output")
+}
+
+/// Pids in the supervised copies' records under `supervise_root` (a data
+/// dir's `supervise/`): one folder per service, one JSON record per copy.
+pub fn recorded_pids(supervise_root: &Path) -> Vec<u32> {
+    let mut pids = Vec::new();
+    let Ok(services) = std::fs::read_dir(supervise_root) else {
+        return pids;
+    };
+    for service in services.flatten() {
+        for file in std::fs::read_dir(service.path())
+            .into_iter()
+            .flatten()
+            .flatten()
+        {
+            let record: Option<serde_json::Value> = std::fs::read(file.path())
+                .ok()
+                .and_then(|b| serde_json::from_slice(&b).ok());
+            if let Some(pid) = record.and_then(|r| r.get("pid").and_then(|p| p.as_u64())) {
+                pids.push(pid as u32);
+            }
+        }
+    }
+    pids
+}
+
+/// Waits until `agent` sees `service` defined with `protocol`.
+pub async fn wait_protocol(agent: &AgentProc, service: &str, protocol: mesh_proto::Protocol) {
+    let client = agent.client();
+    eventually(
+        &format!("{} to see {service} as {protocol}", agent.node_id()),
+        Duration::from_secs(30),
+        || {
+            let client = client.clone();
+            async move {
+                let view = client.instances(service, &Default::default()).await.ok()?;
+                (view.protocol == Some(protocol)).then_some(())
+            }
+        },
+    )
+    .await;
+}
+
+/// True while `pid` runs; a zombie is as good as gone (its parent reaps it).
+pub fn alive(pid: u32) -> bool {
+    std::fs::read_to_string(format!("/proc/{pid}/stat"))
+        .map(|stat| {
+            stat.rsplit(')')
+                .next()
+                .is_some_and(|rest| !rest.trim_start().starts_with('Z'))
+        })
+        .unwrap_or(false)
 }

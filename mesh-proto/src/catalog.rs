@@ -251,6 +251,16 @@ impl Record {
     pub fn is_tombstone(&self) -> bool {
         matches!(self.body, RecordBody::Tombstone)
     }
+
+    /// The node that alone may write this record (instances and node
+    /// metadata); None for definitions and tombstones.
+    pub fn owner(&self) -> Option<&NodeId> {
+        match &self.body {
+            RecordBody::Instance(instance) => Some(&instance.node),
+            RecordBody::Node(meta) => Some(&meta.node),
+            RecordBody::Definition(_) | RecordBody::Tombstone => None,
+        }
+    }
 }
 
 /// What happened to a record offered to [`Catalog::apply`].
@@ -262,8 +272,18 @@ pub enum Applied {
     Stale,
 }
 
-/// The summary of a catalog exchanged in anti-entropy: every key and its version.
+/// The summary of a catalog exchanged in anti-entropy: every key and its
+/// version (the first [`MAX_DIGEST_ENTRIES`] in key order).
 pub type Digest = Vec<(RecordKey, Version)>;
+
+/// Most records (or wanted keys) one anti-entropy message carries. A side
+/// that lacks more gets the rest in the next rounds; a decoder refuses a
+/// message with more, so a peer's message costs a bounded amount of memory.
+pub const MAX_SYNC_RECORDS: usize = 16_384;
+
+/// Most entries of a digest. A catalog larger than this repairs only its
+/// first keys by digest; the rest still spread by broadcast.
+pub const MAX_DIGEST_ENTRIES: usize = 262_144;
 
 /// The whole catalog, as one node knows it.
 #[derive(Debug, Clone, Default, PartialEq)]
@@ -353,6 +373,20 @@ impl Catalog {
         }
     }
 
+    /// Removes and returns the live records `owner` owns (its instances
+    /// and node metadata), leaving no tombstone: a reap, not a delete.
+    pub fn take_owned_by(&mut self, owner: &NodeId) -> Vec<Record> {
+        let keys: Vec<RecordKey> = self
+            .records
+            .values()
+            .filter(|r| r.owner() == Some(owner))
+            .map(|r| r.key.clone())
+            .collect();
+        keys.iter()
+            .filter_map(|key| self.records.remove(key))
+            .collect()
+    }
+
     /// Live node metadata records.
     pub fn nodes(&self) -> impl Iterator<Item = &NodeMeta> {
         self.records.values().filter_map(|r| match &r.body {
@@ -365,25 +399,30 @@ impl Catalog {
     pub fn digest(&self) -> Digest {
         self.records
             .values()
+            .take(MAX_DIGEST_ENTRIES)
             .map(|r| (r.key.clone(), r.version.clone()))
             .collect()
     }
 
-    /// Records we hold that are newer than, or absent from, a peer's digest.
+    /// Records we hold that are newer than, or absent from, a peer's
+    /// digest: the first [`MAX_SYNC_RECORDS`] in key order.
     pub fn newer_than(&self, digest: &Digest) -> Vec<Record> {
         let theirs: BTreeMap<&RecordKey, &Version> = digest.iter().map(|(k, v)| (k, v)).collect();
         self.records
             .values()
             .filter(|r| theirs.get(&r.key).is_none_or(|v| **v < r.version))
+            .take(MAX_SYNC_RECORDS)
             .cloned()
             .collect()
     }
 
-    /// Keys of a peer's digest whose version is newer than ours (or that we lack).
+    /// Keys of a peer's digest whose version is newer than ours (or that we
+    /// lack): the first [`MAX_SYNC_RECORDS`].
     pub fn wanted_from(&self, digest: &Digest) -> Vec<RecordKey> {
         digest
             .iter()
             .filter(|(k, v)| self.records.get(k).is_none_or(|r| r.version < *v))
+            .take(MAX_SYNC_RECORDS)
             .map(|(k, _)| k.clone())
             .collect()
     }

@@ -4,7 +4,8 @@
 
 use serde::{Deserialize, Serialize};
 
-use crate::catalog::{Digest, Record, RecordKey};
+use crate::bounded;
+use crate::catalog::{Digest, Record, RecordKey, MAX_DIGEST_ENTRIES, MAX_SYNC_RECORDS};
 use crate::coordinate::Coordinate;
 use crate::hlc::Version;
 
@@ -101,15 +102,18 @@ impl CatalogBroadcast {
 /// lacks plus the keys it wants; the initiator ends with the wanted records.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub enum SyncMessage {
-    /// Every key and version the sender holds.
-    Digest(Digest),
-    /// Records the receiver lacks, and keys the sender wants back.
+    /// Every key and version the sender holds (at most [`MAX_DIGEST_ENTRIES`]).
+    Digest(#[serde(deserialize_with = "bounded::seq::<_, _, MAX_DIGEST_ENTRIES>")] Digest),
+    /// Records the receiver lacks, and keys the sender wants back (at most
+    /// [`MAX_SYNC_RECORDS`] of each).
     Records {
         /// Records newer than the receiver's digest.
+        #[serde(deserialize_with = "bounded::seq::<_, _, MAX_SYNC_RECORDS>")]
         records: Vec<Record>,
         /// Keys the sender would like.
+        #[serde(deserialize_with = "bounded::seq::<_, _, MAX_SYNC_RECORDS>")]
         wanted: Vec<RecordKey>,
     },
     /// The final push of wanted records.
-    Push(Vec<Record>),
+    Push(#[serde(deserialize_with = "bounded::seq::<_, _, MAX_SYNC_RECORDS>")] Vec<Record>),
 }

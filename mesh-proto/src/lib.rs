@@ -7,6 +7,7 @@
 #![forbid(unsafe_code)]
 
 pub mod api;
+pub mod bounded;
 pub mod catalog;
 pub mod codec;
 pub mod coordinate;

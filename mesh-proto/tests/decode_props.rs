@@ -101,6 +101,7 @@ use std::fmt::Debug;
 use std::net::SocketAddr;
 
 use common::{coordinate, key, record, socket_addr, version};
+use mesh_proto::catalog::{MAX_DIGEST_ENTRIES, MAX_SYNC_RECORDS};
 use mesh_proto::codec::{self, DecodeError, WIRE_VERSION};
 use mesh_proto::coordinate::{Coordinate, DIMENSIONS};
 use mesh_proto::frame::{ProxyFrame, MAX_FRAME};
@@ -437,10 +438,11 @@ fn the_densest_valid_messages_stay_within_the_heap_bound() {
         },
         body: mesh_proto::RecordBody::Tombstone,
     };
-    for n in [1usize, 100, 10_000, 100_000] {
+    let digest_entry = (record.key.clone(), record.version.clone());
+    for n in [1usize, 100, 10_000, MAX_SYNC_RECORDS] {
         let messages = [
             SyncMessage::Push(vec![record.clone(); n]),
-            SyncMessage::Digest(vec![(record.key.clone(), record.version.clone()); n]),
+            SyncMessage::Digest(vec![digest_entry.clone(); n * 16]),
             SyncMessage::Records {
                 records: vec![record.clone(); n],
                 wanted: vec![record.key.clone(); n],
@@ -451,8 +453,35 @@ fn the_densest_valid_messages_stay_within_the_heap_bound() {
             let back = bounded("SyncMessage", bytes.len(), || {
                 codec::decode::<SyncMessage>(&bytes, SYNC_LIMIT)
             });
-            assert_eq!(back.as_ref(), Ok(&message));
+            // Not assert_eq: a failure would print 10^5 records.
+            assert!(
+                back.as_ref() == Ok(&message),
+                "{n} records: {:?}",
+                back.err()
+            );
         }
+    }
+    // One past a count limit is refused, whatever the bytes allow: a
+    // peer's message costs at most the limit in records.
+    let over = [
+        SyncMessage::Push(vec![record.clone(); MAX_SYNC_RECORDS + 1]),
+        SyncMessage::Records {
+            records: Vec::new(),
+            wanted: vec![record.key.clone(); MAX_SYNC_RECORDS + 1],
+        },
+        SyncMessage::Digest(vec![digest_entry; MAX_DIGEST_ENTRIES + 1]),
+    ];
+    for message in over {
+        let bytes = codec::encode(&message).expect("encodes");
+        assert!(bytes.len() <= SYNC_LIMIT, "fits the byte limit");
+        let back = bounded("SyncMessage", bytes.len(), || {
+            codec::decode::<SyncMessage>(&bytes, SYNC_LIMIT)
+        });
+        assert!(
+            matches!(back, Err(DecodeError::Malformed(_))),
+            "over the count limit: {:?}",
+            back.err()
+        );
     }
     let broadcast = codec::encode(&CatalogBroadcast { record }).expect("encodes");
     assert!(bounded("CatalogBroadcast", broadcast.len(), || {

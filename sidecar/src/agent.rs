@@ -374,6 +374,11 @@ pub async fn start(config: AgentConfig) -> anyhow::Result<RunningAgent> {
         membership: membership.clone(),
         transport: transport.clone(),
     }))));
+    tasks.spawn(until_stop(Box::pin(crate::reap::run(
+        catalog.clone(),
+        membership.active(),
+        config.reap_after,
+    ))));
     tasks.spawn(until_stop(Box::pin(watch_membership(
         membership.clone(),
         catalog.clone(),

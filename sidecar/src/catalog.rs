@@ -121,6 +121,16 @@ impl CatalogStore {
         self.change(|core| core.expire_tombstones(wall_ms(), ttl_ms))
     }
 
+    /// Drops the records `owner` owns (down longer than the reap time).
+    pub fn reap(&self, owner: &NodeId) -> usize {
+        self.change(|core| core.reap(owner))
+    }
+
+    /// Takes a reaped owner's records back (it is active again).
+    pub fn unreap(&self, owner: &NodeId) {
+        self.change(|core| core.unreap(owner));
+    }
+
     /// Runs one change on the core and publishes the snapshot it left.
     fn change<T>(&self, f: impl FnOnce(&mut CatalogCore) -> T) -> T {
         let mut core = self.lock();

@@ -183,6 +183,10 @@ pub struct AgentArgs {
     /// the idle keep-alive timeout [default: 30000].
     #[arg(long, env = "GOSSAMER_HEADER_READ_TIMEOUT_MS")]
     pub header_read_timeout_ms: Option<u64>,
+    /// Drop the instances and metadata of a node down this long, in
+    /// seconds; they come back if it returns [default: 259200 (72 h)].
+    #[arg(long, env = "GOSSAMER_REAP_AFTER_S")]
+    pub reap_after_s: Option<u64>,
     /// Let estimated (Vivaldi) RTT satisfy hard requirements.
     #[arg(long, env = "GOSSAMER_ALLOW_ESTIMATED_RTT")]
     #[serde(default)]
@@ -297,6 +301,8 @@ pub struct AgentConfig {
     pub max_connections: usize,
     /// Header-read (and idle keep-alive) timeout of the HTTP listeners.
     pub header_read_timeout: Duration,
+    /// How long a node stays down before its records are reaped.
+    pub reap_after: Duration,
     /// Test-only per-peer delays.
     pub link_delays: Vec<(SocketAddr, Duration)>,
     /// Test-only per-peer drops.
@@ -368,6 +374,7 @@ impl AgentArgs {
             base_ejection_ms: self.base_ejection_ms.or(file.base_ejection_ms),
             max_connections: self.max_connections.or(file.max_connections),
             header_read_timeout_ms: self.header_read_timeout_ms.or(file.header_read_timeout_ms),
+            reap_after_s: self.reap_after_s.or(file.reap_after_s),
             allow_estimated_rtt: self.allow_estimated_rtt || file.allow_estimated_rtt,
             dev: self.dev || file.dev,
             debug_link_delay: pick_vec(self.debug_link_delay, file.debug_link_delay),
@@ -496,6 +503,11 @@ impl AgentArgs {
                 .header_read_timeout_ms
                 .map_or(crate::server::Limits::HEADER_READ_TIMEOUT, |ms| {
                     Duration::from_millis(ms.clamp(100, 3_600_000))
+                }),
+            reap_after: self
+                .reap_after_s
+                .map_or(crate::reap::DEFAULT_REAP_AFTER, |s| {
+                    Duration::from_secs(s.max(1))
                 }),
             link_delays,
             link_drops,

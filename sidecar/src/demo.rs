@@ -59,6 +59,7 @@ pub fn local_config(
         base_ejection: Duration::from_secs(30),
         max_connections: crate::server::Limits::MAX_CONNECTIONS,
         header_read_timeout: crate::server::Limits::HEADER_READ_TIMEOUT,
+        reap_after: crate::reap::DEFAULT_REAP_AFTER,
         link_delays: delays,
         link_drops: Vec::new(),
         supervise: Vec::new(),

@@ -55,6 +55,7 @@ pub mod membership;
 pub mod metrics;
 pub mod persist;
 pub mod proxy;
+pub mod reap;
 pub mod registry;
 pub mod reply;
 pub mod rtt;

@@ -23,6 +23,10 @@ const CONVERGE: Duration = Duration::from_secs(20);
 /// (probe every 500 ms, suspicion 2 s for small clusters) on a busy 2-core
 /// machine. The figure each test prints is the one to watch.
 const FAILURE_DETECTION: Duration = Duration::from_secs(15);
+/// The contract is "no call waits past 2 s for a node its sidecar knows is
+/// dead"; 1 s more for a busy machine. A connection left to its idle
+/// timeout would hold such calls 5-7 s past that point.
+const KNOWN_DEAD_WAIT: Duration = Duration::from_secs(3);
 
 // === Load ===
 
@@ -253,6 +257,16 @@ async fn killing_a_node_under_load_fails_no_call_and_its_instances_leave_every_c
     let before_kill = load.answered();
     let killed_at = Instant::now();
     c.kill();
+    // a, the caller's node, first: from then on no call may wait on c.
+    wait_hosts(
+        &[&a],
+        "echo",
+        &["kill-a", "kill-b"],
+        killed_at,
+        FAILURE_DETECTION,
+    )
+    .await;
+    let a_knew = load.now();
     let gone = wait_hosts(
         &[&a, &b],
         "echo",
@@ -265,16 +279,31 @@ async fn killing_a_node_under_load_fails_no_call_and_its_instances_leave_every_c
     load.wait_for_calls(300).await;
     let report = load.finish().await;
 
+    // Calls in flight on c when a declared it down are retried at once
+    // (a closes its connection to c), not when the connection's idle
+    // timeout (10 s with the local profile) finally notices.
+    let waited_after_known = report
+        .calls
+        .iter()
+        .filter(|call| call.sent < a_knew)
+        .map(|call| call.answered.saturating_sub(a_knew))
+        .max()
+        .unwrap_or_default();
     println!(
         "kill under load: {} calls sent ({before_kill} before the kill), {} failed; \
          instances of the killed node gone from every catalog {:.2} s after the kill; \
-         calls by node {:?}",
+         longest wait past the caller's node knowing: {:.2} s; calls by node {:?}",
         report.calls.len(),
         report.failures().len(),
         gone.as_secs_f64(),
+        waited_after_known.as_secs_f64(),
         report.by_node()
     );
     report.assert_no_failures("echo");
+    assert!(
+        waited_after_known < KNOWN_DEAD_WAIT,
+        "a call waited {waited_after_known:?} on a node its sidecar already knew was dead"
+    );
     assert!(
         report.by_node().get("kill-c").copied().unwrap_or(0) > 0,
         "the killed node served calls before it died: {:?}",

@@ -49,10 +49,7 @@ pub fn step(core: &mut CatalogCore, message: SyncMessage) -> Step {
 }
 
 fn merge(core: &mut CatalogCore, records: Vec<mesh_proto::Record>) -> Vec<OwnershipError> {
-    records
-        .into_iter()
-        .filter_map(|record| core.apply_remote(record).err())
-        .collect()
+    core.apply_remote_all(records)
 }
 
 #[cfg(test)]
@@ -126,6 +123,60 @@ mod tests {
         assert_eq!(messages, 3, "digest, records and wanted, push");
         assert_eq!(a.digest(), b.digest());
         assert_eq!(a.snapshot().service("web").expect("web").instances.len(), 2);
+    }
+
+    #[test]
+    fn a_catalog_larger_than_one_message_arrives_over_several_rounds() {
+        use mesh_proto::catalog::MAX_SYNC_RECORDS;
+        let mut a = CatalogCore::new(node("a"), Catalog::new());
+        let mut b = CatalogCore::new(node("b"), Catalog::new());
+        let total = 2 * MAX_SYNC_RECORDS + 100;
+        // b learnt them from c in one batch (c's own writes one by one
+        // would rebuild c's local view each time, quadratic in a test of
+        // this size).
+        let records: Vec<mesh_proto::Record> = (0..total)
+            .map(|i| {
+                let instance = Instance {
+                    id: format!("c-{i}"),
+                    service: format!("web-{}", i % 256),
+                    node: node("c"),
+                    address: SocketAddr::from(([127, 0, 0, 1], 80)),
+                    deployment_id: None,
+                    tags: Vec::new(),
+                    health: Health::Passing,
+                };
+                mesh_proto::Record {
+                    key: RecordKey::Instance(instance.id.clone()),
+                    version: mesh_proto::Version {
+                        hlc: mesh_proto::Hlc {
+                            wall_ms: 1_000,
+                            logical: 0,
+                        },
+                        writer: node("c"),
+                    },
+                    body: RecordBody::Instance(instance),
+                }
+            })
+            .collect();
+        assert!(b.apply_remote_all(records).is_empty());
+        let mut rounds = 0;
+        while a.digest() != b.digest() {
+            rounds += 1;
+            assert!(rounds <= 3, "three rounds carry {total} records");
+            let Some(SyncMessage::Records { records, wanted }) = step(&mut b, open(&a)).reply
+            else {
+                panic!("a digest is answered with records");
+            };
+            assert!(records.len() <= MAX_SYNC_RECORDS && wanted.len() <= MAX_SYNC_RECORDS);
+            step(&mut a, SyncMessage::Records { records, wanted });
+        }
+        assert_eq!(rounds, 3);
+        let held: usize = a
+            .snapshot()
+            .services()
+            .map(|(_, e)| e.instances.len())
+            .sum();
+        assert_eq!(held, total);
     }
 
     #[test]

@@ -99,6 +99,15 @@ pub struct RecordCounts {
     pub tombstones: usize,
 }
 
+/// What applied records changed, so one snapshot covers a whole batch.
+#[derive(Debug, Default)]
+struct Touched {
+    any: bool,
+    services: Vec<String>,
+    nodes: bool,
+    local: bool,
+}
+
 /// The catalog as this node knows it, and the single place it changes.
 pub struct CatalogCore {
     node_id: NodeId,
@@ -109,6 +118,10 @@ pub struct CatalogCore {
     by_service: HashMap<String, BTreeSet<String>>,
     counts: RecordCounts,
     snapshot: Arc<CatalogSnapshot>,
+    /// Records of nodes reaped (down longer than the reap time), by owner:
+    /// copies a peer still holds, at or below these versions, are ignored
+    /// until the owner is back.
+    reaped: HashMap<NodeId, HashMap<RecordKey, Version>>,
 }
 
 impl CatalogCore {
@@ -126,6 +139,7 @@ impl CatalogCore {
             by_service: HashMap::new(),
             counts: RecordCounts::default(),
             snapshot: Arc::new(CatalogSnapshot::default()),
+            reaped: HashMap::new(),
         };
         core.rebuild_all();
         core
@@ -175,7 +189,68 @@ impl CatalogCore {
     pub fn apply_remote(&mut self, record: Record) -> Result<Applied, OwnershipError> {
         check_ownership(&self.catalog, &record)?;
         self.clock.observe(record.version.hlc);
+        if self.was_reaped(&record) {
+            return Ok(Applied::Stale);
+        }
         Ok(self.apply(record))
+    }
+
+    /// Drops every record `owner` owns (its instances and node metadata)
+    /// without writing a tombstone: the owner was down longer than the reap
+    /// time. Each node reaps on its own clock, so nothing is gossiped; a
+    /// peer's copy at the same version is ignored until [`Self::unreap`].
+    /// Returns how many records went.
+    pub fn reap(&mut self, owner: &NodeId) -> usize {
+        if *owner == self.node_id {
+            return 0;
+        }
+        let removed = self.catalog.take_owned_by(owner);
+        if removed.is_empty() {
+            return 0;
+        }
+        let mut touched = Touched {
+            any: true,
+            ..Touched::default()
+        };
+        for record in &removed {
+            self.count(Some(&record.body), -1);
+            match &record.body {
+                RecordBody::Instance(instance) => {
+                    if let Some(ids) = self.by_service.get_mut(&instance.service) {
+                        ids.remove(&instance.id);
+                    }
+                    touched.services.push(instance.service.clone());
+                }
+                RecordBody::Node(_) => touched.nodes = true,
+                RecordBody::Definition(_) | RecordBody::Tombstone => {}
+            }
+        }
+        let versions = self.reaped.entry(owner.clone()).or_default();
+        for record in &removed {
+            versions.insert(record.key.clone(), record.version.clone());
+        }
+        self.index += 1;
+        self.publish_touched(touched);
+        removed.len()
+    }
+
+    /// The owner is back: its records are welcome again (anti-entropy
+    /// brings them from the owner itself).
+    pub fn unreap(&mut self, owner: &NodeId) {
+        self.reaped.remove(owner);
+    }
+
+    /// Owners with reaped records.
+    pub fn reaped_owners(&self) -> impl Iterator<Item = &NodeId> {
+        self.reaped.keys()
+    }
+
+    fn was_reaped(&self, record: &Record) -> bool {
+        record
+            .owner()
+            .and_then(|owner| self.reaped.get(owner))
+            .and_then(|versions| versions.get(&record.key))
+            .is_some_and(|reaped| record.version <= *reaped)
     }
 
     /// Drops tombstones older than `ttl_ms`; returns how many.
@@ -213,6 +288,35 @@ impl CatalogCore {
     }
 
     fn apply(&mut self, record: Record) -> Applied {
+        let mut touched = Touched::default();
+        let applied = self.apply_into(record, &mut touched);
+        self.publish_touched(touched);
+        applied
+    }
+
+    /// Merges a batch of records from a peer (an anti-entropy message) and
+    /// publishes one snapshot at the end: a snapshot per record rebuilt a
+    /// large service once per instance, quadratic in the batch. Returns the
+    /// records refused for their writer.
+    pub fn apply_remote_all(&mut self, records: Vec<Record>) -> Vec<OwnershipError> {
+        let mut touched = Touched::default();
+        let mut refused = Vec::new();
+        for record in records {
+            if let Err(e) = check_ownership(&self.catalog, &record) {
+                refused.push(e);
+                continue;
+            }
+            self.clock.observe(record.version.hlc);
+            if !self.was_reaped(&record) {
+                self.apply_into(record, &mut touched);
+            }
+        }
+        self.publish_touched(touched);
+        refused
+    }
+
+    /// Applies one record and notes what its change touched; publishes nothing.
+    fn apply_into(&mut self, record: Record, touched: &mut Touched) -> Applied {
         let key = record.key.clone();
         let before = self.catalog.get(&key).map(|r| r.body.clone());
         let applied = self.catalog.apply(record);
@@ -223,22 +327,20 @@ impl CatalogCore {
         self.count(before.as_ref(), -1);
         self.count(after.as_ref(), 1);
         self.index += 1;
-        let mut services = Vec::new();
-        let mut nodes_changed = false;
-        let mut local_changed = false;
+        touched.any = true;
         for body in [&before, &after].into_iter().flatten() {
             match body {
-                RecordBody::Definition(d) => services.push(d.name.clone()),
+                RecordBody::Definition(d) => touched.services.push(d.name.clone()),
                 RecordBody::Instance(i) => {
-                    services.push(i.service.clone());
-                    local_changed |= i.node == self.node_id;
+                    touched.services.push(i.service.clone());
+                    touched.local |= i.node == self.node_id;
                 }
-                RecordBody::Node(_) => nodes_changed = true,
+                RecordBody::Node(_) => touched.nodes = true,
                 RecordBody::Tombstone => {}
             }
         }
         if let RecordKey::Definition(name) = &key {
-            services.push(name.clone());
+            touched.services.push(name.clone());
         }
         if let (RecordKey::Instance(id), Some(RecordBody::Instance(old))) = (&key, &before) {
             if let Some(ids) = self.by_service.get_mut(&old.service) {
@@ -251,10 +353,16 @@ impl CatalogCore {
                 .or_default()
                 .insert(id.clone());
         }
-        services.sort();
-        services.dedup();
-        self.publish(Some(&services), nodes_changed, local_changed);
         applied
+    }
+
+    fn publish_touched(&mut self, mut touched: Touched) {
+        if !touched.any {
+            return;
+        }
+        touched.services.sort();
+        touched.services.dedup();
+        self.publish(Some(&touched.services), touched.nodes, touched.local);
     }
 
     fn count(&mut self, body: Option<&RecordBody>, delta: isize) {
@@ -361,16 +469,10 @@ impl CatalogCore {
 /// Instances and node metadata may only be written by the node they describe.
 pub fn check_ownership(catalog: &Catalog, record: &Record) -> Result<(), OwnershipError> {
     let writer = &record.version.writer;
-    let owner = match &record.body {
-        RecordBody::Instance(instance) => Some(&instance.node),
-        RecordBody::Node(meta) => Some(&meta.node),
-        RecordBody::Definition(_) => None,
-        RecordBody::Tombstone => match catalog.get(&record.key).map(|r| &r.body) {
-            Some(RecordBody::Instance(instance)) => Some(&instance.node),
-            Some(RecordBody::Node(meta)) => Some(&meta.node),
-            _ => None,
-        },
-    };
+    // A tombstone's owner is the owner of what it deletes.
+    let owner = record
+        .owner()
+        .or_else(|| catalog.get(&record.key).and_then(Record::owner));
     match owner {
         Some(owner) if owner != writer => Err(OwnershipError {
             kind: record.key.kind(),

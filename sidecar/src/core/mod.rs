@@ -8,4 +8,5 @@ pub mod candidates;
 pub mod catalog;
 pub mod health;
 pub mod membership;
+pub mod reaper;
 pub mod rtt;

@@ -4,6 +4,7 @@
 //! instance over the pooled loopback client and stream the answer back.
 
 use std::sync::Arc;
+use std::time::Duration;
 
 use anyhow::anyhow;
 use http::{Request, Response, StatusCode};
@@ -13,7 +14,7 @@ use hyper::service::service_fn;
 use hyper_util::rt::{TokioExecutor, TokioIo};
 use hyper_util::server::conn::auto;
 use mesh_proto::frame::ProxyFrame;
-use tracing::warn;
+use tracing::{debug, warn};
 
 use super::forward::{self, ProxyBody, SendError, CONNECT_FAILURE_HEADER};
 use super::json_error;
@@ -96,6 +97,33 @@ pub(super) fn is_own_instance(
     allowed
 }
 
+/// The calling sidecar's deadline for the response head; `None` from
+/// callers that send none (0).
+fn caller_deadline(frame: &ProxyFrame) -> Option<Duration> {
+    (frame.timeout_ms > 0).then(|| Duration::from_millis(u64::from(frame.timeout_ms)))
+}
+
+/// The answer once the caller's deadline passed: dropping the call closes
+/// the connection to the instance, so it stops working for nobody.
+fn deadline_passed(
+    agent: &ProxyHandles,
+    frame: &ProxyFrame,
+    limit: Duration,
+) -> Response<ProxyBody> {
+    debug!(instance = %frame.instance_id, service = %frame.service, ?limit, "the caller's deadline passed before the instance answered");
+    json_error(
+        StatusCode::GATEWAY_TIMEOUT,
+        format!(
+            "instance {} of {} on node {} did not answer within the caller's deadline of {} ms",
+            frame.instance_id,
+            frame.service,
+            agent.node_id(),
+            limit.as_millis()
+        ),
+        "raise x-gossamer-timeout-ms, or check the service's latency",
+    )
+}
+
 async fn handle(
     agent: &Arc<ProxyHandles>,
     frame: &ProxyFrame,
@@ -128,7 +156,14 @@ async fn handle(
             .definition(&frame.service)
             .map(|d| d.protocol)
             .unwrap_or_default();
-        forward::to_local(&agent.http, protocol, frame.address, request).await
+        let call = forward::to_local(&agent.http, protocol, frame.address, request);
+        match caller_deadline(frame) {
+            None => call.await,
+            Some(limit) => match tokio::time::timeout(limit, call).await {
+                Ok(sent) => sent,
+                Err(_) => return deadline_passed(agent, frame, limit),
+            },
+        }
     };
     match sent {
         Ok(mut response) => {

@@ -217,7 +217,9 @@ async fn handle(agent: &Arc<ProxyHandles>, mut request: Request<Incoming>) -> Re
         metrics::UNKNOWN_SERVICE.to_owned()
     };
     let (response, upstream_node) =
-        match tokio::time::timeout(route.timeout, attempts(agent, &route, parts, body)).await {
+        match tokio::time::timeout(route.timeout, attempts(agent, &route, started, parts, body))
+            .await
+        {
             Ok(result) => result,
             Err(_) => (
                 json_error(
@@ -336,6 +338,7 @@ fn report(agent: &ProxyHandles, service: &str, instance: &str, latency: Duration
 async fn attempts(
     agent: &Arc<ProxyHandles>,
     route: &Route,
+    started: Instant,
     parts: http::request::Parts,
     mut body: RequestBody,
 ) -> (Response<ProxyBody>, Option<String>) {
@@ -428,7 +431,8 @@ async fn attempts(
             // decided with nowhere left to go was never sent.
             ::metrics::counter!(metrics::RETRIES, "service" => service.to_owned()).increment(1);
         }
-        match send(agent, service, protocol, instance, request).await {
+        let deadline = started + route.timeout;
+        match send(agent, service, protocol, instance, request, deadline).await {
             Ok(response) => {
                 // A gRPC refusal arrives as 200 with grpc-status UNAVAILABLE.
                 in_flight.finish(
@@ -476,6 +480,7 @@ async fn send(
     protocol: mesh_proto::Protocol,
     instance: &Instance,
     request: Request<ProxyBody>,
+    deadline: Instant,
 ) -> Result<Response<Incoming>, SendError> {
     if instance.node == *agent.node_id() {
         let result = if upgrade::is_upgrade(request.headers()) {
@@ -499,9 +504,19 @@ async fn send(
         instance_id: instance.id.clone(),
         address: instance.address,
         service: service.to_owned(),
-        timeout_ms: 0,
+        // The far sidecar gives up when the caller would: without it, a
+        // partition that swallows the caller's stream reset would leave the
+        // far side waiting on the instance until its idle timeout.
+        timeout_ms: remaining_ms(deadline, Instant::now()),
     };
     forward::over_quic(&agent.transport, sidecar, &frame, request).await
+}
+
+/// Milliseconds left until `deadline`, at least 1 (0 on the wire means
+/// "no deadline", which a caller that still waits never means).
+fn remaining_ms(deadline: Instant, now: Instant) -> u32 {
+    let left = deadline.saturating_duration_since(now).as_millis();
+    u32::try_from(left).unwrap_or(u32::MAX).max(1)
 }
 
 fn annotate(response: &mut Response<ProxyBody>, instance: &Instance, rtt_ms: Option<f64>) {

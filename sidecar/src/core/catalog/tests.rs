@@ -221,3 +221,101 @@ fn tombstones_expire_after_their_ttl_only() {
     assert_eq!(core.expire_tombstones(3_500, 1_000), 1);
     assert_eq!(core.counts().tombstones, 0);
 }
+
+#[test]
+fn reaping_a_node_drops_its_records_and_ignores_peers_copies_until_it_is_back() {
+    let mut core = CatalogCore::new(node("a"), Catalog::new());
+    put_instance(&mut core, "a-1", "web", 1_000);
+    let b_web = remote(
+        RecordKey::Instance("b-1".into()),
+        RecordBody::Instance(instance("b-1", "web", "b")),
+        "b",
+        1_000,
+    );
+    let b_api = remote(
+        RecordKey::Instance("b-2".into()),
+        RecordBody::Instance(instance("b-2", "api", "b")),
+        "b",
+        1_000,
+    );
+    let c_web = remote(
+        RecordKey::Instance("c-1".into()),
+        RecordBody::Instance(instance("c-1", "web", "c")),
+        "c",
+        1_000,
+    );
+    let refused = core.apply_remote_all(vec![b_web.clone(), b_api.clone(), c_web.clone()]);
+    assert!(refused.is_empty());
+    assert_eq!(
+        core.snapshot().service("web").expect("web").instances.len(),
+        3
+    );
+
+    assert_eq!(core.reap(&node("b")), 2);
+    let snapshot = core.snapshot();
+    let web: Vec<&str> = snapshot
+        .service("web")
+        .expect("web")
+        .instances
+        .iter()
+        .map(|i| i.id.as_str())
+        .collect();
+    assert_eq!(web, ["a-1", "c-1"], "only b's records go");
+    assert!(snapshot.service("api").is_none());
+    assert_eq!(core.counts().instances, 2);
+    assert_eq!(core.reap(&node("a")), 0, "a node never reaps itself");
+
+    // A peer that has not reaped yet sends the same copies: ignored.
+    assert_eq!(core.apply_remote(b_web.clone()), Ok(Applied::Stale));
+    assert!(core.apply_remote_all(vec![b_api.clone()]).is_empty());
+    assert!(core.snapshot().service("api").is_none());
+    // Anything b wrote after the reap is b alive again somewhere: taken.
+    let b_newer = remote(
+        RecordKey::Instance("b-2".into()),
+        RecordBody::Instance(instance("b-2", "api", "b")),
+        "b",
+        2_000,
+    );
+    assert_eq!(core.apply_remote(b_newer), Ok(Applied::Newer));
+    assert!(core.snapshot().service("api").is_some());
+
+    // Once b is back, the old copies are welcome again.
+    core.unreap(&node("b"));
+    assert_eq!(core.apply_remote(b_web), Ok(Applied::Newer));
+    assert_eq!(
+        core.snapshot().service("web").expect("web").instances.len(),
+        3
+    );
+}
+
+#[test]
+fn a_batch_from_a_peer_is_published_as_one_snapshot() {
+    let mut core = CatalogCore::new(node("a"), Catalog::new());
+    let records: Vec<Record> = (0..50)
+        .map(|i| {
+            let id = format!("b-{i}");
+            remote(
+                RecordKey::Instance(id.clone()),
+                RecordBody::Instance(instance(&id, "web", "b")),
+                "b",
+                1_000,
+            )
+        })
+        .collect();
+    let forged = remote(
+        RecordKey::Instance("c-1".into()),
+        RecordBody::Instance(instance("c-1", "web", "c")),
+        "mallory",
+        1_000,
+    );
+    let before = core.index();
+    let mut batch = records;
+    batch.push(forged);
+    let refused = core.apply_remote_all(batch);
+    assert_eq!(refused.len(), 1, "the forged record is refused");
+    let snapshot = core.snapshot();
+    let web = snapshot.service("web").expect("web");
+    assert_eq!(web.instances.len(), 50);
+    assert_eq!(snapshot.index, before + 50, "one index per record applied");
+    assert_eq!(web.index, snapshot.index);
+}

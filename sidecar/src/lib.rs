@@ -27,7 +27,8 @@
 //! 2 config     config (+ config::{supervise, tcp}): flags, env, file,
 //!              profile tables
 //! 1 cores      core::catalog (merge, ownership, per-service index),
-//!              core::membership (foca, ordered timers, watchdog, resize),
+//!              core::membership (foca, ordered timers, watchdog, resize,
+//!              the certified source of each packet),
 //!              core::anti_entropy, core::rtt, core::health,
 //!              core::candidates; no tokio, no clock reads
 //! ```

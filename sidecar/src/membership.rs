@@ -5,13 +5,20 @@
 //! packets, commands and the time, sleeps until its next timer, and turns
 //! what it asks for into transport sends and member-table updates. No other
 //! task touches its state (the driver shape of quinn's `ConnectionDriver`).
+//!
+//! A packet whose header names a source other than the node its
+//! connection's certificate is issued to is refused before foca sees it
+//! (`core::membership::Certified`), counted in
+//! `gossamer_swim_packets_refused_total{reason="impersonation"}`, and
+//! logged once per certificate. Only the SWIM source is bound: catalog
+//! broadcasts riding on the packet carry other writers' records by design
+//! (gossip relays them), and the catalog checks those by writer.
 
-use std::collections::{BTreeMap, HashMap};
+use std::collections::{BTreeMap, HashMap, HashSet};
 use std::num::{NonZeroU32, NonZeroUsize};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use bytes::Bytes;
 use foca::{
     AccumulatingRuntime, BroadcastHandler, Config, Invalidates, OwnedNotification, PeriodicParams,
     State,
@@ -26,8 +33,9 @@ use tokio::sync::{mpsc, oneshot, watch};
 use tracing::{debug, info, warn, Instrument};
 
 use crate::config::Profile;
+use crate::core::membership::{Certified, PacketError};
 use crate::metrics;
-use crate::transport::Transport;
+use crate::transport::{SwimPacket, Transport};
 
 /// What identifies a catalog broadcast for replacement in foca's queue.
 #[derive(Debug, Clone)]
@@ -119,7 +127,7 @@ impl Membership {
         local: NodeIdentity,
         profile: Profile,
         transport: Arc<Transport>,
-        swim_packets: mpsc::Receiver<Bytes>,
+        swim_packets: mpsc::Receiver<SwimPacket>,
         receiver: Arc<dyn BroadcastReceiver>,
     ) -> Self {
         let (commands, command_rx) = mpsc::channel(1024);
@@ -137,6 +145,7 @@ impl Membership {
             transport,
             active: active_tx,
             last_heard: HashMap::new(),
+            impostors_logged: HashSet::new(),
         };
         // The span names the node, for logs of several agents in one process.
         let span = tracing::info_span!("membership", node = %local.node_id);
@@ -192,12 +201,18 @@ struct Driver {
     transport: Arc<Transport>,
     active: watch::Sender<ActiveMembers>,
     last_heard: HashMap<NodeId, Instant>,
+    /// Certificates already logged for impersonation (see `refuse`).
+    impostors_logged: HashSet<Certified>,
 }
+
+/// Certificates remembered as logged for impersonation at most; past it,
+/// new ones are counted but not logged.
+const MAX_IMPOSTORS_LOGGED: usize = 1024;
 
 impl Driver {
     async fn run(
         mut self,
-        mut packets: mpsc::Receiver<Bytes>,
+        mut packets: mpsc::Receiver<SwimPacket>,
         mut commands: mpsc::Receiver<Command>,
     ) {
         // The member gauges exist from the first scrape, before (or without)
@@ -210,11 +225,7 @@ impl Driver {
                 _ = tokio::time::sleep_until(wake) => {
                     self.core.advance(Instant::now(), &mut self.runtime);
                 }
-                Some(packet) = packets.recv() => {
-                    if let Err(e) = self.core.handle_data(&packet, Instant::now(), &mut self.runtime) {
-                        note_bad_packet(e);
-                    }
-                }
+                Some(packet) = packets.recv() => self.intake(packet),
                 command = commands.recv() => match command {
                     Some(Command::Leave(done)) => {
                         self.leave().await;
@@ -230,6 +241,53 @@ impl Driver {
             if turn > Duration::from_secs(1) {
                 warn!(?turn, "one turn of the membership loop took over a second");
             }
+        }
+    }
+
+    /// Feeds one packet from the network to the core.
+    fn intake(&mut self, packet: SwimPacket) {
+        let now = Instant::now();
+        let result =
+            self.core
+                .handle_data_from(&packet.bytes, &packet.certified, now, &mut self.runtime);
+        match result {
+            Ok(()) => {}
+            Err(PacketError::Foca(e)) => note_bad_packet(e),
+            Err(PacketError::Impersonation { claimed }) => self.refuse(&packet, &claimed),
+        }
+    }
+
+    /// Counts a packet whose source is not the node its connection's
+    /// certificate is issued to, and logs the first from each certificate.
+    fn refuse(&mut self, packet: &SwimPacket, claimed: &NodeIdentity) {
+        metrics::swim_packet_refused(metrics::REFUSED_IMPERSONATION);
+        let first = !self.impostors_logged.contains(&packet.certified)
+            && self.impostors_logged.len() < MAX_IMPOSTORS_LOGGED;
+        if !first {
+            return;
+        }
+        self.impostors_logged.insert(packet.certified.clone());
+        let claimed = &claimed.node_id;
+        let from = packet.from;
+        match &packet.certified {
+            Certified::Node(certified) => warn!(
+                %from,
+                %certified,
+                %claimed,
+                "refused SWIM packets claiming to come from node {claimed:?} over a connection \
+                 whose certificate is issued to node {certified:?}: whoever holds that certificate \
+                 runs a modified or misconfigured agent; find the host at {from}, and replace the \
+                 cluster's credentials if the certificate leaked; further refusals from it are \
+                 only counted, in gossamer_swim_packets_refused_total"
+            ),
+            _ => warn!(
+                %from,
+                %claimed,
+                "refused SWIM packets claiming to come from node {claimed:?} over a connection \
+                 whose certificate's node id cannot be read (it names two nodes?); issue the host \
+                 at {from} a certificate with one spiffe://gossamer/node/ID URI SAN; further \
+                 refusals are only counted, in gossamer_swim_packets_refused_total"
+            ),
         }
     }
 

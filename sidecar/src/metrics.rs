@@ -59,6 +59,12 @@ pub const HANDSHAKES_REFUSED: &str = "gossamer_quic_handshakes_refused_total";
 /// connections the HTTP listeners closed unserved (`limit`: the listener's
 /// connection cap; `header_timeout`: request head not sent in time).
 pub const HTTP_CONNECTIONS_REFUSED: &str = "gossamer_http_connections_refused_total";
+/// `gossamer_swim_packets_refused_total{reason}`: SWIM packets dropped
+/// before membership applied them: `impersonation` (the packet names a
+/// source other than the node its connection's certificate is issued to).
+pub const SWIM_PACKETS_REFUSED: &str = "gossamer_swim_packets_refused_total";
+/// The `reason` of [`SWIM_PACKETS_REFUSED`] for a packet naming another node.
+pub const REFUSED_IMPERSONATION: &str = "impersonation";
 /// `gossamer_build_info{version}`.
 pub const BUILD_INFO: &str = "gossamer_build_info";
 
@@ -82,8 +88,8 @@ pub const DESIGN_CONTRACT: [&str; 13] = [
 /// Every metric the agent exports: the contract, build info, relay refusals,
 /// DNS queries and TCP services (second wave of DESIGN.md; the TCP series
 /// appear once a `--tcp` listener is configured), and the hardening
-/// counters of issue 21.
-pub const EXPORTED: [&str; 20] = [
+/// counters of issues 21 and 22.
+pub const EXPORTED: [&str; 21] = [
     MEMBERS,
     GOSSIP_PACKETS,
     GOSSIP_BYTES,
@@ -104,6 +110,7 @@ pub const EXPORTED: [&str; 20] = [
     TCP_BYTES,
     HANDSHAKES_REFUSED,
     HTTP_CONNECTIONS_REFUSED,
+    SWIM_PACKETS_REFUSED,
 ];
 
 /// The standard `process_*` metrics the dashboard reads (from the
@@ -146,6 +153,7 @@ pub fn recorder() -> anyhow::Result<PrometheusHandle> {
     metrics::counter!(HANDSHAKES_REFUSED, "reason" => "busy").increment(0);
     metrics::counter!(HTTP_CONNECTIONS_REFUSED, "listener" => "proxy", "reason" => "limit")
         .increment(0);
+    metrics::counter!(SWIM_PACKETS_REFUSED, "reason" => REFUSED_IMPERSONATION).increment(0);
     Ok(handle)
 }
 
@@ -222,6 +230,10 @@ fn describe() {
         HTTP_CONNECTIONS_REFUSED,
         "TCP connections the proxy, admin or metrics listener closed unserved, by listener and reason (limit: connection cap reached; header_timeout: request head not sent in time)"
     );
+    describe_counter!(
+        SWIM_PACKETS_REFUSED,
+        "SWIM packets refused before membership applied them, by reason (impersonation: the packet names a source other than the node its connection's certificate is issued to)"
+    );
     describe_gauge!(BUILD_INFO, "Always 1; the agent's version is the label");
     describe_counter!(
         TCP_CONNECTIONS,
@@ -275,6 +287,12 @@ pub fn handshake_refused(reason: &'static str) {
 pub fn http_connection_refused(listener: &'static str, reason: &'static str) {
     metrics::counter!(HTTP_CONNECTIONS_REFUSED, "listener" => listener, "reason" => reason)
         .increment(1);
+}
+
+/// Counts one SWIM packet refused before membership applied it; `reason`
+/// comes from a fixed set (see [`SWIM_PACKETS_REFUSED`]).
+pub fn swim_packet_refused(reason: &'static str) {
+    metrics::counter!(SWIM_PACKETS_REFUSED, "reason" => reason).increment(1);
 }
 
 /// Address the exporter is served on, for logs.

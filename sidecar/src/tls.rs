@@ -211,13 +211,21 @@ pub fn certified_node_id(cert: &CertificateDer<'_>) -> Result<Option<String>, St
 }
 
 /// The node id the peer of `connection` proved with its certificate (None
-/// when its certificate binds no id).
+/// when its certificate binds no id, or the binding cannot be read).
 pub fn peer_node_id(connection: &quinn::Connection) -> Option<String> {
+    peer_binding(connection).ok().flatten()
+}
+
+/// The node id the peer of `connection` proved with its certificate: None
+/// when its certificate binds no id; an error when the binding cannot be
+/// read (it names two nodes) or the connection holds no certificate.
+pub fn peer_binding(connection: &quinn::Connection) -> Result<Option<String>, String> {
     let chain = connection
-        .peer_identity()?
+        .peer_identity()
+        .ok_or("the connection holds no peer certificate")?
         .downcast::<Vec<CertificateDer<'static>>>()
-        .ok()?;
-    certified_node_id(chain.first()?).ok().flatten()
+        .map_err(|_| "the peer's identity is not a certificate chain")?;
+    certified_node_id(chain.first().ok_or("the peer sent an empty chain")?)
 }
 
 /// Refuses a peer that says it is `claimed` while its certificate is

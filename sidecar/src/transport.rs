@@ -10,6 +10,10 @@
 //! `handshakes` submodule bounds what an unauthenticated source can make
 //! the endpoint hold (a cap on handshakes in flight, stateless retry, a
 //! handshake timeout).
+//!
+//! Each SWIM packet is handed on with what the certificate of its
+//! connection proves about the sender ([`Certified`], read once per
+//! connection), so membership can hold the packet's claimed source to it.
 
 use std::collections::HashMap;
 use std::net::SocketAddr;
@@ -30,6 +34,7 @@ mod handshakes;
 use guard::{EndpointKeys, GuardedSocket, KnownPeers, PeerLog};
 use handshakes::{Failure, HandshakeGate};
 
+pub use crate::core::membership::Certified;
 use crate::link_shim::{LinkRules, ShimSocket};
 use crate::metrics;
 use crate::tls::{ClusterTrust, CLUSTER_SERVER_NAME};
@@ -46,11 +51,22 @@ pub struct InboundStream {
     pub recv: RecvStream,
 }
 
+/// A SWIM packet and who its connection proves sent it.
+#[derive(Debug, Clone)]
+pub struct SwimPacket {
+    /// The packet (foca's header, updates, broadcasts).
+    pub bytes: Bytes,
+    /// What the peer's certificate says the sender is.
+    pub certified: Certified,
+    /// Where the connection comes from, for logs.
+    pub from: SocketAddr,
+}
+
 /// Where received traffic goes.
 #[derive(Clone)]
 pub struct Inbound {
     /// SWIM packets, for the membership task.
-    pub swim: mpsc::Sender<Bytes>,
+    pub swim: mpsc::Sender<SwimPacket>,
     /// RTT pings and pongs with the connection they came on.
     pub rtt: mpsc::Sender<(DatagramKind, Bytes, Connection)>,
     /// Bidirectional streams (sync, proxy).
@@ -357,8 +373,13 @@ async fn accept_loop(transport: Arc<Transport>) {
 
 /// Serves one connection until it closes.
 async fn serve_connection(transport: Arc<Transport>, connection: Connection) {
-    let datagrams = read_datagrams(transport.inbound.clone(), connection.clone());
-    let uni = accept_uni(transport.inbound.clone(), connection.clone());
+    let certified = certified(&connection);
+    let datagrams = read_datagrams(
+        transport.inbound.clone(),
+        connection.clone(),
+        certified.clone(),
+    );
+    let uni = accept_uni(transport.inbound.clone(), connection.clone(), certified);
     let bi = accept_bi(transport.inbound.clone(), connection.clone());
     tokio::join!(datagrams, uni, bi);
     transport.forget(&connection);
@@ -376,7 +397,21 @@ fn is_tls_alert(reason: &ConnectionError) -> bool {
         if (0x100..0x200).contains(&u64::from(close.error_code)))
 }
 
-async fn read_datagrams(inbound: Inbound, connection: Connection) {
+/// What the peer's certificate proves about who sends on `connection`.
+fn certified(connection: &Connection) -> Certified {
+    match crate::tls::peer_binding(connection) {
+        Ok(Some(id)) => Certified::Node(id.into()),
+        Ok(None) => Certified::Unbound,
+        Err(why) => {
+            // Membership warns (once) when it refuses the packets.
+            debug!(peer = %connection.remote_address(), %why, "a peer's certificate binds no readable node id");
+            Certified::Unreadable
+        }
+    }
+}
+
+async fn read_datagrams(inbound: Inbound, connection: Connection, certified: Certified) {
+    let from = connection.remote_address();
     while let Ok(datagram) = connection.read_datagram().await {
         let Some((&tag, _)) = datagram.split_first() else {
             metrics::decode_error();
@@ -388,7 +423,11 @@ async fn read_datagrams(inbound: Inbound, connection: Connection) {
                 metrics::gossip_packet("in", body.len());
                 // A full queue means the membership task is behind: dropping
                 // is what UDP would do, and SWIM tolerates it.
-                let _ = inbound.swim.try_send(body);
+                let _ = inbound.swim.try_send(SwimPacket {
+                    bytes: body,
+                    certified: certified.clone(),
+                    from,
+                });
             }
             Some(kind @ (DatagramKind::Ping | DatagramKind::Pong)) => {
                 let _ = inbound.rtt.try_send((kind, body, connection.clone()));
@@ -398,9 +437,11 @@ async fn read_datagrams(inbound: Inbound, connection: Connection) {
     }
 }
 
-async fn accept_uni(inbound: Inbound, connection: Connection) {
+async fn accept_uni(inbound: Inbound, connection: Connection, certified: Certified) {
+    let from = connection.remote_address();
     while let Ok(mut stream) = connection.accept_uni().await {
         let inbound = inbound.clone();
+        let certified = certified.clone();
         tokio::spawn(async move {
             let Ok(bytes) = stream.read_to_end(MAX_STREAM_PACKET + 1).await else {
                 metrics::decode_error();
@@ -409,7 +450,12 @@ async fn accept_uni(inbound: Inbound, connection: Connection) {
             match bytes.split_first() {
                 Some((&tag, body)) if StreamKind::from_byte(tag) == Some(StreamKind::Swim) => {
                     metrics::gossip_packet("in", body.len());
-                    let _ = inbound.swim.send(Bytes::copy_from_slice(body)).await;
+                    let packet = SwimPacket {
+                        bytes: Bytes::copy_from_slice(body),
+                        certified,
+                        from,
+                    };
+                    let _ = inbound.swim.send(packet).await;
                 }
                 _ => metrics::decode_error(),
             }

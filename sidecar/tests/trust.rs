@@ -4,9 +4,12 @@
 //!
 //! Each test starts real agents and one stranger: an agent with another
 //! passphrase, an agent whose certificate comes from another CA, or a plain
-//! UDP socket sending garbage to the QUIC port.
+//! UDP socket sending garbage to the QUIC port. `trust/swim_source.rs`
+//! holds a peer with a valid certificate to the id it was issued to.
 
 mod common;
+#[path = "trust/swim_source.rs"]
+mod swim_source;
 
 use std::net::SocketAddr;
 use std::path::Path;

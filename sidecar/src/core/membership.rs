@@ -7,6 +7,11 @@
 //! [`SwimCore::advance`] fires every due timer in deadline order (ties in
 //! foca's own `Timer` order), so nothing reorders them, as a task per timer
 //! would. The agent's membership task and `bench sim` drive this same type.
+//!
+//! A packet from the network comes with what its connection's certificate
+//! proves about the sender ([`Certified`]): [`SwimCore::handle_data_from`]
+//! refuses one whose header names another node as its source before foca
+//! sees it, so a holder of node X's certificate cannot gossip as node Y.
 
 use std::cmp::Ordering;
 use std::collections::{BinaryHeap, HashMap};
@@ -14,13 +19,53 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use foca::{
-    BroadcastHandler, Config, Foca, Identity, Incarnation, Member, Notification, PostcardCodec,
-    Runtime, State, Timer,
+    BroadcastHandler, Codec, Config, Foca, Identity, Incarnation, Member, Notification,
+    PostcardCodec, Runtime, State, Timer,
 };
 use rand::Rng;
 
 /// foca's configuration for a cluster of a given size (the profile's table).
 pub type ConfigFor = Arc<dyn Fn(usize) -> Config + Send + Sync>;
+
+/// What the certificate of the connection a SWIM packet arrived on proves
+/// about its sender.
+#[derive(Debug, Clone, PartialEq, Eq, Hash)]
+pub enum Certified {
+    /// The certificate is issued to this node id (its
+    /// `spiffe://gossamer/node/ID` URI SAN): only packets from it are taken.
+    Node(Arc<str>),
+    /// The certificate binds no node id (an operator certificate without
+    /// the URI SAN): there is nothing to hold the sender to.
+    Unbound,
+    /// The certificate's binding cannot be read (it names two nodes, say):
+    /// no packet is taken, as no source can match it.
+    Unreadable,
+}
+
+impl Certified {
+    /// True when a packet whose header names `src` as its source may come
+    /// over this connection.
+    pub fn admits(&self, src: &str) -> bool {
+        match self {
+            Self::Node(id) => **id == *src,
+            Self::Unbound => true,
+            Self::Unreadable => false,
+        }
+    }
+}
+
+/// Why [`SwimCore::handle_data_from`] did not apply a packet.
+#[derive(Debug)]
+pub enum PacketError<T> {
+    /// The header names `claimed` as the source, which the connection's
+    /// certificate does not: dropped before foca saw it.
+    Impersonation {
+        /// The identity the packet claimed.
+        claimed: T,
+    },
+    /// foca refused it (undecodable, too big, from ourselves, ...).
+    Foca(foca::Error),
+}
 
 /// A timer waiting in the queue.
 struct Pending<T> {
@@ -186,6 +231,33 @@ where
         rt: &mut impl Runtime<T>,
     ) -> Result<(), foca::Error> {
         self.with_foca(now, rt, |foca, rt| foca.handle_data(data, rt))
+    }
+
+    /// Feeds one SWIM packet that arrived over a connection whose
+    /// certificate proves `certified`: refused, untouched by foca, when its
+    /// header names another node as its source. The header is decoded as
+    /// foca decodes it; a packet whose header does not decode is left to
+    /// foca, which refuses it as malformed.
+    pub fn handle_data_from(
+        &mut self,
+        data: &[u8],
+        certified: &Certified,
+        now: Instant,
+        rt: &mut impl Runtime<T>,
+    ) -> Result<(), PacketError<T>>
+    where
+        T::Addr: AsRef<str>,
+    {
+        if *certified != Certified::Unbound {
+            if let Ok(header) = Codec::<T>::decode_header(&mut PostcardCodec, data) {
+                if !certified.admits(header.src.addr().as_ref()) {
+                    return Err(PacketError::Impersonation {
+                        claimed: header.src,
+                    });
+                }
+            }
+        }
+        self.handle_data(data, now, rt).map_err(PacketError::Foca)
     }
 
     /// Fires every timer due at `now`, in order, and the suspicion watchdog

@@ -10,7 +10,7 @@ use mesh_proto::{NodeId, NodeIdentity};
 use rand::rngs::SmallRng;
 use rand::SeedableRng;
 
-use super::{ConfigFor, SwimCore};
+use super::{Certified, ConfigFor, PacketError, SwimCore};
 
 type Core = SwimCore<NodeIdentity, NoCustomBroadcast, SmallRng>;
 
@@ -217,4 +217,69 @@ fn a_node_that_leaves_is_down_at_once_without_detection() {
             "node {i} was told it left"
         );
     }
+}
+
+#[test]
+fn a_certificate_admits_only_its_own_node_as_the_source() {
+    let node = Certified::Node("node-1".into());
+    assert!(node.admits("node-1"));
+    assert!(!node.admits("node-2"));
+    assert!(!node.admits("node-10"), "a prefix is not the node");
+    assert!(!node.admits(""));
+    assert!(Certified::Unbound.admits("anyone"));
+    assert!(!Certified::Unreadable.admits("node-1"));
+}
+
+#[test]
+fn a_packet_whose_source_is_not_the_certified_node_is_refused_before_foca_sees_it() {
+    let mut net = Net::new(2, Arc::new(fast));
+    let now = net.now;
+    net.cores[1]
+        .announce(identity(0), now, &mut net.runtimes[1])
+        .expect("announce");
+    let (to, announce) = net.runtimes[1]
+        .to_send()
+        .expect("node-1 sends its announce");
+    assert_eq!(to, identity(0));
+    let mut rt = AccumulatingRuntime::new();
+
+    // node-1's announce over a connection certified as node-2 (or whose
+    // binding cannot be read): refused, with the claim, and nothing learnt
+    // or answered.
+    for certified in [Certified::Node("node-2".into()), Certified::Unreadable] {
+        let refused = net.cores[0]
+            .handle_data_from(&announce, &certified, now, &mut rt)
+            .expect_err("an impostor's packet");
+        match refused {
+            PacketError::Impersonation { claimed } => assert_eq!(claimed, identity(1)),
+            PacketError::Foca(e) => panic!("refused by foca, not by the check: {e}"),
+        }
+        assert_eq!(net.members_of(0), 0, "{certified:?}: the claim was applied");
+        assert!(
+            rt.to_send().is_none(),
+            "{certified:?}: the impostor was answered"
+        );
+        assert!(
+            rt.to_notify().is_none(),
+            "{certified:?}: foca saw the packet"
+        );
+    }
+
+    // Garbage is still foca's to refuse (a decode error, not impersonation).
+    let garbage =
+        net.cores[0].handle_data_from(&[0xff; 40], &Certified::Node("node-2".into()), now, &mut rt);
+    assert!(matches!(garbage, Err(PacketError::Foca(_))), "{garbage:?}");
+
+    // The same packet over node-1's own connection is taken and answered;
+    // so is one over a connection whose certificate binds no id.
+    net.cores[0]
+        .handle_data_from(&announce, &Certified::Node("node-1".into()), now, &mut rt)
+        .expect("node-1's own packet");
+    assert_eq!(net.members_of(0), 1);
+    assert!(rt.to_send().is_some_and(|(to, _)| to == identity(1)));
+    let mut fresh = Net::new(1, Arc::new(fast));
+    fresh.cores[0]
+        .handle_data_from(&announce, &Certified::Unbound, now, &mut rt)
+        .expect("a packet over an unbound certificate");
+    assert_eq!(fresh.members_of(0), 1);
 }

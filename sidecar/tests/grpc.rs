@@ -431,6 +431,70 @@ async fn an_instance_answering_unavailable_is_ejected() {
     assert!(healthy.served.load(Ordering::SeqCst) >= 35);
 }
 
+/// Calls `List` ("2") once; true when the whole stream ended OK.
+async fn list_two(grpc: &mut tonic::client::Grpc<Channel>) -> Result<String, Status> {
+    grpc.ready()
+        .await
+        .map_err(|e| Status::unknown(e.to_string()))?;
+    let response = grpc
+        .server_streaming(
+            tonic::Request::new(Bytes::from("2")),
+            PathAndQuery::from_static("/t.Test/List"),
+            Raw,
+        )
+        .await?;
+    let instance = metadata(response.metadata(), "x-gossamer-upstream");
+    let mut stream = response.into_inner();
+    while stream.message().await?.is_some() {}
+    Ok(instance)
+}
+
+#[tokio::test]
+async fn an_instance_failing_mid_stream_with_unavailable_is_ejected() {
+    // Both instances answer the head and send messages; one then ends every
+    // stream with UNAVAILABLE in its trailers. Judged by the head alone it
+    // would look healthy forever.
+    let healthy = grpc_instance("healthy", false).await;
+    let broken = grpc_instance(&format!("broken{}", harness::FAILS_MIDSTREAM), false).await;
+    let a = AgentProc::start(Spec::new("grpcmid-a").with_metrics()).await;
+    register_port(&a, SERVICE, healthy.port).await;
+    register_port(&a, SERVICE, broken.port).await;
+    define_grpc(&a, &a, SERVICE, 2).await;
+
+    let mut grpc = grpc_client(a.listeners.proxy, SERVICE).await;
+    let mut failed = 0;
+    for _ in 0..60 {
+        match list_two(&mut grpc).await {
+            Ok(_) => {}
+            Err(status) => {
+                assert_eq!(status.code(), Code::Unavailable, "{status:?}");
+                assert!(status.message().contains("broke mid-stream"), "{status:?}");
+                failed += 1;
+            }
+        }
+        let ejections = metric_value(
+            &a.metrics_text().await,
+            "gossamer_upstream_ejections_total",
+            &[("service", SERVICE)],
+        );
+        if ejections >= 1.0 {
+            break;
+        }
+    }
+    assert!(
+        (1..=5).contains(&failed),
+        "ejected after {failed} streams that broke (five in a row eject)"
+    );
+    // While it is out, every stream goes to the healthy instance.
+    let served_before = broken.served.load(Ordering::SeqCst);
+    for i in 0..10 {
+        list_two(&mut grpc)
+            .await
+            .unwrap_or_else(|e| panic!("stream {i} after the ejection: {e:?}"));
+    }
+    assert_eq!(broken.served.load(Ordering::SeqCst), served_before);
+}
+
 /// An instance that accepts connections and drops them at once.
 async fn dropping_instance() -> u16 {
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0")

@@ -14,6 +14,7 @@ mod answers;
 mod decide;
 pub mod forward;
 pub mod grpc;
+mod grpc_settle;
 pub mod headers;
 pub mod idle_body;
 pub mod inbound;
@@ -291,6 +292,16 @@ struct InFlight<'a> {
 }
 
 impl InFlight<'_> {
+    /// Leaves the report to the response body, for a call whose outcome
+    /// comes at its end; the latency is still the head's.
+    fn settle_later(mut self, agent: Arc<ProxyHandles>) -> grpc_settle::Settle {
+        self.done = true;
+        let latency = self.started.elapsed();
+        let service = self.service.to_owned();
+        let instance = std::mem::take(&mut self.instance);
+        Box::new(move |success| report(&agent, &service, &instance, latency, success))
+    }
+
     fn finish(mut self, success: bool) {
         self.done = true;
         report(
@@ -435,10 +446,17 @@ async fn attempts(
         match send(agent, service, protocol, instance, request, deadline).await {
             Ok(response) => {
                 // A gRPC refusal arrives as 200 with grpc-status UNAVAILABLE.
-                in_flight.finish(
-                    response.status().as_u16() < 500 && !grpc::is_unavailable(response.headers()),
-                );
+                let failed_at_head =
+                    response.status().as_u16() >= 500 || grpc::is_unavailable(response.headers());
                 let mut response = response.map(|b| b.map_err(Into::into).boxed());
+                if !failed_at_head && grpc::is_grpc(response.headers()) {
+                    // Any other gRPC call's status comes in its trailers.
+                    let settle = in_flight.settle_later(agent.clone());
+                    response = response
+                        .map(|body| grpc_settle::SettleAtTrailers::new(body, settle).boxed());
+                } else {
+                    in_flight.finish(!failed_at_head);
+                }
                 // A switch of protocols keeps its Upgrade/Connection pair.
                 if response.status() != StatusCode::SWITCHING_PROTOCOLS {
                     headers::strip_hop_by_hop(response.headers_mut());

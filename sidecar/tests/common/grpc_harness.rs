@@ -189,6 +189,12 @@ async fn dispatch(
             });
             grpc.unary(service, request).await
         }
+        // An instance whose name says so fails its streams after the data,
+        // with UNAVAILABLE in the trailers (a server that breaks mid-call).
+        "/t.Test/List" if name.ends_with(FAILS_MIDSTREAM) => {
+            grpc.server_streaming(ServerStream(list_then_unavailable), request)
+                .await
+        }
         "/t.Test/List" => grpc.server_streaming(ServerStream(list), request).await,
         "/t.Test/Echo" => grpc.streaming(Echo, request).await,
         // One message, then the stream stays open until the caller goes:
@@ -236,6 +242,25 @@ impl Drop for Holding {
     fn drop(&mut self) {
         self.0.fetch_sub(1, Ordering::SeqCst);
     }
+}
+
+/// Name suffix of an instance whose `List` streams end in UNAVAILABLE.
+pub const FAILS_MIDSTREAM: &str = "-fails-midstream";
+
+/// `N` messages, then UNAVAILABLE in the trailers.
+fn list_then_unavailable(
+    request: tonic::Request<Bytes>,
+) -> std::future::Ready<Result<tonic::Response<BoxStream<Bytes>>, Status>> {
+    let count: usize = String::from_utf8_lossy(request.get_ref())
+        .parse()
+        .unwrap_or(0);
+    let items = (0..count)
+        .map(|i| Ok(Bytes::from(format!("item {i}"))))
+        .chain(std::iter::once(Err(Status::unavailable(
+            "broke mid-stream",
+        ))));
+    let stream: BoxStream<Bytes> = Box::pin(futures_util::stream::iter(items));
+    std::future::ready(Ok(tonic::Response::new(stream)))
 }
 
 /// `N`: N messages, then OK; `N!`: N messages, then RESOURCE_EXHAUSTED (a

@@ -91,7 +91,7 @@ async fn every_contract_metric_is_scraped_and_moves() {
     let (status, _, body) = http_get(
         proxy,
         "/",
-        &[("host", "gone.localhost"), ("x-gossamer-soft-rtt-ms", "10")],
+        &[("host", "gone.localhost"), ("x-gossamer-soft-rtt-ms", "30")],
     )
     .await
     .expect("answer");

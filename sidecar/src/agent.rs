@@ -324,6 +324,10 @@ pub async fn start(config: AgentConfig) -> anyhow::Result<RunningAgent> {
 
     let stopping = shutdown.subscribe();
     let until_stop = |task| until(stopping.clone(), task);
+    let served = stream_handles.clone();
+    transport.serve_streams_with(Arc::new(move |stream| {
+        Box::pin(streams::serve(served.clone(), stream))
+    }));
     tasks.spawn(until_stop(Box::pin(streams::dispatch(
         stream_handles,
         stream_rx,

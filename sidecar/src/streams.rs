@@ -23,23 +23,27 @@ pub struct StreamHandles {
     pub proxy: Arc<ProxyHandles>,
 }
 
-/// Hands every inbound stream to its handler, each on its own task.
+/// Hands every inbound stream that arrives through the channel (before
+/// [`crate::transport::Transport::serve_streams_with`] took over) to
+/// [`serve`], each on its own task.
 pub async fn dispatch(agent: Arc<StreamHandles>, mut streams: mpsc::Receiver<InboundStream>) {
     while let Some(stream) = streams.recv().await {
-        let agent = agent.clone();
-        tokio::spawn(async move {
-            let peer = stream.connection.remote_address();
-            let result = match stream.kind {
-                StreamKind::Hello => answer_hello(&agent, stream).await,
-                StreamKind::Sync => sync::answer(&agent.catalog, stream).await,
-                StreamKind::Proxy => proxy::inbound::serve_stream(&agent.proxy, stream).await,
-                StreamKind::Tcp => proxy::tcp::serve_stream(&agent.proxy, stream).await,
-                StreamKind::Swim => Ok(()),
-            };
-            if let Err(e) = result {
-                debug!(%peer, error = %e, "inbound stream failed");
-            }
-        });
+        tokio::spawn(serve(agent.clone(), stream));
+    }
+}
+
+/// Serves one inbound stream by its kind.
+pub async fn serve(agent: Arc<StreamHandles>, stream: InboundStream) {
+    let peer = stream.connection.remote_address();
+    let result = match stream.kind {
+        StreamKind::Hello => answer_hello(&agent, stream).await,
+        StreamKind::Sync => sync::answer(&agent.catalog, stream).await,
+        StreamKind::Proxy => proxy::inbound::serve_stream(&agent.proxy, stream).await,
+        StreamKind::Tcp => proxy::tcp::serve_stream(&agent.proxy, stream).await,
+        StreamKind::Swim => Ok(()),
+    };
+    if let Err(e) = result {
+        debug!(%peer, error = %e, "inbound stream failed");
     }
 }
 

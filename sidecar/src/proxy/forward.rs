@@ -13,6 +13,7 @@ use bytes::Bytes;
 use http::header::HOST;
 use http::{HeaderValue, Request, Response, Uri, Version};
 use http_body_util::combinators::BoxBody;
+use http_body_util::BodyExt;
 use hyper::body::Incoming;
 use hyper_util::client::legacy::connect::HttpConnector;
 use hyper_util::client::legacy::Client;
@@ -133,7 +134,7 @@ pub async fn over_quic(
     sidecar: SocketAddr,
     frame: &ProxyFrame,
     request: Request<ProxyBody>,
-) -> Result<Response<Incoming>, SendError> {
+) -> Result<Response<ProxyBody>, SendError> {
     let target = format!("{} via {sidecar}", frame.instance_id);
     let connect = |reason: String| SendError::Connect {
         target: target.clone(),
@@ -149,9 +150,11 @@ pub async fn over_quic(
         .map_err(|e| connect(e.to_string()))?;
     let io = TokioIo::new(tokio::io::join(recv, send));
     let response = if request.version() == Version::HTTP_2 {
-        send_http2(io, request, &target).await?
+        boxed(send_http2(io, request, &target).await?)
+    } else if super::upgrade::is_upgrade(request.headers()) {
+        boxed(send_http1(io, request, &target).await?)
     } else {
-        send_http1(io, request, &target).await?
+        super::driven::send_http1(io, request, &target).await?
     };
     if response.headers().contains_key(CONNECT_FAILURE_HEADER) {
         return Err(connect(
@@ -183,14 +186,7 @@ where
         .await
         .map_err(|e| connect(e.to_string()))?;
     tokio::spawn(connection.with_upgrades());
-    as_http1(&mut request);
-    let origin_form = request
-        .uri()
-        .path_and_query()
-        .map_or("/", |pq| pq.as_str())
-        .to_owned();
-    *request.uri_mut() = Uri::try_from(origin_form).map_err(|e| connect(e.to_string()))?;
-    strip_for_next_hop(request.headers_mut());
+    prepare_http1(&mut request).map_err(connect)?;
     sender
         .send_request(request)
         .await
@@ -198,6 +194,20 @@ where
             target: target.to_owned(),
             reason: e.to_string(),
         })
+}
+
+/// Makes `request` ready for an HTTP/1.1 hop of its own: the version and
+/// Host, origin form, hop-by-hop headers stripped (an upgrade's pair kept).
+pub(super) fn prepare_http1(request: &mut Request<ProxyBody>) -> Result<(), String> {
+    as_http1(request);
+    let origin_form = request
+        .uri()
+        .path_and_query()
+        .map_or("/", |pq| pq.as_str())
+        .to_owned();
+    *request.uri_mut() = Uri::try_from(origin_form).map_err(|e| e.to_string())?;
+    strip_for_next_hop(request.headers_mut());
+    Ok(())
 }
 
 /// Sends `request` as HTTP/2 on a connection of its own (a QUIC stream
@@ -227,6 +237,10 @@ where
             target: target.to_owned(),
             reason: e.to_string(),
         })
+}
+
+fn boxed(response: Response<Incoming>) -> Response<ProxyBody> {
+    response.map(|body| body.map_err(Into::into).boxed())
 }
 
 /// Makes an HTTP/2 request fit an HTTP/1.1 hop: the version, and a Host

@@ -12,6 +12,7 @@
 pub mod access_log;
 mod answers;
 mod decide;
+mod driven;
 pub mod forward;
 pub mod grpc;
 mod grpc_settle;
@@ -448,7 +449,7 @@ async fn attempts(
                 // A gRPC refusal arrives as 200 with grpc-status UNAVAILABLE.
                 let failed_at_head =
                     response.status().as_u16() >= 500 || grpc::is_unavailable(response.headers());
-                let mut response = response.map(|b| b.map_err(Into::into).boxed());
+                let mut response = response;
                 if !failed_at_head && grpc::is_grpc(response.headers()) {
                     // Any other gRPC call's status comes in its trailers.
                     let settle = in_flight.settle_later(agent.clone());
@@ -499,7 +500,7 @@ async fn send(
     instance: &Instance,
     request: Request<ProxyBody>,
     deadline: Instant,
-) -> Result<Response<Incoming>, SendError> {
+) -> Result<Response<ProxyBody>, SendError> {
     if instance.node == *agent.node_id() {
         let result = if upgrade::is_upgrade(request.headers()) {
             upgrade::to_local(instance.address, request).await
@@ -509,7 +510,7 @@ async fn send(
         if matches!(result, Err(SendError::Connect { .. })) {
             agent.health.connect_failed(&instance.id).await;
         }
-        return result;
+        return result.map(|response| response.map(|b| b.map_err(Into::into).boxed()));
     }
     let sidecar = agent
         .upstreams

@@ -4,8 +4,11 @@
 //! itself never allocates more than the input could describe, so a hostile
 //! peer cannot make a node allocate beyond the stated bounds.
 
-use serde::de::DeserializeOwned;
-use serde::Serialize;
+use std::fmt;
+use std::marker::PhantomData;
+
+use serde::de::{DeserializeOwned, Deserializer, SeqAccess, Visitor};
+use serde::{Deserialize, Serialize};
 use thiserror::Error;
 
 /// Wire format version written in front of every encoded message.
@@ -76,6 +79,44 @@ pub fn decode<T: DeserializeOwned>(bytes: &[u8], limit: usize) -> Result<T, Deco
         return Err(DecodeError::Trailing(rest.len()));
     }
     Ok(value)
+}
+
+/// Most heap a sequence reserves on the strength of its length claim; past
+/// it, the vector grows only as real elements arrive.
+pub const PREALLOC_BYTES: usize = 4096;
+
+/// `deserialize_with` for a vector whose elements are much larger in
+/// memory than on the wire (a `Record` is 264 bytes, its tombstone 7 bytes
+/// of input). serde's own vector reserves up to 1 MiB for whatever count a
+/// message claims, and postcard only checks the claim against the bytes
+/// left, so a 4 KB sync message could make a node reserve 1 MiB before its
+/// first element failed to parse. Here the reservation stops at
+/// [`PREALLOC_BYTES`].
+pub fn cautious_vec<'de, D, T>(deserializer: D) -> Result<Vec<T>, D::Error>
+where
+    D: Deserializer<'de>,
+    T: Deserialize<'de>,
+{
+    struct Cautious<T>(PhantomData<T>);
+
+    impl<'de, T: Deserialize<'de>> Visitor<'de> for Cautious<T> {
+        type Value = Vec<T>;
+
+        fn expecting(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+            f.write_str("a sequence")
+        }
+
+        fn visit_seq<A: SeqAccess<'de>>(self, mut seq: A) -> Result<Vec<T>, A::Error> {
+            let most = PREALLOC_BYTES / std::mem::size_of::<T>().max(1);
+            let mut out = Vec::with_capacity(seq.size_hint().unwrap_or(0).min(most));
+            while let Some(element) = seq.next_element()? {
+                out.push(element);
+            }
+            Ok(out)
+        }
+    }
+
+    deserializer.deserialize_seq(Cautious(PhantomData))
 }
 
 #[cfg(test)]

@@ -5,6 +5,7 @@
 use serde::{Deserialize, Serialize};
 
 use crate::catalog::{Digest, Record, RecordKey};
+use crate::codec;
 use crate::coordinate::Coordinate;
 use crate::hlc::Version;
 
@@ -99,17 +100,22 @@ impl CatalogBroadcast {
 /// Anti-entropy, one round: the initiator sends [`SyncMessage::Digest`]; the
 /// responder answers with [`SyncMessage::Records`] holding what the initiator
 /// lacks plus the keys it wants; the initiator ends with the wanted records.
+///
+/// Every vector is read with [`codec::cautious_vec`]: the count a peer
+/// claims reserves no more than a few KiB before the elements arrive.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub enum SyncMessage {
     /// Every key and version the sender holds.
-    Digest(Digest),
+    Digest(#[serde(deserialize_with = "codec::cautious_vec")] Digest),
     /// Records the receiver lacks, and keys the sender wants back.
     Records {
         /// Records newer than the receiver's digest.
+        #[serde(deserialize_with = "codec::cautious_vec")]
         records: Vec<Record>,
         /// Keys the sender would like.
+        #[serde(deserialize_with = "codec::cautious_vec")]
         wanted: Vec<RecordKey>,
     },
     /// The final push of wanted records.
-    Push(Vec<Record>),
+    Push(#[serde(deserialize_with = "codec::cautious_vec")] Vec<Record>),
 }

@@ -10,7 +10,7 @@ use std::process::Command;
 use serde_json::Value;
 
 /// Every decoder `bench fuzz` knows.
-const DECODERS: [&str; 9] = [
+const DECODERS: [&str; 10] = [
     "proxy_frame",
     "node_identity",
     "record",
@@ -20,6 +20,7 @@ const DECODERS: [&str; 9] = [
     "catalog_broadcast",
     "swim_header",
     "swim_member",
+    "swim_packet",
 ];
 
 fn scratch(name: &str) -> PathBuf {

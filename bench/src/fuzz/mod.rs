@@ -10,6 +10,7 @@
 //! byte plus 64 KiB.
 
 mod inputs;
+mod swim;
 mod targets;
 mod values;
 
@@ -110,6 +111,11 @@ pub struct DecoderResult {
     pub decoded: u64,
     /// Inputs the decoder refused.
     pub rejected: u64,
+    /// Of those, inputs refused in the body, past the envelope (version
+    /// byte, size limit, length prefix).
+    pub rejected_deep: u64,
+    /// Share of the inputs that reached the body: decoded or refused there.
+    pub reached_body: f64,
     /// Inputs that decoded but did not round-trip.
     pub round_trip_failures: u64,
     /// Inputs that panicked.
@@ -230,6 +236,8 @@ fn fuzz_one(
         mutated_inputs: 0,
         decoded: 0,
         rejected: 0,
+        rejected_deep: 0,
+        reached_body: 0.0,
         round_trip_failures: 0,
         panics: 0,
         max_heap_bytes: measured.then_some(0),
@@ -260,8 +268,9 @@ fn fuzz_one(
                         source.keep(&input);
                         None
                     }
-                    Outcome::Rejected => {
+                    Outcome::Rejected { deep } => {
                         r.rejected += 1;
+                        r.rejected_deep += u64::from(deep);
                         None
                     }
                     Outcome::RoundTripFailed(message) => {
@@ -281,6 +290,7 @@ fn fuzz_one(
     }
     r.seconds = started.elapsed().as_secs_f64();
     r.inputs_per_sec = r.inputs as f64 / r.seconds.max(1e-9);
+    r.reached_body = (r.decoded + r.rejected_deep) as f64 / r.inputs.max(1) as f64;
     r
 }
 
@@ -317,6 +327,7 @@ fn table(results: &[DecoderResult]) -> Table {
         "inputs",
         "decoded ok",
         "rejected",
+        "reached body",
         "round-trip failures",
         "panics",
         "max heap / decode",
@@ -329,6 +340,7 @@ fn table(results: &[DecoderResult]) -> Table {
             r.inputs.to_string(),
             r.decoded.to_string(),
             r.rejected.to_string(),
+            format!("{:.0} %", 100.0 * r.reached_body),
             r.round_trip_failures.to_string(),
             r.panics.to_string(),
             r.max_heap_bytes.map_or_else(

@@ -7,7 +7,7 @@
 use std::fmt::Debug;
 
 use foca::{Codec, PostcardCodec};
-use mesh_proto::codec::{self, WIRE_VERSION};
+use mesh_proto::codec::{self, DecodeError, WIRE_VERSION};
 use mesh_proto::frame::{ProxyFrame, MAX_FRAME};
 use mesh_proto::gossip::{
     CatalogBroadcast, Ping, SyncMessage, MAX_STREAM_PACKET, MAX_SWIM_PACKET, MAX_SYNC_MESSAGE,
@@ -26,8 +26,13 @@ use super::HeapMeter;
 pub enum Outcome {
     /// It decoded, and the value survived the round trip.
     Decoded,
-    /// The decoder refused it.
-    Rejected,
+    /// The decoder refused it. `deep`: in the body, past the envelope
+    /// (version byte, size limit, length prefix), which is where the
+    /// decoder's real work is.
+    Rejected {
+        /// Refused past the envelope.
+        deep: bool,
+    },
     /// It decoded, but the value did not survive the round trip (or the
     /// decoder accepted more than its limit): a bug.
     RoundTripFailed(String),
@@ -125,6 +130,14 @@ pub fn all() -> Vec<Target> {
             valid: valid_member,
             check: check_member,
         },
+        Target {
+            name: "swim_packet",
+            decoder: "SwimCore::handle_data: foca's packet, its updates and catalog broadcasts",
+            limit: MAX_SWIM_PACKET,
+            versioned: false,
+            valid: super::swim::valid,
+            check: super::swim::check,
+        },
     ]
 }
 
@@ -140,6 +153,13 @@ fn self_equal<T: PartialEq>(value: &T) -> bool {
     value.eq(same)
 }
 
+/// A refusal, deep when postcard refused the body.
+fn rejected(e: &DecodeError) -> Outcome {
+    Outcome::Rejected {
+        deep: matches!(e, DecodeError::Malformed(_) | DecodeError::Trailing(_)),
+    }
+}
+
 fn failed(what: impl Into<String>) -> Outcome {
     Outcome::RoundTripFailed(what.into())
 }
@@ -149,9 +169,10 @@ fn check_codec<T>(bytes: &[u8], limit: usize, meter: &dyn HeapMeter) -> (Outcome
 where
     T: Serialize + DeserializeOwned + PartialEq + Debug,
 {
-    let (decoded, heap) = meter.measure(|| codec::decode::<T>(bytes, limit).ok());
-    let Some(value) = decoded else {
-        return (Outcome::Rejected, heap);
+    let (decoded, heap) = meter.measure(|| codec::decode::<T>(bytes, limit));
+    let value = match decoded {
+        Ok(value) => value,
+        Err(e) => return (rejected(&e), heap),
     };
     if bytes.len() > limit {
         return (
@@ -208,19 +229,22 @@ fn valid_frame(rng: &mut SmallRng) -> Vec<u8> {
 
 /// Reads a frame as the inbound proxy does: the 2-byte length, then
 /// exactly that many bytes (whatever follows is the proxied request).
-fn read_frame(stream: &[u8]) -> Option<(usize, ProxyFrame)> {
+/// An error is `None` when the stream ended or the prefix was refused.
+fn read_frame(stream: &[u8]) -> Result<(usize, ProxyFrame), Option<DecodeError>> {
     let [a, b, rest @ ..] = stream else {
-        return None;
+        return Err(None);
     };
-    let len = ProxyFrame::body_len([*a, *b]).ok()?;
-    let body = rest.get(..len)?;
-    Some((len, ProxyFrame::decode(body).ok()?))
+    let len = ProxyFrame::body_len([*a, *b]).map_err(|_| None)?;
+    let body = rest.get(..len).ok_or(None)?;
+    Ok((len, ProxyFrame::decode(body).map_err(Some)?))
 }
 
 fn check_frame(stream: &[u8], meter: &dyn HeapMeter) -> (Outcome, usize) {
     let (read, heap) = meter.measure(|| read_frame(stream));
-    let Some((len, frame)) = read else {
-        return (Outcome::Rejected, heap);
+    let (len, frame) = match read {
+        Ok(read) => read,
+        Err(None) => return (Outcome::Rejected { deep: false }, heap),
+        Err(Some(e)) => return (rejected(&e), heap),
     };
     if len > MAX_FRAME {
         return (failed(format!("body_len let {len} bytes through")), heap);
@@ -228,7 +252,7 @@ fn check_frame(stream: &[u8], meter: &dyn HeapMeter) -> (Outcome, usize) {
     let outcome = match frame.encode() {
         Err(e) => failed(format!("the decoded frame does not encode: {e}")),
         Ok(encoded) => match read_frame(&encoded) {
-            Some((len, back)) if len == encoded.len() - 2 && back == frame => {
+            Ok((len, back)) if len == encoded.len() - 2 && back == frame => {
                 if back.encode().is_ok_and(|again| again == encoded) {
                     Outcome::Decoded
                 } else {
@@ -273,7 +297,8 @@ macro_rules! foca_check {
                 (item, buf.len())
             });
             let (Some(item), left) = decoded else {
-                return (Outcome::Rejected, heap);
+                // foca's decoders read postcard straight away: no envelope.
+                return (Outcome::Rejected { deep: true }, heap);
             };
             let used = bytes.len() - left;
             let mut encoded = Vec::new();

@@ -14,6 +14,7 @@ mod swim;
 mod targets;
 mod values;
 
+use std::cell::RefCell;
 use std::panic::{self, AssertUnwindSafe};
 use std::path::PathBuf;
 use std::time::Instant;
@@ -34,6 +35,11 @@ pub const HEAP_SLACK: usize = 64 * 1024;
 const KEPT_FAILURES: usize = 8;
 /// Bytes of a failing input shown (in hex) in the results.
 const SHOWN_BYTES: usize = 512;
+
+thread_local! {
+    /// Where the last panic happened, noted by the run's panic hook.
+    static PANIC_AT: RefCell<Option<String>> = const { RefCell::new(None) };
+}
 
 /// Measures the heap held during a piece of work, on the calling thread.
 pub trait HeapMeter {
@@ -158,9 +164,12 @@ pub fn run(args: &FuzzArgs, meter: &dyn HeapMeter) -> anyhow::Result<Vec<Decoder
     }
     let measured = meter_works(meter);
     // Panics are expected findings, caught and counted per input; the
-    // default hook would print each one.
+    // default hook would print each one, so this one only notes where.
     let hook = panic::take_hook();
-    panic::set_hook(Box::new(|_| {}));
+    panic::set_hook(Box::new(|info| {
+        let at = info.location().map(ToString::to_string);
+        PANIC_AT.with(|p| *p.borrow_mut() = at);
+    }));
     let results: Vec<DecoderResult> = chosen
         .iter()
         .map(|t| {
@@ -281,7 +290,12 @@ fn fuzz_one(
             }
             Err(payload) => {
                 r.panics += 1;
-                Some(("panic", panic_message(payload.as_ref())))
+                let at = PANIC_AT.with(|p| p.borrow_mut().take());
+                let message = panic_message(payload.as_ref());
+                Some((
+                    "panic",
+                    format!("{message} (at {})", at.as_deref().unwrap_or("?")),
+                ))
             }
         };
         if let Some((kind, message)) = failure {
@@ -378,4 +392,67 @@ fn write_json(args: &FuzzArgs, results: &[DecoderResult]) -> anyhow::Result<()> 
             args.json.display()
         )
     })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn args(inputs: u64) -> FuzzArgs {
+        FuzzArgs {
+            inputs,
+            seed: 1,
+            only: Vec::new(),
+            json: PathBuf::new(),
+        }
+    }
+
+    fn target(check: fn(&[u8], &dyn HeapMeter) -> (Outcome, usize)) -> targets::Target {
+        targets::Target {
+            name: "test",
+            decoder: "a decoder of tests",
+            limit: 64,
+            versioned: true,
+            valid: |_| vec![1, 2, 3],
+            check,
+        }
+    }
+
+    #[test]
+    fn panics_and_round_trip_failures_are_counted_and_kept() {
+        let panicking = target(|input, _| {
+            if input.len() % 2 == 0 {
+                panic!("boom on {} bytes", input.len());
+            }
+            (Outcome::Rejected { deep: true }, 0)
+        });
+        let r = fuzz_one(&panicking, &args(200), &NoMeter, false);
+        assert_eq!(r.inputs, 200);
+        assert!(r.panics > 0 && r.panics < 200, "{} panics", r.panics);
+        assert_eq!(r.panics + r.rejected, 200);
+        assert_eq!(r.failures.len(), KEPT_FAILURES);
+        assert!(
+            r.failures[0].message.starts_with("boom on"),
+            "{:?}",
+            r.failures[0]
+        );
+        assert_eq!(r.max_heap_bytes, None, "no meter, no figure");
+
+        let lossy = target(|_, _| (Outcome::RoundTripFailed("changed".into()), 0));
+        let r = fuzz_one(&lossy, &args(10), &NoMeter, false);
+        assert_eq!((r.round_trip_failures, r.bugs()), (10, 10));
+        assert_eq!(r.failures[0].kind, "round trip");
+    }
+
+    #[test]
+    fn the_same_seed_replays_the_same_run() {
+        let check = target(|input, _| match input.first() {
+            Some(1) => (Outcome::Decoded, 0),
+            _ => (Outcome::Rejected { deep: false }, 0),
+        });
+        let a = fuzz_one(&check, &args(5_000), &NoMeter, false);
+        let b = fuzz_one(&check, &args(5_000), &NoMeter, false);
+        assert_eq!((a.decoded, a.rejected), (b.decoded, b.rejected));
+        assert!(a.decoded > 0 && a.rejected > 0);
+    }
 }

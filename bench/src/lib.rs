@@ -9,6 +9,7 @@
 pub mod agent_proc;
 pub mod balance;
 pub mod dns;
+pub mod fuzz;
 pub mod gossip;
 pub mod load;
 pub mod proxy;

@@ -1,12 +1,21 @@
-//! Sequences decoded with a count limit. A byte limit alone does not bound
-//! memory: a 16 MiB sync message of minimal tombstones decoded to about
-//! 1.4 GiB of records. With the count checked against the length prefix
-//! before anything is allocated, a peer's message costs at most the limit.
+//! Sequences decoded with a count limit and a cautious reservation. A byte
+//! limit alone does not bound memory: a 16 MiB sync message of minimal
+//! tombstones decoded to about 1.4 GiB of records (a `Record` is 264 bytes
+//! in memory, its tombstone 7 bytes on the wire). With the count checked
+//! against the length prefix before anything is allocated, a peer's message
+//! costs at most the limit; and the claimed count reserves at most
+//! [`PREALLOC_BYTES`] (serde's own vector reserves up to 1 MiB for whatever
+//! a message claims: `bench fuzz` found a 3.8 KB sync message reserving
+//! 1 MiB before its first record failed to parse).
 
 use std::fmt;
 use std::marker::PhantomData;
 
 use serde::de::{Deserialize, Deserializer, Error, SeqAccess, Visitor};
+
+/// Most heap a sequence reserves on the strength of its length claim; past
+/// it, the vector grows only as real elements arrive.
+pub const PREALLOC_BYTES: usize = 4096;
 
 /// Decodes a sequence of at most `LIMIT` items; use with
 /// `#[serde(deserialize_with = "bounded::seq::<_, _, LIMIT>")]`.
@@ -32,9 +41,9 @@ impl<'de, T: Deserialize<'de>, const LIMIT: usize> Visitor<'de> for AtMost<T, LI
         if let Some(n) = announced.filter(|n| *n > LIMIT) {
             return Err(A::Error::invalid_length(n, &self));
         }
-        // Reserve no more than a page's worth up front: the announced count
-        // is the peer's word, the items are not here yet.
-        let mut items = Vec::with_capacity(announced.unwrap_or(0).min(1024));
+        // The announced count is the peer's word; the items are not here yet.
+        let most = PREALLOC_BYTES / std::mem::size_of::<T>().max(1);
+        let mut items = Vec::with_capacity(announced.unwrap_or(0).min(most));
         while let Some(item) = seq.next_element()? {
             if items.len() == LIMIT {
                 return Err(A::Error::invalid_length(LIMIT + 1, &self));

@@ -100,6 +100,10 @@ impl CatalogBroadcast {
 /// Anti-entropy, one round: the initiator sends [`SyncMessage::Digest`]; the
 /// responder answers with [`SyncMessage::Records`] holding what the initiator
 /// lacks plus the keys it wants; the initiator ends with the wanted records.
+///
+/// Every vector is read with [`bounded::seq`]: a count over its limit is
+/// refused, and the count a peer claims reserves no more than a few KiB
+/// before the elements arrive.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub enum SyncMessage {
     /// Every key and version the sender holds (at most [`MAX_DIGEST_ENTRIES`]).

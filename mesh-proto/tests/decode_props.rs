@@ -613,3 +613,23 @@ fn node_ids_are_validated_when_decoded() {
         );
     }
 }
+
+#[test]
+fn a_record_count_the_input_could_hold_reserves_only_a_few_kib() {
+    // Found by `bench fuzz`: a sync message of a few KB claiming as many
+    // records as it has bytes left. postcard lets such a claim through
+    // (the bytes could hold that many), and serde's vector reserved up to
+    // 1 MiB for it (3,970 records of 264 bytes) before the first record
+    // failed to parse: 1,048,320 bytes of heap for a 3,794-byte input.
+    for len in [463usize, 745, 1243, 3794, 16 * 1024] {
+        for variant in [1u8, 2] {
+            let claim = varint((len - 4) as u64);
+            let head = [&[WIRE_VERSION, variant][..], &claim].concat();
+            let bytes = padded(&head, len);
+            let decoded = bounded("SyncMessage", len, || {
+                codec::decode::<SyncMessage>(&bytes, SYNC_LIMIT)
+            });
+            assert!(decoded.is_err(), "{len} bytes of zeros decoded");
+        }
+    }
+}

@@ -24,7 +24,7 @@ use crate::transport::Transport;
 /// How often each peer is sampled.
 const SAMPLE_EVERY: Duration = Duration::from_secs(1);
 /// Largest ping datagram accepted.
-const MAX_PING: usize = 512;
+pub const MAX_PING: usize = 512;
 /// Sampling ticks between checks of whether to republish the coordinate.
 const REPUBLISH_CHECK_TICKS: u64 = 30;
 

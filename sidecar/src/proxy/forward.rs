@@ -151,10 +151,8 @@ pub async fn over_quic(
     let io = TokioIo::new(tokio::io::join(recv, send));
     let response = if request.version() == Version::HTTP_2 {
         boxed(send_http2(io, request, &target).await?)
-    } else if super::upgrade::is_upgrade(request.headers()) {
-        boxed(send_http1(io, request, &target).await?)
     } else {
-        super::driven::send_http1(io, request, &target).await?
+        boxed(send_http1(io, request, &target).await?)
     };
     if response.headers().contains_key(CONNECT_FAILURE_HEADER) {
         return Err(connect(
@@ -198,7 +196,7 @@ where
 
 /// Makes `request` ready for an HTTP/1.1 hop of its own: the version and
 /// Host, origin form, hop-by-hop headers stripped (an upgrade's pair kept).
-pub(super) fn prepare_http1(request: &mut Request<ProxyBody>) -> Result<(), String> {
+fn prepare_http1(request: &mut Request<ProxyBody>) -> Result<(), String> {
     as_http1(request);
     let origin_form = request
         .uri()

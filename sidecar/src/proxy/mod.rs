@@ -12,7 +12,6 @@
 pub mod access_log;
 mod answers;
 mod decide;
-mod driven;
 pub mod forward;
 pub mod grpc;
 mod grpc_settle;

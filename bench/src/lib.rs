@@ -11,6 +11,7 @@ pub mod balance;
 pub mod dns;
 pub mod fuzz;
 pub mod gossip;
+pub mod grpc;
 pub mod load;
 pub mod proxy;
 pub mod report;

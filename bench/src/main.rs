@@ -20,6 +20,8 @@ enum Scenario {
     Proxy(bench::proxy::ProxyArgs),
     /// N agents in one process: spread, failure detection, traffic, memory.
     Gossip(bench::gossip::GossipArgs),
+    /// gRPC unary calls: direct, one sidecar, two sidecars over QUIC.
+    Grpc(bench::grpc::GrpcArgs),
     /// Per-request selection cost against catalog and member-table size.
     Select(bench::select::SelectArgs),
     /// foca and the catalog merge over an in-memory network with loss and delay.
@@ -40,6 +42,7 @@ fn main() -> anyhow::Result<()> {
         Scenario::Proxy(args) => runtime()?.block_on(bench::proxy::run(&args)).map(|_| ()),
         Scenario::Gossip(args) => runtime()?.block_on(bench::gossip::run(&args)).map(|_| ()),
         Scenario::Dns(args) => runtime()?.block_on(bench::dns::run(&args)).map(|_| ()),
+        Scenario::Grpc(args) => runtime()?.block_on(bench::grpc::run(&args)).map(|_| ()),
         Scenario::Sim(args) => bench::sim::run(&args).map(|_| ()),
         Scenario::Select(args) => bench::select::run(&args).map(|_| ()),
         Scenario::Fuzz(args) => {

@@ -8,7 +8,7 @@
 //! comes from one run on one machine, with ratios to direct.
 
 mod external;
-mod paths;
+pub mod paths;
 
 use std::net::SocketAddr;
 use std::path::PathBuf;

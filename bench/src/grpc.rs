@@ -170,9 +170,9 @@ async fn measure_path(args: &GrpcArgs, name: &str, service: SocketAddr) -> anyho
                 "no gossamer binary for the -proc paths: build it (cargo build --release -p sidecar) or pass --agent-bin",
             )?;
             let (proxy, mut agents) = if name == "sidecar-proc" {
-                paths::one_sidecar_process(&binary, service).await?
+                paths::spawn_one_sidecar_process(&binary, service).await?
             } else {
-                paths::two_sidecars_process(&binary, service).await?
+                paths::spawn_two_sidecars_process(&binary, service).await?
             };
             let run = async {
                 define_grpc_process(&agents, proxy).await?;

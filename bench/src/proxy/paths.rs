@@ -115,35 +115,54 @@ async fn wait_routable(proxy: SocketAddr, within: Duration) -> anyhow::Result<()
     Ok(())
 }
 
-/// One `gossamer agent` process with the echo service registered on it.
+/// One `gossamer agent` process with the echo service registered on it,
+/// routing HTTP/1.1 calls.
 pub async fn one_sidecar_process(
     binary: &Path,
     echo: SocketAddr,
 ) -> anyhow::Result<(SocketAddr, Vec<AgentProcess>)> {
-    let flags = [
-        "--profile".to_owned(),
-        "lan".to_owned(),
-        "--service".to_owned(),
-        format!("{SERVICE}={}", echo.port()),
-    ];
-    let local = AgentProcess::start(binary, "bench-local-proc", &flags).await?;
-    wait_routable(local.addrs.proxy, Duration::from_secs(20)).await?;
-    Ok((local.addrs.proxy, vec![local]))
+    let (proxy, agents) = spawn_one_sidecar_process(binary, echo).await?;
+    wait_routable(proxy, Duration::from_secs(20)).await?;
+    Ok((proxy, agents))
 }
 
 /// Two `gossamer agent` processes, the caller's and the callee's (echo
-/// registered), joined over QUIC.
+/// registered), joined over QUIC, routing HTTP/1.1 calls.
 pub async fn two_sidecars_process(
     binary: &Path,
     echo: SocketAddr,
 ) -> anyhow::Result<(SocketAddr, Vec<AgentProcess>)> {
-    let flags = [
+    let (proxy, agents) = spawn_two_sidecars_process(binary, echo).await?;
+    wait_routable(proxy, Duration::from_secs(30)).await?;
+    Ok((proxy, agents))
+}
+
+fn service_flags(echo: SocketAddr) -> [String; 4] {
+    [
         "--profile".to_owned(),
         "lan".to_owned(),
         "--service".to_owned(),
         format!("{SERVICE}={}", echo.port()),
-    ];
-    let callee = AgentProcess::start(binary, "bench-callee-proc", &flags).await?;
+    ]
+}
+
+/// [`one_sidecar_process`] without the wait for a routed call (the caller
+/// checks its own protocol).
+pub async fn spawn_one_sidecar_process(
+    binary: &Path,
+    echo: SocketAddr,
+) -> anyhow::Result<(SocketAddr, Vec<AgentProcess>)> {
+    let local = AgentProcess::start(binary, "bench-local-proc", &service_flags(echo)).await?;
+    Ok((local.addrs.proxy, vec![local]))
+}
+
+/// [`two_sidecars_process`] without the wait for a routed call; the callee
+/// is the last agent.
+pub async fn spawn_two_sidecars_process(
+    binary: &Path,
+    echo: SocketAddr,
+) -> anyhow::Result<(SocketAddr, Vec<AgentProcess>)> {
+    let callee = AgentProcess::start(binary, "bench-callee-proc", &service_flags(echo)).await?;
     let flags = [
         "--profile".to_owned(),
         "lan".to_owned(),
@@ -151,6 +170,5 @@ pub async fn two_sidecars_process(
         callee.addrs.quic.to_string(),
     ];
     let caller = AgentProcess::start(binary, "bench-caller-proc", &flags).await?;
-    wait_routable(caller.addrs.proxy, Duration::from_secs(30)).await?;
     Ok((caller.addrs.proxy, vec![caller, callee]))
 }

@@ -23,6 +23,19 @@ pub fn is_unavailable(headers: &HeaderMap) -> bool {
         .is_some_and(|v| v.as_bytes() == UNAVAILABLE.as_bytes())
 }
 
+/// Names gRPC's trailers in a `Trailer` header, so an HTTP/1.1 hop sends
+/// them after the chunked body (hyper's HTTP/1.1 sends only announced
+/// trailer fields). A trailers-only answer has its status in the headers
+/// and needs none.
+pub fn announce_trailers(headers: &mut HeaderMap) {
+    if !headers.contains_key("grpc-status") {
+        headers.insert(
+            http::header::TRAILER,
+            HeaderValue::from_static("grpc-status, grpc-message, grpc-status-details-bin"),
+        );
+    }
+}
+
 /// The gRPC status code that stands for one of the proxy's HTTP errors.
 fn status_for(http: StatusCode) -> &'static str {
     match http {

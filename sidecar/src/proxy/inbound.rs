@@ -32,6 +32,7 @@ pub async fn serve_stream(
     let peer = stream.connection.remote_address();
     let allowed = is_own_instance(agent, &frame, peer);
 
+    let stopped_sending = stream.send.stopped();
     let io = TokioIo::new(tokio::io::join(stream.recv, stream.send));
     let agent = agent.clone();
     let frame = Arc::new(frame);
@@ -42,9 +43,14 @@ pub async fn serve_stream(
             // The calling sidecar passes this answer on as it is, so a gRPC
             // caller's error must be a gRPC status already.
             let grpc = super::grpc::is_grpc(request.headers());
+            let over_http1 = request.version() != http::Version::HTTP_2;
             let response = handle(&agent, &frame, allowed, request).await;
             let response = if grpc {
-                super::grpc_if_proxy_made(response)
+                let mut response = super::grpc_if_proxy_made(response);
+                if over_http1 {
+                    super::grpc::announce_trailers(response.headers_mut());
+                }
+                response
             } else {
                 response
             };
@@ -60,10 +66,24 @@ pub async fn serve_stream(
         // A peer may finish its half of the stream once the request is out;
         // that is not a reason to drop the answer.
         .half_close(true);
-    builder
-        .serve_connection_with_upgrades(io, service)
-        .await
-        .map_err(|e| anyhow!("proxied stream from {peer}: {e}"))
+    // The caller lets its sending half end early (half-close), so a
+    // cancelled call shows only as the caller stopping our sending half:
+    // then the call to the instance is dropped too (a held gRPC stream
+    // would otherwise stay open at the instance).
+    let stopped = stopped_sending;
+    let cancelled = async move {
+        match stopped.await {
+            Ok(Some(_)) => {}
+            // Read to the end, or the connection went: serving ends anyway.
+            _ => std::future::pending().await,
+        }
+    };
+    tokio::select! {
+        served = builder.serve_connection_with_upgrades(io, service) => {
+            served.map_err(|e| anyhow!("proxied stream from {peer}: {e}"))
+        }
+        () = cancelled => Ok(()),
+    }
 }
 
 /// Reads the length-prefixed frame that opens a proxy or TCP stream

@@ -522,13 +522,18 @@ async fn send(
         instance_id: instance.id.clone(),
         address: instance.address,
         service: service.to_owned(),
-        // The far sidecar gives up when the caller would: without it, a
-        // partition that swallows the caller's stream reset would leave the
-        // far side waiting on the instance until its idle timeout.
-        timeout_ms: remaining_ms(deadline, Instant::now()),
+        // The far sidecar gives up shortly after the caller would: without
+        // it, a partition that swallows the caller's stream reset would
+        // leave the far side waiting on the instance until its idle
+        // timeout. The grace lets the caller's own timer answer first,
+        // with the deadline the caller set.
+        timeout_ms: remaining_ms(deadline, Instant::now()).saturating_add(FAR_SIDE_GRACE_MS),
     };
     forward::over_quic(&agent.transport, sidecar, &frame, request).await
 }
+
+/// How much later than the caller the far sidecar gives up.
+const FAR_SIDE_GRACE_MS: u32 = 250;
 
 /// Milliseconds left until `deadline`, at least 1 (0 on the wire means
 /// "no deadline", which a caller that still waits never means).

@@ -218,3 +218,14 @@ fn a_node_that_leaves_is_down_at_once_without_detection() {
         );
     }
 }
+
+#[test]
+fn a_membership_change_is_reported_once_and_timers_start_with_the_join() {
+    let mut net = Net::new(2, Arc::new(fast));
+    assert_eq!(net.cores[1].pending_timers(), 0, "nothing to do alone");
+    assert!(!net.cores[1].take_members_changed(), "nothing happened yet");
+    join_all(&mut net);
+    assert!(net.cores[1].pending_timers() > 0);
+    assert!(net.cores[1].take_members_changed(), "the seed came up");
+    assert!(!net.cores[1].take_members_changed(), "reported once");
+}

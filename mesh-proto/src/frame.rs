@@ -101,4 +101,38 @@ mod tests {
         assert_eq!(ProxyFrame::decode(&bytes[2..]).expect("decodes"), frame);
         assert!(ProxyFrame::body_len([0xff, 0xff]).is_err());
     }
+
+    #[test]
+    fn every_tcp_status_byte_decodes_and_others_do_not() {
+        for status in [
+            TcpStatus::Connected,
+            TcpStatus::Refused,
+            TcpStatus::ConnectFailed,
+        ] {
+            assert_eq!(TcpStatus::from_byte(status as u8), Some(status));
+        }
+        assert_eq!(TcpStatus::from_byte(3), None);
+    }
+
+    #[test]
+    fn a_frame_of_exactly_max_frame_bytes_is_accepted() {
+        assert_eq!(ProxyFrame::body_len([0x04, 0x00]), Ok(MAX_FRAME));
+        assert_eq!(
+            ProxyFrame::body_len([0x04, 0x01]),
+            Err(DecodeError::TooLarge {
+                len: MAX_FRAME + 1,
+                limit: MAX_FRAME
+            })
+        );
+    }
+
+    #[test]
+    fn wire_limits_are_frozen() {
+        // Peers of different builds must agree on these: a smaller limit on
+        // one side refuses what the other side sends.
+        assert_eq!(MAX_FRAME, 1024);
+        assert_eq!(crate::gossip::MAX_SWIM_PACKET, 1178);
+        assert_eq!(crate::gossip::MAX_STREAM_PACKET, 65_536);
+        assert_eq!(crate::gossip::MAX_SYNC_MESSAGE, 16_777_216);
+    }
 }

@@ -114,4 +114,19 @@ mod tests {
             }
         );
     }
+
+    #[test]
+    fn last_is_the_latest_tick_or_observed_timestamp() {
+        let mut clock = HlcClock::default();
+        let t = clock.tick(1000);
+        assert_eq!(clock.last(), t);
+        let remote = Hlc {
+            wall_ms: 2000,
+            logical: 3,
+        };
+        clock.observe(remote);
+        assert_eq!(clock.last(), remote);
+        clock.observe(t);
+        assert_eq!(clock.last(), remote, "an older timestamp changes nothing");
+    }
 }

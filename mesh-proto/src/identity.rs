@@ -113,4 +113,17 @@ mod tests {
         assert!(new.win_addr_conflict(&old));
         assert!(!old.win_addr_conflict(&new));
     }
+
+    #[test]
+    fn a_node_id_shows_as_itself() {
+        let id = NodeId::new("node-a.zone1").expect("valid id");
+        assert_eq!(id.as_str(), "node-a.zone1");
+        assert_eq!(id.to_string(), "node-a.zone1");
+        assert_eq!(format!("[{id}]"), "[node-a.zone1]");
+    }
+
+    #[test]
+    fn the_same_generation_does_not_win_a_conflict() {
+        assert!(!identity(3).win_addr_conflict(&identity(3)));
+    }
 }

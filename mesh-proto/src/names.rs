@@ -83,4 +83,11 @@ mod tests {
         assert!(validate_id("node id", "a b").is_err());
         assert!(validate_id("node id", "../etc").is_err());
     }
+
+    #[test]
+    fn the_longest_names_are_accepted() {
+        assert!(validate_service_name(&"a".repeat(MAX_SERVICE_NAME)).is_ok());
+        assert!(validate_id("node id", &"a".repeat(MAX_ID)).is_ok());
+        assert!(validate_id("node id", &"a".repeat(MAX_ID + 1)).is_err());
+    }
 }

@@ -520,3 +520,84 @@ fn seeded_balancers_are_deterministic() {
     assert_eq!(run(7), run(7));
     let _ = Balancer::new(BalancerConfig::default());
 }
+
+#[test]
+fn the_balancer_runs_with_the_config_it_was_given() {
+    let config = BalancerConfig {
+        failure_threshold: 2,
+        allow_estimated_rtt: true,
+        ..BalancerConfig::default()
+    };
+    let b = Balancer::with_seed(config.clone(), 25);
+    assert_eq!(b.config(), &config);
+}
+
+#[test]
+fn an_explained_pick_counts_the_eligible_and_says_why_not_the_others() {
+    let t0 = Instant::now();
+    let mut b = balancer(26);
+    let mut down = cand("down", 1.0);
+    down.node_alive = false;
+    let cs = [cand("a", 1.0), down, cand("far", 50.0), cand("b", 2.0)];
+    let e = b.pick_explained(&cs, req(Some(20), None), &["a"], t0);
+    assert_eq!(e.pick.map(|p| p.instance_id), Ok("b".to_string()));
+    assert_eq!(e.eligible, 2, "an excluded instance is still eligible");
+    assert_eq!(
+        e.ineligible,
+        vec![
+            (1, Ineligible::NodeDown),
+            (
+                2,
+                Ineligible::OverHardRtt {
+                    rtt_ms: 50.0,
+                    hard_rtt_ms: 20
+                }
+            )
+        ]
+    );
+}
+
+#[test]
+fn an_instance_briefly_absent_keeps_its_calls_in_flight() {
+    let t0 = Instant::now();
+    let mut b = balancer(27);
+    let both = [cand("a", 1.0), cand("b", 1.0)];
+    b.pick(&both, req(None, None), &["b"], t0).unwrap();
+    // `a` is left out of a pick that runs the timed prune, 200 s later
+    // (critical for a while, say), then comes back with its call still out.
+    let later = t0 + Duration::from_secs(200);
+    b.pick(&both[1..], req(None, None), &[], later).unwrap();
+    b.pick(&both, req(None, None), &["b"], later).unwrap();
+    // Latency reset to the default 30 ms, but two calls are out: 30 × 3.
+    let cost = |b: &Balancer| b.rank(&both[..1], req(None, None), later).eligible[0].cost;
+    assert_eq!(cost(&b), 90.0);
+    b.report("a", ok(30), later);
+    assert_eq!(cost(&b), 60.0, "the first call's report still counts");
+}
+
+#[test]
+fn stats_are_forgotten_after_exactly_forget_after() {
+    let t0 = Instant::now();
+    let mut b = balancer(28);
+    b.pick(&[cand("old", 1.0)], req(None, None), &[], t0)
+        .unwrap();
+    let at = t0 + b.config().forget_after;
+    b.pick(&[cand("new", 1.0)], req(None, None), &[], at)
+        .unwrap();
+    assert!(!b.stats.contains_key("old"));
+}
+
+#[test]
+fn the_map_is_pruned_at_once_past_four_times_the_service_plus_64() {
+    let t0 = Instant::now();
+    let mut b = balancer(29);
+    let batch =
+        |k: usize| -> Vec<Candidate> { (0..4).map(|i| cand(&format!("i-{k}-{i}"), 1.0)).collect() };
+    for k in 0..20 {
+        b.pick(&batch(k), req(None, None), &[], t0).unwrap();
+    }
+    // 80 = 4 × 4 + 64 is not more than the bound, and no timed prune is due.
+    assert_eq!(b.stats.len(), 80);
+    b.pick(&batch(20), req(None, None), &[], t0).unwrap();
+    assert_eq!(b.stats.len(), 4, "only the current service is left");
+}

@@ -412,4 +412,28 @@ mod tests {
             SelectError::AllTried { tried: 1 }
         );
     }
+
+    #[test]
+    fn the_instances_closest_to_probation_are_let_back_first() {
+        // Longest time left first, so the order given cannot pick for it.
+        let cs = [
+            cand("a", Some(1.0), RttSource::Measured),
+            cand("b", Some(1.0), RttSource::Measured),
+            cand("c", Some(1.0), RttSource::Measured),
+        ];
+        let st = |c: &Candidate| match c.instance_id.as_str() {
+            "a" => Status::Ejected { for_ms: 9_000 },
+            "b" => Status::Ejected { for_ms: 5_000 },
+            _ => Status::Ejected { for_ms: 1_000 },
+        };
+        let v = classify(&cs, Requirements::default(), &BalancerConfig::default(), st);
+        assert_eq!(
+            v,
+            vec![
+                Verdict::Ineligible(Ineligible::Ejected { for_ms: 9_000 }),
+                OK,
+                OK
+            ]
+        );
+    }
 }

@@ -341,4 +341,22 @@ mod tests {
         fail_n(&mut a, 5, late);
         assert_eq!(a.status(late, &p), Status::Ejected { for_ms: 30_000 });
     }
+
+    #[test]
+    fn only_the_failure_that_reaches_the_threshold_in_rotation_ejects() {
+        let t0 = Instant::now();
+        let p = policy();
+        let mut a = Accrual::default();
+        assert!(!a.next_failure_ejects(&p));
+        fail_n(&mut a, 3, t0);
+        assert!(
+            !a.next_failure_ejects(&p),
+            "3 failures, a 4th does not eject"
+        );
+        fail_n(&mut a, 1, t0);
+        assert!(a.next_failure_ejects(&p));
+        fail_n(&mut a, 1, t0);
+        // Ejected: another failure re-ejects only as a probe, never by count.
+        assert!(!a.next_failure_ejects(&p));
+    }
 }

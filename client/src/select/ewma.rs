@@ -135,4 +135,14 @@ mod tests {
         e.observe(10.0, t0, Duration::ZERO);
         assert!(e.get(t0, Duration::ZERO, 1.0).is_finite());
     }
+
+    #[test]
+    fn a_negative_sample_is_ignored_after_time_has_passed_too() {
+        let t0 = Instant::now();
+        let mut e = PeakEwma::new(30.0, t0);
+        let t1 = t0 + Duration::from_secs(5);
+        let before = e.get(t1, DECAY, 1.0);
+        e.observe(-3.0, t1, DECAY);
+        assert_eq!(e.get(t1, DECAY, 1.0), before);
+    }
 }

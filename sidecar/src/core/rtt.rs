@@ -200,4 +200,23 @@ mod tests {
         );
         assert!(!table.coordinate_moved(), "once per move");
     }
+
+    #[test]
+    fn a_move_is_measured_from_the_last_published_coordinate() {
+        let mut table = RttCore::new(node("a"));
+        let start = table.coordinate().clone();
+        let set = |table: &mut RttCore, x_ms: f64, height_ms: f64| {
+            let mut c = start.clone();
+            c.vec[0] = x_ms / 1000.0;
+            c.height = start.height + height_ms / 1000.0;
+            table.vivaldi.set_coordinate(c).expect("valid coordinate");
+        };
+        // 4 ms sideways and 2 ms up: 6 ms of move, over the 5 ms threshold.
+        set(&mut table, 4.0, 2.0);
+        assert!(table.coordinate_moved(), "4 ms + 2 ms of height is 6 ms");
+        // From there 3 ms further: not far enough, though it is 7 ms from
+        // where the coordinate started.
+        set(&mut table, 7.0, 2.0);
+        assert!(!table.coordinate_moved(), "3 ms from the published one");
+    }
 }

@@ -4,7 +4,9 @@ use mesh_proto::catalog::RecordKey;
 use mesh_proto::catalog::{Applied, Catalog, Definition, Health, Instance, Record, RecordBody};
 use mesh_proto::{Hlc, NodeId, Version};
 
-use super::CatalogCore;
+use mesh_proto::catalog::NodeMeta;
+
+use super::{CatalogCore, RecordCounts};
 
 fn node(name: &str) -> NodeId {
     NodeId::new(name).expect("valid node id")
@@ -318,4 +320,127 @@ fn a_batch_from_a_peer_is_published_as_one_snapshot() {
     assert_eq!(web.instances.len(), 50);
     assert_eq!(snapshot.index, before + 50, "one index per record applied");
     assert_eq!(web.index, snapshot.index);
+}
+
+#[test]
+fn node_metadata_shows_in_the_snapshot_at_the_cores_index() {
+    let mut core = CatalogCore::new(node("a"), Catalog::new());
+    assert_eq!(core.snapshot().index, core.index());
+    let start = core.index();
+    let meta = NodeMeta {
+        node: node("b"),
+        cpus: 4,
+        memory_mb: 8192,
+        zone: Some("z1".into()),
+        agent_version: "0.1.0".into(),
+        coordinate: None,
+    };
+    core.apply_remote(remote(
+        RecordKey::Node(node("b")),
+        RecordBody::Node(meta.clone()),
+        "b",
+        1_000,
+    ))
+    .expect("b writes its own metadata");
+    assert_eq!(core.index(), start + 1);
+    let snap = core.snapshot();
+    assert_eq!(snap.index, core.index());
+    assert_eq!(snap.node(&node("b")), Some(&meta));
+    assert_eq!(snap.node(&node("c")), None);
+    assert_eq!(snap.nodes().keys().collect::<Vec<_>>(), [&node("b")]);
+}
+
+#[test]
+fn expiring_tombstones_moves_the_index_only_when_one_went() {
+    let mut core = CatalogCore::new(node("a"), Catalog::new());
+    put_instance(&mut core, "web-1", "web", 1_000);
+    core.write(
+        RecordKey::Instance("web-1".into()),
+        RecordBody::Tombstone,
+        2_000,
+    );
+    let index = core.index();
+    assert_eq!(core.expire_tombstones(2_500, 1_000), 0);
+    assert_eq!(
+        core.index(),
+        index,
+        "nothing expired: no blocking query wakes"
+    );
+    assert_eq!(core.expire_tombstones(3_500, 1_000), 1);
+    assert_eq!(core.index(), index + 1);
+    assert_eq!(core.snapshot().index, index + 1);
+}
+
+fn meta(on: &str) -> NodeMeta {
+    NodeMeta {
+        node: node(on),
+        cpus: 2,
+        memory_mb: 1024,
+        zone: None,
+        agent_version: "0.1.0".into(),
+        coordinate: None,
+    }
+}
+
+#[test]
+fn a_restored_catalog_counts_every_kind_and_keeps_its_digest() {
+    let mut seed = CatalogCore::new(node("a"), Catalog::new());
+    put_instance(&mut seed, "web-1", "web", 1_000);
+    put_instance(&mut seed, "api-1", "api", 1_001);
+    seed.write(
+        RecordKey::Definition("web".into()),
+        RecordBody::Definition(definition("web")),
+        1_002,
+    );
+    seed.write(
+        RecordKey::Node(node("a")),
+        RecordBody::Node(meta("a")),
+        1_003,
+    );
+    seed.write(
+        RecordKey::Instance("api-1".into()),
+        RecordBody::Tombstone,
+        1_004,
+    );
+    let mut catalog = Catalog::new();
+    for record in seed.records() {
+        catalog.apply(record);
+    }
+    let restored = CatalogCore::new(node("a"), catalog);
+    let expected = RecordCounts {
+        definitions: 1,
+        instances: 1,
+        nodes: 1,
+        tombstones: 1,
+    };
+    assert_eq!(restored.counts(), expected);
+    assert_eq!(seed.counts(), expected, "as counted while written");
+    assert_eq!(restored.digest().len(), 4);
+    assert_eq!(restored.digest(), seed.digest());
+}
+
+#[test]
+fn only_the_owner_may_delete_an_instance_or_a_node_record() {
+    let mut core = CatalogCore::new(node("a"), Catalog::new());
+    let own = [
+        (
+            RecordKey::Instance("b-1".into()),
+            RecordBody::Instance(instance("b-1", "web", "b")),
+        ),
+        (RecordKey::Node(node("b")), RecordBody::Node(meta("b"))),
+    ];
+    for (key, body) in own.clone() {
+        core.apply_remote(remote(key, body, "b", 1_000))
+            .expect("b writes its own records");
+    }
+    for (key, _) in own {
+        let error = core
+            .apply_remote(remote(key.clone(), RecordBody::Tombstone, "c", 2_000))
+            .expect_err("c may not delete b's records");
+        assert_eq!((error.writer, error.owner), (node("c"), node("b")));
+        core.apply_remote(remote(key, RecordBody::Tombstone, "b", 2_000))
+            .expect("b deletes its own records");
+    }
+    assert!(core.snapshot().service("web").is_none());
+    assert!(core.snapshot().node(&node("b")).is_none());
 }

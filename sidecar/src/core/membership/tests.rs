@@ -283,3 +283,14 @@ fn a_packet_whose_source_is_not_the_certified_node_is_refused_before_foca_sees_i
         .expect("a packet over an unbound certificate");
     assert_eq!(fresh.members_of(0), 1);
 }
+
+#[test]
+fn a_membership_change_is_reported_once_and_timers_start_with_the_join() {
+    let mut net = Net::new(2, Arc::new(fast));
+    assert_eq!(net.cores[1].pending_timers(), 0, "nothing to do alone");
+    assert!(!net.cores[1].take_members_changed(), "nothing happened yet");
+    join_all(&mut net);
+    assert!(net.cores[1].pending_timers() > 0);
+    assert!(net.cores[1].take_members_changed(), "the seed came up");
+    assert!(!net.cores[1].take_members_changed(), "reported once");
+}

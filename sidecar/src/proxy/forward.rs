@@ -2,9 +2,11 @@
 //! a pooled keep-alive connection) or over a new bidirectional QUIC stream of
 //! the warm connection to the instance's sidecar.
 //!
-//! Versions: the hop between sidecars speaks the caller's HTTP version (so
-//! HTTP/2 trailers and streams survive it); the last hop speaks the
-//! instance's own, from its definition's `protocol`.
+//! Versions: the hop between sidecars speaks HTTP/1.1 on its own QUIC
+//! stream whatever the caller spoke (full duplex, so streams survive it;
+//! the far sidecar announces gRPC's trailers, which then cross chunked);
+//! the last hop speaks the instance's own, from its definition's
+//! `protocol`.
 
 use std::net::SocketAddr;
 use std::sync::Arc;

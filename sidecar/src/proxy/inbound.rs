@@ -57,7 +57,8 @@ pub async fn serve_stream(
             Ok::<_, std::convert::Infallible>(response)
         }
     });
-    // The calling sidecar speaks its caller's HTTP version on the stream.
+    // Callers speak HTTP/1.1 on the stream; older ones spoke their caller's
+    // version, which the auto builder still serves.
     let mut builder = auto::Builder::new(TokioExecutor::new());
     builder
         .http1()

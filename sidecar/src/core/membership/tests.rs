@@ -294,3 +294,50 @@ fn a_membership_change_is_reported_once_and_timers_start_with_the_join() {
     assert!(net.cores[1].take_members_changed(), "the seed came up");
     assert!(!net.cores[1].take_members_changed(), "reported once");
 }
+
+/// The state `core` holds for node `n`, if it knows it.
+fn state_of(core: &Core, n: u16) -> Option<foca::State> {
+    let id = identity(n);
+    core.foca()
+        .iter_membership_state()
+        .find(|m| *m.id() == id)
+        .map(|m| m.state())
+}
+
+#[test]
+fn a_suspicion_nobody_times_out_is_declared_down_after_twice_the_suspicion_time_and_a_probe() {
+    // A suspicion learnt from gossip starts no timer here (only the prober
+    // that raised it holds one), so if that prober is gone the suspect
+    // stays suspect forever unless the watchdog expires it.
+    let mut net = Net::new(1, Arc::new(fast));
+    let start = net.now;
+    let learnt = [
+        foca::Member::new(identity(1), 0, foca::State::Suspect),
+        foca::Member::new(identity(2), 0, foca::State::Alive),
+    ];
+    net.cores[0]
+        .apply_many(learnt.into_iter(), false, start, &mut net.runtimes[0])
+        .expect("apply the gossiped states");
+    assert_eq!(state_of(&net.cores[0], 1), Some(foca::State::Suspect));
+    // fast(): suspicion 2 s and probe 500 ms, so the limit is 4.5 s.
+    let limit = Duration::from_millis(4_500);
+    let rt = &mut net.runtimes[0];
+    assert_eq!(net.cores[0].expire_stuck_suspicions(start, rt), 0);
+    assert_eq!(
+        net.cores[0].expire_stuck_suspicions(start + limit, rt),
+        0,
+        "not past the limit yet"
+    );
+    assert_eq!(state_of(&net.cores[0], 1), Some(foca::State::Suspect));
+    assert_eq!(
+        net.cores[0].expire_stuck_suspicions(start + limit + Duration::from_millis(1), rt),
+        1,
+        "one stuck suspicion expired"
+    );
+    assert_eq!(state_of(&net.cores[0], 1), Some(foca::State::Down));
+    assert_eq!(
+        state_of(&net.cores[0], 2),
+        Some(foca::State::Alive),
+        "an alive member is never expired"
+    );
+}

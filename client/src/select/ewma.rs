@@ -44,11 +44,15 @@ impl PeakEwma {
             return;
         }
         let w = weight(self.at, now, decay);
-        let current = self.estimate_ms * w;
-        self.estimate_ms = if sample_ms > current {
+        // Compared with the stored estimate, as tower's `PeakEwma` does:
+        // compared with the decayed one, a sample just below it raised the
+        // estimate more than a sample just above (100 ms decayed to 90.5:
+        // 90 gave 99.0, 91 gave 91), so a faster answer could make an
+        // instance look slower.
+        self.estimate_ms = if sample_ms > self.estimate_ms {
             sample_ms
         } else {
-            current + sample_ms * (1.0 - w)
+            self.estimate_ms * w + sample_ms * (1.0 - w)
         };
         // A sample carrying an older `now` must not move the clock backwards.
         self.at = self.at.max(now);
@@ -112,7 +116,34 @@ mod tests {
         let mut e = PeakEwma::new(1000.0, t0);
         let t1 = t0 + Duration::from_secs(100);
         e.observe(5.0, t1, DECAY);
-        assert!((e.get(t1, DECAY, 1.0) - 5.0).abs() < 0.01);
+        // 1000 × e^-10 of the old estimate is left: 0.05 ms.
+        assert!((e.get(t1, DECAY, 1.0) - 5.0).abs() < 0.05);
+    }
+
+    #[test]
+    fn a_faster_answer_never_makes_the_estimate_higher_than_a_slower_one() {
+        let t0 = Instant::now();
+        let t1 = t0 + Duration::from_secs(1);
+        let after = |sample: f64| {
+            let mut e = PeakEwma::new(100.0, t0);
+            e.observe(sample, t1, DECAY);
+            e.get(t1, DECAY, 0.0)
+        };
+        // Around the decayed estimate (90.5 ms) and the stored one (100).
+        let samples = [
+            0.0, 10.0, 89.0, 90.0, 90.4, 90.6, 91.0, 99.9, 100.0, 100.1, 150.0,
+        ];
+        for pair in samples.windows(2) {
+            assert!(
+                after(pair[0]) <= after(pair[1]),
+                "{} ms gave {}, {} ms gave {}",
+                pair[0],
+                after(pair[0]),
+                pair[1],
+                after(pair[1])
+            );
+        }
+        assert_eq!(after(150.0), 150.0, "a peak replaces it");
     }
 
     #[test]

@@ -213,17 +213,7 @@ impl CatalogCore {
             ..Touched::default()
         };
         for record in &removed {
-            self.count(Some(&record.body), -1);
-            match &record.body {
-                RecordBody::Instance(instance) => {
-                    if let Some(ids) = self.by_service.get_mut(&instance.service) {
-                        ids.remove(&instance.id);
-                    }
-                    touched.services.push(instance.service.clone());
-                }
-                RecordBody::Node(_) => touched.nodes = true,
-                RecordBody::Definition(_) | RecordBody::Tombstone => {}
-            }
+            self.untrack(&record.key, &record.body, &mut touched);
         }
         let versions = self.reaped.entry(owner.clone()).or_default();
         for record in &removed {
@@ -324,36 +314,54 @@ impl CatalogCore {
             return applied;
         }
         let after = self.catalog.get(&key).map(|r| r.body.clone());
-        self.count(before.as_ref(), -1);
-        self.count(after.as_ref(), 1);
         self.index += 1;
         touched.any = true;
-        for body in [&before, &after].into_iter().flatten() {
-            match body {
-                RecordBody::Definition(d) => touched.services.push(d.name.clone()),
-                RecordBody::Instance(i) => {
-                    touched.services.push(i.service.clone());
-                    touched.local |= i.node == self.node_id;
-                }
-                RecordBody::Node(_) => touched.nodes = true,
-                RecordBody::Tombstone => {}
-            }
+        if let Some(before) = &before {
+            self.untrack(&key, before, touched);
+        }
+        if let Some(after) = &after {
+            self.track(&key, after, touched);
         }
         if let RecordKey::Definition(name) = &key {
             touched.services.push(name.clone());
         }
-        if let (RecordKey::Instance(id), Some(RecordBody::Instance(old))) = (&key, &before) {
+        applied
+    }
+
+    /// Accounts for `body` leaving the catalog under `key`: counts, the
+    /// service index, and what the next snapshot must rebuild.
+    fn untrack(&mut self, key: &RecordKey, body: &RecordBody, touched: &mut Touched) {
+        self.count(Some(body), -1);
+        self.note_touched(body, touched);
+        if let (RecordKey::Instance(id), RecordBody::Instance(old)) = (key, body) {
             if let Some(ids) = self.by_service.get_mut(&old.service) {
                 ids.remove(id);
             }
         }
-        if let (RecordKey::Instance(id), Some(RecordBody::Instance(new))) = (&key, &after) {
+    }
+
+    /// Accounts for `body` entering the catalog under `key`.
+    fn track(&mut self, key: &RecordKey, body: &RecordBody, touched: &mut Touched) {
+        self.count(Some(body), 1);
+        self.note_touched(body, touched);
+        if let (RecordKey::Instance(id), RecordBody::Instance(new)) = (key, body) {
             self.by_service
                 .entry(new.service.clone())
                 .or_default()
                 .insert(id.clone());
         }
-        applied
+    }
+
+    fn note_touched(&self, body: &RecordBody, touched: &mut Touched) {
+        match body {
+            RecordBody::Definition(d) => touched.services.push(d.name.clone()),
+            RecordBody::Instance(i) => {
+                touched.services.push(i.service.clone());
+                touched.local |= i.node == self.node_id;
+            }
+            RecordBody::Node(_) => touched.nodes = true,
+            RecordBody::Tombstone => {}
+        }
     }
 
     fn publish_touched(&mut self, mut touched: Touched) {

@@ -280,7 +280,8 @@ fn prepare_http1(request: &mut Request<ProxyBody>) -> Result<(), String> {
     Ok(())
 }
 
-fn boxed(response: Response<Incoming>) -> Response<ProxyBody> {
+/// An answer with its body boxed as the proxy's.
+pub(super) fn boxed(response: Response<Incoming>) -> Response<ProxyBody> {
     response.map(|body| body.map_err(Into::into).boxed())
 }
 

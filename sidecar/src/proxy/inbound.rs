@@ -193,7 +193,7 @@ async fn handle(
                 &mut response,
                 format!("upgrade to instance {}", frame.instance_id),
             );
-            response.map(|body| body.map_err(Into::into).boxed())
+            forward::boxed(response)
         }
         Err(e) => {
             let mut response = json_error(

@@ -509,7 +509,7 @@ async fn send(
         if matches!(result, Err(SendError::Connect { .. })) {
             agent.health.connect_failed(&instance.id).await;
         }
-        return result.map(|response| response.map(|b| b.map_err(Into::into).boxed()));
+        return result.map(forward::boxed);
     }
     let sidecar = agent
         .upstreams

@@ -60,6 +60,8 @@ pub fn local_config(
         link_drops: Vec::new(),
         supervise: Vec::new(),
         tcp: Vec::new(),
+        idle_close: None,
+        anti_entropy: None,
     }
 }
 

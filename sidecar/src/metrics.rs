@@ -48,6 +48,10 @@ pub const TCP_CONNECTIONS: &str = "gossamer_tcp_connections_total";
 pub const TCP_BYTES: &str = "gossamer_tcp_bytes_total";
 /// `gossamer_build_info{version}`.
 pub const BUILD_INFO: &str = "gossamer_build_info";
+/// Open QUIC connections (only peers in use have one).
+pub const QUIC_CONNECTIONS: &str = "gossamer_quic_connections";
+/// Lifeguard's local health score (0 healthy; probe timings × score + 1).
+pub const LOCAL_HEALTH: &str = "gossamer_local_health";
 
 /// The metric names shared/DESIGN.md makes a contract (histograms by base name).
 pub const DESIGN_CONTRACT: [&str; 13] = [
@@ -69,7 +73,7 @@ pub const DESIGN_CONTRACT: [&str; 13] = [
 /// Every metric the agent exports: the contract, build info, relay refusals,
 /// DNS queries and TCP services (second wave of DESIGN.md; the TCP series
 /// appear once a `--tcp` listener is configured).
-pub const EXPORTED: [&str; 18] = [
+pub const EXPORTED: [&str; 20] = [
     MEMBERS,
     GOSSIP_PACKETS,
     GOSSIP_BYTES,
@@ -88,6 +92,8 @@ pub const EXPORTED: [&str; 18] = [
     DNS_QUERIES,
     TCP_CONNECTIONS,
     TCP_BYTES,
+    QUIC_CONNECTIONS,
+    LOCAL_HEALTH,
 ];
 
 /// The standard `process_*` metrics the dashboard reads (from the
@@ -124,6 +130,8 @@ pub fn recorder() -> anyhow::Result<PrometheusHandle> {
     for counter in [HANDSHAKE_FAILURES, DECODE_ERRORS, RELAY_REFUSALS] {
         metrics::counter!(counter).increment(0);
     }
+    metrics::gauge!(QUIC_CONNECTIONS).set(0.0);
+    metrics::gauge!(LOCAL_HEALTH).set(0.0);
     describe();
     collect_process();
     metrics::counter!(DNS_QUERIES, "type" => "A", "rcode" => "NOERROR").increment(0);
@@ -192,6 +200,14 @@ fn describe() {
         "DNS questions answered on --dns-listen, by query type (A, AAAA, SRV, SOA, ANY, other) and response code"
     );
     describe_gauge!(BUILD_INFO, "Always 1; the agent's version is the label");
+    describe_gauge!(
+        QUIC_CONNECTIONS,
+        "Open QUIC connections to peers (only peers in use: upstreams, anti-entropy partners; idle ones close)"
+    );
+    describe_gauge!(
+        LOCAL_HEALTH,
+        "Lifeguard's local health score: 0 when healthy; this node's probe period and timeout are stretched by score + 1"
+    );
     describe_counter!(
         TCP_CONNECTIONS,
         "Connections accepted on --tcp listeners, by service and the node of the instance they went to (none: refused or unreachable)"

@@ -14,34 +14,23 @@ use mesh_proto::NodeId;
 /// Weight of a new sample in the smoothed RTT.
 const EWMA_ALPHA: f64 = 0.3;
 
-/// Republish our coordinate in node metadata when it moved this much.
-/// Peers we ping get our live coordinate on every pong; the broadcast only
-/// serves peers that never measured us, which an estimate a few ms and a
-/// few tens of seconds old serves well. Every republish is a catalog record
-/// gossiped to every node: on a loaded machine RTT jitter moved coordinates
-/// by 2 ms constantly, which was most of the gossip at rest (bench/).
-pub const COORDINATE_REPUBLISH: Duration = Duration::from_millis(5);
-
 /// RTT by peer, measured or estimated.
 pub struct RttCore {
     local: NodeId,
     measured: HashMap<NodeId, f64>,
     coordinates: HashMap<NodeId, Coordinate>,
     vivaldi: Vivaldi,
-    published: Coordinate,
 }
 
 impl RttCore {
     /// An empty table for `local`.
     pub fn new(local: NodeId) -> Self {
         let vivaldi = Vivaldi::new(VivaldiConfig::default());
-        let published = vivaldi.coordinate().clone();
         Self {
             local,
             measured: HashMap::new(),
             coordinates: HashMap::new(),
             vivaldi,
-            published,
         }
     }
 
@@ -86,6 +75,13 @@ impl RttCore {
             .map(|_| ())
     }
 
+    /// Remembers a peer's coordinate for estimates, without moving ours.
+    pub fn learn_coordinate(&mut self, node: &NodeId, coordinate: &Coordinate) {
+        if coordinate.is_valid() {
+            self.coordinates.insert(node.clone(), coordinate.clone());
+        }
+    }
+
     /// Drops what we know of a departed peer.
     pub fn forget(&mut self, node: &NodeId) {
         self.measured.remove(node);
@@ -96,28 +92,6 @@ impl RttCore {
     /// This node's coordinate.
     pub fn coordinate(&self) -> &Coordinate {
         self.vivaldi.coordinate()
-    }
-
-    /// True (once) when our coordinate moved enough to republish it.
-    pub fn coordinate_moved(&mut self) -> bool {
-        let current = self.vivaldi.coordinate().clone();
-        // The move itself: `distance_to` adds both heights, so even a
-        // coordinate that never moved is "far" from itself once its height
-        // grows, and would be republished on every check.
-        let moved = current
-            .vec
-            .iter()
-            .zip(&self.published.vec)
-            .map(|(a, b)| (a - b) * (a - b))
-            .sum::<f64>()
-            .sqrt()
-            + (current.height - self.published.height).abs();
-        if Duration::from_secs_f64(moved.max(0.0)) > COORDINATE_REPUBLISH {
-            self.published = current;
-            true
-        } else {
-            false
-        }
     }
 }
 
@@ -184,20 +158,5 @@ mod tests {
         table.observe(&node("b"), Duration::from_millis(5));
         table.forget(&node("b"));
         assert_eq!(table.get(&node("b"), None), (None, RttSource::Unknown));
-    }
-
-    #[test]
-    fn the_coordinate_is_republished_only_after_a_real_move() {
-        let mut table = RttCore::new(node("a"));
-        assert!(!table.coordinate_moved(), "nothing moved yet");
-        let far = RttCore::new(node("b")).coordinate().clone();
-        for _ in 0..50 {
-            let _ = table.observe_coordinate(&node("b"), &far, Duration::from_millis(80));
-        }
-        assert!(
-            table.coordinate_moved(),
-            "80 ms samples move the coordinate"
-        );
-        assert!(!table.coordinate_moved(), "once per move");
     }
 }

@@ -126,7 +126,7 @@ async fn a_proxied_call_reaches_a_node_with_no_open_connection() {
     let deadline = std::time::Instant::now() + Duration::from_secs(30);
     loop {
         let view = a_client
-            .instances("echo", &mesh_proto::catalog::Requirements::default())
+            .instances("echo", &client::Requirements::default())
             .await;
         let known = view.is_ok_and(|v| !v.eligible.is_empty() || !v.ineligible.is_empty());
         let idle = a.agent.transport.cached(b_addr).is_none();

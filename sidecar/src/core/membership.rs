@@ -243,10 +243,22 @@ where
         let config = (self.config_for)(self.sized_for);
         match self.lifeguard {
             // The first name is the suspicion's originator, not a confirmation.
-            Some(lg) => lg.suspicion_timeout(
-                config.suspect_to_down_after,
-                suspicion.confirmed_by.len().saturating_sub(1),
-            ),
+            Some(lg) => {
+                let timeout = lg.suspicion_timeout(
+                    config.suspect_to_down_after,
+                    suspicion.confirmed_by.len().saturating_sub(1),
+                );
+                // foca's updates do not name who raised a suspicion, so a
+                // member that merely relays one is counted as confirming
+                // it. A suspicion that is not ours therefore never expires
+                // sooner than the watchdog allowed before Lifeguard.
+                let ours = suspicion.confirmed_by.first() == Some(self.foca.identity());
+                if ours {
+                    timeout
+                } else {
+                    timeout.max(config.suspect_to_down_after * 2 + config.probe_period)
+                }
+            }
             None => config.suspect_to_down_after * 2 + config.probe_period,
         }
     }

@@ -60,7 +60,7 @@ impl Profile {
     /// QUIC timings.
     pub fn transport(self) -> TransportTimings {
         let (connect, idle, keep_alive, idle_close) = match self {
-            Profile::Local => (1, 10, 2, 20),
+            Profile::Local => (1, 10, 2, 10),
             Profile::Lan => (3, 30, 5, 60),
             Profile::Wan => (10, 60, 10, 120),
         };

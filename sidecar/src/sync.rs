@@ -57,8 +57,7 @@ pub async fn run(agent: AntiEntropy) {
     }
 }
 
-/// One push-pull round with `peer`; failures are logged and left to the next round.
-/// Rounds out of [`FRESH_PARTNER_EVERY`] that go to a peer we already
+/// All rounds but one in [`FRESH_PARTNER_EVERY`] go to a peer we already
 /// hold a connection to; the others go to any member.
 ///
 /// A random member every round dials a new connection every round (a QUIC
@@ -67,7 +66,7 @@ pub async fn run(agent: AntiEntropy) {
 /// of handshakes. Partners already connected cost nothing, and the fresh
 /// one every few rounds keeps the exchange graph random, which is what
 /// makes anti-entropy converge in a logarithmic number of rounds.
-const FRESH_PARTNER_EVERY: u32 = 4;
+const FRESH_PARTNER_EVERY: u32 = 8;
 
 fn choose_partner(agent: &AntiEntropy) -> Option<SocketAddr> {
     let mut rng = rand::rng();
@@ -87,6 +86,7 @@ fn choose_partner(agent: &AntiEntropy) -> Option<SocketAddr> {
     members.values().map(|m| m.addr).choose(&mut rng)
 }
 
+/// One push-pull round with `peer`; failures are logged and left to the next round.
 pub async fn sync_with(agent: &AntiEntropy, peer: SocketAddr) {
     let result = tokio::time::timeout(Duration::from_secs(10), initiate(agent, peer)).await;
     match result {

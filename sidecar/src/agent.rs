@@ -175,7 +175,13 @@ pub async fn start(config: AgentConfig) -> anyhow::Result<RunningAgent> {
         config.bind,
         &trust,
         link_rules.clone(),
-        config.profile.transport(),
+        {
+            let mut timings = config.profile.transport();
+            if let Some(idle_close) = config.idle_close {
+                timings.idle_close = idle_close;
+            }
+            timings
+        },
         inbound,
     )?;
     let quic = transport.local_addr()?;
@@ -195,14 +201,15 @@ pub async fn start(config: AgentConfig) -> anyhow::Result<RunningAgent> {
         metrics::recorder()?;
     }
     let catalog = CatalogStore::new(node_id.clone(), data.snapshot());
+    let rtt = RttTable::new(node_id.clone(), config.allow_estimated_rtt);
     let membership = Membership::start(
         identity.clone(),
         config.profile,
         transport.clone(),
         swim_rx,
         catalog.clone(),
+        rtt.clone(),
     );
-    let rtt = RttTable::new(node_id.clone(), config.allow_estimated_rtt);
     let registry = Arc::new(Registry::new(
         node_id.clone(),
         catalog.clone(),
@@ -319,7 +326,9 @@ pub async fn start(config: AgentConfig) -> anyhow::Result<RunningAgent> {
         catalog: catalog.clone(),
         transport: transport.clone(),
         members: membership.active(),
-        interval: config.profile.anti_entropy_interval(),
+        interval: config
+            .anti_entropy
+            .unwrap_or_else(|| config.profile.anti_entropy_interval()),
     };
 
     let stopping = shutdown.subscribe();
@@ -337,7 +346,6 @@ pub async fn start(config: AgentConfig) -> anyhow::Result<RunningAgent> {
             rtt: rtt.clone(),
             transport: transport.clone(),
             members: membership.active(),
-            registry: registry.clone(),
         },
         rtt_rx,
     ))));

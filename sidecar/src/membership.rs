@@ -20,11 +20,12 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use foca::{
-    AccumulatingRuntime, BroadcastHandler, Config, Invalidates, OwnedNotification, PeriodicParams,
-    State,
+    AccumulatingRuntime, BroadcastHandler, Config, Invalidates, Message, OwnedNotification,
+    PeriodicParams, ProbeNumber, State,
 };
 use mesh_proto::api::MemberState;
 use mesh_proto::catalog::RecordKey;
+use mesh_proto::coordinate::Coordinate;
 use mesh_proto::gossip::MAX_SWIM_PACKET;
 use mesh_proto::{NodeId, NodeIdentity, Version};
 use rand::rngs::SmallRng;
@@ -35,6 +36,7 @@ use tracing::{debug, info, warn, Instrument};
 use crate::config::Profile;
 use crate::core::membership::{Certified, PacketError};
 use crate::metrics;
+use crate::rtt::RttTable;
 use crate::transport::{SwimPacket, Transport};
 
 /// What identifies a catalog broadcast for replacement in foca's queue.
@@ -129,6 +131,7 @@ impl Membership {
         transport: Arc<Transport>,
         swim_packets: mpsc::Receiver<SwimPacket>,
         receiver: Arc<dyn BroadcastReceiver>,
+        rtt: Arc<RttTable>,
     ) -> Self {
         let (commands, command_rx) = mpsc::channel(1024);
         let (active_tx, active) = watch::channel(ActiveMembers::default());
@@ -139,6 +142,9 @@ impl Membership {
             Handler(receiver),
             Instant::now(),
         );
+        let mut core = core;
+        // Lifeguard, with memberlist's settings.
+        core.set_lifeguard(Some(crate::core::membership::Lifeguard::default()));
         let driver = Driver {
             core,
             runtime: AccumulatingRuntime::new(),
@@ -146,6 +152,10 @@ impl Membership {
             active: active_tx,
             last_heard: HashMap::new(),
             impostors_logged: HashSet::new(),
+            rtt,
+            probes_sent: HashMap::new(),
+            packet_coordinate: None,
+            health_shown: 0,
         };
         // The span names the node, for logs of several agents in one process.
         let span = tracing::info_span!("membership", node = %local.node_id);
@@ -203,11 +213,21 @@ struct Driver {
     last_heard: HashMap<NodeId, Instant>,
     /// Certificates already logged for impersonation (see `refuse`).
     impostors_logged: HashSet<Certified>,
+    rtt: Arc<RttTable>,
+    /// Our direct probes in flight: their round trip is an RTT sample.
+    probes_sent: HashMap<(NodeId, ProbeNumber), Instant>,
+    /// The coordinate carried by the packet being handled.
+    packet_coordinate: Option<Coordinate>,
+    /// Local health score last put in the gauge.
+    health_shown: u32,
 }
 
 /// Certificates remembered as logged for impersonation at most; past it,
 /// new ones are counted but not logged.
 const MAX_IMPOSTORS_LOGGED: usize = 1024;
+
+/// Direct probes remembered at most (a probe unanswered is forgotten).
+const MAX_PROBES_IN_FLIGHT: usize = 64;
 
 impl Driver {
     async fn run(
@@ -237,6 +257,14 @@ impl Driver {
                 },
             }
             self.drain();
+            let health = self.core.local_health();
+            if health != self.health_shown {
+                self.health_shown = health;
+                ::metrics::gauge!(metrics::LOCAL_HEALTH).set(f64::from(health));
+                if health > 0 {
+                    debug!(health, "local health degraded: probing more slowly");
+                }
+            }
             let turn = started.elapsed();
             if turn > Duration::from_secs(1) {
                 warn!(?turn, "one turn of the membership loop took over a second");
@@ -246,10 +274,15 @@ impl Driver {
 
     /// Feeds one packet from the network to the core.
     fn intake(&mut self, packet: SwimPacket) {
+        let Some((swim, coordinate)) = swim_frame::split(&packet.bytes) else {
+            note_bad_packet(foca::Error::MalformedPacket);
+            return;
+        };
+        self.packet_coordinate = coordinate;
         let now = Instant::now();
-        let result =
-            self.core
-                .handle_data_from(&packet.bytes, &packet.certified, now, &mut self.runtime);
+        let result = self
+            .core
+            .handle_data_from(swim, &packet.certified, now, &mut self.runtime);
         match result {
             Ok(()) => {}
             Err(PacketError::Foca(e)) => note_bad_packet(e),
@@ -338,10 +371,16 @@ impl Driver {
             warn!(error = %e, "leaving the cluster failed; peers will detect the stop instead");
         }
         let mut sends = Vec::new();
+        let coordinate = self.rtt.coordinate();
         while let Some((to, packet)) = self.runtime.to_send() {
+            let frame = swim_frame::join(&packet, Some(&coordinate));
+            if self.transport.swim_over_udp() {
+                let _ = self.transport.send_swim_udp(to.addr, &frame);
+                continue;
+            }
             let transport = self.transport.clone();
             sends.push(tokio::spawn(async move {
-                transport.send_swim(to.addr, &packet).await
+                transport.send_swim(to.addr, &frame).await
             }));
         }
         for send in sends {
@@ -352,20 +391,45 @@ impl Driver {
 
     /// Carries out everything foca asked for during the last call.
     fn drain(&mut self) {
+        let now = Instant::now();
+        let mut coordinate = None;
         while let Some((to, packet)) = self.runtime.to_send() {
+            // Every packet carries our coordinate: whoever we probe, ack or
+            // gossip with learns it, so estimates need no broadcast.
+            let ours = coordinate.get_or_insert_with(|| self.rtt.coordinate());
+            let frame = swim_frame::join(&packet, Some(ours));
+            if self.transport.swim_over_udp() {
+                if let Err(e) = self.transport.send_swim_udp(to.addr, &frame) {
+                    debug!(peer = %to.node_id, error = %e, "SWIM send failed");
+                }
+                continue;
+            }
             let transport = self.transport.clone();
             tokio::spawn(async move {
-                if let Err(e) = transport.send_swim(to.addr, &packet).await {
+                if let Err(e) = transport.send_swim(to.addr, &frame).await {
                     debug!(peer = %to.node_id, error = %e, "SWIM send failed");
                 }
             });
         }
+        let packet_coordinate = self.packet_coordinate.take();
         // Timers stay in the core's queue; the runtime never holds any.
         while self.runtime.to_schedule().is_some() {}
         while let Some(notification) = self.runtime.to_notify() {
             match notification {
+                OwnedNotification::DataSent(header) => {
+                    if let Message::Ping(probe) = header.message {
+                        if self.probes_sent.len() >= MAX_PROBES_IN_FLIGHT {
+                            self.probes_sent
+                                .retain(|_, at| now.duration_since(*at) < Duration::from_secs(10));
+                        }
+                        if self.probes_sent.len() < MAX_PROBES_IN_FLIGHT {
+                            self.probes_sent.insert((header.dst.node_id, probe), now);
+                        }
+                    }
+                }
                 OwnedNotification::DataReceived(header) => {
-                    self.last_heard.insert(header.src.node_id, Instant::now());
+                    self.observe_packet(&header, packet_coordinate.as_ref(), now);
+                    self.last_heard.insert(header.src.node_id, now);
                 }
                 OwnedNotification::MemberUp(id) => {
                     info!(node = %id.node_id, addr = %id.addr, generation = id.generation, "member up");
@@ -398,6 +462,38 @@ impl Driver {
         }
     }
 
+    /// What a received packet teaches the RTT table: the sender's
+    /// coordinate, and for the ack of our own probe an RTT sample (the
+    /// probe's round trip) that moves our coordinate. A peer we hold a QUIC
+    /// connection to is measured by the connection instead, whose estimate
+    /// the calls it carries see.
+    fn observe_packet(
+        &mut self,
+        header: &foca::Header<NodeIdentity>,
+        coordinate: Option<&Coordinate>,
+        now: Instant,
+    ) {
+        let node = &header.src.node_id;
+        let coordinate = coordinate.filter(|c| c.is_valid());
+        let sample = match header.message {
+            Message::Ack(probe) => self
+                .probes_sent
+                .remove(&(node.clone(), probe))
+                .map(|sent| now.duration_since(sent)),
+            _ => None,
+        };
+        match (sample, coordinate) {
+            (Some(rtt), Some(theirs)) => self.rtt.observe_coordinate(node, theirs, rtt),
+            (None, Some(theirs)) => self.rtt.learn_coordinate(node, theirs),
+            _ => {}
+        }
+        if let Some(rtt) = sample {
+            if self.transport.cached(header.src.addr).is_none() {
+                self.rtt.observe(node, rtt);
+            }
+        }
+    }
+
     fn publish_active(&mut self) {
         let active: BTreeMap<NodeId, NodeIdentity> = self
             .core
@@ -411,6 +507,46 @@ impl Driver {
             ::metrics::gauge!(metrics::MEMBERS, "state" => state.as_str()).set(n as f64);
         }
         self.active.send_replace(Arc::new(active));
+    }
+}
+
+/// A SWIM frame: foca's packet, then the sender's coordinate.
+///
+/// `[u16 big-endian packet length][packet][postcard coordinate, optional]`.
+pub mod swim_frame {
+    use mesh_proto::codec;
+    use mesh_proto::coordinate::Coordinate;
+
+    /// Largest coordinate trailer accepted.
+    const MAX_COORDINATE: usize = 256;
+    /// Bytes of a datagram kept for the frame (length and coordinate:
+    /// 2 + about 90).
+    pub const RESERVED: usize = 128;
+
+    /// Frames `packet` with `coordinate`.
+    pub fn join(packet: &[u8], coordinate: Option<&Coordinate>) -> Vec<u8> {
+        let trailer = coordinate
+            .and_then(|c| codec::encode(c).ok())
+            .unwrap_or_default();
+        let len = u16::try_from(packet.len()).unwrap_or(u16::MAX);
+        let mut frame = Vec::with_capacity(2 + packet.len() + trailer.len());
+        frame.extend_from_slice(&len.to_be_bytes());
+        frame.extend_from_slice(&packet[..usize::from(len)]);
+        frame.extend_from_slice(&trailer);
+        frame
+    }
+
+    /// The packet and the coordinate of a frame; None when malformed.
+    pub fn split(frame: &[u8]) -> Option<(&[u8], Option<Coordinate>)> {
+        let len = usize::from(u16::from_be_bytes([*frame.first()?, *frame.get(1)?]));
+        let packet = frame.get(2..2 + len)?;
+        let trailer = &frame[2 + len..];
+        let coordinate = if trailer.is_empty() {
+            None
+        } else {
+            codec::decode::<Coordinate>(trailer, MAX_COORDINATE).ok()
+        };
+        Some((packet, coordinate))
     }
 }
 
@@ -452,7 +588,10 @@ pub fn foca_config(profile: Profile, cluster_size: usize) -> Config {
         Profile::Lan => Config::new_lan(size),
         Profile::Wan => Config::new_wan(size),
     };
-    config.max_packet_size = NonZeroUsize::new(MAX_SWIM_PACKET).unwrap_or(NonZeroUsize::MIN);
+    // Room for the frame around foca's packet (length and coordinate,
+    // `swim_frame`), so a full packet still fits one datagram.
+    config.max_packet_size =
+        NonZeroUsize::new(MAX_SWIM_PACKET - swim_frame::RESERVED).unwrap_or(NonZeroUsize::MIN);
     config.notify_down_members = true;
     config
 }

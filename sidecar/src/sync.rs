@@ -12,6 +12,7 @@ use mesh_proto::codec;
 use mesh_proto::gossip::{StreamKind, SyncMessage, MAX_SYNC_MESSAGE};
 use quinn::{RecvStream, SendStream};
 use rand::seq::IteratorRandom;
+use rand::RngExt;
 use tokio::sync::watch;
 use tracing::{debug, warn};
 
@@ -46,10 +47,7 @@ pub async fn run(agent: AntiEntropy) {
     loop {
         tick.tick().await;
         rounds += 1;
-        let peer = {
-            let members = agent.members.borrow();
-            members.values().map(|m| m.addr).choose(&mut rand::rng())
-        };
+        let peer = choose_partner(&agent);
         if let Some(peer) = peer {
             sync_with(&agent, peer).await;
         }
@@ -57,6 +55,35 @@ pub async fn run(agent: AntiEntropy) {
             agent.catalog.expire_tombstones(TOMBSTONE_TTL_MS);
         }
     }
+}
+
+/// All rounds but one in [`FRESH_PARTNER_EVERY`] go to a peer we already
+/// hold a connection to; the others go to any member.
+///
+/// A random member every round dials a new connection every round (a QUIC
+/// handshake each, and a connection that lingers until idle): per node that
+/// grows with nothing, but across a cluster on one machine it is thousands
+/// of handshakes. Partners already connected cost nothing, and the fresh
+/// one every few rounds keeps the exchange graph random, which is what
+/// makes anti-entropy converge in a logarithmic number of rounds.
+const FRESH_PARTNER_EVERY: u32 = 8;
+
+fn choose_partner(agent: &AntiEntropy) -> Option<SocketAddr> {
+    let mut rng = rand::rng();
+    let members = agent.members.borrow();
+    if rng.random_ratio(FRESH_PARTNER_EVERY - 1, FRESH_PARTNER_EVERY) {
+        let connected = agent
+            .transport
+            .live()
+            .into_iter()
+            .map(|(addr, _)| addr)
+            .filter(|addr| members.values().any(|m| m.addr == *addr))
+            .choose(&mut rng);
+        if connected.is_some() {
+            return connected;
+        }
+    }
+    members.values().map(|m| m.addr).choose(&mut rng)
 }
 
 /// One push-pull round with `peer`; failures are logged and left to the next round.

@@ -30,9 +30,12 @@ use tracing::{debug, warn};
 
 mod guard;
 mod handshakes;
+mod idle;
+pub mod swim_udp;
 
 use guard::{EndpointKeys, GuardedSocket, KnownPeers, PeerLog};
 use handshakes::{Failure, HandshakeGate};
+use swim_udp::SwimKey;
 
 pub use crate::core::membership::Certified;
 use crate::link_shim::{LinkRules, ShimSocket};
@@ -79,6 +82,8 @@ type Slot = Arc<OnceCell<Connection>>;
 
 /// Application close code: membership declared the peer down.
 const PEER_DOWN: u32 = 2;
+/// Application close code: nothing used the connection for a while.
+const IDLE: u32 = 3;
 
 /// The agent's QUIC endpoint and its connection cache.
 pub struct Transport {
@@ -90,6 +95,10 @@ pub struct Transport {
     failure_log: PeerLog,
     known_peers: Arc<KnownPeers>,
     stream_handler: OnceLock<StreamHandler>,
+    /// The socket under quinn, for sealed SWIM datagrams.
+    socket: Arc<GuardedSocket>,
+    /// Set when SWIM travels as sealed UDP rather than QUIC datagrams.
+    swim_key: Option<Arc<SwimKey>>,
 }
 
 /// Serves one inbound bidirectional stream, on the task that accepted it.
@@ -155,18 +164,24 @@ impl Transport {
         };
         let keys = EndpointKeys::derive(&trust.endpoint_secret)?;
         let known_peers = Arc::new(KnownPeers::default());
+        let swim_key = trust
+            .gossip_key
+            .as_ref()
+            .map(|k| SwimKey::new(k).map(Arc::new).context("unusable SWIM key"))
+            .transpose()?;
         let socket = Arc::new(GuardedSocket {
             inner: socket,
             cids: keys.cids,
             known_peers: known_peers.clone(),
             log: PeerLog::default(),
+            swim: swim_key.clone().map(|k| (k, inbound.swim.clone())),
         });
         let mut endpoint_config = quinn::EndpointConfig::new(Arc::new(keys.reset));
         endpoint_config.cid_generator(move || Box::new(keys.cids));
         let endpoint = Endpoint::new_with_abstract_socket(
             endpoint_config,
             Some(server_config),
-            socket,
+            socket.clone(),
             runtime,
         )
         .context("cannot start the QUIC endpoint")?;
@@ -180,8 +195,14 @@ impl Transport {
             failure_log: PeerLog::default(),
             stream_handler: OnceLock::new(),
             known_peers,
+            socket,
+            swim_key,
         });
         tokio::spawn(accept_loop(transport.clone()));
+        tokio::spawn(idle::close_idle(
+            Arc::downgrade(&transport),
+            transport.timings.idle_close,
+        ));
         Ok(transport)
     }
 
@@ -241,8 +262,58 @@ impl Transport {
         Ok(connection)
     }
 
-    /// Sends one SWIM packet to `addr`: as a datagram when it fits, else on a
-    /// unidirectional stream.
+    /// True when SWIM travels as sealed UDP datagrams ([`Transport::send_swim_udp`]).
+    pub fn swim_over_udp(&self) -> bool {
+        self.swim_key.is_some()
+    }
+
+    /// Sends one SWIM packet to `addr` as a sealed UDP datagram: no
+    /// connection, no waiting. Errors when there is no cluster key or the
+    /// socket refused it (a full buffer: the packet is lost, as on UDP).
+    pub fn send_swim_udp(&self, addr: SocketAddr, packet: &[u8]) -> anyhow::Result<()> {
+        let key = self
+            .swim_key
+            .as_ref()
+            .ok_or_else(|| anyhow!("no cluster key: SWIM rides QUIC datagrams"))?;
+        let sealed = key
+            .seal(packet)
+            .ok_or_else(|| anyhow!("cannot seal a SWIM packet"))?;
+        metrics::gossip_packet("out", packet.len());
+        self.socket
+            .send_swim(addr, &sealed)
+            .with_context(|| format!("cannot send a SWIM datagram to {addr}"))
+    }
+
+    /// Live connections, by peer address (the RTT table samples these).
+    pub fn live(&self) -> Vec<(SocketAddr, Connection)> {
+        let connections = self.lock_connections();
+        connections
+            .iter()
+            .filter_map(|(addr, slot)| {
+                slot.get()
+                    .filter(|c| c.close_reason().is_none())
+                    .map(|c| (*addr, c.clone()))
+            })
+            .collect()
+    }
+
+    /// Closes the connection to `addr` if it is still `stable_id` and was
+    /// idle (the idle sweeper): a later use dials again.
+    fn close_idle(&self, addr: SocketAddr, stable_id: usize) {
+        let mut connections = self.lock_connections();
+        let same = connections
+            .get(&addr)
+            .and_then(|s| s.get())
+            .is_some_and(|c| c.stable_id() == stable_id);
+        if same {
+            if let Some(connection) = connections.remove(&addr).as_ref().and_then(|s| s.get()) {
+                connection.close(IDLE.into(), b"idle");
+            }
+        }
+    }
+
+    /// Sends one SWIM packet to `addr` over QUIC: as a datagram when it
+    /// fits, else on a unidirectional stream.
     pub async fn send_swim(
         self: &Arc<Self>,
         addr: SocketAddr,

@@ -21,6 +21,9 @@ use quinn::{AsyncUdpSocket, ConnectionId, ConnectionIdGenerator, UdpPoller};
 use sha2::Sha256;
 use tracing::warn;
 
+use tokio::sync::mpsc;
+
+use super::swim_udp::{self, SwimKey};
 use crate::metrics;
 
 // === impl PeerLog ===
@@ -274,6 +277,9 @@ pub(super) struct GuardedSocket {
     pub(super) cids: KeyedCids,
     pub(super) known_peers: Arc<KnownPeers>,
     pub(super) log: PeerLog,
+    /// Sealed SWIM datagrams are opened here and handed to membership
+    /// (None when SWIM rides QUIC datagrams: no cluster key).
+    pub(super) swim: Option<(Arc<SwimKey>, mpsc::Sender<super::SwimPacket>)>,
 }
 
 impl fmt::Debug for GuardedSocket {
@@ -285,6 +291,50 @@ impl fmt::Debug for GuardedSocket {
 }
 
 impl GuardedSocket {
+    /// Takes the sealed SWIM datagrams out of a received buffer: true when
+    /// every datagram in it was one (then quinn must not see it).
+    fn take_swim(&self, meta: &RecvMeta, buf: &[u8]) -> bool {
+        let Some((key, packets)) = &self.swim else {
+            return false;
+        };
+        let data = buf.get(..meta.len).unwrap_or(buf);
+        let mut all = !data.is_empty();
+        for datagram in data.chunks(meta.stride.max(1)) {
+            if datagram.first() != Some(&swim_udp::TAG) {
+                all = false;
+                continue;
+            }
+            match key.open(datagram) {
+                Some(packet) => {
+                    metrics::gossip_packet("in", packet.len());
+                    // A full queue means the membership task is behind:
+                    // dropping is what UDP would do, and SWIM tolerates it.
+                    // Sealed with the cluster's key: only the passphrase
+                    // vouches for the sender, so nothing binds its source.
+                    let _ = packets.try_send(super::SwimPacket {
+                        bytes: packet,
+                        certified: super::Certified::Unbound,
+                        from: meta.addr,
+                    });
+                }
+                None => self.refuse(meta.addr, "SWIM packet not sealed with this cluster's key"),
+            }
+        }
+        all
+    }
+
+    /// Sends one sealed SWIM datagram (dropped if the socket is full, as
+    /// UDP would).
+    pub(super) fn send_swim(&self, to: SocketAddr, datagram: &[u8]) -> io::Result<()> {
+        self.inner.try_send(&Transmit {
+            destination: to,
+            ecn: None,
+            contents: datagram,
+            segment_size: None,
+            src_ip: None,
+        })
+    }
+
     fn inspect(&self, meta: &RecvMeta, buf: &[u8]) {
         let data = buf.get(..meta.len).unwrap_or(buf);
         if data.is_empty() {
@@ -293,6 +343,9 @@ impl GuardedSocket {
         }
         // With GRO, one buffer holds several datagrams `stride` apart.
         for datagram in data.chunks(meta.stride.max(1)) {
+            if self.swim.is_some() && datagram.first() == Some(&swim_udp::TAG) {
+                continue; // opened by take_swim
+            }
             // The peer lookup takes a lock, so only suspicious datagrams pay for it.
             let verdict = check_datagram(datagram, &self.cids, false).or_else(|_| {
                 check_datagram(datagram, &self.cids, self.known_peers.contains(&meta.addr))
@@ -328,8 +381,13 @@ impl AsyncUdpSocket for GuardedSocket {
     ) -> Poll<io::Result<usize>> {
         let polled = self.inner.poll_recv(cx, bufs, meta);
         if let Poll::Ready(Ok(n)) = &polled {
-            for (buf, meta) in bufs.iter().zip(meta.iter()).take(*n) {
-                self.inspect(meta, buf);
+            for (buf, meta) in bufs.iter().zip(meta.iter_mut()).take(*n) {
+                if self.take_swim(meta, buf) {
+                    // quinn reads nothing from an empty buffer.
+                    meta.len = 0;
+                } else {
+                    self.inspect(meta, buf);
+                }
             }
         }
         polled

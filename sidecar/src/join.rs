@@ -201,7 +201,8 @@ pub async fn remember_members(membership: Membership, data: DataDir) {
 
 /// Asks the agent at `addr` who it is.
 pub async fn hello(transport: &Arc<Transport>, addr: SocketAddr) -> anyhow::Result<NodeIdentity> {
-    let (mut send, mut recv, connection) = transport.open_stream(addr, StreamKind::Hello).await?;
+    let (mut send, mut recv, connection, _lease) =
+        transport.open_stream(addr, StreamKind::Hello).await?;
     send.finish()?;
     let bytes = tokio::time::timeout(Duration::from_secs(5), recv.read_to_end(MAX_HELLO))
         .await

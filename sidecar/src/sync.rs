@@ -97,7 +97,8 @@ pub async fn sync_with(agent: &AntiEntropy, peer: SocketAddr) {
 }
 
 async fn initiate(agent: &AntiEntropy, peer: SocketAddr) -> anyhow::Result<()> {
-    let (mut send, mut recv, _) = agent.transport.open_stream(peer, StreamKind::Sync).await?;
+    let (mut send, mut recv, _, _lease) =
+        agent.transport.open_stream(peer, StreamKind::Sync).await?;
     write_message(&mut send, &agent.catalog.open_exchange()).await?;
     let reply = read_message(&mut recv).await?;
     if !matches!(reply, SyncMessage::Records { .. }) {

@@ -31,10 +31,13 @@ use tracing::{debug, warn};
 mod guard;
 mod handshakes;
 mod idle;
+mod lease;
 pub mod swim_udp;
 
 use guard::{EndpointKeys, GuardedSocket, KnownPeers, PeerLog};
 use handshakes::{Failure, HandshakeGate};
+use lease::Leases;
+pub use lease::{Leased, StreamLease};
 use swim_udp::SwimKey;
 
 pub use crate::core::membership::Certified;
@@ -52,6 +55,9 @@ pub struct InboundStream {
     pub send: SendStream,
     /// Our receiving half, positioned after the kind byte.
     pub recv: RecvStream,
+    /// Keeps the connection from the idle close while the stream lives
+    /// (see [`Leased`]).
+    pub lease: StreamLease,
 }
 
 /// A SWIM packet and who its connection proves sent it.
@@ -99,6 +105,8 @@ pub struct Transport {
     socket: Arc<GuardedSocket>,
     /// Set when SWIM travels as sealed UDP rather than QUIC datagrams.
     swim_key: Option<Arc<SwimKey>>,
+    /// Streams open on each connection (the idle close leaves those alone).
+    leases: Arc<Leases>,
 }
 
 /// Serves one inbound bidirectional stream, on the task that accepted it.
@@ -175,6 +183,7 @@ impl Transport {
             known_peers: known_peers.clone(),
             log: PeerLog::default(),
             swim: swim_key.clone().map(|k| (k, inbound.swim.clone())),
+            swim_closed: std::sync::atomic::AtomicBool::new(false),
         });
         let mut endpoint_config = quinn::EndpointConfig::new(Arc::new(keys.reset));
         endpoint_config.cid_generator(move || Box::new(keys.cids));
@@ -197,6 +206,7 @@ impl Transport {
             known_peers,
             socket,
             swim_key,
+            leases: Arc::default(),
         });
         tokio::spawn(accept_loop(transport.clone()));
         tokio::spawn(idle::close_idle(
@@ -299,6 +309,11 @@ impl Transport {
 
     /// Closes the connection to `addr` if it is still `stable_id` and was
     /// idle (the idle sweeper): a later use dials again.
+    /// True while a stream of connection `stable_id` is open.
+    fn has_open_streams(&self, stable_id: usize) -> bool {
+        self.leases.held(stable_id)
+    }
+
     fn close_idle(&self, addr: SocketAddr, stable_id: usize) {
         let mut connections = self.lock_connections();
         let same = connections
@@ -345,14 +360,15 @@ impl Transport {
         self: &Arc<Self>,
         addr: SocketAddr,
         kind: StreamKind,
-    ) -> anyhow::Result<(SendStream, RecvStream, Connection)> {
+    ) -> anyhow::Result<(SendStream, RecvStream, Connection, StreamLease)> {
         let connection = self.connection(addr).await?;
+        let lease = self.leases.take(connection.stable_id());
         let (mut send, recv) = connection
             .open_bi()
             .await
             .with_context(|| format!("cannot open a stream to {addr}"))?;
         send.write_all(&[kind as u8]).await?;
-        Ok((send, recv, connection))
+        Ok((send, recv, connection, lease))
     }
 
     /// Serves inbound streams with `handler` on the task that accepted each,
@@ -375,6 +391,9 @@ impl Transport {
 
     /// Closes every connection and waits briefly for the close to be sent.
     pub async fn shutdown(&self) {
+        self.socket
+            .swim_closed
+            .store(true, std::sync::atomic::Ordering::Relaxed);
         self.endpoint.close(0u32.into(), b"agent stopping");
         let _ = tokio::time::timeout(Duration::from_secs(1), self.endpoint.wait_idle()).await;
     }
@@ -552,6 +571,7 @@ async fn accept_bi(transport: Arc<Transport>, connection: Connection) {
     while let Ok((send, mut recv)) = connection.accept_bi().await {
         let transport = transport.clone();
         let connection = connection.clone();
+        let lease = transport.leases.take(connection.stable_id());
         tokio::spawn(async move {
             let mut tag = [0u8; 1];
             if recv.read_exact(&mut tag).await.is_err() {
@@ -571,6 +591,7 @@ async fn accept_bi(transport: Arc<Transport>, connection: Connection) {
                 connection,
                 send,
                 recv,
+                lease,
             };
             match transport.stream_handler.get() {
                 Some(handler) => handler(stream).await,

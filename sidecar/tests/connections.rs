@@ -46,7 +46,7 @@ fn transport(name: &str, idle_close: Duration) -> Arc<Transport> {
 }
 
 async fn ping(from: &Arc<Transport>, to: std::net::SocketAddr) -> Vec<u8> {
-    let (mut send, mut recv, _) = from
+    let (mut send, mut recv, _, _lease) = from
         .open_stream(to, StreamKind::Sync)
         .await
         .expect("a stream to the peer");
@@ -84,6 +84,41 @@ async fn idle_connections_close_and_reopen_on_demand() {
     let second = a.cached(b_addr).expect("a connection again");
     assert_ne!(first.stable_id(), second.stable_id(), "a new connection");
     assert_eq!(a.live().len(), 1);
+}
+
+#[tokio::test]
+async fn a_quiet_stream_keeps_its_connection_open_on_both_sides() {
+    // A WebSocket or a database connection may say nothing for longer than
+    // the idle close; closing the connection under it would cut it.
+    let idle = Duration::from_millis(400);
+    let a = transport("quiet-a", idle);
+    let b = transport("quiet-b", idle);
+    let b_addr = b.local_addr().expect("addr");
+    let (mut send, mut recv, connection, lease) = a
+        .open_stream(b_addr, StreamKind::Sync)
+        .await
+        .expect("a stream to b");
+    tokio::time::sleep(idle * 5).await;
+    assert!(
+        connection.close_reason().is_none(),
+        "the connection under a quiet stream was closed: {:?}",
+        connection.close_reason()
+    );
+    send.write_all(b"ping")
+        .await
+        .expect("write after the quiet");
+    send.finish().expect("finish");
+    assert_eq!(recv.read_to_end(64).await.expect("the answer"), b"pong");
+    drop((send, recv, lease));
+    eventually(
+        "a closes the connection once its stream is gone",
+        Duration::from_secs(20),
+        || {
+            let closed = connection.close_reason().is_some();
+            async move { closed.then_some(()) }
+        },
+    )
+    .await;
 }
 
 #[tokio::test]

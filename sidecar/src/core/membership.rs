@@ -24,8 +24,7 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use foca::{
-    BroadcastHandler, Codec, Config, Foca, Identity, Incarnation, Member, Message,
-    Notification,
+    BroadcastHandler, Codec, Config, Foca, Identity, Incarnation, Member, Message, Notification,
     PostcardCodec, Runtime, State, Timer,
 };
 use rand::Rng;

@@ -9,6 +9,7 @@ use std::hash::Hasher;
 use std::io;
 use std::net::SocketAddr;
 use std::pin::Pin;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
 use std::task::{Context, Poll};
 use std::time::{Duration, Instant};
@@ -280,6 +281,10 @@ pub(super) struct GuardedSocket {
     /// Sealed SWIM datagrams are opened here and handed to membership
     /// (None when SWIM rides QUIC datagrams: no cluster key).
     pub(super) swim: Option<(Arc<SwimKey>, mpsc::Sender<super::SwimPacket>)>,
+    /// Set when the transport shuts down: sealed SWIM stops both ways, as
+    /// QUIC's does when the endpoint closes (quinn keeps polling the socket
+    /// until the last handle goes, and a stopped node must not answer).
+    pub(super) swim_closed: AtomicBool,
 }
 
 impl fmt::Debug for GuardedSocket {
@@ -297,6 +302,7 @@ impl GuardedSocket {
         let Some((key, packets)) = &self.swim else {
             return false;
         };
+        let closed = self.swim_closed.load(Ordering::Relaxed);
         let data = buf.get(..meta.len).unwrap_or(buf);
         let mut all = !data.is_empty();
         for datagram in data.chunks(meta.stride.max(1)) {
@@ -305,6 +311,7 @@ impl GuardedSocket {
                 continue;
             }
             match key.open(datagram) {
+                Some(_) if closed => {}
                 Some(packet) => {
                     metrics::gossip_packet("in", packet.len());
                     // A full queue means the membership task is behind:
@@ -317,7 +324,7 @@ impl GuardedSocket {
                         from: meta.addr,
                     });
                 }
-                None => self.refuse(meta.addr, "SWIM packet not sealed with this cluster's key"),
+                None => self.refuse_sealed(meta.addr),
             }
         }
         all
@@ -326,6 +333,9 @@ impl GuardedSocket {
     /// Sends one sealed SWIM datagram (dropped if the socket is full, as
     /// UDP would).
     pub(super) fn send_swim(&self, to: SocketAddr, datagram: &[u8]) -> io::Result<()> {
+        if self.swim_closed.load(Ordering::Relaxed) {
+            return Ok(());
+        }
         self.inner.try_send(&Transmit {
             destination: to,
             ecn: None,
@@ -353,6 +363,16 @@ impl GuardedSocket {
             if let Err(why) = verdict {
                 self.refuse(meta.addr, why);
             }
+        }
+    }
+
+    /// A datagram tagged as sealed SWIM that does not open with our key:
+    /// most likely a node given another passphrase, so it counts as a
+    /// failed authentication, as its QUIC handshake would.
+    fn refuse_sealed(&self, source: SocketAddr) {
+        metrics::handshake_failure();
+        if self.log.due(source) {
+            warn!(%source, "dropped a SWIM packet not sealed with this cluster's key: a node with another passphrase, or garbage; check the passphrase of the node at that address; logged at most once a minute per source");
         }
     }
 

@@ -5,7 +5,8 @@
 //!
 //! "Used" is read from quinn's own counters: a STREAM or DATAGRAM frame in
 //! either direction since the last look. Keep-alive PINGs and ACKs do not
-//! count. The next use simply dials again (`Transport::connection`).
+//! count, and a connection with a stream open is never idle, however quiet
+//! (`lease`). The next use simply dials again (`Transport::connection`).
 
 use std::collections::HashMap;
 use std::sync::Weak;
@@ -47,7 +48,7 @@ pub(super) async fn close_idle(transport: Weak<Transport>, idle_close: Duration)
                 Some((before, since)) if *before == count => *since,
                 _ => now,
             };
-            if now.duration_since(since) >= idle_close {
+            if now.duration_since(since) >= idle_close && !transport.has_open_streams(id) {
                 transport.close_idle(addr, id);
             } else {
                 next.insert(id, (count, since));

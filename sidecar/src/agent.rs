@@ -321,6 +321,7 @@ pub async fn start(config: AgentConfig) -> anyhow::Result<RunningAgent> {
         identity: identity.clone(),
         catalog: catalog.clone(),
         proxy: proxy_handles.clone(),
+        membership: membership.clone(),
     });
     let anti_entropy = AntiEntropy {
         catalog: catalog.clone(),

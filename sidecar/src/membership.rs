@@ -26,7 +26,7 @@ use foca::{
 use mesh_proto::api::MemberState;
 use mesh_proto::catalog::RecordKey;
 use mesh_proto::coordinate::Coordinate;
-use mesh_proto::gossip::MAX_SWIM_PACKET;
+use mesh_proto::gossip::{KnownMember, MemberList, MAX_SWIM_PACKET};
 use mesh_proto::{NodeId, NodeIdentity, Version};
 use rand::rngs::SmallRng;
 use rand::SeedableRng;
@@ -112,6 +112,8 @@ enum Command {
     Announce(NodeIdentity),
     Broadcast(Vec<u8>),
     Snapshot(oneshot::Sender<Vec<MemberEntry>>),
+    Known(oneshot::Sender<MemberList>),
+    Learn(Vec<KnownMember>),
     Leave(oneshot::Sender<()>),
 }
 
@@ -189,6 +191,22 @@ impl Membership {
             return Vec::new();
         }
         rx.await.unwrap_or_default()
+    }
+
+    /// Every other alive or suspect member with its incarnation: what a
+    /// joiner pulls (`StreamKind::Members`).
+    pub async fn known(&self) -> MemberList {
+        let (tx, rx) = oneshot::channel();
+        if self.commands.send(Command::Known(tx)).await.is_err() {
+            return MemberList::default();
+        }
+        rx.await.unwrap_or_default()
+    }
+
+    /// Applies a member list pulled on join: every member at once, rather
+    /// than the few dozen an announce's answer holds.
+    pub async fn learn(&self, members: Vec<KnownMember>) {
+        let _ = self.commands.send(Command::Learn(members)).await;
     }
 
     /// Watches the active members (alive or suspect), ourselves excluded.
@@ -340,8 +358,41 @@ impl Driver {
             Command::Snapshot(reply) => {
                 let _ = reply.send(self.snapshot());
             }
+            Command::Known(reply) => {
+                let _ = reply.send(self.known());
+            }
+            Command::Learn(members) => {
+                let members = members.into_iter().map(|m| {
+                    let state = if m.suspect {
+                        State::Suspect
+                    } else {
+                        State::Alive
+                    };
+                    foca::Member::new(m.identity, m.incarnation, state)
+                });
+                let now = Instant::now();
+                if let Err(e) = self.core.apply_many(members, false, now, &mut self.runtime) {
+                    debug!(error = %e, "a pulled member list was not applied");
+                }
+            }
             Command::Leave(_) => {}
         }
+    }
+
+    fn known(&self) -> MemberList {
+        let foca = self.core.foca();
+        // Ourselves not: foca keeps its own incarnation to itself, and the
+        // joiner learnt us from the announce's answer.
+        let members: Vec<KnownMember> = foca
+            .iter_membership_state()
+            .filter(|m| m.state() != State::Down)
+            .map(|m| KnownMember {
+                identity: m.id().clone(),
+                incarnation: m.incarnation(),
+                suspect: m.state() == State::Suspect,
+            })
+            .collect();
+        MemberList { members }
     }
 
     fn snapshot(&self) -> Vec<MemberEntry> {

@@ -582,6 +582,7 @@ async fn accept_bi(transport: Arc<Transport>, connection: Connection) {
                     kind @ (StreamKind::Sync
                     | StreamKind::Proxy
                     | StreamKind::Hello
+                    | StreamKind::Members
                     | StreamKind::Tcp),
                 ) => kind,
                 _ => return metrics::decode_error(),

@@ -13,7 +13,7 @@ use foca::{Header, Member, Message, State};
 use mesh_proto::catalog::{Health, Protocol, Repository, Requirements, EXTENSION_PREFIX};
 use mesh_proto::coordinate::Coordinate;
 use mesh_proto::frame::ProxyFrame;
-use mesh_proto::gossip::{CatalogBroadcast, Ping, SyncMessage};
+use mesh_proto::gossip::{CatalogBroadcast, KnownMember, MemberList, Ping, SyncMessage};
 use mesh_proto::{
     Definition, Hlc, Instance, NodeId, NodeIdentity, NodeMeta, Record, RecordBody, RecordKey,
     Version,
@@ -313,6 +313,19 @@ pub fn sync_message(rng: &mut SmallRng) -> SyncMessage {
 }
 
 /// An RTT ping or pong.
+pub fn member_list(rng: &mut SmallRng) -> MemberList {
+    let n = rng.random_range(0..40);
+    MemberList {
+        members: (0..n)
+            .map(|_| KnownMember {
+                identity: identity(rng),
+                incarnation: rng.random(),
+                suspect: rng.random(),
+            })
+            .collect(),
+    }
+}
+
 pub fn ping(rng: &mut SmallRng) -> Ping {
     Ping {
         seq: edgy_u64(rng),

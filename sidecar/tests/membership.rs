@@ -33,7 +33,7 @@ async fn a_crashed_agent_is_marked_down_and_a_terminated_one_leaves_promptly() {
 
     // SIGTERM: the agent leaves the cluster and exits 0. A leave is
     // announced, so a peer goes from alive straight to down; a node that
-    // just vanished would first be suspect for the suspicion timeout (2 s in
+    // just vanished would first be suspect for the suspicion timeout (1.5 s in
     // the local profile) before failure detection declared it down. The
     // watcher polls faster than that, so a missing leave shows as a
     // `suspect` state seen on the way.

@@ -19,7 +19,7 @@
 //! shrinks with independent confirmations.
 
 use std::cmp::Ordering;
-use std::collections::{BinaryHeap, HashMap};
+use std::collections::{BinaryHeap, HashMap, HashSet};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
@@ -121,7 +121,8 @@ struct CoreRuntime<'a, T, R> {
     lifeguard: Option<Lifeguard>,
     health: u32,
     health_delta: &'a mut i64,
-    probe_failed: &'a mut bool,
+    /// Members our own probes failed: suspicions raised here.
+    probe_failed: &'a mut Vec<T>,
     suspects: &'a HashMap<T, Suspicion<T>>,
     max_packet: usize,
 }
@@ -137,9 +138,9 @@ where
                 *self.members_changed = true;
             }
             // Local health: our probe went unanswered, or was answered.
-            Notification::ProbeFailed(..) => {
+            Notification::ProbeFailed(_, member) => {
                 *self.health_delta += 1;
-                *self.probe_failed = true;
+                self.probe_failed.push((*member).clone());
             }
             Notification::DataReceived(header)
                 if matches!(
@@ -220,6 +221,10 @@ pub struct SwimCore<T: Identity, H: BroadcastHandler<T>, R: Rng> {
     next_watchdog: Instant,
     /// Members seen suspect.
     suspects: HashMap<T, Suspicion<T>>,
+    /// Suspects whose suspicion our own failed probe raised: their
+    /// timeout shrinks with confirmations, as Lifeguard's originator's does,
+    /// even when a relayed copy of the same suspicion arrived first.
+    raised_here: HashSet<T>,
     members_changed: bool,
     lifeguard: Option<Lifeguard>,
     /// Local health score (0 = healthy), Lifeguard only.
@@ -256,6 +261,7 @@ where
             sized_for: 1,
             next_watchdog,
             suspects: HashMap::new(),
+            raised_here: HashSet::new(),
             members_changed: false,
             lifeguard: None,
             health: 0,
@@ -281,10 +287,10 @@ where
     /// is followed as a suspect: Lifeguard's, shrinking with confirmations.
     pub fn suspicion_timeout(&self, member: &T) -> Option<Duration> {
         let suspicion = self.suspects.get(member)?;
-        Some(self.timeout_for(suspicion))
+        Some(self.timeout_for(member, suspicion))
     }
 
-    fn timeout_for(&self, suspicion: &Suspicion<T>) -> Duration {
+    fn timeout_for(&self, member: &T, suspicion: &Suspicion<T>) -> Duration {
         let config = (self.config_for)(self.sized_for);
         match self.lifeguard {
             // The first name is the suspicion's originator, not a confirmation.
@@ -297,7 +303,8 @@ where
                 // member that merely relays one is counted as confirming
                 // it. A suspicion that is not ours therefore never expires
                 // sooner than the watchdog allowed before Lifeguard.
-                let ours = suspicion.confirmed_by.first() == Some(self.foca.identity());
+                let ours = self.raised_here.contains(member)
+                    || suspicion.confirmed_by.first() == Some(self.foca.identity());
                 if ours {
                     timeout
                 } else {
@@ -345,7 +352,7 @@ where
     ) -> O {
         let mut changed = false;
         let mut health_delta = 0i64;
-        let mut probe_failed = false;
+        let mut probe_failed = Vec::new();
         let max_packet = self.max_packet;
         let out = {
             let mut core_rt = CoreRuntime {
@@ -364,7 +371,8 @@ where
             f(&mut self.foca, &mut core_rt)
         };
         self.adjust_health(health_delta);
-        self.scan_due |= probe_failed;
+        self.scan_due |= !probe_failed.is_empty();
+        self.raised_here.extend(probe_failed);
         if changed {
             self.members_changed = true;
             self.resize();
@@ -572,13 +580,15 @@ where
                     confirmed_by: vec![self.foca.identity().clone()],
                 },
             };
-            if now.saturating_duration_since(suspicion.since) > self.timeout_for(&suspicion) {
+            if now.saturating_duration_since(suspicion.since) > self.timeout_for(&id, &suspicion) {
                 expired.push(Member::new(id, member.incarnation(), State::Down));
             } else {
                 still.insert(id, suspicion);
             }
         }
         self.suspects = still;
+        let suspects = &self.suspects;
+        self.raised_here.retain(|id| suspects.contains_key(id));
         let count = expired.len();
         if count > 0 {
             let _ = self.with_foca(now, rt, |foca, rt| {

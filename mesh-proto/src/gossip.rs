@@ -5,7 +5,9 @@
 use serde::{Deserialize, Serialize};
 
 use crate::bounded;
-use crate::catalog::{Digest, Record, RecordKey, MAX_DIGEST_ENTRIES, MAX_SYNC_RECORDS};
+use crate::catalog::{
+    Digest, DigestSummary, Record, RecordKey, MAX_DIGEST_ENTRIES, MAX_SYNC_RECORDS,
+};
 use crate::coordinate::Coordinate;
 use crate::hlc::Version;
 use crate::identity::NodeIdentity;
@@ -107,7 +109,9 @@ impl CatalogBroadcast {
     }
 }
 
-/// Anti-entropy, one round: the initiator sends [`SyncMessage::Digest`]; the
+/// Anti-entropy, one round: the initiator may first send a
+/// [`SyncMessage::Summary`], answered with the partner's (equal ones end the
+/// round); then it sends [`SyncMessage::Digest`]; the
 /// responder answers with [`SyncMessage::Records`] holding what the initiator
 /// lacks plus the keys it wants; the initiator ends with the wanted records.
 ///
@@ -130,6 +134,10 @@ pub enum SyncMessage {
     },
     /// The final push of wanted records.
     Push(#[serde(deserialize_with = "bounded::seq::<_, _, MAX_SYNC_RECORDS>")] Vec<Record>),
+    /// Sent before the digest, and answered with the partner's own: equal
+    /// summaries end the round (at rest, every round), so what a round
+    /// costs does not grow with the catalog.
+    Summary(DigestSummary),
 }
 
 /// A member as a joiner learns it from the member it joined through.

@@ -471,7 +471,7 @@ async fn watch_membership(
                 // waiting for the next anti-entropy round.
                 let anti_entropy = anti_entropy.clone();
                 let peer = identity.addr;
-                tokio::spawn(async move { sync::sync_with(&anti_entropy, peer).await });
+                tokio::spawn(async move { sync::sync_with(&anti_entropy, peer, false).await });
             }
         }
         for id in known.keys().filter(|id| !now.contains_key(*id)) {

@@ -299,10 +299,14 @@ pub fn broadcast(rng: &mut SmallRng) -> CatalogBroadcast {
     }
 }
 
-/// An anti-entropy message of any of its three kinds.
+/// An anti-entropy message of any of its four kinds.
 pub fn sync_message(rng: &mut SmallRng) -> SyncMessage {
     let n = rng.random_range(0..6);
-    match rng.random_range(0..3) {
+    match rng.random_range(0..4) {
+        3 => SyncMessage::Summary(mesh_proto::catalog::DigestSummary {
+            entries: rng.random(),
+            hash: rng.random(),
+        }),
         0 => SyncMessage::Digest((0..n * 3).map(|_| (key(rng), version(rng))).collect()),
         1 => SyncMessage::Records {
             records: (0..n).map(|_| record(rng)).collect(),

@@ -197,10 +197,24 @@ impl Cluster {
     pub async fn wait_formed(&self, within: Duration) -> anyhow::Result<Duration> {
         let started = Instant::now();
         let want = self.agents.len().saturating_sub(1);
+        let mut next_report = Duration::from_secs(10);
         loop {
             let counts = self.active_counts();
             if counts.iter().all(|&c| c == want) {
                 return Ok(started.elapsed());
+            }
+            if started.elapsed() >= next_report {
+                next_report += Duration::from_secs(10);
+                let mut sorted = counts.clone();
+                sorted.sort_unstable();
+                let complete = sorted.iter().filter(|&&c| c == want).count();
+                eprintln!(
+                    "  forming, {:.0} s: peers seen min {} / median {} / max {} of {want}; {complete} agents complete",
+                    started.elapsed().as_secs_f64(),
+                    sorted.first().copied().unwrap_or(0),
+                    sorted.get(sorted.len() / 2).copied().unwrap_or(0),
+                    sorted.last().copied().unwrap_or(0),
+                );
             }
             if started.elapsed() > within {
                 let mut missing: Vec<(usize, usize)> = counts

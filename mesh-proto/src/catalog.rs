@@ -526,7 +526,11 @@ mod tests {
         let mut two = Catalog::new();
         two.apply(b_def.clone());
         two.apply(a_def.clone());
-        assert_eq!(one.summary(), two.summary(), "insertion order is not content");
+        assert_eq!(
+            one.summary(),
+            two.summary(),
+            "insertion order is not content"
+        );
         assert_eq!(one.summary().entries, 2);
         assert_ne!(one.summary(), Catalog::new().summary());
 

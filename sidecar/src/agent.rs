@@ -5,6 +5,7 @@
 //! agent runs is started in [`start`], so this file is the map of a running
 //! sidecar.
 
+use rand::RngExt;
 use std::net::SocketAddr;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
@@ -454,6 +455,9 @@ async fn until(mut stopping: watch::Receiver<bool>, task: BoxedTask) {
     }
 }
 
+/// Members expected to push the catalog to a node that (re)joined.
+const JOIN_PUSHERS: u32 = 3;
+
 /// Reacts to membership changes: catalog views change when nodes come and go.
 async fn watch_membership(
     membership: Membership,
@@ -465,10 +469,15 @@ async fn watch_membership(
     let mut known = active.borrow().clone();
     while active.changed().await.is_ok() {
         let now = active.borrow().clone();
+        // A node that (re)joined gets the catalog at once instead of waiting
+        // for an anti-entropy round, from a few members, not all: with every
+        // member pushing, each rejoin cost the cluster N exchanges and as
+        // many handshakes, and at 250 agents on one machine the load that
+        // caused false suspicions fed more of them.
+        let members = u32::try_from(now.len()).unwrap_or(u32::MAX).max(1);
+        let pushers = JOIN_PUSHERS.min(members);
         for (id, identity) in now.iter() {
-            if known.get(id) != Some(identity) {
-                // A node that (re)joined gets our catalog at once instead of
-                // waiting for the next anti-entropy round.
+            if known.get(id) != Some(identity) && rand::rng().random_ratio(pushers, members) {
                 let anti_entropy = anti_entropy.clone();
                 let peer = identity.addr;
                 tokio::spawn(async move { sync::sync_with(&anti_entropy, peer, false).await });

@@ -73,7 +73,7 @@ const FULL_DIGEST_EVERY: u64 = 64;
 /// of handshakes. Partners already connected cost nothing, and the fresh
 /// one every few rounds keeps the exchange graph random, which is what
 /// makes anti-entropy converge in a logarithmic number of rounds.
-const FRESH_PARTNER_EVERY: u32 = 8;
+const FRESH_PARTNER_EVERY: u32 = 16;
 
 fn choose_partner(agent: &AntiEntropy) -> Option<SocketAddr> {
     let mut rng = rand::rng();

@@ -158,6 +158,8 @@ impl Membership {
             probes_sent: HashMap::new(),
             packet_coordinate: None,
             health_shown: 0,
+            last_published: Instant::now(),
+            publish_due: None,
         };
         // The span names the node, for logs of several agents in one process.
         let span = tracing::info_span!("membership", node = %local.node_id);
@@ -238,11 +240,18 @@ struct Driver {
     packet_coordinate: Option<Coordinate>,
     /// Local health score last put in the gauge.
     health_shown: u32,
+    /// When the active members were last published, and when a change
+    /// since is due to be (see `publish_soon`).
+    last_published: Instant,
+    publish_due: Option<Instant>,
 }
 
 /// Certificates remembered as logged for impersonation at most; past it,
 /// new ones are counted but not logged.
 const MAX_IMPOSTORS_LOGGED: usize = 1024;
+
+/// Shortest time between two publications of the active members.
+const PUBLISH_EVERY: Duration = Duration::from_millis(100);
 
 /// Direct probes remembered at most (a probe unanswered is forgotten).
 const MAX_PROBES_IN_FLIGHT: usize = 64;
@@ -257,7 +266,9 @@ impl Driver {
         // any peer: a lone agent shows itself alive.
         self.publish_active();
         loop {
-            let wake = tokio::time::Instant::from_std(self.core.next_wakeup());
+            let next = self.core.next_wakeup();
+            let next = self.publish_due.map_or(next, |due| due.min(next));
+            let wake = tokio::time::Instant::from_std(next);
             let started = Instant::now();
             tokio::select! {
                 _ = tokio::time::sleep_until(wake) => {
@@ -275,6 +286,9 @@ impl Driver {
                 },
             }
             self.drain();
+            if self.publish_due.is_some_and(|due| Instant::now() >= due) {
+                self.publish_active();
+            }
             let health = self.core.local_health();
             if health != self.health_shown {
                 self.health_shown = health;
@@ -509,7 +523,20 @@ impl Driver {
             }
         }
         if self.core.take_members_changed() {
+            self.publish_soon();
+        }
+    }
+
+    /// Publishes the active members now, or at most [`PUBLISH_EVERY`]
+    /// after the last publication: while a large cluster forms, members
+    /// change with nearly every packet, and each publication copies the
+    /// whole member table for every reader.
+    fn publish_soon(&mut self) {
+        let due = self.last_published + PUBLISH_EVERY;
+        if Instant::now() >= due {
             self.publish_active();
+        } else if self.publish_due.is_none() {
+            self.publish_due = Some(due);
         }
     }
 
@@ -546,6 +573,8 @@ impl Driver {
     }
 
     fn publish_active(&mut self) {
+        self.last_published = Instant::now();
+        self.publish_due = None;
         let active: BTreeMap<NodeId, NodeIdentity> = self
             .core
             .foca()

@@ -198,7 +198,7 @@ fn describe() {
     );
     describe_counter!(
         HANDSHAKE_FAILURES,
-        "QUIC handshakes that failed (for example another passphrase)"
+        "QUIC handshakes that failed (for example another passphrase), and sealed SWIM packets that do not open with this cluster's key"
     );
     describe_counter!(
         DECODE_ERRORS,

@@ -10,12 +10,13 @@ use std::process::Command;
 use serde_json::Value;
 
 /// Every decoder `bench fuzz` knows.
-const DECODERS: [&str; 10] = [
+const DECODERS: [&str; 11] = [
     "proxy_frame",
     "node_identity",
     "record",
     "definition_wire",
     "sync_message",
+    "member_list",
     "ping",
     "catalog_broadcast",
     "swim_header",

@@ -39,6 +39,7 @@ fn sim_runs_a_small_cluster() {
         records: 2,
         rest: 1.0,
         budget: 60,
+        no_lifeguard: false,
         out: out.clone(),
     };
     let results = sim::run(&args).expect("sim runs");
@@ -62,6 +63,7 @@ fn sim_is_deterministic_from_its_seed() {
             records: 2,
             rest: 1.0,
             budget: 60,
+            no_lifeguard: false,
             out: scratch("sim-seed"),
         };
         let r = sim::run(&args).expect("sim runs");

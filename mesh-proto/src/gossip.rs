@@ -5,15 +5,22 @@
 use serde::{Deserialize, Serialize};
 
 use crate::bounded;
-use crate::catalog::{Digest, Record, RecordKey, MAX_DIGEST_ENTRIES, MAX_SYNC_RECORDS};
+use crate::catalog::{
+    Digest, DigestSummary, Record, RecordKey, MAX_DIGEST_ENTRIES, MAX_SYNC_RECORDS,
+};
 use crate::coordinate::Coordinate;
 use crate::hlc::Version;
+use crate::identity::NodeIdentity;
 
 /// Largest SWIM packet foca may produce: 1200-byte minimum QUIC MTU, less the
 /// QUIC short header and datagram frame overhead (as corrosion does).
 pub const MAX_SWIM_PACKET: usize = 1178;
 /// Largest anti-entropy message accepted on a stream.
 pub const MAX_SYNC_MESSAGE: usize = 16 * 1024 * 1024;
+/// Most members a [`MemberList`] may hold.
+pub const MAX_MEMBER_LIST: usize = 65_536;
+/// Largest [`MemberList`] accepted on a stream (a member is under 64 bytes).
+pub const MAX_MEMBER_LIST_MESSAGE: usize = 4 * 1024 * 1024;
 /// Largest SWIM packet accepted on a unidirectional stream.
 pub const MAX_STREAM_PACKET: usize = 64 * 1024;
 
@@ -58,6 +65,10 @@ pub enum StreamKind {
     /// first; the receiver answers one [`crate::frame::TcpStatus`] byte, then
     /// bytes flow both ways).
     Tcp = 4,
+    /// Bidirectional: a joiner asks for every member the receiver knows;
+    /// the receiver answers a [`MemberList`] (push-pull on join: the
+    /// joiner's announce pushes it, this pulls the rest at once).
+    Members = 5,
 }
 
 impl StreamKind {
@@ -69,6 +80,7 @@ impl StreamKind {
             2 => Some(Self::Proxy),
             3 => Some(Self::Hello),
             4 => Some(Self::Tcp),
+            5 => Some(Self::Members),
             _ => None,
         }
     }
@@ -97,7 +109,9 @@ impl CatalogBroadcast {
     }
 }
 
-/// Anti-entropy, one round: the initiator sends [`SyncMessage::Digest`]; the
+/// Anti-entropy, one round: the initiator may first send a
+/// [`SyncMessage::Summary`], answered with the partner's (equal ones end the
+/// round); then it sends [`SyncMessage::Digest`]; the
 /// responder answers with [`SyncMessage::Records`] holding what the initiator
 /// lacks plus the keys it wants; the initiator ends with the wanted records.
 ///
@@ -120,4 +134,28 @@ pub enum SyncMessage {
     },
     /// The final push of wanted records.
     Push(#[serde(deserialize_with = "bounded::seq::<_, _, MAX_SYNC_RECORDS>")] Vec<Record>),
+    /// Sent before the digest, and answered with the partner's own: equal
+    /// summaries end the round (at rest, every round), so what a round
+    /// costs does not grow with the catalog.
+    Summary(DigestSummary),
+}
+
+/// A member as a joiner learns it from the member it joined through.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct KnownMember {
+    /// Its identity (id, address, generation).
+    pub identity: NodeIdentity,
+    /// Its SWIM incarnation, so an older word never overrides a newer one.
+    pub incarnation: u16,
+    /// True when the sender suspects it (down members are not sent).
+    pub suspect: bool,
+}
+
+/// The answer to a [`StreamKind::Members`] stream.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct MemberList {
+    /// Every alive or suspect member the sender knows besides itself (the
+    /// joiner knows the sender already).
+    #[serde(deserialize_with = "bounded::seq::<_, _, MAX_MEMBER_LIST>")]
+    pub members: Vec<KnownMember>,
 }

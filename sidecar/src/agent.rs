@@ -5,6 +5,7 @@
 //! agent runs is started in [`start`], so this file is the map of a running
 //! sidecar.
 
+use rand::RngExt;
 use std::net::SocketAddr;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
@@ -175,7 +176,13 @@ pub async fn start(config: AgentConfig) -> anyhow::Result<RunningAgent> {
         config.bind,
         &trust,
         link_rules.clone(),
-        config.profile.transport(),
+        {
+            let mut timings = config.profile.transport();
+            if let Some(idle_close) = config.idle_close {
+                timings.idle_close = idle_close;
+            }
+            timings
+        },
         inbound,
     )?;
     let quic = transport.local_addr()?;
@@ -195,14 +202,15 @@ pub async fn start(config: AgentConfig) -> anyhow::Result<RunningAgent> {
         metrics::recorder()?;
     }
     let catalog = CatalogStore::new(node_id.clone(), data.snapshot());
+    let rtt = RttTable::new(node_id.clone(), config.allow_estimated_rtt);
     let membership = Membership::start(
         identity.clone(),
         config.profile,
         transport.clone(),
         swim_rx,
         catalog.clone(),
+        rtt.clone(),
     );
-    let rtt = RttTable::new(node_id.clone(), config.allow_estimated_rtt);
     let registry = Arc::new(Registry::new(
         node_id.clone(),
         catalog.clone(),
@@ -314,12 +322,15 @@ pub async fn start(config: AgentConfig) -> anyhow::Result<RunningAgent> {
         identity: identity.clone(),
         catalog: catalog.clone(),
         proxy: proxy_handles.clone(),
+        membership: membership.clone(),
     });
     let anti_entropy = AntiEntropy {
         catalog: catalog.clone(),
         transport: transport.clone(),
         members: membership.active(),
-        interval: config.profile.anti_entropy_interval(),
+        interval: config
+            .anti_entropy
+            .unwrap_or_else(|| config.profile.anti_entropy_interval()),
     };
 
     let stopping = shutdown.subscribe();
@@ -337,7 +348,6 @@ pub async fn start(config: AgentConfig) -> anyhow::Result<RunningAgent> {
             rtt: rtt.clone(),
             transport: transport.clone(),
             members: membership.active(),
-            registry: registry.clone(),
         },
         rtt_rx,
     ))));
@@ -445,6 +455,9 @@ async fn until(mut stopping: watch::Receiver<bool>, task: BoxedTask) {
     }
 }
 
+/// Members expected to push the catalog to a node that (re)joined.
+const JOIN_PUSHERS: u32 = 3;
+
 /// Reacts to membership changes: catalog views change when nodes come and go.
 async fn watch_membership(
     membership: Membership,
@@ -456,13 +469,18 @@ async fn watch_membership(
     let mut known = active.borrow().clone();
     while active.changed().await.is_ok() {
         let now = active.borrow().clone();
+        // A node that (re)joined gets the catalog at once instead of waiting
+        // for an anti-entropy round, from a few members, not all: with every
+        // member pushing, each rejoin cost the cluster N exchanges and as
+        // many handshakes, and at 250 agents on one machine the load that
+        // caused false suspicions fed more of them.
+        let members = u32::try_from(now.len()).unwrap_or(u32::MAX).max(1);
+        let pushers = JOIN_PUSHERS.min(members);
         for (id, identity) in now.iter() {
-            if known.get(id) != Some(identity) {
-                // A node that (re)joined gets our catalog at once instead of
-                // waiting for the next anti-entropy round.
+            if known.get(id) != Some(identity) && rand::rng().random_ratio(pushers, members) {
                 let anti_entropy = anti_entropy.clone();
                 let peer = identity.addr;
-                tokio::spawn(async move { sync::sync_with(&anti_entropy, peer).await });
+                tokio::spawn(async move { sync::sync_with(&anti_entropy, peer, false).await });
             }
         }
         for id in known.keys().filter(|id| !now.contains_key(*id)) {

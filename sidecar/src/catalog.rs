@@ -82,6 +82,11 @@ impl CatalogStore {
         f(self.lock().catalog())
     }
 
+    /// What an anti-entropy round compares first.
+    pub fn summary(&self) -> mesh_proto::catalog::DigestSummary {
+        self.lock().catalog().summary()
+    }
+
     /// The message that opens an anti-entropy round (our digest).
     pub fn open_exchange(&self) -> SyncMessage {
         anti_entropy::open(&self.lock())

@@ -51,6 +51,10 @@ pub struct TransportTimings {
     pub idle_timeout: Duration,
     /// Send a keep-alive when nothing else was sent for this long.
     pub keep_alive: Duration,
+    /// Close a connection that carried no stream or datagram for this long
+    /// (keep-alives do not count): connections exist only to peers in use,
+    /// and the next use dials again.
+    pub idle_close: Duration,
 }
 
 /// The profile tables: every timing a profile sets, except foca's own
@@ -58,15 +62,16 @@ pub struct TransportTimings {
 impl Profile {
     /// QUIC timings.
     pub fn transport(self) -> TransportTimings {
-        let (connect, idle, keep_alive) = match self {
-            Profile::Local => (1, 10, 2),
-            Profile::Lan => (3, 30, 5),
-            Profile::Wan => (10, 60, 10),
+        let (connect, idle, keep_alive, idle_close) = match self {
+            Profile::Local => (1, 10, 2, 10),
+            Profile::Lan => (3, 30, 5, 60),
+            Profile::Wan => (10, 60, 10, 120),
         };
         TransportTimings {
             connect_timeout: Duration::from_secs(connect),
             idle_timeout: Duration::from_secs(idle),
             keep_alive: Duration::from_secs(keep_alive),
+            idle_close: Duration::from_secs(idle_close),
         }
     }
 
@@ -313,6 +318,12 @@ pub struct AgentConfig {
     pub tcp: Vec<tcp::TcpSpec>,
     /// Token required on admin writes, if any.
     pub admin_token: Option<AdminToken>,
+    /// In-process users only (tests, benches; no flag): replaces the
+    /// profile's idle close of QUIC connections.
+    pub idle_close: Option<Duration>,
+    /// In-process users only (no flag): replaces the profile's
+    /// anti-entropy period.
+    pub anti_entropy: Option<Duration>,
 }
 
 impl AgentArgs {
@@ -514,6 +525,8 @@ impl AgentArgs {
             supervise,
             tcp,
             admin_token,
+            idle_close: None,
+            anti_entropy: None,
         })
     }
 

@@ -65,6 +65,8 @@ pub fn local_config(
         supervise: Vec::new(),
         tcp: Vec::new(),
         admin_token: None,
+        idle_close: None,
+        anti_entropy: None,
     }
 }
 

@@ -15,9 +15,9 @@ use std::time::Duration;
 
 use anyhow::{anyhow, Context};
 use mesh_proto::codec;
-use mesh_proto::gossip::StreamKind;
+use mesh_proto::gossip::{KnownMember, MemberList, StreamKind, MAX_MEMBER_LIST_MESSAGE};
 use mesh_proto::NodeIdentity;
-use tracing::{info, warn};
+use tracing::{debug, info, warn};
 
 use crate::membership::Membership;
 use crate::persist::DataDir;
@@ -149,6 +149,14 @@ async fn join_one(agent: &Joiner, target: &str) -> anyhow::Result<NodeIdentity> 
             }
             Ok(peer) => {
                 agent.membership.announce(peer.clone()).await;
+                // The announce's answer names a few dozen members; the rest
+                // would trickle in over gossip for a minute at 100 nodes.
+                match pull_members(&agent.transport, addr).await {
+                    Ok(members) => agent.membership.learn(members).await,
+                    Err(e) => {
+                        debug!(%addr, error = %format!("{e:#}"), "no member list pulled on join (an older agent?); gossip brings the members")
+                    }
+                }
                 return Ok(peer);
             }
             Err(e) => last_error = e,
@@ -201,7 +209,8 @@ pub async fn remember_members(membership: Membership, data: DataDir) {
 
 /// Asks the agent at `addr` who it is.
 pub async fn hello(transport: &Arc<Transport>, addr: SocketAddr) -> anyhow::Result<NodeIdentity> {
-    let (mut send, mut recv, connection) = transport.open_stream(addr, StreamKind::Hello).await?;
+    let (mut send, mut recv, connection, _lease) =
+        transport.open_stream(addr, StreamKind::Hello).await?;
     send.finish()?;
     let bytes = tokio::time::timeout(Duration::from_secs(5), recv.read_to_end(MAX_HELLO))
         .await
@@ -213,6 +222,24 @@ pub async fn hello(transport: &Arc<Transport>, addr: SocketAddr) -> anyhow::Resu
     crate::tls::check_claimed_id(certified.as_deref(), identity.node_id.as_str())
         .map_err(|e| anyhow!("{addr}: {e}"))?;
     Ok(identity)
+}
+
+/// Pulls every member the agent at `addr` knows (push-pull on join).
+pub async fn pull_members(
+    transport: &Arc<Transport>,
+    addr: SocketAddr,
+) -> anyhow::Result<Vec<KnownMember>> {
+    let (mut send, mut recv, _, _lease) = transport.open_stream(addr, StreamKind::Members).await?;
+    send.finish()?;
+    let bytes = tokio::time::timeout(
+        Duration::from_secs(5),
+        recv.read_to_end(MAX_MEMBER_LIST_MESSAGE),
+    )
+    .await
+    .map_err(|_| anyhow!("{addr} did not send its member list"))??;
+    let list: MemberList = codec::decode(&bytes, MAX_MEMBER_LIST_MESSAGE)
+        .map_err(|e| anyhow!("bad member list from {addr}: {e}"))?;
+    Ok(list.members)
 }
 
 #[cfg(test)]

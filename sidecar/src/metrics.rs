@@ -67,6 +67,10 @@ pub const SWIM_PACKETS_REFUSED: &str = "gossamer_swim_packets_refused_total";
 pub const REFUSED_IMPERSONATION: &str = "impersonation";
 /// `gossamer_build_info{version}`.
 pub const BUILD_INFO: &str = "gossamer_build_info";
+/// Open QUIC connections (only peers in use have one).
+pub const QUIC_CONNECTIONS: &str = "gossamer_quic_connections";
+/// Lifeguard's local health score (0 healthy; probe timings × score + 1).
+pub const LOCAL_HEALTH: &str = "gossamer_local_health";
 
 /// The metric names shared/DESIGN.md makes a contract (histograms by base name).
 pub const DESIGN_CONTRACT: [&str; 13] = [
@@ -87,9 +91,9 @@ pub const DESIGN_CONTRACT: [&str; 13] = [
 
 /// Every metric the agent exports: the contract, build info, relay refusals,
 /// DNS queries and TCP services (second wave of DESIGN.md; the TCP series
-/// appear once a `--tcp` listener is configured), and the hardening
-/// counters of issues 21 and 22.
-pub const EXPORTED: [&str; 21] = [
+/// appear once a `--tcp` listener is configured), the hardening counters of
+/// issues 21 and 22, and the connection and Lifeguard gauges of issue 17.
+pub const EXPORTED: [&str; 23] = [
     MEMBERS,
     GOSSIP_PACKETS,
     GOSSIP_BYTES,
@@ -111,6 +115,8 @@ pub const EXPORTED: [&str; 21] = [
     HANDSHAKES_REFUSED,
     HTTP_CONNECTIONS_REFUSED,
     SWIM_PACKETS_REFUSED,
+    QUIC_CONNECTIONS,
+    LOCAL_HEALTH,
 ];
 
 /// The standard `process_*` metrics the dashboard reads (from the
@@ -147,6 +153,8 @@ pub fn recorder() -> anyhow::Result<PrometheusHandle> {
     for counter in [HANDSHAKE_FAILURES, DECODE_ERRORS, RELAY_REFUSALS] {
         metrics::counter!(counter).increment(0);
     }
+    metrics::gauge!(QUIC_CONNECTIONS).set(0.0);
+    metrics::gauge!(LOCAL_HEALTH).set(0.0);
     describe();
     collect_process();
     metrics::counter!(DNS_QUERIES, "type" => "A", "rcode" => "NOERROR").increment(0);
@@ -190,7 +198,7 @@ fn describe() {
     );
     describe_counter!(
         HANDSHAKE_FAILURES,
-        "QUIC handshakes that failed (for example another passphrase)"
+        "QUIC handshakes that failed (for example another passphrase), and sealed SWIM packets that do not open with this cluster's key"
     );
     describe_counter!(
         DECODE_ERRORS,
@@ -235,6 +243,14 @@ fn describe() {
         "SWIM packets refused before membership applied them, by reason (impersonation: the packet names a source other than the node its connection's certificate is issued to)"
     );
     describe_gauge!(BUILD_INFO, "Always 1; the agent's version is the label");
+    describe_gauge!(
+        QUIC_CONNECTIONS,
+        "Open QUIC connections to peers (only peers in use: upstreams, anti-entropy partners; idle ones close)"
+    );
+    describe_gauge!(
+        LOCAL_HEALTH,
+        "Lifeguard's local health score: 0 when healthy; this node's probe period and timeout are stretched by score + 1"
+    );
     describe_counter!(
         TCP_CONNECTIONS,
         "Connections accepted on --tcp listeners, by service and the node of the instance they went to (none: refused or unreachable)"

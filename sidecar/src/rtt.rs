@@ -1,7 +1,9 @@
-//! RTT sampling: the QUIC connection's own estimate once a second (a ping
-//! datagram keeps it fresh when the connection is otherwise idle), and the
-//! peer's coordinate on every pong, fed to the RTT table (`core::rtt`).
+//! RTT sampling: the QUIC estimate of each open connection once a second,
+//! fed to the RTT table (`core::rtt`). SWIM probe round trips and the
+//! coordinates SWIM packets carry come in through `membership`.
 
+use std::collections::HashMap;
+use std::net::SocketAddr;
 use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::Duration;
 
@@ -18,15 +20,12 @@ use tracing::debug;
 use crate::core::rtt::RttCore;
 use crate::membership::ActiveMembers;
 use crate::metrics;
-use crate::registry::Registry;
 use crate::transport::Transport;
 
 /// How often each peer is sampled.
 const SAMPLE_EVERY: Duration = Duration::from_secs(1);
 /// Largest ping datagram accepted.
 pub const MAX_PING: usize = 512;
-/// Sampling ticks between checks of whether to republish the coordinate.
-const REPUBLISH_CHECK_TICKS: u64 = 30;
 
 /// RTT by peer, measured or estimated: the [`RttCore`] behind a lock held
 /// only for in-memory updates.
@@ -71,6 +70,12 @@ impl RttTable {
         }
     }
 
+    /// Remembers a peer's coordinate (carried on its SWIM packets) for
+    /// estimates, without moving ours: no RTT sample came with it.
+    pub fn learn_coordinate(&self, node: &NodeId, coordinate: &Coordinate) {
+        self.lock().learn_coordinate(node, coordinate);
+    }
+
     /// Drops what we know of a departed peer.
     pub fn forget(&self, node: &NodeId) {
         self.lock().forget(node);
@@ -80,11 +85,6 @@ impl RttTable {
     pub fn coordinate(&self) -> Coordinate {
         self.lock().coordinate().clone()
     }
-
-    /// True (once) when our coordinate moved enough to republish it.
-    fn coordinate_moved(&self) -> bool {
-        self.lock().coordinate_moved()
-    }
 }
 
 /// What the sampling task uses.
@@ -93,13 +93,19 @@ pub struct RttSampler {
     pub rtt: Arc<RttTable>,
     /// Connections to sample.
     pub transport: Arc<Transport>,
-    /// Who to sample.
+    /// Who is who (peer address to node id).
     pub members: watch::Receiver<ActiveMembers>,
-    /// Where a moved coordinate is republished.
-    pub registry: Arc<Registry>,
 }
 
-/// Samples every active peer each second and answers pings.
+/// Once a second, reads QUIC's RTT estimate of every open connection (only
+/// peers in use have one: upstreams of the proxy, anti-entropy partners),
+/// and answers pings from peers that still send them.
+///
+/// Nothing here dials, and nothing runs per member: peers without a
+/// connection are measured by SWIM probe round trips (`membership`) and
+/// estimated from the coordinates SWIM packets carry. quinn refreshes its
+/// estimate from the ACKs of whatever the connection carries, so the RTT
+/// of an upstream is the one its calls see.
 pub async fn run(
     sampler: RttSampler,
     mut datagrams: mpsc::Receiver<(DatagramKind, Bytes, Connection)>,
@@ -107,42 +113,34 @@ pub async fn run(
     let sampler = &sampler;
     let mut tick = tokio::time::interval(SAMPLE_EVERY);
     tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
-    let mut seq = 0u64;
-    let mut ticks = 0u64;
+    let mut members = sampler.members.clone();
+    let mut by_addr = addresses(&members.borrow_and_update());
     loop {
         tokio::select! {
             _ = tick.tick() => {
-                seq += 1;
-                ticks += 1;
-                sample_all(sampler, seq);
-                if ticks.is_multiple_of(REPUBLISH_CHECK_TICKS) && sampler.rtt.coordinate_moved() {
-                    sampler.registry.publish_node_meta(sampler.rtt.coordinate()).await;
+                if members.has_changed().unwrap_or(false) {
+                    by_addr = addresses(&members.borrow_and_update());
+                }
+                for (addr, connection) in sampler.transport.live() {
+                    if let Some(node) = by_addr.get(&addr) {
+                        // quinn's estimate includes the handshake's round
+                        // trip, so it is real from the connection's first moment.
+                        sampler.rtt.observe(node, connection.rtt());
+                    }
                 }
             }
             Some((kind, body, connection)) = datagrams.recv() => {
-                handle_datagram(sampler, kind, &body, &connection);
+                handle_datagram(sampler, &by_addr, kind, &body, &connection);
             }
         }
     }
 }
 
-fn sample_all(sampler: &RttSampler, seq: u64) {
-    let members = sampler.members.borrow().clone();
-    for (node, identity) in members.iter() {
-        // Dial in the background: a dead peer must not hold up the others.
-        let Some(connection) = sampler.transport.cached(identity.addr) else {
-            let transport = sampler.transport.clone();
-            let addr = identity.addr;
-            tokio::spawn(async move {
-                let _ = transport.connection(addr).await;
-            });
-            continue;
-        };
-        // quinn's estimate includes the handshake's round trip, so it is a
-        // real measurement from the first moment the connection exists.
-        sampler.rtt.observe(node, connection.rtt());
-        send_ping(&connection, DatagramKind::Ping, seq, None);
-    }
+fn addresses(members: &ActiveMembers) -> HashMap<SocketAddr, NodeId> {
+    members
+        .iter()
+        .map(|(node, identity)| (identity.addr, node.clone()))
+        .collect()
 }
 
 fn send_ping(
@@ -160,7 +158,13 @@ fn send_ping(
     let _ = connection.send_datagram(Bytes::from(datagram));
 }
 
-fn handle_datagram(sampler: &RttSampler, kind: DatagramKind, body: &[u8], connection: &Connection) {
+fn handle_datagram(
+    sampler: &RttSampler,
+    by_addr: &HashMap<SocketAddr, NodeId>,
+    kind: DatagramKind,
+    body: &[u8],
+    connection: &Connection,
+) {
     let Ok(ping) = codec::decode::<Ping>(body, MAX_PING) else {
         metrics::decode_error();
         return;
@@ -176,9 +180,7 @@ fn handle_datagram(sampler: &RttSampler, kind: DatagramKind, body: &[u8], connec
             let Some(coordinate) = ping.coordinate.filter(Coordinate::is_valid) else {
                 return;
             };
-            let peer = connection.remote_address();
-            let members = sampler.members.borrow().clone();
-            if let Some((node, _)) = members.iter().find(|(_, m)| m.addr == peer) {
+            if let Some(node) = by_addr.get(&connection.remote_address()) {
                 sampler
                     .rtt
                     .observe_coordinate(node, &coordinate, connection.rtt());

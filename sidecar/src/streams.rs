@@ -9,6 +9,7 @@ use tokio::sync::mpsc;
 use tracing::debug;
 
 use crate::catalog::CatalogStore;
+use crate::membership::Membership;
 use crate::proxy::ProxyHandles;
 use crate::transport::InboundStream;
 use crate::{proxy, sync};
@@ -21,6 +22,8 @@ pub struct StreamHandles {
     pub catalog: Arc<CatalogStore>,
     /// Proxied requests.
     pub proxy: Arc<ProxyHandles>,
+    /// Answers a joiner's pull of the member list.
+    pub membership: Membership,
 }
 
 /// Hands every inbound stream that arrives through the channel (before
@@ -37,6 +40,7 @@ pub async fn serve(agent: Arc<StreamHandles>, stream: InboundStream) {
     let peer = stream.connection.remote_address();
     let result = match stream.kind {
         StreamKind::Hello => answer_hello(&agent, stream).await,
+        StreamKind::Members => answer_members(&agent, stream).await,
         StreamKind::Sync => sync::answer(&agent.catalog, stream).await,
         StreamKind::Proxy => proxy::inbound::serve_stream(&agent.proxy, stream).await,
         StreamKind::Tcp => proxy::tcp::serve_stream(&agent.proxy, stream).await,
@@ -51,5 +55,14 @@ async fn answer_hello(agent: &StreamHandles, mut stream: InboundStream) -> anyho
     let bytes = codec::encode(&agent.identity)?;
     stream.send.write_all(&bytes).await?;
     stream.send.finish()?;
+    Ok(())
+}
+
+async fn answer_members(agent: &StreamHandles, mut stream: InboundStream) -> anyhow::Result<()> {
+    let bytes = codec::encode(&agent.membership.known().await)?;
+    stream.send.write_all(&bytes).await?;
+    stream.send.finish()?;
+    // Keep the stream until the joiner has read the list.
+    let _ = stream.send.stopped().await;
     Ok(())
 }

@@ -12,6 +12,7 @@ use mesh_proto::codec;
 use mesh_proto::gossip::{StreamKind, SyncMessage, MAX_SYNC_MESSAGE};
 use quinn::{RecvStream, SendStream};
 use rand::seq::IteratorRandom;
+use rand::RngExt;
 use tokio::sync::watch;
 use tracing::{debug, warn};
 
@@ -46,12 +47,12 @@ pub async fn run(agent: AntiEntropy) {
     loop {
         tick.tick().await;
         rounds += 1;
-        let peer = {
-            let members = agent.members.borrow();
-            members.values().map(|m| m.addr).choose(&mut rand::rng())
-        };
+        let peer = choose_partner(&agent);
         if let Some(peer) = peer {
-            sync_with(&agent, peer).await;
+            // Every so often a whole digest regardless of the summaries: a
+            // backstop against a hash collision hiding a difference.
+            let full = rounds.is_multiple_of(FULL_DIGEST_EVERY);
+            sync_with(&agent, peer, full).await;
         }
         if rounds.is_multiple_of(60) {
             agent.catalog.expire_tombstones(TOMBSTONE_TTL_MS);
@@ -59,9 +60,42 @@ pub async fn run(agent: AntiEntropy) {
     }
 }
 
+/// Rounds between two that send the whole digest without comparing
+/// summaries first.
+const FULL_DIGEST_EVERY: u64 = 64;
+
+/// All rounds but one in [`FRESH_PARTNER_EVERY`] go to a peer we already
+/// hold a connection to; the others go to any member.
+///
+/// A random member every round dials a new connection every round (a QUIC
+/// handshake each, and a connection that lingers until idle): per node that
+/// grows with nothing, but across a cluster on one machine it is thousands
+/// of handshakes. Partners already connected cost nothing, and the fresh
+/// one every few rounds keeps the exchange graph random, which is what
+/// makes anti-entropy converge in a logarithmic number of rounds.
+const FRESH_PARTNER_EVERY: u32 = 16;
+
+fn choose_partner(agent: &AntiEntropy) -> Option<SocketAddr> {
+    let mut rng = rand::rng();
+    let members = agent.members.borrow();
+    if rng.random_ratio(FRESH_PARTNER_EVERY - 1, FRESH_PARTNER_EVERY) {
+        let connected = agent
+            .transport
+            .live()
+            .into_iter()
+            .map(|(addr, _)| addr)
+            .filter(|addr| members.values().any(|m| m.addr == *addr))
+            .choose(&mut rng);
+        if connected.is_some() {
+            return connected;
+        }
+    }
+    members.values().map(|m| m.addr).choose(&mut rng)
+}
+
 /// One push-pull round with `peer`; failures are logged and left to the next round.
-pub async fn sync_with(agent: &AntiEntropy, peer: SocketAddr) {
-    let result = tokio::time::timeout(Duration::from_secs(10), initiate(agent, peer)).await;
+pub async fn sync_with(agent: &AntiEntropy, peer: SocketAddr, full: bool) {
+    let result = tokio::time::timeout(Duration::from_secs(10), initiate(agent, peer, full)).await;
     match result {
         Ok(Ok(())) => {}
         Ok(Err(e)) => debug!(%peer, error = %e, "anti-entropy round failed"),
@@ -69,8 +103,21 @@ pub async fn sync_with(agent: &AntiEntropy, peer: SocketAddr) {
     }
 }
 
-async fn initiate(agent: &AntiEntropy, peer: SocketAddr) -> anyhow::Result<()> {
-    let (mut send, mut recv, _) = agent.transport.open_stream(peer, StreamKind::Sync).await?;
+async fn initiate(agent: &AntiEntropy, peer: SocketAddr, full: bool) -> anyhow::Result<()> {
+    let (mut send, mut recv, _, _lease) =
+        agent.transport.open_stream(peer, StreamKind::Sync).await?;
+    if !full {
+        let ours = agent.catalog.summary();
+        write_message(&mut send, &SyncMessage::Summary(ours)).await?;
+        match read_message(&mut recv).await? {
+            SyncMessage::Summary(theirs) if theirs == ours => {
+                send.finish()?;
+                return Ok(());
+            }
+            SyncMessage::Summary(_) => {}
+            _ => bail!("peer answered a summary with something else"),
+        }
+    }
     write_message(&mut send, &agent.catalog.open_exchange()).await?;
     let reply = read_message(&mut recv).await?;
     if !matches!(reply, SyncMessage::Records { .. }) {
@@ -87,7 +134,18 @@ async fn initiate(agent: &AntiEntropy, peer: SocketAddr) -> anyhow::Result<()> {
 
 /// Answers a push-pull round a peer started.
 pub async fn answer(catalog: &CatalogStore, mut stream: InboundStream) -> anyhow::Result<()> {
-    let digest = read_message(&mut stream.recv).await?;
+    let mut digest = read_message(&mut stream.recv).await?;
+    if let SyncMessage::Summary(theirs) = digest {
+        let ours = catalog.summary();
+        write_message(&mut stream.send, &SyncMessage::Summary(ours)).await?;
+        if ours == theirs {
+            stream.send.finish()?;
+            // Keep the stream until the partner has read the answer.
+            let _ = stream.send.stopped().await;
+            return Ok(());
+        }
+        digest = read_message(&mut stream.recv).await?;
+    }
     if !matches!(digest, SyncMessage::Digest(_)) {
         bail!("sync stream did not start with a digest");
     }

@@ -48,6 +48,11 @@ pub struct ClusterTrust {
     /// tokens: derived, never sent, and the same on every restart of this
     /// node, so a restarted node recognises (and resets) its old connections.
     pub endpoint_secret: [u8; 32],
+    /// The cluster's key for SWIM packets sent as plain UDP (sealed with
+    /// ChaCha20-Poly1305), derived from the passphrase: every member of the
+    /// cluster, and only they, hold it. None with an operator's CA, where no
+    /// shared secret exists; SWIM then rides QUIC datagrams.
+    pub gossip_key: Option<[u8; 32]>,
 }
 
 impl ClusterTrust {
@@ -109,6 +114,7 @@ impl ClusterTrust {
             chain: vec![cert.der().clone()],
             key: PrivateKeyDer::Pkcs8(PrivatePkcs8KeyDer::from(node_key.serialize_der())),
             endpoint_secret: derive_endpoint_secret(psk.as_bytes(), node_id)?,
+            gossip_key: Some(derive_gossip_key(psk.as_bytes())?),
         })
     }
 
@@ -149,6 +155,7 @@ impl ClusterTrust {
             chain,
             key,
             endpoint_secret,
+            gossip_key: None,
         })
     }
 
@@ -260,6 +267,15 @@ fn derive_endpoint_secret(secret: &[u8], node_id: &str) -> anyhow::Result<[u8; 3
     let mut out = [0u8; 32];
     let info = [b"quic endpoint keys of ".as_slice(), node_id.as_bytes()].concat();
     hk.expand(&info, &mut out)
+        .map_err(|_| anyhow!("HKDF refused a 32-byte output"))?;
+    Ok(out)
+}
+
+/// Stretches the passphrase into the cluster's SWIM packet key.
+fn derive_gossip_key(psk: &[u8]) -> anyhow::Result<[u8; 32]> {
+    let hk = Hkdf::<Sha256>::new(Some(CA_SALT), psk);
+    let mut out = [0u8; 32];
+    hk.expand(b"gossamer swim packets", &mut out)
         .map_err(|_| anyhow!("HKDF refused a 32-byte output"))?;
     Ok(out)
 }

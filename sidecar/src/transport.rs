@@ -30,9 +30,15 @@ use tracing::{debug, warn};
 
 mod guard;
 mod handshakes;
+mod idle;
+mod lease;
+pub mod swim_udp;
 
 use guard::{EndpointKeys, GuardedSocket, KnownPeers, PeerLog};
 use handshakes::{Failure, HandshakeGate};
+use lease::Leases;
+pub use lease::{Leased, StreamLease};
+use swim_udp::SwimKey;
 
 pub use crate::core::membership::Certified;
 use crate::link_shim::{LinkRules, ShimSocket};
@@ -49,6 +55,9 @@ pub struct InboundStream {
     pub send: SendStream,
     /// Our receiving half, positioned after the kind byte.
     pub recv: RecvStream,
+    /// Keeps the connection from the idle close while the stream lives
+    /// (see [`Leased`]).
+    pub lease: StreamLease,
 }
 
 /// A SWIM packet and who its connection proves sent it.
@@ -79,6 +88,8 @@ type Slot = Arc<OnceCell<Connection>>;
 
 /// Application close code: membership declared the peer down.
 const PEER_DOWN: u32 = 2;
+/// Application close code: nothing used the connection for a while.
+const IDLE: u32 = 3;
 
 /// The agent's QUIC endpoint and its connection cache.
 pub struct Transport {
@@ -90,6 +101,12 @@ pub struct Transport {
     failure_log: PeerLog,
     known_peers: Arc<KnownPeers>,
     stream_handler: OnceLock<StreamHandler>,
+    /// The socket under quinn, for sealed SWIM datagrams.
+    socket: Arc<GuardedSocket>,
+    /// Set when SWIM travels as sealed UDP rather than QUIC datagrams.
+    swim_key: Option<Arc<SwimKey>>,
+    /// Streams open on each connection (the idle close leaves those alone).
+    leases: Arc<Leases>,
 }
 
 /// Serves one inbound bidirectional stream, on the task that accepted it.
@@ -155,18 +172,25 @@ impl Transport {
         };
         let keys = EndpointKeys::derive(&trust.endpoint_secret)?;
         let known_peers = Arc::new(KnownPeers::default());
+        let swim_key = trust
+            .gossip_key
+            .as_ref()
+            .map(|k| SwimKey::new(k).map(Arc::new).context("unusable SWIM key"))
+            .transpose()?;
         let socket = Arc::new(GuardedSocket {
             inner: socket,
             cids: keys.cids,
             known_peers: known_peers.clone(),
             log: PeerLog::default(),
+            swim: swim_key.clone().map(|k| (k, inbound.swim.clone())),
+            swim_closed: std::sync::atomic::AtomicBool::new(false),
         });
         let mut endpoint_config = quinn::EndpointConfig::new(Arc::new(keys.reset));
         endpoint_config.cid_generator(move || Box::new(keys.cids));
         let endpoint = Endpoint::new_with_abstract_socket(
             endpoint_config,
             Some(server_config),
-            socket,
+            socket.clone(),
             runtime,
         )
         .context("cannot start the QUIC endpoint")?;
@@ -180,8 +204,15 @@ impl Transport {
             failure_log: PeerLog::default(),
             stream_handler: OnceLock::new(),
             known_peers,
+            socket,
+            swim_key,
+            leases: Arc::default(),
         });
         tokio::spawn(accept_loop(transport.clone()));
+        tokio::spawn(idle::close_idle(
+            Arc::downgrade(&transport),
+            transport.timings.idle_close,
+        ));
         Ok(transport)
     }
 
@@ -241,8 +272,63 @@ impl Transport {
         Ok(connection)
     }
 
-    /// Sends one SWIM packet to `addr`: as a datagram when it fits, else on a
-    /// unidirectional stream.
+    /// True when SWIM travels as sealed UDP datagrams ([`Transport::send_swim_udp`]).
+    pub fn swim_over_udp(&self) -> bool {
+        self.swim_key.is_some()
+    }
+
+    /// Sends one SWIM packet to `addr` as a sealed UDP datagram: no
+    /// connection, no waiting. Errors when there is no cluster key or the
+    /// socket refused it (a full buffer: the packet is lost, as on UDP).
+    pub fn send_swim_udp(&self, addr: SocketAddr, packet: &[u8]) -> anyhow::Result<()> {
+        let key = self
+            .swim_key
+            .as_ref()
+            .ok_or_else(|| anyhow!("no cluster key: SWIM rides QUIC datagrams"))?;
+        let sealed = key
+            .seal(packet)
+            .ok_or_else(|| anyhow!("cannot seal a SWIM packet"))?;
+        metrics::gossip_packet("out", packet.len());
+        self.socket
+            .send_swim(addr, &sealed)
+            .with_context(|| format!("cannot send a SWIM datagram to {addr}"))
+    }
+
+    /// Live connections, by peer address (the RTT table samples these).
+    pub fn live(&self) -> Vec<(SocketAddr, Connection)> {
+        let connections = self.lock_connections();
+        connections
+            .iter()
+            .filter_map(|(addr, slot)| {
+                slot.get()
+                    .filter(|c| c.close_reason().is_none())
+                    .map(|c| (*addr, c.clone()))
+            })
+            .collect()
+    }
+
+    /// Closes the connection to `addr` if it is still `stable_id` and was
+    /// idle (the idle sweeper): a later use dials again.
+    /// True while a stream of connection `stable_id` is open.
+    fn has_open_streams(&self, stable_id: usize) -> bool {
+        self.leases.held(stable_id)
+    }
+
+    fn close_idle(&self, addr: SocketAddr, stable_id: usize) {
+        let mut connections = self.lock_connections();
+        let same = connections
+            .get(&addr)
+            .and_then(|s| s.get())
+            .is_some_and(|c| c.stable_id() == stable_id);
+        if same {
+            if let Some(connection) = connections.remove(&addr).as_ref().and_then(|s| s.get()) {
+                connection.close(IDLE.into(), b"idle");
+            }
+        }
+    }
+
+    /// Sends one SWIM packet to `addr` over QUIC: as a datagram when it
+    /// fits, else on a unidirectional stream.
     pub async fn send_swim(
         self: &Arc<Self>,
         addr: SocketAddr,
@@ -274,14 +360,15 @@ impl Transport {
         self: &Arc<Self>,
         addr: SocketAddr,
         kind: StreamKind,
-    ) -> anyhow::Result<(SendStream, RecvStream, Connection)> {
+    ) -> anyhow::Result<(SendStream, RecvStream, Connection, StreamLease)> {
         let connection = self.connection(addr).await?;
+        let lease = self.leases.take(connection.stable_id());
         let (mut send, recv) = connection
             .open_bi()
             .await
             .with_context(|| format!("cannot open a stream to {addr}"))?;
         send.write_all(&[kind as u8]).await?;
-        Ok((send, recv, connection))
+        Ok((send, recv, connection, lease))
     }
 
     /// Serves inbound streams with `handler` on the task that accepted each,
@@ -304,6 +391,9 @@ impl Transport {
 
     /// Closes every connection and waits briefly for the close to be sent.
     pub async fn shutdown(&self) {
+        self.socket
+            .swim_closed
+            .store(true, std::sync::atomic::Ordering::Relaxed);
         self.endpoint.close(0u32.into(), b"agent stopping");
         let _ = tokio::time::timeout(Duration::from_secs(1), self.endpoint.wait_idle()).await;
     }
@@ -481,6 +571,7 @@ async fn accept_bi(transport: Arc<Transport>, connection: Connection) {
     while let Ok((send, mut recv)) = connection.accept_bi().await {
         let transport = transport.clone();
         let connection = connection.clone();
+        let lease = transport.leases.take(connection.stable_id());
         tokio::spawn(async move {
             let mut tag = [0u8; 1];
             if recv.read_exact(&mut tag).await.is_err() {
@@ -491,6 +582,7 @@ async fn accept_bi(transport: Arc<Transport>, connection: Connection) {
                     kind @ (StreamKind::Sync
                     | StreamKind::Proxy
                     | StreamKind::Hello
+                    | StreamKind::Members
                     | StreamKind::Tcp),
                 ) => kind,
                 _ => return metrics::decode_error(),
@@ -500,6 +592,7 @@ async fn accept_bi(transport: Arc<Transport>, connection: Connection) {
                 connection,
                 send,
                 recv,
+                lease,
             };
             match transport.stream_handler.get() {
                 Some(handler) => handler(stream).await,

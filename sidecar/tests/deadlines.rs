@@ -68,7 +68,7 @@ async fn the_far_sidecar_answers_504_at_the_callers_deadline_and_lets_go_of_the_
     // neither finishes nor resets the stream, as when a partition eats
     // everything it sends after the request.
     let caller = peer_transport(PSK, "deadline-caller");
-    let (mut send, mut recv, _) = caller
+    let (mut send, mut recv, _, _lease) = caller
         .open_stream(b.listeners.quic, StreamKind::Proxy)
         .await
         .expect("open proxy stream");

@@ -793,6 +793,7 @@ fn transport(
             // within the test's bounds.
             idle_timeout: Duration::from_secs(60),
             keep_alive: Duration::from_secs(20),
+            idle_close: Duration::from_secs(120),
         },
         sidecar::transport::Inbound { swim, rtt, streams },
     )

@@ -33,7 +33,7 @@ async fn a_crashed_agent_is_marked_down_and_a_terminated_one_leaves_promptly() {
 
     // SIGTERM: the agent leaves the cluster and exits 0. A leave is
     // announced, so a peer goes from alive straight to down; a node that
-    // just vanished would first be suspect for the suspicion timeout (2 s in
+    // just vanished would first be suspect for the suspicion timeout (1.5 s in
     // the local profile) before failure detection declared it down. The
     // watcher polls faster than that, so a missing leave shows as a
     // `suspect` state seen on the way.
@@ -274,5 +274,44 @@ async fn the_lan_and_wan_profiles_form_a_cluster_and_see_a_leave() {
             },
         )
         .await;
+    }
+}
+
+#[tokio::test]
+async fn a_joiner_pulls_every_member_its_seed_knows_at_once() {
+    // An announce's answer holds only as many members as fit one datagram
+    // (about 35); the rest used to trickle in over gossip. The pull hands a
+    // joiner the whole list: every other alive member, with its identity.
+    let agents = cluster("pull", 4).await;
+    let refs: Vec<&AgentProc> = agents.iter().collect();
+    wait_alive(&refs, &["pull-1", "pull-2", "pull-3", "pull-4"], CONVERGE).await;
+    let joiner = common::peer_transport(common::PSK, "pull-joiner");
+    let seed = &agents[0];
+    let pulled = sidecar::join::pull_members(&joiner, seed.listeners.quic)
+        .await
+        .expect("the seed answers the pull");
+    let mut listed: Vec<(String, String, bool)> = pulled
+        .iter()
+        .map(|m| {
+            (
+                m.identity.node_id.to_string(),
+                m.identity.addr.to_string(),
+                m.suspect,
+            )
+        })
+        .collect();
+    listed.sort();
+    let expected: Vec<(String, String, bool)> = agents[1..]
+        .iter()
+        .map(|a| (a.node_id().to_owned(), a.listeners.quic.to_string(), false))
+        .collect();
+    assert_eq!(listed, expected, "the seed's members, itself excluded");
+    let nodes = seed.client().nodes().await.expect("nodes");
+    for member in &pulled {
+        let listed = nodes
+            .iter()
+            .find(|n| n.id == member.identity.node_id.as_str())
+            .expect("a pulled member is one the seed lists");
+        assert_eq!(listed.generation, member.identity.generation);
     }
 }

@@ -121,7 +121,7 @@ async fn every_contract_metric_is_scraped_and_moves() {
     connection
         .send_datagram(bytes::Bytes::from_static(b"\xffnot a gossamer datagram"))
         .expect("send datagram");
-    let (mut send, mut recv, _) = peer
+    let (mut send, mut recv, _, _lease) = peer
         .open_stream(trio.a.listeners.quic, mesh_proto::gossip::StreamKind::Proxy)
         .await
         .expect("open stream");

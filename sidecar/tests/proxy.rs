@@ -611,7 +611,7 @@ async fn a_forged_frame_is_refused_and_counted() {
         ("admin-api".to_owned(), target),
         (format!("echo-forge-b-{port}"), target),
     ] {
-        let (mut send, mut recv, _conn) = transport
+        let (mut send, mut recv, _conn, _lease) = transport
             .open_stream(b.listeners.quic, StreamKind::Proxy)
             .await
             .expect("open proxy stream");

@@ -287,6 +287,7 @@ async fn garbage_datagrams_to_the_quic_port_are_counted_logged_once_per_source_a
     let b = AgentProc::start(Spec::new("junk-b").join(&a).with_metrics()).await;
     wait_alive(&[&a, &b], &["junk-a", "junk-b"], CONVERGE).await;
     // Real traffic (handshakes, SWIM, RTT pings, anti-entropy) is never counted.
+
     assert_eq!(counter(&a, DECODE_ERRORS).await, 0.0);
     assert_eq!(counter(&b, DECODE_ERRORS).await, 0.0);
 
@@ -456,7 +457,7 @@ async fn push_records(
         out.extend_from_slice(&bytes);
         out
     };
-    let (mut send, mut recv, _conn) = transport
+    let (mut send, mut recv, _conn, _lease) = transport
         .open_stream(agent.listeners.quic, StreamKind::Sync)
         .await
         .expect("open sync stream");
@@ -576,7 +577,7 @@ async fn an_anti_entropy_message_over_the_limit_is_refused_before_it_is_read() {
     let agent = AgentProc::start(Spec::new("sync-limit").with_metrics()).await;
     let before = counter(&agent, DECODE_ERRORS).await;
     let transport = common::peer_transport(common::PSK, "sync-liar");
-    let (mut send, mut recv, _conn) = transport
+    let (mut send, mut recv, _conn, _lease) = transport
         .open_stream(agent.listeners.quic, StreamKind::Sync)
         .await
         .expect("open sync stream");

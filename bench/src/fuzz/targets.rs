@@ -10,7 +10,8 @@ use foca::{Codec, PostcardCodec};
 use mesh_proto::codec::{self, DecodeError, WIRE_VERSION};
 use mesh_proto::frame::{ProxyFrame, MAX_FRAME};
 use mesh_proto::gossip::{
-    CatalogBroadcast, Ping, SyncMessage, MAX_STREAM_PACKET, MAX_SWIM_PACKET, MAX_SYNC_MESSAGE,
+    CatalogBroadcast, MemberList, Ping, SyncMessage, MAX_MEMBER_LIST_MESSAGE, MAX_STREAM_PACKET,
+    MAX_SWIM_PACKET, MAX_SYNC_MESSAGE,
 };
 use mesh_proto::{NodeIdentity, Record, RecordBody};
 use rand::rngs::SmallRng;
@@ -97,6 +98,14 @@ pub fn all() -> Vec<Target> {
             versioned: true,
             valid: |rng| encode(&values::sync_message(rng)),
             check: |b, m| check_codec::<SyncMessage>(b, MAX_SYNC_MESSAGE, m),
+        },
+        Target {
+            name: "member_list",
+            decoder: "codec::decode::<MemberList> (push-pull on join)",
+            limit: MAX_MEMBER_LIST_MESSAGE,
+            versioned: true,
+            valid: |rng| encode(&values::member_list(rng)),
+            check: |b, m| check_codec::<MemberList>(b, MAX_MEMBER_LIST_MESSAGE, m),
         },
         Target {
             name: "ping",

@@ -13,7 +13,7 @@ use foca::{Header, Member, Message, State};
 use mesh_proto::catalog::{Health, Protocol, Repository, Requirements, EXTENSION_PREFIX};
 use mesh_proto::coordinate::Coordinate;
 use mesh_proto::frame::ProxyFrame;
-use mesh_proto::gossip::{CatalogBroadcast, Ping, SyncMessage};
+use mesh_proto::gossip::{CatalogBroadcast, KnownMember, MemberList, Ping, SyncMessage};
 use mesh_proto::{
     Definition, Hlc, Instance, NodeId, NodeIdentity, NodeMeta, Record, RecordBody, RecordKey,
     Version,
@@ -299,10 +299,14 @@ pub fn broadcast(rng: &mut SmallRng) -> CatalogBroadcast {
     }
 }
 
-/// An anti-entropy message of any of its three kinds.
+/// An anti-entropy message of any of its four kinds.
 pub fn sync_message(rng: &mut SmallRng) -> SyncMessage {
     let n = rng.random_range(0..6);
-    match rng.random_range(0..3) {
+    match rng.random_range(0..4) {
+        3 => SyncMessage::Summary(mesh_proto::catalog::DigestSummary {
+            entries: rng.random(),
+            hash: rng.random(),
+        }),
         0 => SyncMessage::Digest((0..n * 3).map(|_| (key(rng), version(rng))).collect()),
         1 => SyncMessage::Records {
             records: (0..n).map(|_| record(rng)).collect(),
@@ -313,6 +317,19 @@ pub fn sync_message(rng: &mut SmallRng) -> SyncMessage {
 }
 
 /// An RTT ping or pong.
+pub fn member_list(rng: &mut SmallRng) -> MemberList {
+    let n = rng.random_range(0..40);
+    MemberList {
+        members: (0..n)
+            .map(|_| KnownMember {
+                identity: identity(rng),
+                incarnation: rng.random(),
+                suspect: rng.random(),
+            })
+            .collect(),
+    }
+}
+
 pub fn ping(rng: &mut SmallRng) -> Ping {
     Ping {
         seq: edgy_u64(rng),

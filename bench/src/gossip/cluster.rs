@@ -46,9 +46,15 @@ pub struct Counters {
     pub swim_bytes: f64,
     /// SWIM packets sent.
     pub swim_packets: f64,
+    /// SWIM packets received (opened), for the loss between the two.
+    pub swim_packets_in: f64,
+    /// Malformed or unopenable packets.
+    pub decode_errors: f64,
     /// What every agent's cached QUIC connections sent (all traffic: SWIM,
     /// RTT pings, anti-entropy, keep-alives, QUIC overhead).
     pub quic: QuicTx,
+    /// The most open connections any one agent held.
+    pub connections_max: usize,
     /// When the sample was taken.
     pub at: Option<Instant>,
 }
@@ -70,6 +76,11 @@ pub struct Rates {
     pub quic_bytes_per_node_s: f64,
     /// QUIC UDP datagrams sent per node per second.
     pub quic_datagrams_per_node_s: f64,
+    /// Everything sent: QUIC plus the sealed SWIM datagrams (when SWIM
+    /// travels as UDP), UDP payload bytes.
+    pub wire_bytes_per_node_s: f64,
+    /// Datagrams sent: QUIC's plus SWIM's.
+    pub wire_datagrams_per_node_s: f64,
 }
 
 impl Rates {
@@ -86,13 +97,21 @@ impl Rates {
             quic_bytes += bytes.saturating_sub(b0);
             quic_datagrams += datagrams.saturating_sub(d0);
         }
+        let swim_bytes = per(before.swim_bytes, after.swim_bytes);
+        let swim_packets = per(before.swim_packets, after.swim_packets);
+        let quic_bytes = per(0.0, quic_bytes as f64);
+        let quic_datagrams = per(0.0, quic_datagrams as f64);
+        // The bench's agents use a passphrase, so SWIM is sealed UDP.
+        let sealed = sidecar::transport::swim_udp::OVERHEAD as f64;
         Self {
             window_s,
             nodes,
-            swim_bytes_per_node_s: per(before.swim_bytes, after.swim_bytes),
-            swim_packets_per_node_s: per(before.swim_packets, after.swim_packets),
-            quic_bytes_per_node_s: per(0.0, quic_bytes as f64),
-            quic_datagrams_per_node_s: per(0.0, quic_datagrams as f64),
+            swim_bytes_per_node_s: swim_bytes,
+            swim_packets_per_node_s: swim_packets,
+            quic_bytes_per_node_s: quic_bytes,
+            quic_datagrams_per_node_s: quic_datagrams,
+            wire_bytes_per_node_s: quic_bytes + swim_bytes + swim_packets * sealed,
+            wire_datagrams_per_node_s: quic_datagrams + swim_packets,
         }
     }
 }
@@ -178,10 +197,24 @@ impl Cluster {
     pub async fn wait_formed(&self, within: Duration) -> anyhow::Result<Duration> {
         let started = Instant::now();
         let want = self.agents.len().saturating_sub(1);
+        let mut next_report = Duration::from_secs(10);
         loop {
             let counts = self.active_counts();
             if counts.iter().all(|&c| c == want) {
                 return Ok(started.elapsed());
+            }
+            if started.elapsed() >= next_report {
+                next_report += Duration::from_secs(10);
+                let mut sorted = counts.clone();
+                sorted.sort_unstable();
+                let complete = sorted.iter().filter(|&&c| c == want).count();
+                eprintln!(
+                    "  forming, {:.0} s: peers seen min {} / median {} / max {} of {want}; {complete} agents complete",
+                    started.elapsed().as_secs_f64(),
+                    sorted.first().copied().unwrap_or(0),
+                    sorted.get(sorted.len() / 2).copied().unwrap_or(0),
+                    sorted.last().copied().unwrap_or(0),
+                );
             }
             if started.elapsed() > within {
                 let mut missing: Vec<(usize, usize)> = counts
@@ -262,29 +295,31 @@ impl Cluster {
     /// A snapshot of the gossip counters.
     pub fn counters(&self, metrics: &Metrics) -> Counters {
         let mut quic = QuicTx::new();
+        let mut connections_max = 0;
         for running in &self.agents {
             let agent = &running.agent;
-            let peers = agent.membership.active().borrow().clone();
-            for identity in peers.values() {
-                if let Some(connection) = agent.transport.cached(identity.addr) {
-                    let stats = connection.stats();
-                    quic.insert(
-                        (agent.node_id().to_string(), connection.stable_id()),
-                        (stats.udp_tx.bytes, stats.udp_tx.datagrams),
-                    );
-                }
+            // Every open connection, whoever it is to (not one per member).
+            let live = agent.transport.live();
+            connections_max = connections_max.max(live.len());
+            for (_, connection) in live {
+                let stats = connection.stats();
+                quic.insert(
+                    (agent.node_id().to_string(), connection.stable_id()),
+                    (stats.udp_tx.bytes, stats.udp_tx.datagrams),
+                );
             }
         }
         Counters {
             swim_bytes: metrics.counter(sidecar::metrics::GOSSIP_BYTES, "direction=\"out\""),
             swim_packets: metrics.counter(sidecar::metrics::GOSSIP_PACKETS, "direction=\"out\""),
+            swim_packets_in: metrics.counter(sidecar::metrics::GOSSIP_PACKETS, "direction=\"in\""),
+            decode_errors: metrics.counter(sidecar::metrics::DECODE_ERRORS, ""),
             quic,
+            connections_max,
             at: Some(Instant::now()),
         }
     }
 
-    /// Stops every agent at once (no leave: the whole cluster goes) and
-    /// removes the data dirs.
     pub async fn shutdown(self) {
         let mut tasks = tokio::task::JoinSet::new();
         for running in self.agents {

@@ -98,6 +98,12 @@ pub struct RestDetail {
     pub digest_bytes: usize,
     /// Live QUIC connections cached per agent, on average.
     pub connections_per_agent: f64,
+    /// The most any one agent held.
+    pub connections_max: usize,
+    /// Share of SWIM packets sent that no agent received (in this process).
+    pub swim_loss: f64,
+    /// Malformed or unopenable packets counted at rest.
+    pub decode_errors: f64,
 }
 
 /// Everything `bench gossip` measured.
@@ -217,6 +223,11 @@ async fn measure(
         catalog_records: cluster.catalog_records(),
         digest_bytes: cluster.digest_bytes(),
         connections_per_agent: after.quic.len() as f64 / cluster.agents.len().max(1) as f64,
+        connections_max: after.connections_max,
+        swim_loss: 1.0
+            - (after.swim_packets_in - before.swim_packets_in)
+                / (after.swim_packets - before.swim_packets).max(1.0),
+        decode_errors: after.decode_errors - before.decode_errors,
     };
     let rss_idle = rss_kib();
 
@@ -418,6 +429,8 @@ fn print_table(r: &GossipResults) {
         "SWIM pkts/s",
         "QUIC B/s",
         "QUIC dgrams/s",
+        "wire B/s",
+        "wire dgrams/s",
     ]);
     for (name, rates) in [("at rest", &r.rest), ("during churn", &r.churn)] {
         traffic.row(vec![
@@ -426,14 +439,21 @@ fn print_table(r: &GossipResults) {
             format!("{:.1}", rates.swim_packets_per_node_s),
             format!("{:.0}", rates.quic_bytes_per_node_s),
             format!("{:.1}", rates.quic_datagrams_per_node_s),
+            format!("{:.0}", rates.wire_bytes_per_node_s),
+            format!("{:.1}", rates.wire_datagrams_per_node_s),
         ]);
     }
     println!();
     print!("{}", traffic.render());
     let d = &r.rest_detail;
     println!(
-        "at rest: {:.2} catalog changes per agent per second, {} records, digest {} B, {:.1} QUIC connections per agent",
-        d.catalog_changes_per_agent_s, d.catalog_records, d.digest_bytes, d.connections_per_agent
+        "at rest: {:.2} catalog changes per agent per second, {} records, digest {} B, {:.1} QUIC connections per agent (max {})",
+        d.catalog_changes_per_agent_s, d.catalog_records, d.digest_bytes, d.connections_per_agent, d.connections_max
+    );
+    println!(
+        "at rest: {:.1} % of SWIM packets sent were not received; {:.0} decode errors",
+        d.swim_loss * 100.0,
+        d.decode_errors
     );
     println!(
         "\nmemory: {:.0} KiB per agent in process ((RSS {} − {} KiB) / {})",

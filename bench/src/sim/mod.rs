@@ -51,6 +51,9 @@ pub struct SimArgs {
     /// Simulated seconds of a quiet cluster before the events (traffic at rest).
     #[arg(long, default_value_t = 10.0)]
     pub rest: f64,
+    /// Run without Lifeguard (the agent runs with it), for comparison.
+    #[arg(long)]
+    pub no_lifeguard: bool,
     /// Wall-clock budget per cluster size, in seconds.
     #[arg(long, default_value_t = 900)]
     pub budget: u64,
@@ -139,6 +142,10 @@ pub struct SimResult {
     pub crash: CrashResult,
     /// Failed probes of running nodes over the whole run.
     pub false_suspicions: u64,
+    /// The same per node per hour of simulated time.
+    pub false_suspicions_per_node_hour: f64,
+    /// Whether Lifeguard ran.
+    pub lifeguard: bool,
     /// Running nodes declared down by someone over the whole run.
     pub false_downs: u64,
     /// Identity renewals after a false down.
@@ -180,7 +187,7 @@ pub fn run(args: &SimArgs) -> anyhow::Result<Vec<SimResult>> {
     }
     print_tables(&results);
     let name = format!(
-        "sim-{}-{}-loss{}-delay{}",
+        "sim-{}-{}{}-loss{}-delay{}",
         args.nodes
             .iter()
             .map(usize::to_string)
@@ -190,6 +197,11 @@ pub fn run(args: &SimArgs) -> anyhow::Result<Vec<SimResult>> {
             Profile::Local => "local",
             Profile::Lan => "lan",
             Profile::Wan => "wan",
+        },
+        if args.no_lifeguard {
+            "-nolifeguard"
+        } else {
+            ""
         },
         args.loss,
         args.delay
@@ -244,6 +256,7 @@ fn run_one(n: usize, args: &SimArgs) -> anyhow::Result<SimResult> {
         delay: Duration::from_secs_f64(args.delay / 1000.0),
         sync_every,
         seed: world::mix(args.seed, n as u64),
+        lifeguard: !args.no_lifeguard,
     })?;
     let bootstrap_wall = started.elapsed();
     let run_started = Instant::now();
@@ -381,6 +394,9 @@ fn run_one(n: usize, args: &SimArgs) -> anyhow::Result<SimResult> {
         joiner_age_at_end_s: secs(world.now.saturating_sub(join_start)),
         crash,
         false_suspicions: world.observer.false_suspicions,
+        false_suspicions_per_node_hour: world.observer.false_suspicions as f64
+            / (nodes_total * secs(world.now) / 3600.0).max(1e-9),
+        lifeguard: !args.no_lifeguard,
         false_downs: world.observer.false_downs,
         rejoins: world.observer.rejoins,
         messages_per_node: total.messages() as f64 / nodes_total,
@@ -455,6 +471,7 @@ fn print_tables(results: &[SimResult]) {
         "msgs/node (record)",
         "msgs/node (run)",
         "false suspicions",
+        "per node-hour",
         "false downs",
         "bootstrap",
         "run",
@@ -467,6 +484,7 @@ fn print_tables(results: &[SimResult]) {
             format!("{:.1}", r.record.messages_per_node),
             format!("{:.0}", r.messages_per_node),
             r.false_suspicions.to_string(),
+            format!("{:.2}", r.false_suspicions_per_node_hour),
             r.false_downs.to_string(),
             format!("{:.1} s", r.bootstrap_wall_s),
             format!("{:.1} s", r.run_wall_s),

@@ -201,9 +201,10 @@ impl SimNode {
         config_for: ConfigFor,
         rng: SmallRng,
         now: Instant,
+        lifeguard: bool,
     ) -> anyhow::Result<Self> {
         let catalog = SharedCatalog::new(id.index)?;
-        let core = SwimCore::new(
+        let mut core = SwimCore::new(
             id,
             config_for,
             rng,
@@ -212,6 +213,7 @@ impl SimNode {
             },
             now,
         );
+        core.set_lifeguard(lifeguard.then(sidecar::core::membership::Lifeguard::default));
         Ok(Self {
             core,
             catalog,

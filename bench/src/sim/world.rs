@@ -63,6 +63,8 @@ pub struct WorldConfig {
     pub sync_every: Duration,
     /// Seed of every random choice.
     pub seed: u64,
+    /// Lifeguard on every node (as the agent runs it).
+    pub lifeguard: bool,
 }
 
 /// The whole simulated cluster.
@@ -377,6 +379,7 @@ impl World {
             self.config.config_for.clone(),
             rng,
             instant,
+            self.config.lifeguard,
         )?);
         self.observer.crashed.push(false);
         let to = SimId {
@@ -437,6 +440,7 @@ fn build_node(
         config.config_for.clone(),
         rng,
         start,
+        config.lifeguard,
     )?;
     let mut boot = BootRuntime {
         unexpected_sends: 0,

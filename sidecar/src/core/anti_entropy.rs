@@ -45,6 +45,11 @@ pub fn step(core: &mut CatalogCore, message: SyncMessage) -> Step {
             reply: None,
             refused: merge(core, records),
         },
+        // Answered with ours; the comparison is the transport's to act on.
+        SyncMessage::Summary(_) => Step {
+            reply: Some(SyncMessage::Summary(core.catalog().summary())),
+            refused: Vec::new(),
+        },
     }
 }
 

@@ -12,17 +12,26 @@
 //! proves about the sender ([`Certified`]): [`SwimCore::handle_data_from`]
 //! refuses one whose header names another node as its source before foca
 //! sees it, so a holder of node X's certificate cannot gossip as node Y.
+//!
+//! Lifeguard (`lifeguard`) runs here too: the timers foca submits are
+//! stretched by this node's local health score on the way into the queue,
+//! and the suspicion watchdog declares a suspect down after a timeout that
+//! shrinks with independent confirmations.
 
 use std::cmp::Ordering;
-use std::collections::{BinaryHeap, HashMap};
+use std::collections::{BinaryHeap, HashMap, HashSet};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use foca::{
-    BroadcastHandler, Codec, Config, Foca, Identity, Incarnation, Member, Notification,
+    BroadcastHandler, Codec, Config, Foca, Identity, Incarnation, Member, Message, Notification,
     PostcardCodec, Runtime, State, Timer,
 };
 use rand::Rng;
+
+mod lifeguard;
+
+pub use lifeguard::Lifeguard;
 
 /// foca's configuration for a cluster of a given size (the profile's table).
 pub type ConfigFor = Arc<dyn Fn(usize) -> Config + Send + Sync>;
@@ -108,24 +117,79 @@ struct CoreRuntime<'a, T, R> {
     seq: &'a mut u64,
     now: Instant,
     members_changed: &'a mut bool,
+    /// Lifeguard's view: settings, health, suspects told on probes.
+    lifeguard: Option<Lifeguard>,
+    health: u32,
+    health_delta: &'a mut i64,
+    /// Members our own probes failed: suspicions raised here.
+    probe_failed: &'a mut Vec<T>,
+    suspects: &'a HashMap<T, Suspicion<T>>,
+    max_packet: usize,
 }
 
-impl<T: Identity + Eq, R: Runtime<T>> Runtime<T> for CoreRuntime<'_, T, R> {
+impl<T, R> Runtime<T> for CoreRuntime<'_, T, R>
+where
+    T: Identity + Eq + std::hash::Hash + serde::Serialize + for<'de> serde::Deserialize<'de>,
+    R: Runtime<T>,
+{
     fn notify(&mut self, notification: Notification<'_, T>) {
-        if matches!(
-            notification,
-            Notification::MemberUp(_) | Notification::MemberDown(_) | Notification::Rename(..)
-        ) {
-            *self.members_changed = true;
+        match &notification {
+            Notification::MemberUp(_) | Notification::MemberDown(_) | Notification::Rename(..) => {
+                *self.members_changed = true;
+            }
+            // Local health: our probe went unanswered, or was answered.
+            Notification::ProbeFailed(_, member) => {
+                *self.health_delta += 1;
+                self.probe_failed.push((*member).clone());
+            }
+            Notification::DataReceived(header)
+                if matches!(
+                    header.message,
+                    Message::Ack(_) | Message::IndirectAck { .. }
+                ) =>
+            {
+                *self.health_delta -= 1;
+            }
+            _ => {}
         }
         self.inner.notify(notification);
     }
 
     fn send_to(&mut self, to: T, data: &[u8]) {
+        // The buddy system: a probe of a member we suspect tells it so, and
+        // it refutes at once.
+        if self.lifeguard.is_some() {
+            if let Some(suspicion) = self.suspects.get(&to) {
+                if let Some(parsed) = lifeguard::parse::<T>(data) {
+                    let told = parsed.updates.iter().any(|m| m.id() == &to);
+                    if matches!(parsed.header.message, Message::Ping(_)) && !told {
+                        let update = Member::new(to.clone(), suspicion.incarnation, State::Suspect);
+                        if let Some(packet) =
+                            lifeguard::with_update(data, &parsed, &update, self.max_packet)
+                        {
+                            self.inner.send_to(to, &packet);
+                            return;
+                        }
+                    }
+                }
+            }
+        }
         self.inner.send_to(to, data);
     }
 
     fn submit_after(&mut self, timer: Timer<T>, after: Duration) {
+        let after = match (&timer, self.lifeguard) {
+            // Local health stretches this node's own probing.
+            (Timer::ProbeRandomMember(_) | Timer::SendIndirectProbe { .. }, Some(_)) => {
+                after * (self.health + 1)
+            }
+            // foca's own suspicion timer is only a backstop: the watchdog
+            // declares suspects down after Lifeguard's timeout.
+            (Timer::ChangeSuspectToDown { .. }, Some(lg)) => {
+                after * lg.max_timeout_mult.max(1) + after
+            }
+            _ => after,
+        };
         *self.seq += 1;
         self.timers.push(Pending {
             at: self.now + after,
@@ -135,6 +199,18 @@ impl<T: Identity + Eq, R: Runtime<T>> Runtime<T> for CoreRuntime<'_, T, R> {
     }
 }
 
+/// A suspicion the watchdog follows.
+struct Suspicion<T> {
+    incarnation: Incarnation,
+    /// When this node first saw it.
+    since: Instant,
+    /// Members heard suspecting it (independent confirmations), bounded.
+    confirmed_by: Vec<T>,
+}
+
+/// Confirmations remembered per suspicion (more change nothing).
+const MAX_CONFIRMATIONS: usize = 16;
+
 /// SWIM membership as plain data.
 pub struct SwimCore<T: Identity, H: BroadcastHandler<T>, R: Rng> {
     foca: Foca<T, PostcardCodec, R, H>,
@@ -143,9 +219,22 @@ pub struct SwimCore<T: Identity, H: BroadcastHandler<T>, R: Rng> {
     seq: u64,
     sized_for: usize,
     next_watchdog: Instant,
-    /// Members seen suspect, with the incarnation and when first seen.
-    suspects: HashMap<(T, Incarnation), Instant>,
+    /// Members seen suspect.
+    suspects: HashMap<T, Suspicion<T>>,
+    /// Suspects whose suspicion our own failed probe raised: their
+    /// timeout shrinks with confirmations, as Lifeguard's originator's does,
+    /// even when a relayed copy of the same suspicion arrived first.
+    raised_here: HashSet<T>,
     members_changed: bool,
+    lifeguard: Option<Lifeguard>,
+    /// Local health score (0 = healthy), Lifeguard only.
+    health: u32,
+    /// Watchdog rounds, for the occasional full scan.
+    watchdog_rounds: u64,
+    /// A probe of ours failed since the last scan (a new suspect).
+    scan_due: bool,
+    /// foca's packet size limit.
+    max_packet: usize,
 }
 
 impl<T, H, R> SwimCore<T, H, R>
@@ -159,14 +248,70 @@ where
         let config = config_for(1);
         let next_watchdog = now + config.probe_period;
         Self {
-            foca: Foca::with_custom_broadcast(identity, config, rng, PostcardCodec, handler),
+            foca: Foca::with_custom_broadcast(
+                identity,
+                config.clone(),
+                rng,
+                PostcardCodec,
+                handler,
+            ),
             config_for,
             timers: BinaryHeap::new(),
             seq: 0,
             sized_for: 1,
             next_watchdog,
             suspects: HashMap::new(),
+            raised_here: HashSet::new(),
             members_changed: false,
+            lifeguard: None,
+            health: 0,
+            watchdog_rounds: 0,
+            scan_due: false,
+            max_packet: config.max_packet_size.get(),
+        }
+    }
+
+    /// Turns Lifeguard on (or off with None).
+    pub fn set_lifeguard(&mut self, lifeguard: Option<Lifeguard>) {
+        self.lifeguard = lifeguard;
+        self.health = 0;
+    }
+
+    /// This node's local health score: 0 when healthy; its probe timings
+    /// are stretched by `score + 1`.
+    pub fn local_health(&self) -> u32 {
+        self.health
+    }
+
+    /// The timeout after which the watchdog declares `member` down, if it
+    /// is followed as a suspect: Lifeguard's, shrinking with confirmations.
+    pub fn suspicion_timeout(&self, member: &T) -> Option<Duration> {
+        let suspicion = self.suspects.get(member)?;
+        Some(self.timeout_for(member, suspicion))
+    }
+
+    fn timeout_for(&self, member: &T, suspicion: &Suspicion<T>) -> Duration {
+        let config = (self.config_for)(self.sized_for);
+        match self.lifeguard {
+            // The first name is the suspicion's originator, not a confirmation.
+            Some(lg) => {
+                let timeout = lg.suspicion_timeout(
+                    config.suspect_to_down_after,
+                    suspicion.confirmed_by.len().saturating_sub(1),
+                );
+                // foca's updates do not name who raised a suspicion, so a
+                // member that merely relays one is counted as confirming
+                // it. A suspicion that is not ours therefore never expires
+                // sooner than the watchdog allowed before Lifeguard.
+                let ours = self.raised_here.contains(member)
+                    || suspicion.confirmed_by.first() == Some(self.foca.identity());
+                if ours {
+                    timeout
+                } else {
+                    timeout.max(config.suspect_to_down_after * 2 + config.probe_period)
+                }
+            }
+            None => config.suspect_to_down_after * 2 + config.probe_period,
         }
     }
 
@@ -206,6 +351,9 @@ where
         f: impl FnOnce(&mut Foca<T, PostcardCodec, R, H>, &mut CoreRuntime<'_, T, Rt>) -> O,
     ) -> O {
         let mut changed = false;
+        let mut health_delta = 0i64;
+        let mut probe_failed = Vec::new();
+        let max_packet = self.max_packet;
         let out = {
             let mut core_rt = CoreRuntime {
                 inner: rt,
@@ -213,14 +361,32 @@ where
                 seq: &mut self.seq,
                 now,
                 members_changed: &mut changed,
+                lifeguard: self.lifeguard,
+                health: self.health,
+                health_delta: &mut health_delta,
+                probe_failed: &mut probe_failed,
+                suspects: &self.suspects,
+                max_packet,
             };
             f(&mut self.foca, &mut core_rt)
         };
+        self.adjust_health(health_delta);
+        self.scan_due |= !probe_failed.is_empty();
+        self.raised_here.extend(probe_failed);
         if changed {
             self.members_changed = true;
             self.resize();
         }
         out
+    }
+
+    /// Moves the local health score by `delta`, within its bounds.
+    fn adjust_health(&mut self, delta: i64) {
+        let Some(lg) = self.lifeguard else {
+            return;
+        };
+        let score = (i64::from(self.health) + delta).clamp(0, i64::from(lg.max_health));
+        self.health = u32::try_from(score).unwrap_or(0);
     }
 
     /// Feeds one SWIM packet.
@@ -230,6 +396,9 @@ where
         now: Instant,
         rt: &mut impl Runtime<T>,
     ) -> Result<(), foca::Error> {
+        if self.lifeguard.is_some() {
+            self.note_suspicions(data, now);
+        }
         self.with_foca(now, rt, |foca, rt| foca.handle_data(data, rt))
     }
 
@@ -258,6 +427,50 @@ where
             }
         }
         self.handle_data(data, now, rt).map_err(PacketError::Foca)
+    }
+
+    /// Reads the suspicions a packet carries: each is a confirmation by
+    /// its sender; one of ourselves lowers our health (we are missing
+    /// something, or someone is missing us).
+    fn note_suspicions(&mut self, data: &[u8], now: Instant) {
+        let Some(parsed) = lifeguard::parse::<T>(data) else {
+            return;
+        };
+        let me = self.foca.identity().clone();
+        let src = parsed.header.src;
+        let mut about_me = false;
+        for update in parsed.updates.iter().filter(|m| lifeguard::is_suspicion(m)) {
+            if update.id() == &me {
+                about_me = true;
+                continue;
+            }
+            let suspicion = self
+                .suspects
+                .entry(update.id().clone())
+                .or_insert_with(|| Suspicion {
+                    incarnation: update.incarnation(),
+                    since: now,
+                    confirmed_by: Vec::new(),
+                });
+            if update.incarnation() > suspicion.incarnation {
+                // A newer suspicion (the member refuted, then failed again).
+                *suspicion = Suspicion {
+                    incarnation: update.incarnation(),
+                    since: now,
+                    confirmed_by: Vec::new(),
+                };
+            }
+            if update.incarnation() == suspicion.incarnation
+                && src != *update.id()
+                && !suspicion.confirmed_by.contains(&src)
+                && suspicion.confirmed_by.len() < MAX_CONFIRMATIONS
+            {
+                suspicion.confirmed_by.push(src.clone());
+            }
+        }
+        if about_me {
+            self.adjust_health(1);
+        }
     }
 
     /// Fires every timer due at `now`, in order, and the suspicion watchdog
@@ -302,6 +515,9 @@ where
         now: Instant,
         rt: &mut impl Runtime<T>,
     ) -> Result<(), foca::Error> {
+        // States applied from outside SWIM's packets (a bootstrap, a
+        // restored member list) may hold suspicions nobody times out here.
+        self.scan_due = true;
         self.with_foca(now, rt, |foca, rt| foca.apply_many(members, apply_mine, rt))
     }
 
@@ -315,44 +531,64 @@ where
     fn resize(&mut self) {
         let size = self.foca.num_members() + 1;
         if size.next_power_of_two() != self.sized_for.next_power_of_two() {
+            let config = (self.config_for)(size);
+            self.max_packet = config.max_packet_size.get();
             // foca refuses only configs that are invalid in themselves.
-            let _ = self.foca.set_config((self.config_for)(size));
+            let _ = self.foca.set_config(config);
             self.sized_for = size;
         }
     }
 
-    /// Declares down a member that stayed suspect, unrefuted, well past the
-    /// suspicion timeout.
+    /// Declares down a member that stayed suspect, unrefuted, past the
+    /// suspicion timeout: Lifeguard's (from `max` down to `min` as
+    /// confirmations arrive) when it is on, else twice foca's.
     ///
-    /// foca runs that timeout only on the member that raised the suspicion,
+    /// foca runs its timeout only on the member that raised the suspicion,
     /// and drops it if that member changes identity meanwhile (it rejoins
     /// after a partition, say). Then nobody declares the suspect down, and
     /// once the suspicion has been gossiped its allotted times the suspect
     /// never hears of it to refute it: it would stay suspect forever. Every
     /// member running this check (as memberlist runs a timer on every
     /// member that learns of a suspicion) restores SWIM's rule.
+    ///
+    /// The scan of foca's members runs only while suspicions are followed,
+    /// and every 16th round to catch one that arrived otherwise (a
+    /// bootstrap): at rest, nothing here runs per member.
     fn expire_stuck_suspicions(&mut self, now: Instant, rt: &mut impl Runtime<T>) -> usize {
-        let config = (self.config_for)(self.sized_for);
-        let limit = config.suspect_to_down_after * 2 + config.probe_period;
-        let mut seen = HashMap::new();
+        self.watchdog_rounds += 1;
+        if self.suspects.is_empty()
+            && !std::mem::take(&mut self.scan_due)
+            && !self.watchdog_rounds.is_multiple_of(16)
+        {
+            return 0;
+        }
+        self.scan_due = false;
+        let mut suspects = std::mem::take(&mut self.suspects);
+        let mut still = HashMap::new();
         let mut expired = Vec::new();
         for member in self.foca.iter_membership_state() {
             if member.state() != State::Suspect {
                 continue;
             }
-            let key = (member.id().clone(), member.incarnation());
-            let since = self.suspects.get(&key).copied().unwrap_or(now);
-            if now.saturating_duration_since(since) > limit {
-                expired.push(Member::new(
-                    member.id().clone(),
-                    member.incarnation(),
-                    State::Down,
-                ));
+            let id = member.id().clone();
+            let suspicion = match suspects.remove(&id) {
+                Some(s) if s.incarnation == member.incarnation() => s,
+                // Ours (a probe of ours failed): we are its originator.
+                _ => Suspicion {
+                    incarnation: member.incarnation(),
+                    since: now,
+                    confirmed_by: vec![self.foca.identity().clone()],
+                },
+            };
+            if now.saturating_duration_since(suspicion.since) > self.timeout_for(&id, &suspicion) {
+                expired.push(Member::new(id, member.incarnation(), State::Down));
             } else {
-                seen.insert(key, since);
+                still.insert(id, suspicion);
             }
         }
-        self.suspects = seen;
+        self.suspects = still;
+        let suspects = &self.suspects;
+        self.raised_here.retain(|id| suspects.contains_key(id));
         let count = expired.len();
         if count > 0 {
             let _ = self.with_foca(now, rt, |foca, rt| {

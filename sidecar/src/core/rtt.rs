@@ -14,34 +14,23 @@ use mesh_proto::NodeId;
 /// Weight of a new sample in the smoothed RTT.
 const EWMA_ALPHA: f64 = 0.3;
 
-/// Republish our coordinate in node metadata when it moved this much.
-/// Peers we ping get our live coordinate on every pong; the broadcast only
-/// serves peers that never measured us, which an estimate a few ms and a
-/// few tens of seconds old serves well. Every republish is a catalog record
-/// gossiped to every node: on a loaded machine RTT jitter moved coordinates
-/// by 2 ms constantly, which was most of the gossip at rest (bench/).
-pub const COORDINATE_REPUBLISH: Duration = Duration::from_millis(5);
-
 /// RTT by peer, measured or estimated.
 pub struct RttCore {
     local: NodeId,
     measured: HashMap<NodeId, f64>,
     coordinates: HashMap<NodeId, Coordinate>,
     vivaldi: Vivaldi,
-    published: Coordinate,
 }
 
 impl RttCore {
     /// An empty table for `local`.
     pub fn new(local: NodeId) -> Self {
         let vivaldi = Vivaldi::new(VivaldiConfig::default());
-        let published = vivaldi.coordinate().clone();
         Self {
             local,
             measured: HashMap::new(),
             coordinates: HashMap::new(),
             vivaldi,
-            published,
         }
     }
 
@@ -86,6 +75,13 @@ impl RttCore {
             .map(|_| ())
     }
 
+    /// Remembers a peer's coordinate for estimates, without moving ours.
+    pub fn learn_coordinate(&mut self, node: &NodeId, coordinate: &Coordinate) {
+        if coordinate.is_valid() {
+            self.coordinates.insert(node.clone(), coordinate.clone());
+        }
+    }
+
     /// Drops what we know of a departed peer.
     pub fn forget(&mut self, node: &NodeId) {
         self.measured.remove(node);
@@ -96,28 +92,6 @@ impl RttCore {
     /// This node's coordinate.
     pub fn coordinate(&self) -> &Coordinate {
         self.vivaldi.coordinate()
-    }
-
-    /// True (once) when our coordinate moved enough to republish it.
-    pub fn coordinate_moved(&mut self) -> bool {
-        let current = self.vivaldi.coordinate().clone();
-        // The move itself: `distance_to` adds both heights, so even a
-        // coordinate that never moved is "far" from itself once its height
-        // grows, and would be republished on every check.
-        let moved = current
-            .vec
-            .iter()
-            .zip(&self.published.vec)
-            .map(|(a, b)| (a - b) * (a - b))
-            .sum::<f64>()
-            .sqrt()
-            + (current.height - self.published.height).abs();
-        if Duration::from_secs_f64(moved.max(0.0)) > COORDINATE_REPUBLISH {
-            self.published = current;
-            true
-        } else {
-            false
-        }
     }
 }
 
@@ -184,39 +158,5 @@ mod tests {
         table.observe(&node("b"), Duration::from_millis(5));
         table.forget(&node("b"));
         assert_eq!(table.get(&node("b"), None), (None, RttSource::Unknown));
-    }
-
-    #[test]
-    fn the_coordinate_is_republished_only_after_a_real_move() {
-        let mut table = RttCore::new(node("a"));
-        assert!(!table.coordinate_moved(), "nothing moved yet");
-        let far = RttCore::new(node("b")).coordinate().clone();
-        for _ in 0..50 {
-            let _ = table.observe_coordinate(&node("b"), &far, Duration::from_millis(80));
-        }
-        assert!(
-            table.coordinate_moved(),
-            "80 ms samples move the coordinate"
-        );
-        assert!(!table.coordinate_moved(), "once per move");
-    }
-
-    #[test]
-    fn a_move_is_measured_from_the_last_published_coordinate() {
-        let mut table = RttCore::new(node("a"));
-        let start = table.coordinate().clone();
-        let set = |table: &mut RttCore, x_ms: f64, height_ms: f64| {
-            let mut c = start.clone();
-            c.vec[0] = x_ms / 1000.0;
-            c.height = start.height + height_ms / 1000.0;
-            table.vivaldi.set_coordinate(c).expect("valid coordinate");
-        };
-        // 4 ms sideways and 2 ms up: 6 ms of move, over the 5 ms threshold.
-        set(&mut table, 4.0, 2.0);
-        assert!(table.coordinate_moved(), "4 ms + 2 ms of height is 6 ms");
-        // From there 3 ms further: not far enough, though it is 7 ms from
-        // where the coordinate started.
-        set(&mut table, 7.0, 2.0);
-        assert!(!table.coordinate_moved(), "3 ms from the published one");
     }
 }

@@ -25,7 +25,7 @@ use mesh_proto::gossip::StreamKind;
 use mesh_proto::Protocol;
 
 use super::headers::strip_for_next_hop;
-use crate::transport::Transport;
+use crate::transport::{Leased, Transport};
 
 /// Errors crossing the proxy.
 pub type BoxError = Box<dyn std::error::Error + Send + Sync>;
@@ -142,7 +142,7 @@ pub async fn over_quic(
         target: target.clone(),
         reason,
     };
-    let (mut send, recv, _) = transport
+    let (mut send, recv, _, lease) = transport
         .open_stream(sidecar, StreamKind::Proxy)
         .await
         .map_err(|e| connect(e.to_string()))?;
@@ -150,7 +150,7 @@ pub async fn over_quic(
     send.write_all(&frame_bytes)
         .await
         .map_err(|e| connect(e.to_string()))?;
-    let io = TokioIo::new(tokio::io::join(recv, send));
+    let io = TokioIo::new(Leased::new(tokio::io::join(recv, send), lease));
     // HTTP/1.1 on the hop whatever the caller spoke: an HTTP/2 connection
     // per stream cost a SETTINGS exchange per request (gRPC through two
     // sidecars ran at 0.11 of direct). Streams stay full duplex, and the

@@ -21,7 +21,7 @@ use super::json_error;
 use super::upgrade;
 use super::ProxyHandles;
 use crate::metrics;
-use crate::transport::InboundStream;
+use crate::transport::{InboundStream, Leased};
 
 /// Serves one proxied request stream.
 pub async fn serve_stream(
@@ -33,7 +33,10 @@ pub async fn serve_stream(
     let allowed = is_own_instance(agent, &frame, peer);
 
     let stopped_sending = stream.send.stopped();
-    let io = TokioIo::new(tokio::io::join(stream.recv, stream.send));
+    let io = TokioIo::new(Leased::new(
+        tokio::io::join(stream.recv, stream.send),
+        stream.lease,
+    ));
     let agent = agent.clone();
     let frame = Arc::new(frame);
     let service = service_fn(move |request: Request<Incoming>| {

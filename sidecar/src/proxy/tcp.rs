@@ -30,7 +30,7 @@ use tracing::{debug, warn};
 use super::{inbound, report, ProxyHandles};
 use crate::metrics;
 use crate::server::accept_until_stop;
-use crate::transport::InboundStream;
+use crate::transport::{InboundStream, Leased};
 
 /// How long dialling an instance (directly, or through its sidecar) may take.
 const CONNECT_TIMEOUT: Duration = Duration::from_secs(5);
@@ -159,7 +159,7 @@ enum Upstream {
 }
 
 /// The two halves of a tunnel stream as one byte stream.
-type QuicTunnel = tokio::io::Join<quinn::RecvStream, quinn::SendStream>;
+type QuicTunnel = Leased<tokio::io::Join<quinn::RecvStream, quinn::SendStream>>;
 
 async fn connect(
     agent: &ProxyHandles,
@@ -186,7 +186,7 @@ async fn connect(
         timeout_ms: 0,
     };
     let open = async {
-        let (mut send, mut recv, _) = agent
+        let (mut send, mut recv, _, lease) = agent
             .transport
             .open_stream(sidecar, StreamKind::Tcp)
             .await
@@ -198,7 +198,7 @@ async fn connect(
             .await
             .map_err(|e| format!("sidecar {sidecar} closed the tunnel: {e}"))?;
         match TcpStatus::from_byte(status[0]) {
-            Some(TcpStatus::Connected) => Ok(tokio::io::join(recv, send)),
+            Some(TcpStatus::Connected) => Ok(Leased::new(tokio::io::join(recv, send), lease)),
             Some(TcpStatus::Refused) => Err(format!(
                 "sidecar {sidecar} has no instance {} (stale catalog)",
                 instance.id
@@ -305,7 +305,7 @@ pub async fn serve_stream(
         }
     };
     stream.send.write_all(&[TcpStatus::Connected as u8]).await?;
-    let tunnel = tokio::io::join(stream.recv, stream.send);
+    let tunnel = Leased::new(tokio::io::join(stream.recv, stream.send), stream.lease);
     // The instance plays the client's part of the copy here.
     let (result, (sent, received)) = pipe(instance, tunnel).await;
     debug!(%peer, instance = %frame.instance_id, sent, received, "tunnelled TCP connection closed");

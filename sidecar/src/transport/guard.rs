@@ -9,6 +9,7 @@ use std::hash::Hasher;
 use std::io;
 use std::net::SocketAddr;
 use std::pin::Pin;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
 use std::task::{Context, Poll};
 use std::time::{Duration, Instant};
@@ -21,6 +22,9 @@ use quinn::{AsyncUdpSocket, ConnectionId, ConnectionIdGenerator, UdpPoller};
 use sha2::Sha256;
 use tracing::warn;
 
+use tokio::sync::mpsc;
+
+use super::swim_udp::{self, SwimKey};
 use crate::metrics;
 
 // === impl PeerLog ===
@@ -274,6 +278,13 @@ pub(super) struct GuardedSocket {
     pub(super) cids: KeyedCids,
     pub(super) known_peers: Arc<KnownPeers>,
     pub(super) log: PeerLog,
+    /// Sealed SWIM datagrams are opened here and handed to membership
+    /// (None when SWIM rides QUIC datagrams: no cluster key).
+    pub(super) swim: Option<(Arc<SwimKey>, mpsc::Sender<super::SwimPacket>)>,
+    /// Set when the transport shuts down: sealed SWIM stops both ways, as
+    /// QUIC's does when the endpoint closes (quinn keeps polling the socket
+    /// until the last handle goes, and a stopped node must not answer).
+    pub(super) swim_closed: AtomicBool,
 }
 
 impl fmt::Debug for GuardedSocket {
@@ -285,6 +296,55 @@ impl fmt::Debug for GuardedSocket {
 }
 
 impl GuardedSocket {
+    /// Takes the sealed SWIM datagrams out of a received buffer: true when
+    /// every datagram in it was one (then quinn must not see it).
+    fn take_swim(&self, meta: &RecvMeta, buf: &[u8]) -> bool {
+        let Some((key, packets)) = &self.swim else {
+            return false;
+        };
+        let closed = self.swim_closed.load(Ordering::Relaxed);
+        let data = buf.get(..meta.len).unwrap_or(buf);
+        let mut all = !data.is_empty();
+        for datagram in data.chunks(meta.stride.max(1)) {
+            if datagram.first() != Some(&swim_udp::TAG) {
+                all = false;
+                continue;
+            }
+            match key.open(datagram) {
+                Some(_) if closed => {}
+                Some(packet) => {
+                    metrics::gossip_packet("in", packet.len());
+                    // A full queue means the membership task is behind:
+                    // dropping is what UDP would do, and SWIM tolerates it.
+                    // Sealed with the cluster's key: only the passphrase
+                    // vouches for the sender, so nothing binds its source.
+                    let _ = packets.try_send(super::SwimPacket {
+                        bytes: packet,
+                        certified: super::Certified::Unbound,
+                        from: meta.addr,
+                    });
+                }
+                None => self.refuse_sealed(meta.addr),
+            }
+        }
+        all
+    }
+
+    /// Sends one sealed SWIM datagram (dropped if the socket is full, as
+    /// UDP would).
+    pub(super) fn send_swim(&self, to: SocketAddr, datagram: &[u8]) -> io::Result<()> {
+        if self.swim_closed.load(Ordering::Relaxed) {
+            return Ok(());
+        }
+        self.inner.try_send(&Transmit {
+            destination: to,
+            ecn: None,
+            contents: datagram,
+            segment_size: None,
+            src_ip: None,
+        })
+    }
+
     fn inspect(&self, meta: &RecvMeta, buf: &[u8]) {
         let data = buf.get(..meta.len).unwrap_or(buf);
         if data.is_empty() {
@@ -293,6 +353,9 @@ impl GuardedSocket {
         }
         // With GRO, one buffer holds several datagrams `stride` apart.
         for datagram in data.chunks(meta.stride.max(1)) {
+            if self.swim.is_some() && datagram.first() == Some(&swim_udp::TAG) {
+                continue; // opened by take_swim
+            }
             // The peer lookup takes a lock, so only suspicious datagrams pay for it.
             let verdict = check_datagram(datagram, &self.cids, false).or_else(|_| {
                 check_datagram(datagram, &self.cids, self.known_peers.contains(&meta.addr))
@@ -300,6 +363,16 @@ impl GuardedSocket {
             if let Err(why) = verdict {
                 self.refuse(meta.addr, why);
             }
+        }
+    }
+
+    /// A datagram tagged as sealed SWIM that does not open with our key:
+    /// most likely a node given another passphrase, so it counts as a
+    /// failed authentication, as its QUIC handshake would.
+    fn refuse_sealed(&self, source: SocketAddr) {
+        metrics::handshake_failure();
+        if self.log.due(source) {
+            warn!(%source, "dropped a SWIM packet not sealed with this cluster's key: a node with another passphrase, or garbage; check the passphrase of the node at that address; logged at most once a minute per source");
         }
     }
 
@@ -328,8 +401,13 @@ impl AsyncUdpSocket for GuardedSocket {
     ) -> Poll<io::Result<usize>> {
         let polled = self.inner.poll_recv(cx, bufs, meta);
         if let Poll::Ready(Ok(n)) = &polled {
-            for (buf, meta) in bufs.iter().zip(meta.iter()).take(*n) {
-                self.inspect(meta, buf);
+            for (buf, meta) in bufs.iter().zip(meta.iter_mut()).take(*n) {
+                if self.take_swim(meta, buf) {
+                    // quinn reads nothing from an empty buffer.
+                    meta.len = 0;
+                } else {
+                    self.inspect(meta, buf);
+                }
             }
         }
         polled

@@ -577,6 +577,7 @@ pub fn peer_transport(psk: &str, name: &str) -> std::sync::Arc<sidecar::transpor
             connect_timeout: Duration::from_secs(5),
             idle_timeout: Duration::from_secs(10),
             keep_alive: Duration::from_secs(2),
+            idle_close: Duration::from_secs(20),
         },
         sidecar::transport::Inbound { swim, rtt, streams },
     )

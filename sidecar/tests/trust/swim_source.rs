@@ -23,7 +23,7 @@ async fn refused(agent: &AgentProc) -> f64 {
 }
 
 /// The announce a node with identity `src` sends to join through `dst`,
-/// exactly as an agent's foca encodes it.
+/// exactly as an agent's foca encodes and frames it.
 fn announce(src: NodeIdentity, dst: NodeIdentity) -> Vec<u8> {
     use rand::SeedableRng;
     let mut foca: foca::Foca<_, _, _, foca::NoCustomBroadcast> = foca::Foca::new(
@@ -35,7 +35,7 @@ fn announce(src: NodeIdentity, dst: NodeIdentity) -> Vec<u8> {
     let mut runtime = foca::AccumulatingRuntime::new();
     foca.announce(dst, &mut runtime).expect("announce");
     let (_, packet) = runtime.to_send().expect("foca sends its announce");
-    packet.to_vec()
+    sidecar::membership::swim_frame::join(&packet, None)
 }
 
 /// Sends `packet` as a SWIM packet on a unidirectional stream: reliable,

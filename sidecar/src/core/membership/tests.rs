@@ -10,7 +10,7 @@ use mesh_proto::{NodeId, NodeIdentity};
 use rand::rngs::SmallRng;
 use rand::SeedableRng;
 
-use super::{Certified, ConfigFor, PacketError, SwimCore};
+use super::{Certified, ConfigFor, Lifeguard, PacketError, SwimCore};
 
 type Core = SwimCore<NodeIdentity, NoCustomBroadcast, SmallRng>;
 
@@ -40,6 +40,9 @@ struct Net {
     dead: Vec<bool>,
     now: Instant,
     downs_seen: Vec<Vec<NodeId>>,
+    /// Nodes whose CPU is stalled: packets to them wait here until released.
+    stalled: Vec<bool>,
+    held: Vec<Vec<Vec<u8>>>,
 }
 
 impl Net {
@@ -62,7 +65,25 @@ impl Net {
             dead: vec![false; n as usize],
             now,
             downs_seen: vec![Vec::new(); n as usize],
+            stalled: vec![false; n as usize],
+            held: vec![Vec::new(); n as usize],
         }
+    }
+
+    fn with_lifeguard(mut self) -> Self {
+        for core in &mut self.cores {
+            core.set_lifeguard(Some(Lifeguard::default()));
+        }
+        self
+    }
+
+    /// A stalled node finally reads the packets that waited for it.
+    fn release(&mut self, i: usize) {
+        let now = self.now;
+        for data in std::mem::take(&mut self.held[i]) {
+            let _ = self.cores[i].handle_data(&data, now, &mut self.runtimes[i]);
+        }
+        self.deliver();
     }
 
     fn index(addr: SocketAddr) -> usize {
@@ -92,6 +113,10 @@ impl Net {
             }
             for (from, to, data) in packets {
                 if self.dead[from] || self.dead[to] {
+                    continue;
+                }
+                if self.stalled[to] {
+                    self.held[to].push(data.to_vec());
                     continue;
                 }
                 let now = self.now;
@@ -339,5 +364,115 @@ fn a_suspicion_nobody_times_out_is_declared_down_after_twice_the_suspicion_time_
         state_of(&net.cores[0], 2),
         Some(foca::State::Alive),
         "an alive member is never expired"
+    );
+}
+
+#[test]
+fn lifeguard_suspicion_timeout_shrinks_with_confirmations() {
+    let lg = Lifeguard::default();
+    let min = Duration::from_secs(2);
+    let timeouts: Vec<Duration> = (0..6).map(|c| lg.suspicion_timeout(min, c)).collect();
+    assert_eq!(timeouts[0], min * 6, "unconfirmed: the longest, 6 × min");
+    assert!(
+        timeouts[1] < timeouts[0] && timeouts[1] > min,
+        "{timeouts:?}"
+    );
+    assert_eq!(timeouts[2], min, "K = 2 confirmations reach the floor");
+    assert!(
+        timeouts[3..].iter().all(|t| *t == min),
+        "never under the floor"
+    );
+    // The formula: max − (max − min) · log(C + 1) / log(K + 1), at C = 1.
+    let expected = 12.0 - 10.0 * 2f64.ln() / 3f64.ln();
+    assert!((timeouts[1].as_secs_f64() - expected).abs() < 1e-6);
+}
+
+#[test]
+fn a_suspicion_confirmed_by_independent_members_times_out_sooner() {
+    let mut net = Net::new(8, Arc::new(fast)).with_lifeguard();
+    join_all(&mut net);
+    net.run_for(Duration::from_secs(5), Duration::from_millis(100));
+    assert!((0..8).all(|i| net.members_of(i) == 7));
+    net.dead[7] = true;
+    let gone = identity(7);
+    // Follow node 0's timeout for the crashed node until it is down.
+    let mut seen = Vec::new();
+    for _ in 0..300 {
+        net.run_for(Duration::from_millis(100), Duration::from_millis(100));
+        if let Some(t) = net.cores[0].suspicion_timeout(&gone) {
+            if seen.last() != Some(&t) {
+                seen.push(t);
+            }
+        }
+        if net.downs_seen[0].contains(&gone.node_id) {
+            break;
+        }
+    }
+    assert!(
+        net.downs_seen[0].contains(&gone.node_id),
+        "node 0 declared the crashed node down; timeouts seen {seen:?}"
+    );
+    let first = *seen.first().expect("node 0 followed the suspicion");
+    let last = *seen.last().expect("node 0 followed the suspicion");
+    assert!(
+        last < first,
+        "the timeout shrank as others confirmed: {seen:?}"
+    );
+    assert!(last >= Duration::from_secs(2), "never under the floor");
+    net.run_for(Duration::from_secs(20), Duration::from_millis(100));
+    for i in 0..7 {
+        assert!(
+            net.downs_seen[i].contains(&gone.node_id),
+            "node {i} saw it down"
+        );
+    }
+}
+
+/// Runs 6 nodes for a minute while node 0's CPU stalls: it reads its
+/// packets only once every 3 s (its clock and timers run on). Returns the
+/// healthy nodes (all but node 0) that anyone declared down. Node 0 itself
+/// may well be: it does not answer for seconds at a time.
+fn stall_node_zero(lifeguard: bool) -> (Vec<NodeId>, u32) {
+    let mut net = Net::new(6, Arc::new(fast));
+    if lifeguard {
+        net = net.with_lifeguard();
+    }
+    join_all(&mut net);
+    net.run_for(Duration::from_secs(5), Duration::from_millis(100));
+    assert!((0..6).all(|i| net.members_of(i) == 5));
+    net.stalled[0] = true;
+    let mut worst_health = 0;
+    for _ in 0..20 {
+        net.run_for(Duration::from_secs(3), Duration::from_millis(100));
+        net.release(0);
+        worst_health = worst_health.max(net.cores[0].local_health());
+    }
+    let stalled = identity(0).node_id;
+    let mut wrongly_down: Vec<NodeId> = net
+        .downs_seen
+        .iter()
+        .flatten()
+        .filter(|id| **id != stalled)
+        .cloned()
+        .collect();
+    wrongly_down.sort();
+    wrongly_down.dedup();
+    (wrongly_down, worst_health)
+}
+
+#[test]
+fn a_node_with_a_stalled_cpu_does_not_declare_the_healthy_cluster_dead() {
+    let (down, health) = stall_node_zero(true);
+    assert!(
+        down.is_empty(),
+        "with Lifeguard nobody healthy is declared down, got {down:?}"
+    );
+    assert!(health > 0, "the stalled node noticed its own trouble");
+    // The same stall without Lifeguard: the stalled node's 2 s suspicion
+    // timeouts fire before it reads the refutations.
+    let (down, _) = stall_node_zero(false);
+    assert!(
+        !down.is_empty(),
+        "without Lifeguard the stall costs healthy nodes (the test's premise)"
     );
 }

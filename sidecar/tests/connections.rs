@@ -138,20 +138,7 @@ async fn a_proxied_call_reaches_a_node_with_no_open_connection() {
         .await
         .expect("a starts");
     let (port, _echo) = echo_service("echo-on-b").await;
-    let client =
-        client::Client::new(&format!("http://{}", b.agent.listeners.admin)).expect("client");
-    client
-        .register(&mesh_proto::api::RegisterInstance {
-            service: "echo".to_owned(),
-            port: Some(port),
-            address: None,
-            id: None,
-            deployment_id: None,
-            tags: Vec::new(),
-            health: None,
-        })
-        .await
-        .expect("register echo on b");
+    common::register_port_at(b.agent.listeners.admin, "echo", port).await;
 
     // The instance reaches a by gossip (SWIM needs no connection), and the
     // connection the join opened closes once idle.

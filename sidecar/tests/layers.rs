@@ -8,7 +8,6 @@ mod common;
 use std::time::Duration;
 
 use common::{echo_service, eventually, http_get};
-use mesh_proto::api::RegisterInstance;
 use mesh_proto::catalog::Definition;
 use sidecar::agent::RunningAgent;
 
@@ -37,18 +36,7 @@ async fn a_stalled_disk_holds_no_call_read_or_gossip() {
     let a = start("stall-a", None).await;
     let b = start("stall-b", Some(&a)).await;
     let (port, _echo) = echo_service("on-b").await;
-    admin(&b)
-        .register(&RegisterInstance {
-            service: "echo".to_owned(),
-            port: Some(port),
-            address: None,
-            id: None,
-            deployment_id: None,
-            tags: Vec::new(),
-            health: None,
-        })
-        .await
-        .expect("register on b");
+    common::register_port_at(b.agent.listeners.admin, "echo", port).await;
     let proxy = a.agent.listeners.proxy;
     let call = || async move {
         http_get(proxy, "/", &[("host", "echo.localhost")])

@@ -586,8 +586,14 @@ pub fn peer_transport(psk: &str, name: &str) -> std::sync::Arc<sidecar::transpor
 
 /// Registers `service` at `127.0.0.1:port` on `agent`'s node.
 pub async fn register_port(agent: &AgentProc, service: &str, port: u16) {
-    agent
-        .client()
+    register_port_at(agent.listeners.admin, service, port).await;
+}
+
+/// Registers `service` at `127.0.0.1:port` through the admin API at `admin`
+/// (an agent in this process, or one of its own).
+pub async fn register_port_at(admin: std::net::SocketAddr, service: &str, port: u16) {
+    Client::new(&format!("http://{admin}"))
+        .expect("client")
         .register(&mesh_proto::api::RegisterInstance {
             service: service.to_owned(),
             port: Some(port),
@@ -598,7 +604,7 @@ pub async fn register_port(agent: &AgentProc, service: &str, port: u16) {
             health: None,
         })
         .await
-        .unwrap_or_else(|e| panic!("register {service} on {}: {e}", agent.node_id()));
+        .unwrap_or_else(|e| panic!("register {service} through {admin}: {e}"));
 }
 
 /// Runs `command` to its end with piped output, killing it and panicking

@@ -40,6 +40,8 @@ struct Net {
     dead: Vec<bool>,
     now: Instant,
     downs_seen: Vec<Vec<NodeId>>,
+    /// Members each node's own probes failed, in order.
+    probes_failed: Vec<Vec<NodeId>>,
     /// Nodes whose CPU is stalled: packets to them wait here until released.
     stalled: Vec<bool>,
     held: Vec<Vec<Vec<u8>>>,
@@ -65,6 +67,7 @@ impl Net {
             dead: vec![false; n as usize],
             now,
             downs_seen: vec![Vec::new(); n as usize],
+            probes_failed: vec![Vec::new(); n as usize],
             stalled: vec![false; n as usize],
             held: vec![Vec::new(); n as usize],
         }
@@ -99,8 +102,12 @@ impl Net {
                     packets.push((from, Self::index(to.addr), data));
                 }
                 while let Some(notification) = rt.to_notify() {
-                    if let OwnedNotification::MemberDown(id) = notification {
-                        self.downs_seen[from].push(id.node_id);
+                    match notification {
+                        OwnedNotification::MemberDown(id) => self.downs_seen[from].push(id.node_id),
+                        OwnedNotification::ProbeFailed(_, id) => {
+                            self.probes_failed[from].push(id.node_id);
+                        }
+                        _ => {}
                     }
                 }
                 assert!(
@@ -475,4 +482,58 @@ fn a_node_with_a_stalled_cpu_does_not_declare_the_healthy_cluster_dead() {
         !down.is_empty(),
         "without Lifeguard the stall costs healthy nodes (the test's premise)"
     );
+}
+
+#[test]
+fn a_prober_that_heard_the_suspicion_first_still_shrinks_its_timeout() {
+    // After the first prober of a crashed node suspects it, the suspicion
+    // reaches everyone by gossip before their own probes fail. Those later
+    // probers originated the suspicion too, and their timeout must shrink
+    // with confirmations; held to the floor for relays (2 × suspicion +
+    // probe), detection at 100 agents took 9 s instead of 4.
+    let mut net = Net::new(6, Arc::new(fast)).with_lifeguard();
+    join_all(&mut net);
+    net.run_for(Duration::from_secs(5), Duration::from_millis(100));
+    assert!((0..6).all(|i| net.members_of(i) == 5));
+    for failed in &mut net.probes_failed {
+        failed.clear();
+    }
+    net.dead[5] = true;
+    let gone = identity(5);
+    // fast(): suspicion 2 s, probe 500 ms.
+    let floor = Duration::from_millis(4_500);
+    let mut shortest: Vec<Option<Duration>> = vec![None; 5];
+    let mut relayed_first = vec![false; 5];
+    for _ in 0..200 {
+        net.run_for(Duration::from_millis(50), Duration::from_millis(50));
+        for i in 0..5 {
+            let own_failed = net.probes_failed[i].contains(&gone.node_id);
+            let timeout = net.cores[i].suspicion_timeout(&gone);
+            if timeout.is_some() && !own_failed {
+                relayed_first[i] = true;
+            }
+            if own_failed {
+                if let Some(t) = timeout {
+                    shortest[i] = Some(shortest[i].map_or(t, |s: Duration| s.min(t)));
+                }
+            }
+        }
+        if (0..5).all(|i| net.downs_seen[i].contains(&gone.node_id)) {
+            break;
+        }
+    }
+    let late_probers: Vec<usize> = (0..5)
+        .filter(|&i| relayed_first[i] && shortest[i].is_some())
+        .collect();
+    assert!(
+        !late_probers.is_empty(),
+        "no node probed the crashed one after hearing the suspicion: {relayed_first:?} {shortest:?}"
+    );
+    for i in late_probers {
+        let t = shortest[i].unwrap_or(floor);
+        assert!(
+            t < floor,
+            "node {i} heard the suspicion, then its own probe failed: its timeout stayed at {t:?}, the floor for relays"
+        );
+    }
 }

@@ -595,11 +595,17 @@ async fn an_anti_entropy_message_over_the_limit_is_refused_before_it_is_read() {
     );
     let after = counter_reaches(&agent, DECODE_ERRORS, before + 1.0).await;
     assert_eq!(after, before + 1.0);
-    let refused = log_lines_with(&agent, &["catalog message", "limit"]);
-    assert!(
-        !refused.is_empty(),
-        "nothing logged about the refused message"
-    );
+    // The counter moves before the error reaches the log line written as
+    // the stream ends: wait for the line rather than read the log once.
+    common::eventually(
+        "a log line about the refused catalog message",
+        CONVERGE,
+        || {
+            let logged = !log_lines_with(&agent, &["catalog message", "limit"]).is_empty();
+            async move { logged.then_some(()) }
+        },
+    )
+    .await;
     // And the agent still serves.
     assert!(agent.client().health().await.expect("health").ready);
 }

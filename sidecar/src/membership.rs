@@ -415,11 +415,7 @@ impl Driver {
             .iter_membership_state()
             .map(|m| MemberEntry {
                 identity: m.id().clone(),
-                state: match m.state() {
-                    State::Alive => MemberState::Alive,
-                    State::Suspect => MemberState::Suspect,
-                    State::Down => MemberState::Down,
-                },
+                state: member_state(m.state()),
                 last_heard: self.last_heard.get(&m.id().node_id).copied(),
             })
             .collect();
@@ -581,10 +577,23 @@ impl Driver {
             .iter_members()
             .map(|m| (m.id().node_id.clone(), m.id().clone()))
             .collect();
-        let counts = self.snapshot();
-        for state in [MemberState::Alive, MemberState::Suspect, MemberState::Down] {
-            let n = counts.iter().filter(|m| m.state == state).count();
-            ::metrics::gauge!(metrics::MEMBERS, "state" => state.as_str()).set(n as f64);
+        // Counted in one pass: the snapshot copies every member (and looks up
+        // when it was last heard), which the gauges do not need.
+        let mut alive = 1; // ourselves
+        let (mut suspect, mut down) = (0, 0);
+        for member in self.core.foca().iter_membership_state() {
+            match member_state(member.state()) {
+                MemberState::Alive => alive += 1,
+                MemberState::Suspect => suspect += 1,
+                MemberState::Down => down += 1,
+            }
+        }
+        for (state, n) in [
+            (MemberState::Alive, alive),
+            (MemberState::Suspect, suspect),
+            (MemberState::Down, down),
+        ] {
+            ::metrics::gauge!(metrics::MEMBERS, "state" => state.as_str()).set(f64::from(n));
         }
         self.active.send_replace(Arc::new(active));
     }
@@ -627,6 +636,15 @@ pub mod swim_frame {
             codec::decode::<Coordinate>(trailer, MAX_COORDINATE).ok()
         };
         Some((packet, coordinate))
+    }
+}
+
+/// foca's member state as the API names it.
+fn member_state(state: State) -> MemberState {
+    match state {
+        State::Alive => MemberState::Alive,
+        State::Suspect => MemberState::Suspect,
+        State::Down => MemberState::Down,
     }
 }
 

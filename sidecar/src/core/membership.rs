@@ -27,6 +27,7 @@ use foca::{
     BroadcastHandler, Codec, Config, Foca, Identity, Incarnation, Member, Message, Notification,
     PostcardCodec, Runtime, State, Timer,
 };
+use mesh_proto::NodeIdentity;
 use rand::Rng;
 
 mod lifeguard;
@@ -60,6 +61,21 @@ impl Certified {
             Self::Unbound => true,
             Self::Unreadable => false,
         }
+    }
+}
+
+/// An identity with a name a certificate can vouch for.
+///
+/// Not foca's `Identity::addr`: that is a hash made for fast comparison, and a
+/// certificate binds the name itself.
+pub trait Named {
+    /// The name the sender's certificate must carry.
+    fn name(&self) -> &str;
+}
+
+impl Named for NodeIdentity {
+    fn name(&self) -> &str {
+        self.node_id.as_str()
     }
 }
 
@@ -160,8 +176,8 @@ where
         // it refutes at once.
         if self.lifeguard.is_some() {
             if let Some(suspicion) = self.suspects.get(&to) {
-                if let Some(parsed) = lifeguard::parse::<T>(data) {
-                    let told = parsed.updates.iter().any(|m| m.id() == &to);
+                if let Some(parsed) = lifeguard::parse::<T>(data, |m| m.id() == &to) {
+                    let told = !parsed.updates.is_empty();
                     if matches!(parsed.header.message, Message::Ping(_)) && !told {
                         let update = Member::new(to.clone(), suspicion.incarnation, State::Suspect);
                         if let Some(packet) =
@@ -415,11 +431,11 @@ where
         rt: &mut impl Runtime<T>,
     ) -> Result<(), PacketError<T>>
     where
-        T::Addr: AsRef<str>,
+        T: Named,
     {
         if *certified != Certified::Unbound {
             if let Ok(header) = Codec::<T>::decode_header(&mut PostcardCodec, data) {
-                if !certified.admits(header.src.addr().as_ref()) {
+                if !certified.admits(header.src.name()) {
                     return Err(PacketError::Impersonation {
                         claimed: header.src,
                     });
@@ -433,13 +449,13 @@ where
     /// its sender; one of ourselves lowers our health (we are missing
     /// something, or someone is missing us).
     fn note_suspicions(&mut self, data: &[u8], now: Instant) {
-        let Some(parsed) = lifeguard::parse::<T>(data) else {
+        let Some(parsed) = lifeguard::parse::<T>(data, lifeguard::is_suspicion) else {
             return;
         };
         let me = self.foca.identity().clone();
         let src = parsed.header.src;
         let mut about_me = false;
-        for update in parsed.updates.iter().filter(|m| lifeguard::is_suspicion(m)) {
+        for update in &parsed.updates {
             if update.id() == &me {
                 about_me = true;
                 continue;

@@ -64,20 +64,24 @@ impl Lifeguard {
     }
 }
 
-/// What a packet says, read without foca: its header and the member
-/// updates it carries, and where the updates end.
+/// What a packet says, read without foca: its header, the member updates it
+/// carries that the reader asked for, and where the updates end.
 pub(super) struct Parsed<T> {
     pub(super) header: Header<T>,
+    /// The updates `parse`'s `keep` chose (most packets carry none a reader
+    /// wants: keeping every update cost an allocation per packet and more).
     pub(super) updates: Vec<Member<T>>,
+    /// How many updates the packet carries in all.
+    pub(super) update_count: usize,
     /// Offset of the first byte after the updates.
     pub(super) updates_end: usize,
     /// Offset of the update count (None when the packet has none).
     pub(super) count_at: Option<usize>,
 }
 
-/// Reads a foca packet's header and updates; None when it does not parse
-/// (foca then rejects it too).
-pub(super) fn parse<T>(packet: &[u8]) -> Option<Parsed<T>>
+/// Reads a foca packet's header and the updates `keep` chooses; None when it
+/// does not parse (foca then rejects it too).
+pub(super) fn parse<T>(packet: &[u8], keep: impl Fn(&Member<T>) -> bool) -> Option<Parsed<T>>
 where
     T: Identity + serde::Serialize + for<'de> serde::Deserialize<'de>,
 {
@@ -86,6 +90,7 @@ where
     let header: Header<T> = codec.decode_header(&mut data).ok()?;
     let mut updates = Vec::new();
     let mut count_at = None;
+    let mut update_count = 0;
     // Mirrors foca's handle_data: broadcasts and announces carry no updates.
     if data.remaining() >= 2
         && !matches!(
@@ -95,14 +100,19 @@ where
     {
         count_at = Some(packet.len() - data.remaining());
         let n = data.get_u16();
+        update_count = usize::from(n);
         for _ in 0..n {
-            updates.push(codec.decode_member(&mut data).ok()?);
+            let update = codec.decode_member(&mut data).ok()?;
+            if keep(&update) {
+                updates.push(update);
+            }
         }
     }
     let updates_end = packet.len() - data.remaining();
     Some(Parsed {
         header,
         updates,
+        update_count,
         updates_end,
         count_at,
     })
@@ -120,7 +130,7 @@ where
     T: Identity + serde::Serialize + for<'de> serde::Deserialize<'de>,
 {
     let count_at = parsed.count_at?;
-    let count = u16::try_from(parsed.updates.len() + 1).ok()?;
+    let count = u16::try_from(parsed.update_count + 1).ok()?;
     let mut member = Vec::new();
     PostcardCodec.encode_member(extra, &mut member).ok()?;
     let mut out = Vec::with_capacity(packet.len() + member.len());

@@ -288,7 +288,7 @@ pub struct DigestSummary {
 
 /// FNV-1a, 64 bits: fixed by its specification, unlike std's default
 /// hasher, so every agent computes the same summary.
-struct Fnv1a(u64);
+pub(crate) struct Fnv1a(u64);
 
 impl Default for Fnv1a {
     fn default() -> Self {
@@ -322,6 +322,18 @@ pub const MAX_DIGEST_ENTRIES: usize = 262_144;
 #[derive(Debug, Clone, Default, PartialEq)]
 pub struct Catalog {
     records: BTreeMap<RecordKey, Record>,
+    /// Sum of every record's [`entry_hash`], kept as records come and go:
+    /// each anti-entropy round reads the summary, and recomputing it walked
+    /// the whole catalog (at 500 agents, every agent every round).
+    hash_sum: u64,
+}
+
+/// What one record adds to a [`DigestSummary`]'s hash.
+fn entry_hash(key: &RecordKey, version: &Version) -> u64 {
+    let mut entry = Fnv1a::default();
+    key.hash(&mut entry);
+    version.hash(&mut entry);
+    entry.finish()
 }
 
 impl Catalog {
@@ -335,7 +347,14 @@ impl Catalog {
         match self.records.get(&record.key) {
             Some(current) if current.version >= record.version => Applied::Stale,
             _ => {
-                self.records.insert(record.key.clone(), record);
+                self.hash_sum = self
+                    .hash_sum
+                    .wrapping_add(entry_hash(&record.key, &record.version));
+                if let Some(old) = self.records.insert(record.key.clone(), record) {
+                    self.hash_sum = self
+                        .hash_sum
+                        .wrapping_sub(entry_hash(&old.key, &old.version));
+                }
                 Applied::Newer
             }
         }
@@ -415,9 +434,16 @@ impl Catalog {
             .filter(|r| r.owner() == Some(owner))
             .map(|r| r.key.clone())
             .collect();
-        keys.iter()
+        let taken: Vec<Record> = keys
+            .iter()
             .filter_map(|key| self.records.remove(key))
-            .collect()
+            .collect();
+        for record in &taken {
+            self.hash_sum = self
+                .hash_sum
+                .wrapping_sub(entry_hash(&record.key, &record.version));
+        }
+        taken
     }
 
     /// Live node metadata records.
@@ -433,13 +459,19 @@ impl Catalog {
     /// so a round between them can stop after exchanging 20 bytes instead
     /// of a digest that grows with the catalog.
     pub fn summary(&self) -> DigestSummary {
+        if self.records.len() <= MAX_DIGEST_ENTRIES {
+            return DigestSummary {
+                entries: self.records.len() as u64,
+                hash: self.hash_sum,
+            };
+        }
+        // Past the digest's cap, the summary covers what a digest would.
         let mut summary = DigestSummary::default();
         for record in self.records.values().take(MAX_DIGEST_ENTRIES) {
-            let mut entry = Fnv1a::default();
-            record.key.hash(&mut entry);
-            record.version.hash(&mut entry);
             // A sum does not depend on the order the entries are visited in.
-            summary.hash = summary.hash.wrapping_add(entry.finish());
+            summary.hash = summary
+                .hash
+                .wrapping_add(entry_hash(&record.key, &record.version));
             summary.entries += 1;
         }
         summary
@@ -490,9 +522,15 @@ impl Catalog {
     /// Drops tombstones older than `ttl_ms` at wall time `now_ms`; returns how many.
     pub fn expire_tombstones(&mut self, now_ms: u64, ttl_ms: u64) -> usize {
         let before = self.records.len();
+        let mut hash_sum = self.hash_sum;
         self.records.retain(|_, r| {
-            !(r.is_tombstone() && r.version.hlc.wall_ms.saturating_add(ttl_ms) < now_ms)
+            let expired = r.is_tombstone() && r.version.hlc.wall_ms.saturating_add(ttl_ms) < now_ms;
+            if expired {
+                hash_sum = hash_sum.wrapping_sub(entry_hash(&r.key, &r.version));
+            }
+            !expired
         });
+        self.hash_sum = hash_sum;
         before - self.records.len()
     }
 }
@@ -551,6 +589,41 @@ mod tests {
         five.apply(a_def);
         five.apply(other_writer);
         assert_ne!(one.summary(), five.summary());
+    }
+
+    /// The summary the catalog keeps as records come and go equals one
+    /// computed afresh from what it holds.
+    #[test]
+    fn the_kept_summary_follows_replacements_reaps_and_expiries() {
+        let node = NodeId::new("node-b").expect("valid id");
+        let meta = record(
+            RecordKey::Node(node.clone()),
+            RecordBody::Node(NodeMeta {
+                node: node.clone(),
+                cpus: 2,
+                memory_mb: 1024,
+                zone: None,
+                agent_version: "test".into(),
+                coordinate: None,
+            }),
+        );
+        let old_tombstone = record(RecordKey::Definition("gone".into()), RecordBody::Tombstone);
+        let mut kept = record(RecordKey::Definition("kept".into()), RecordBody::Tombstone);
+        kept.version.hlc.wall_ms = 10_000;
+        let mut catalog = Catalog::new();
+        for r in [meta, old_tombstone, kept.clone()] {
+            catalog.apply(r);
+        }
+        let mut newer = kept.clone();
+        newer.version.hlc.logical += 1;
+        catalog.apply(newer.clone());
+        assert_eq!(catalog.take_owned_by(&node).len(), 1);
+        assert_eq!(catalog.expire_tombstones(5_000, 1_000), 1);
+
+        let mut afresh = Catalog::new();
+        afresh.apply(newer);
+        assert_eq!(catalog.summary(), afresh.summary());
+        assert_eq!(catalog.summary().entries, 1);
     }
 
     #[test]

@@ -10,7 +10,7 @@
 use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::{SystemTime, UNIX_EPOCH};
 
-use mesh_proto::catalog::{Applied, Catalog, Record, RecordBody, RecordKey};
+use mesh_proto::catalog::{Applied, Catalog, DigestSummary, Record, RecordBody, RecordKey};
 use mesh_proto::codec;
 use mesh_proto::gossip::{CatalogBroadcast, SyncMessage, MAX_SWIM_PACKET};
 use mesh_proto::NodeId;
@@ -83,7 +83,7 @@ impl CatalogStore {
     }
 
     /// What an anti-entropy round compares first.
-    pub fn summary(&self) -> mesh_proto::catalog::DigestSummary {
+    pub fn summary(&self) -> DigestSummary {
         self.lock().catalog().summary()
     }
 
@@ -98,11 +98,12 @@ impl CatalogStore {
         self.change(|core| anti_entropy::step(core, message))
     }
 
-    /// Every record, copied out for a persisted snapshot, with the index
-    /// they were taken at.
-    pub fn records(&self) -> (u64, Vec<Record>) {
+    /// Every record, copied out for a persisted snapshot, with the summary
+    /// of what they are (which tells whether a later snapshot has anything
+    /// new to save).
+    pub fn records(&self) -> (DigestSummary, Vec<Record>) {
         let core = self.lock();
-        (core.index(), core.records())
+        (core.catalog().summary(), core.records())
     }
 
     /// Current index: grows on every change the agent observes.

@@ -8,6 +8,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use anyhow::{anyhow, bail};
+use mesh_proto::catalog::DigestSummary;
 use mesh_proto::codec;
 use mesh_proto::gossip::{StreamKind, SyncMessage, MAX_SYNC_MESSAGE};
 use quinn::{RecvStream, SendStream};
@@ -47,7 +48,7 @@ pub async fn run(agent: AntiEntropy) {
     loop {
         tick.tick().await;
         rounds += 1;
-        let peer = choose_partner(&agent);
+        let peer = choose_partner(&agent.transport, &agent.members);
         if let Some(peer) = peer {
             // Every so often a whole digest regardless of the summaries: a
             // backstop against a hash collision hiding a difference.
@@ -75,12 +76,14 @@ const FULL_DIGEST_EVERY: u64 = 64;
 /// makes anti-entropy converge in a logarithmic number of rounds.
 const FRESH_PARTNER_EVERY: u32 = 16;
 
-fn choose_partner(agent: &AntiEntropy) -> Option<SocketAddr> {
+pub fn choose_partner(
+    transport: &Transport,
+    members: &watch::Receiver<ActiveMembers>,
+) -> Option<SocketAddr> {
     let mut rng = rand::rng();
-    let members = agent.members.borrow();
+    let members = members.borrow();
     if rng.random_ratio(FRESH_PARTNER_EVERY - 1, FRESH_PARTNER_EVERY) {
-        let connected = agent
-            .transport
+        let connected = transport
             .live()
             .into_iter()
             .map(|(addr, _)| addr)
@@ -201,23 +204,30 @@ async fn read_message(recv: &mut RecvStream) -> anyhow::Result<SyncMessage> {
 /// encoding and the fsync run on the blocking pool, so a slow disk delays
 /// the next snapshot and nothing else.
 pub async fn persist_loop(catalog: Arc<CatalogStore>, data: DataDir) {
-    let mut saved = 0u64;
+    // Compared by the records' summary, not the catalog's index: the index
+    // also moves when only membership changed what the catalog shows, and
+    // while a large cluster forms that re-wrote an unchanged snapshot every
+    // 2 s on every agent.
+    let mut saved = DigestSummary::default();
     loop {
         tokio::time::sleep(Duration::from_secs(2)).await;
-        if catalog.index() == saved {
+        if catalog.summary() == saved {
             continue;
         }
         match save_snapshot(&catalog, &data).await {
-            Ok(index) => saved = index,
+            Ok(summary) => saved = summary,
             Err(e) => warn!(error = %e, "cannot save the catalog snapshot; will retry"),
         }
     }
 }
 
-/// Saves one catalog snapshot now, on the blocking pool; returns the index
-/// it holds. The records are taken once no other save runs, so a save that
-/// returns holds every write applied before it was called.
-pub async fn save_snapshot(catalog: &Arc<CatalogStore>, data: &DataDir) -> anyhow::Result<u64> {
+/// Saves one catalog snapshot now, on the blocking pool; returns the
+/// summary of what it holds. The records are taken once no other save runs,
+/// so a save that returns holds every write applied before it was called.
+pub async fn save_snapshot(
+    catalog: &Arc<CatalogStore>,
+    data: &DataDir,
+) -> anyhow::Result<DigestSummary> {
     let catalog = catalog.clone();
     let data = data.clone();
     tokio::task::spawn_blocking(move || data.save_snapshot(|| catalog.records()))

@@ -365,6 +365,14 @@ pub async fn start(config: AgentConfig) -> anyhow::Result<RunningAgent> {
         http_limits(&config, "proxy"),
     ));
     tasks.spawn(until_stop(Box::pin(sync::run(anti_entropy.clone()))));
+    tasks.spawn(until_stop(Box::pin(crate::member_sync::run(
+        crate::member_sync::MemberSync {
+            membership: membership.clone(),
+            transport: transport.clone(),
+            members: membership.active(),
+            interval: config.profile.member_sync_interval(),
+        },
+    ))));
     tasks.spawn(until_stop(Box::pin(sync::persist_loop(
         catalog.clone(),
         data.clone(),

@@ -75,6 +75,15 @@ impl Profile {
         }
     }
 
+    /// Time between two member pulls (memberlist's push-pull: 30 s on a LAN).
+    pub fn member_sync_interval(self) -> Duration {
+        match self {
+            Profile::Local => Duration::from_secs(5),
+            Profile::Lan => Duration::from_secs(30),
+            Profile::Wan => Duration::from_secs(60),
+        }
+    }
+
     /// Time between anti-entropy rounds.
     pub fn anti_entropy_interval(self) -> Duration {
         match self {

@@ -15,7 +15,9 @@ use std::time::Duration;
 
 use anyhow::{anyhow, Context};
 use mesh_proto::codec;
-use mesh_proto::gossip::{KnownMember, MemberList, StreamKind, MAX_MEMBER_LIST_MESSAGE};
+use mesh_proto::gossip::{
+    KnownMember, MemberList, MemberSummary, StreamKind, MAX_MEMBER_LIST_MESSAGE,
+};
 use mesh_proto::NodeIdentity;
 use tracing::{debug, info, warn};
 
@@ -151,7 +153,7 @@ async fn join_one(agent: &Joiner, target: &str) -> anyhow::Result<NodeIdentity> 
                 agent.membership.announce(peer.clone()).await;
                 // The announce's answer names a few dozen members; the rest
                 // would trickle in over gossip for a minute at 100 nodes.
-                match pull_members(&agent.transport, addr).await {
+                match pull_members(&agent.transport, addr, None).await {
                     Ok(members) => agent.membership.learn(members).await,
                     Err(e) => {
                         debug!(%addr, error = %format!("{e:#}"), "no member list pulled on join (an older agent?); gossip brings the members")
@@ -178,9 +180,11 @@ pub fn targets(join: &[String], saved: &[SocketAddr], own: &[SocketAddr]) -> Vec
     targets
 }
 
-/// Keeps the addresses of the active members in the data dir whenever they
-/// change. An empty set is never saved: when every peer has left, the last
-/// ones known are still the best guess for finding the cluster again.
+/// Keeps the addresses of the active members in the data dir when they
+/// change, at most every [`SAVE_MEMBERS_EVERY`] (a rejoin hint need not be
+/// fresh, and while a large cluster forms they change many times a second).
+/// An empty set is never saved: when every peer has left, the last ones
+/// known are still the best guess for finding the cluster again.
 pub async fn remember_members(membership: Membership, data: DataDir) {
     let mut active = membership.active();
     let mut saved = BTreeSet::new();
@@ -200,12 +204,16 @@ pub async fn remember_members(membership: Membership, data: DataDir) {
                 }
                 Err(_) => {}
             }
+            tokio::time::sleep(SAVE_MEMBERS_EVERY).await;
         }
         if active.changed().await.is_err() {
             return;
         }
     }
 }
+
+/// Shortest time between two saves of the member addresses.
+const SAVE_MEMBERS_EVERY: Duration = Duration::from_secs(5);
 
 /// Asks the agent at `addr` who it is.
 pub async fn hello(transport: &Arc<Transport>, addr: SocketAddr) -> anyhow::Result<NodeIdentity> {
@@ -224,12 +232,17 @@ pub async fn hello(transport: &Arc<Transport>, addr: SocketAddr) -> anyhow::Resu
     Ok(identity)
 }
 
-/// Pulls every member the agent at `addr` knows (push-pull on join).
+/// Pulls every member the agent at `addr` knows (push-pull on join), or,
+/// given our `summary`, nothing when it knows the same members.
 pub async fn pull_members(
     transport: &Arc<Transport>,
     addr: SocketAddr,
+    summary: Option<MemberSummary>,
 ) -> anyhow::Result<Vec<KnownMember>> {
     let (mut send, mut recv, _, _lease) = transport.open_stream(addr, StreamKind::Members).await?;
+    if let Some(summary) = summary {
+        send.write_all(&codec::encode(&summary)?).await?;
+    }
     send.finish()?;
     let bytes = tokio::time::timeout(
         Duration::from_secs(5),

@@ -52,6 +52,7 @@ pub mod health;
 pub mod join;
 pub mod link_shim;
 pub mod listeners;
+pub mod member_sync;
 pub mod membership;
 pub mod metrics;
 pub mod persist;

@@ -26,7 +26,7 @@ use foca::{
 use mesh_proto::api::MemberState;
 use mesh_proto::catalog::RecordKey;
 use mesh_proto::coordinate::Coordinate;
-use mesh_proto::gossip::{KnownMember, MemberList, MAX_SWIM_PACKET};
+use mesh_proto::gossip::{KnownMember, MemberList, MemberSummary, MAX_SWIM_PACKET};
 use mesh_proto::{NodeId, NodeIdentity, Version};
 use rand::rngs::SmallRng;
 use rand::SeedableRng;
@@ -112,7 +112,8 @@ enum Command {
     Announce(NodeIdentity),
     Broadcast(Vec<u8>),
     Snapshot(oneshot::Sender<Vec<MemberEntry>>),
-    Known(oneshot::Sender<MemberList>),
+    Known(Option<MemberSummary>, oneshot::Sender<MemberList>),
+    Summary(oneshot::Sender<MemberSummary>),
     Learn(Vec<KnownMember>),
     Leave(oneshot::Sender<()>),
 }
@@ -196,11 +197,26 @@ impl Membership {
     }
 
     /// Every other alive or suspect member with its incarnation: what a
-    /// joiner pulls (`StreamKind::Members`).
-    pub async fn known(&self) -> MemberList {
+    /// joiner pulls (`StreamKind::Members`). Empty when `theirs` (the
+    /// puller's [`MemberSummary`]) equals ours: it knows them all already.
+    pub async fn known(&self, theirs: Option<MemberSummary>) -> MemberList {
         let (tx, rx) = oneshot::channel();
-        if self.commands.send(Command::Known(tx)).await.is_err() {
+        if self
+            .commands
+            .send(Command::Known(theirs, tx))
+            .await
+            .is_err()
+        {
             return MemberList::default();
+        }
+        rx.await.unwrap_or_default()
+    }
+
+    /// The summary of the members we know, ourselves included.
+    pub async fn summary(&self) -> MemberSummary {
+        let (tx, rx) = oneshot::channel();
+        if self.commands.send(Command::Summary(tx)).await.is_err() {
+            return MemberSummary::default();
         }
         rx.await.unwrap_or_default()
     }
@@ -250,8 +266,19 @@ struct Driver {
 /// new ones are counted but not logged.
 const MAX_IMPOSTORS_LOGGED: usize = 1024;
 
-/// Shortest time between two publications of the active members.
+/// Shortest time between two publications of the active members, at most
+/// 100 members; see [`publish_every`].
 const PUBLISH_EVERY: Duration = Duration::from_millis(100);
+
+/// Shortest time between two publications of `members` active members:
+/// [`PUBLISH_EVERY`], and 1 ms per member past 100. A publication costs
+/// every reader a walk of the table, so while a cluster forms (members
+/// change with nearly every packet) this keeps that cost per second the
+/// same at any size; at 500 members the table lags by at most half a second,
+/// well inside the time failure detection takes.
+fn publish_every(members: usize) -> Duration {
+    PUBLISH_EVERY.max(Duration::from_millis(members as u64))
+}
 
 /// Direct probes remembered at most (a probe unanswered is forgotten).
 const MAX_PROBES_IN_FLIGHT: usize = 64;
@@ -372,8 +399,16 @@ impl Driver {
             Command::Snapshot(reply) => {
                 let _ = reply.send(self.snapshot());
             }
-            Command::Known(reply) => {
-                let _ = reply.send(self.known());
+            Command::Known(theirs, reply) => {
+                let known = if theirs == Some(self.member_summary()) {
+                    MemberList::default()
+                } else {
+                    self.known()
+                };
+                let _ = reply.send(known);
+            }
+            Command::Summary(reply) => {
+                let _ = reply.send(self.member_summary());
             }
             Command::Learn(members) => {
                 let members = members.into_iter().map(|m| {
@@ -407,6 +442,18 @@ impl Driver {
             })
             .collect();
         MemberList { members }
+    }
+
+    /// What a member pull compares: every alive or suspect member and us.
+    fn member_summary(&self) -> MemberSummary {
+        let foca = self.core.foca();
+        MemberSummary::of(
+            std::iter::once(foca.identity()).chain(
+                foca.iter_membership_state()
+                    .filter(|m| m.state() != State::Down)
+                    .map(|m| m.id()),
+            ),
+        )
     }
 
     fn snapshot(&self) -> Vec<MemberEntry> {
@@ -523,12 +570,12 @@ impl Driver {
         }
     }
 
-    /// Publishes the active members now, or at most [`PUBLISH_EVERY`]
+    /// Publishes the active members now, or at most [`publish_every`]
     /// after the last publication: while a large cluster forms, members
     /// change with nearly every packet, and each publication copies the
     /// whole member table for every reader.
     fn publish_soon(&mut self) {
-        let due = self.last_published + PUBLISH_EVERY;
+        let due = self.last_published + publish_every(self.core.foca().num_members());
         if Instant::now() >= due {
             self.publish_active();
         } else if self.publish_due.is_none() {

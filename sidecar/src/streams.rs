@@ -1,9 +1,10 @@
 //! Dispatch of the bidirectional streams peers open, by kind.
 
 use std::sync::Arc;
+use std::time::Duration;
 
 use mesh_proto::codec;
-use mesh_proto::gossip::StreamKind;
+use mesh_proto::gossip::{MemberSummary, StreamKind, MAX_MEMBER_SUMMARY_MESSAGE};
 use mesh_proto::NodeIdentity;
 use tokio::sync::mpsc;
 use tracing::debug;
@@ -59,7 +60,23 @@ async fn answer_hello(agent: &StreamHandles, mut stream: InboundStream) -> anyho
 }
 
 async fn answer_members(agent: &StreamHandles, mut stream: InboundStream) -> anyhow::Result<()> {
-    let bytes = codec::encode(&agent.membership.known().await)?;
+    // A joiner sends nothing (it wants every member); a periodic pull sends
+    // its summary first (an empty answer when ours is the same).
+    let request = tokio::time::timeout(
+        Duration::from_secs(5),
+        stream.recv.read_to_end(MAX_MEMBER_SUMMARY_MESSAGE),
+    )
+    .await
+    .map_err(|_| anyhow::anyhow!("the member pull request did not end"))??;
+    let theirs = if request.is_empty() {
+        None
+    } else {
+        Some(codec::decode::<MemberSummary>(
+            &request,
+            MAX_MEMBER_SUMMARY_MESSAGE,
+        )?)
+    };
+    let bytes = codec::encode(&agent.membership.known(theirs).await)?;
     stream.send.write_all(&bytes).await?;
     stream.send.finish()?;
     // Keep the stream until the joiner has read the list.

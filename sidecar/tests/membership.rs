@@ -4,6 +4,9 @@ mod common;
 
 use std::time::Duration;
 
+use mesh_proto::gossip::MemberSummary;
+use mesh_proto::NodeIdentity;
+
 use common::{cluster, eventually, metric_value, wait_alive, AgentProc, Spec};
 
 const CONVERGE: Duration = Duration::from_secs(20);
@@ -287,7 +290,7 @@ async fn a_joiner_pulls_every_member_its_seed_knows_at_once() {
     wait_alive(&refs, &["pull-1", "pull-2", "pull-3", "pull-4"], CONVERGE).await;
     let joiner = common::peer_transport(common::PSK, "pull-joiner");
     let seed = &agents[0];
-    let pulled = sidecar::join::pull_members(&joiner, seed.listeners.quic)
+    let pulled = sidecar::join::pull_members(&joiner, seed.listeners.quic, None)
         .await
         .expect("the seed answers the pull");
     let mut listed: Vec<(String, String, bool)> = pulled
@@ -314,4 +317,33 @@ async fn a_joiner_pulls_every_member_its_seed_knows_at_once() {
             .expect("a pulled member is one the seed lists");
         assert_eq!(listed.generation, member.identity.generation);
     }
+
+    // A periodic pull sends what it knows first: the same members (the
+    // seed's, and the seed) bring an empty answer; one missing, the list.
+    let seed_identity = sidecar::join::hello(&joiner, seed.listeners.quic)
+        .await
+        .expect("the seed says who it is");
+    let everyone: Vec<&NodeIdentity> = pulled
+        .iter()
+        .map(|m| &m.identity)
+        .chain([&seed_identity])
+        .collect();
+    let same = MemberSummary::of(everyone.iter().copied());
+    let again = sidecar::join::pull_members(&joiner, seed.listeners.quic, Some(same))
+        .await
+        .expect("the seed answers a pull with a summary");
+    assert!(
+        again.is_empty(),
+        "equal summaries, yet {} members sent",
+        again.len()
+    );
+    let lacking_one = MemberSummary::of(everyone.iter().skip(1).copied());
+    let repaired = sidecar::join::pull_members(&joiner, seed.listeners.quic, Some(lacking_one))
+        .await
+        .expect("the seed answers a pull with a summary");
+    assert_eq!(
+        repaired.len(),
+        pulled.len(),
+        "a differing summary gets the whole list"
+    );
 }

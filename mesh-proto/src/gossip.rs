@@ -151,6 +151,38 @@ pub struct KnownMember {
     pub suspect: bool,
 }
 
+/// What a periodic member pull sends first: how many members the puller
+/// knows (alive or suspect, itself included) and the sum of their FNV-1a
+/// hashes (node id and generation). A partner whose own summary is equal
+/// answers with an empty list, so a pull at rest costs a few bytes, not the
+/// member table.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct MemberSummary {
+    /// Members counted.
+    pub members: u64,
+    /// Sum of each member's hash.
+    pub hash: u64,
+}
+
+impl MemberSummary {
+    /// The summary of `identities` (order does not matter).
+    pub fn of<'a>(identities: impl IntoIterator<Item = &'a NodeIdentity>) -> Self {
+        use std::hash::{Hash, Hasher};
+        let mut summary = Self::default();
+        for identity in identities {
+            let mut entry = crate::catalog::Fnv1a::default();
+            identity.node_id.as_str().hash(&mut entry);
+            identity.generation.hash(&mut entry);
+            summary.hash = summary.hash.wrapping_add(entry.finish());
+            summary.members += 1;
+        }
+        summary
+    }
+}
+
+/// Largest member pull request read (a [`MemberSummary`] is at most 20 bytes).
+pub const MAX_MEMBER_SUMMARY_MESSAGE: usize = 64;
+
 /// The answer to a [`StreamKind::Members`] stream.
 #[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
 pub struct MemberList {

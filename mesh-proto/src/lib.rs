@@ -23,4 +23,4 @@ pub use catalog::{
     Repository,
 };
 pub use hlc::{Hlc, HlcClock, Version};
-pub use identity::{NodeId, NodeIdentity};
+pub use identity::{MemberKey, NodeId, NodeIdentity};

@@ -10,13 +10,14 @@ use std::process::Command;
 use serde_json::Value;
 
 /// Every decoder `bench fuzz` knows.
-const DECODERS: [&str; 11] = [
+const DECODERS: [&str; 12] = [
     "proxy_frame",
     "node_identity",
     "record",
     "definition_wire",
     "sync_message",
     "member_list",
+    "member_summary",
     "ping",
     "catalog_broadcast",
     "swim_header",

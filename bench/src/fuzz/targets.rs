@@ -10,8 +10,8 @@ use foca::{Codec, PostcardCodec};
 use mesh_proto::codec::{self, DecodeError, WIRE_VERSION};
 use mesh_proto::frame::{ProxyFrame, MAX_FRAME};
 use mesh_proto::gossip::{
-    CatalogBroadcast, MemberList, Ping, SyncMessage, MAX_MEMBER_LIST_MESSAGE, MAX_STREAM_PACKET,
-    MAX_SWIM_PACKET, MAX_SYNC_MESSAGE,
+    CatalogBroadcast, MemberList, MemberSummary, Ping, SyncMessage, MAX_MEMBER_LIST_MESSAGE,
+    MAX_MEMBER_SUMMARY_MESSAGE, MAX_STREAM_PACKET, MAX_SWIM_PACKET, MAX_SYNC_MESSAGE,
 };
 use mesh_proto::{NodeIdentity, Record, RecordBody};
 use rand::rngs::SmallRng;
@@ -106,6 +106,14 @@ pub fn all() -> Vec<Target> {
             versioned: true,
             valid: |rng| encode(&values::member_list(rng)),
             check: |b, m| check_codec::<MemberList>(b, MAX_MEMBER_LIST_MESSAGE, m),
+        },
+        Target {
+            name: "member_summary",
+            decoder: "codec::decode::<MemberSummary> (a periodic member pull's request)",
+            limit: MAX_MEMBER_SUMMARY_MESSAGE,
+            versioned: true,
+            valid: |rng| encode(&values::member_summary(rng)),
+            check: |b, m| check_codec::<MemberSummary>(b, MAX_MEMBER_SUMMARY_MESSAGE, m),
         },
         Target {
             name: "ping",

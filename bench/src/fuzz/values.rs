@@ -13,7 +13,9 @@ use foca::{Header, Member, Message, State};
 use mesh_proto::catalog::{Health, Protocol, Repository, Requirements, EXTENSION_PREFIX};
 use mesh_proto::coordinate::Coordinate;
 use mesh_proto::frame::ProxyFrame;
-use mesh_proto::gossip::{CatalogBroadcast, KnownMember, MemberList, Ping, SyncMessage};
+use mesh_proto::gossip::{
+    CatalogBroadcast, KnownMember, MemberList, MemberSummary, Ping, SyncMessage,
+};
 use mesh_proto::{
     Definition, Hlc, Instance, NodeId, NodeIdentity, NodeMeta, Record, RecordBody, RecordKey,
     Version,
@@ -316,7 +318,7 @@ pub fn sync_message(rng: &mut SmallRng) -> SyncMessage {
     }
 }
 
-/// An RTT ping or pong.
+/// A member list, as a pull answers.
 pub fn member_list(rng: &mut SmallRng) -> MemberList {
     let n = rng.random_range(0..40);
     MemberList {
@@ -330,6 +332,15 @@ pub fn member_list(rng: &mut SmallRng) -> MemberList {
     }
 }
 
+/// A member pull's summary.
+pub fn member_summary(rng: &mut SmallRng) -> MemberSummary {
+    MemberSummary {
+        members: edgy_u64(rng),
+        hash: rng.random(),
+    }
+}
+
+/// An RTT ping or pong.
 pub fn ping(rng: &mut SmallRng) -> Ping {
     Ping {
         seq: edgy_u64(rng),

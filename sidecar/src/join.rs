@@ -181,7 +181,7 @@ pub fn targets(join: &[String], saved: &[SocketAddr], own: &[SocketAddr]) -> Vec
 }
 
 /// Keeps the addresses of the active members in the data dir when they
-/// change, at most every [`SAVE_MEMBERS_EVERY`] (a rejoin hint need not be
+/// change, at most every 5 s (a rejoin hint need not be
 /// fresh, and while a large cluster forms they change many times a second).
 /// An empty set is never saved: when every peer has left, the last ones
 /// known are still the best guess for finding the cluster again.

@@ -20,7 +20,8 @@
 //!              membership (foca task), registry (this node's writes),
 //!              upstreams (candidates + balancers over the snapshot),
 //!              health (passive health of local instances), rtt (sampling),
-//!              sync (anti-entropy, snapshot persistence), join, supervise,
+//!              sync (anti-entropy, snapshot persistence), join,
+//!              member_sync (periodic member pulls), supervise,
 //!              decisions (the proxy's recent routing decisions, a ring)
 //! 3 I/O        transport (+ guard), tls, persist, server, link_shim (test
 //!              only), metrics, reply, listeners

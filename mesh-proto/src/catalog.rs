@@ -288,7 +288,7 @@ pub struct DigestSummary {
 
 /// FNV-1a, 64 bits: fixed by its specification, unlike std's default
 /// hasher, so every agent computes the same summary.
-pub(crate) struct Fnv1a(u64);
+struct Fnv1a(u64);
 
 impl Default for Fnv1a {
     fn default() -> Self {
@@ -328,12 +328,17 @@ pub struct Catalog {
     hash_sum: u64,
 }
 
+/// FNV-1a of `value`: what one entry adds to a summary's sum (a catalog
+/// digest's here, a member pull's in `gossip`).
+pub(crate) fn fnv1a(value: &impl Hash) -> u64 {
+    let mut entry = Fnv1a::default();
+    value.hash(&mut entry);
+    entry.finish()
+}
+
 /// What one record adds to a [`DigestSummary`]'s hash.
 fn entry_hash(key: &RecordKey, version: &Version) -> u64 {
-    let mut entry = Fnv1a::default();
-    key.hash(&mut entry);
-    version.hash(&mut entry);
-    entry.finish()
+    fnv1a(&(key, version))
 }
 
 impl Catalog {

@@ -167,13 +167,10 @@ pub struct MemberSummary {
 impl MemberSummary {
     /// The summary of `identities` (order does not matter).
     pub fn of<'a>(identities: impl IntoIterator<Item = &'a NodeIdentity>) -> Self {
-        use std::hash::{Hash, Hasher};
         let mut summary = Self::default();
         for identity in identities {
-            let mut entry = crate::catalog::Fnv1a::default();
-            identity.node_id.as_str().hash(&mut entry);
-            identity.generation.hash(&mut entry);
-            summary.hash = summary.hash.wrapping_add(entry.finish());
+            let entry = crate::catalog::fnv1a(&(identity.node_id.as_str(), identity.generation));
+            summary.hash = summary.hash.wrapping_add(entry);
             summary.members += 1;
         }
         summary

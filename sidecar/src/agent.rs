@@ -5,7 +5,6 @@
 //! agent runs is started in [`start`], so this file is the map of a running
 //! sidecar.
 
-use rand::RngExt;
 use std::net::SocketAddr;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
@@ -13,6 +12,7 @@ use std::time::{Duration, Instant};
 
 use anyhow::Context;
 use mesh_proto::{NodeId, NodeIdentity};
+use rand::RngExt;
 use tokio::sync::{mpsc, watch};
 use tokio_util::task::TaskTracker;
 use tracing::{info, warn};

@@ -400,7 +400,7 @@ impl Driver {
                 let _ = reply.send(self.snapshot());
             }
             Command::Known(theirs, reply) => {
-                let known = if theirs == Some(self.member_summary()) {
+                let known = if theirs.is_some_and(|theirs| theirs == self.member_summary()) {
                     MemberList::default()
                 } else {
                     self.known()

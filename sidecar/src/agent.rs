@@ -289,6 +289,7 @@ pub async fn start(config: AgentConfig) -> anyhow::Result<RunningAgent> {
         upstreams: upstreams.clone(),
         transport: transport.clone(),
         http: local_client(),
+        hops: crate::proxy::hop_pool::HopPool::start(),
         health,
         shutdown: shutdown.subscribe(),
         decisions: decisions.clone(),

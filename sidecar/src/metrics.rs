@@ -71,6 +71,10 @@ pub const BUILD_INFO: &str = "gossamer_build_info";
 pub const QUIC_CONNECTIONS: &str = "gossamer_quic_connections";
 /// Lifeguard's local health score (0 healthy; probe timings × score + 1).
 pub const LOCAL_HEALTH: &str = "gossamer_local_health";
+/// `gossamer_proxy_hops_total{stream}`: requests sent to another node's
+/// sidecar, by the QUIC stream they went on: `new` (opened for it) or
+/// `kept` (a hop an earlier request to the same instance left open).
+pub const PROXY_HOPS: &str = "gossamer_proxy_hops_total";
 
 /// The metric names shared/DESIGN.md makes a contract (histograms by base name).
 pub const DESIGN_CONTRACT: [&str; 13] = [
@@ -92,8 +96,9 @@ pub const DESIGN_CONTRACT: [&str; 13] = [
 /// Every metric the agent exports: the contract, build info, relay refusals,
 /// DNS queries and TCP services (second wave of DESIGN.md; the TCP series
 /// appear once a `--tcp` listener is configured), the hardening counters of
-/// issues 21 and 22, and the connection and Lifeguard gauges of issue 17.
-pub const EXPORTED: [&str; 23] = [
+/// issues 21 and 22, the connection and Lifeguard gauges of issue 17, and
+/// the kept hops of issue 16.
+pub const EXPORTED: [&str; 24] = [
     MEMBERS,
     GOSSIP_PACKETS,
     GOSSIP_BYTES,
@@ -117,6 +122,7 @@ pub const EXPORTED: [&str; 23] = [
     SWIM_PACKETS_REFUSED,
     QUIC_CONNECTIONS,
     LOCAL_HEALTH,
+    PROXY_HOPS,
 ];
 
 /// The standard `process_*` metrics the dashboard reads (from the
@@ -162,6 +168,9 @@ pub fn recorder() -> anyhow::Result<PrometheusHandle> {
     metrics::counter!(HTTP_CONNECTIONS_REFUSED, "listener" => "proxy", "reason" => "limit")
         .increment(0);
     metrics::counter!(SWIM_PACKETS_REFUSED, "reason" => REFUSED_IMPERSONATION).increment(0);
+    for stream in [HOP_NEW, HOP_KEPT] {
+        metrics::counter!(PROXY_HOPS, "stream" => stream).increment(0);
+    }
     Ok(handle)
 }
 
@@ -252,6 +261,10 @@ fn describe() {
         "Lifeguard's local health score: 0 when healthy; this node's probe period and timeout are stretched by score + 1"
     );
     describe_counter!(
+        PROXY_HOPS,
+        "Requests sent to another node's sidecar, by stream (new: a QUIC stream opened for it; kept: one an earlier request to the same instance left open)"
+    );
+    describe_counter!(
         TCP_CONNECTIONS,
         "Connections accepted on --tcp listeners, by service and the node of the instance they went to (none: refused or unreachable)"
     );
@@ -309,6 +322,17 @@ pub fn http_connection_refused(listener: &'static str, reason: &'static str) {
 /// comes from a fixed set (see [`SWIM_PACKETS_REFUSED`]).
 pub fn swim_packet_refused(reason: &'static str) {
     metrics::counter!(SWIM_PACKETS_REFUSED, "reason" => reason).increment(1);
+}
+
+/// The `stream` of [`PROXY_HOPS`] for a request on a stream opened for it.
+pub const HOP_NEW: &str = "new";
+/// The `stream` of [`PROXY_HOPS`] for a request on a kept hop.
+pub const HOP_KEPT: &str = "kept";
+
+/// Counts one request sent to another node's sidecar on a `stream`
+/// ([`HOP_NEW`] or [`HOP_KEPT`]).
+pub fn proxy_hop(stream: &'static str) {
+    metrics::counter!(PROXY_HOPS, "stream" => stream).increment(1);
 }
 
 /// Address the exporter is served on, for logs.

@@ -17,6 +17,7 @@ use http::{HeaderValue, Request, Response, Uri, Version};
 use http_body_util::combinators::BoxBody;
 use http_body_util::BodyExt;
 use hyper::body::Incoming;
+use hyper::client::conn::http1::SendRequest;
 use hyper_util::client::legacy::connect::HttpConnector;
 use hyper_util::client::legacy::Client;
 use hyper_util::rt::{TokioExecutor, TokioIo};
@@ -25,6 +26,7 @@ use mesh_proto::gossip::StreamKind;
 use mesh_proto::Protocol;
 
 use super::headers::strip_for_next_hop;
+use super::hop_pool::{Hop, HopPool};
 use crate::transport::{Leased, Transport};
 
 /// Errors crossing the proxy.
@@ -130,18 +132,54 @@ pub async fn to_local(
     })
 }
 
-/// Sends to an instance on another node through that node's sidecar.
+/// Per-request deadline on the hop between sidecars, in milliseconds: the
+/// far sidecar gives up on the instance after it (a hop carries many
+/// requests, so the opening frame's deadline is only the first one's).
+pub const HOP_DEADLINE_HEADER: &str = "x-gossamer-hop-deadline-ms";
+
+/// Sends to an instance on another node through that node's sidecar, on a
+/// kept hop to that instance when one is idle, else on a new stream.
 pub async fn over_quic(
     transport: &Arc<Transport>,
+    hops: &Arc<HopPool>,
     sidecar: SocketAddr,
-    frame: &ProxyFrame,
-    request: Request<ProxyBody>,
+    frame: ProxyFrame,
+    mut request: Request<ProxyBody>,
 ) -> Result<Response<ProxyBody>, SendError> {
     let target = format!("{} via {sidecar}", frame.instance_id);
     let connect = |reason: String| SendError::Connect {
         target: target.clone(),
         reason,
     };
+    request
+        .headers_mut()
+        .insert(HOP_DEADLINE_HEADER, HeaderValue::from(frame.timeout_ms));
+    // An upgrade takes its hop's stream for itself: never a kept one.
+    let upgrade = super::headers::is_upgrade(request.headers());
+    prepare_http1(&mut request).map_err(connect)?;
+    if !upgrade {
+        while let Some(mut hop) = hops.take(sidecar, &frame) {
+            if hop.sender.ready().await.is_err() {
+                continue;
+            }
+            match hop.sender.try_send_request(request).await {
+                Ok(response) => {
+                    crate::metrics::proxy_hop(crate::metrics::HOP_KEPT);
+                    return finish_hop(response, hop, hops, sidecar, frame, &connect);
+                }
+                Err(mut failed) => match failed.take_message() {
+                    // Never written: the hop had closed; try another.
+                    Some(unsent) => request = unsent,
+                    None => {
+                        return Err(SendError::Broken {
+                            target: target.clone(),
+                            reason: failed.into_error().to_string(),
+                        })
+                    }
+                },
+            }
+        }
+    }
     let (mut send, recv, _, lease) = transport
         .open_stream(sidecar, StreamKind::Proxy)
         .await
@@ -155,25 +193,66 @@ pub async fn over_quic(
     // per stream cost a SETTINGS exchange per request (gRPC through two
     // sidecars ran at 0.11 of direct). Streams stay full duplex, and the
     // far sidecar announces gRPC's trailers so they cross the hop chunked.
-    let (response, connection) = send_http1_on_task(io, request, &target).await?;
-    let response = if response.status() == http::StatusCode::SWITCHING_PROTOCOLS {
+    let (mut sender, connection) = handshake_http1(io, &target).await?;
+    crate::metrics::proxy_hop(crate::metrics::HOP_NEW);
+    let response = sender
+        .send_request(request)
+        .await
+        .map_err(|e| SendError::Broken {
+            target: target.clone(),
+            reason: e.to_string(),
+        });
+    let hop = Hop { sender, connection };
+    let response = match response {
+        Ok(response) => response,
+        Err(e) => {
+            hop.end();
+            return Err(e);
+        }
+    };
+    if response.status() == http::StatusCode::SWITCHING_PROTOCOLS {
         // The connection hands its stream over to the upgrade.
-        boxed(response)
-    } else {
-        response.map(|body| {
-            EndsHopOnDrop {
+        return Ok(boxed(response));
+    }
+    if upgrade {
+        // Refused: the hop's connection is the upgrade's, not for reuse.
+        return Ok(response.map(|body| {
+            KeepsHop {
                 body,
-                connection: Some(connection),
+                hop: Some(hop),
+                back: None,
             }
             .boxed()
-        })
-    };
+        }));
+    }
+    finish_hop(response, hop, hops, sidecar, frame, &connect)
+}
+
+/// The answer of a hop, its body handing the hop back to the pool once
+/// read to the end.
+fn finish_hop(
+    response: Response<Incoming>,
+    hop: Hop,
+    hops: &Arc<HopPool>,
+    sidecar: SocketAddr,
+    frame: ProxyFrame,
+    connect: &dyn Fn(String) -> SendError,
+) -> Result<Response<ProxyBody>, SendError> {
     if response.headers().contains_key(CONNECT_FAILURE_HEADER) {
+        hops.put(sidecar, &frame, hop);
         return Err(connect(
             "the remote sidecar could not reach its instance".to_owned(),
         ));
     }
-    Ok(response)
+    let back = Some((hops.clone(), sidecar, frame));
+    Ok(response.map(|body| {
+        KeepsHop {
+            body,
+            hop: Some(hop),
+            back,
+        }
+        .boxed()
+    }))
 }
 
 /// Sends `request` as HTTP/1.1 on a connection of its own (`io`: a loopback
@@ -182,58 +261,72 @@ pub async fn over_quic(
 /// can be spliced. Fails as `Connect` until the request is sent.
 pub async fn send_http1<I>(
     io: I,
-    request: Request<ProxyBody>,
+    mut request: Request<ProxyBody>,
     target: &str,
 ) -> Result<Response<Incoming>, SendError>
 where
     I: hyper::rt::Read + hyper::rt::Write + Unpin + Send + 'static,
 {
-    send_http1_on_task(io, request, target)
-        .await
-        .map(|(response, _)| response)
-}
-
-/// [`send_http1`], also handing back the task that drives the connection.
-async fn send_http1_on_task<I>(
-    io: I,
-    mut request: Request<ProxyBody>,
-    target: &str,
-) -> Result<(Response<Incoming>, tokio::task::AbortHandle), SendError>
-where
-    I: hyper::rt::Read + hyper::rt::Write + Unpin + Send + 'static,
-{
-    let connect = |reason: String| SendError::Connect {
+    let (mut sender, _connection) = handshake_http1(io, target).await?;
+    prepare_http1(&mut request).map_err(|reason| SendError::Connect {
         target: target.to_owned(),
         reason,
-    };
-    let (mut sender, connection) = hyper::client::conn::http1::Builder::new()
-        .preserve_header_case(true)
-        .handshake(io)
-        .await
-        .map_err(|e| connect(e.to_string()))?;
-    let task = tokio::spawn(connection.with_upgrades()).abort_handle();
-    prepare_http1(&mut request).map_err(connect)?;
-    let response = sender
+    })?;
+    sender
         .send_request(request)
         .await
         .map_err(|e| SendError::Broken {
             target: target.to_owned(),
             reason: e.to_string(),
+        })
+}
+
+/// Opens an HTTP/1.1 client connection on `io`, driven (with upgrades) by
+/// a task of its own. Fails as `Connect`: nothing was sent yet.
+async fn handshake_http1<I>(
+    io: I,
+    target: &str,
+) -> Result<(SendRequest<ProxyBody>, tokio::task::AbortHandle), SendError>
+where
+    I: hyper::rt::Read + hyper::rt::Write + Unpin + Send + 'static,
+{
+    let (sender, connection) = hyper::client::conn::http1::Builder::new()
+        .preserve_header_case(true)
+        .handshake(io)
+        .await
+        .map_err(|e| SendError::Connect {
+            target: target.to_owned(),
+            reason: e.to_string(),
         })?;
-    Ok((response, task))
+    let task = tokio::spawn(connection.with_upgrades()).abort_handle();
+    Ok((sender, task))
 }
 
-/// An answer's body over a hop connection of its own: dropped before its
-/// end (the caller cancelled), it ends the connection, and so the stream to
-/// the far sidecar, at once. hyper would otherwise keep reading the rest
-/// of the body to reuse a connection nobody will reuse, and a cancelled
+/// An answer's body over a hop: read to its end, the hop goes back to the
+/// pool (when it came from one) for the next request to the instance;
+/// dropped before its end (the caller cancelled), it ends the hop, and so
+/// the stream to the far sidecar, at once. hyper would otherwise keep
+/// reading the rest of the body to reuse the connection, and a cancelled
 /// gRPC stream would stay open at the instance.
-struct EndsHopOnDrop {
+struct KeepsHop {
     body: Incoming,
-    connection: Option<tokio::task::AbortHandle>,
+    hop: Option<Hop>,
+    back: Option<(Arc<HopPool>, SocketAddr, ProxyFrame)>,
 }
 
-impl http_body::Body for EndsHopOnDrop {
+impl KeepsHop {
+    fn release(&mut self, whole: bool) {
+        let Some(hop) = self.hop.take() else { return };
+        match self.back.take() {
+            Some((pool, sidecar, frame)) if whole => pool.put(sidecar, &frame, hop),
+            // A hop of its own ends by itself once its answer is whole.
+            None if whole => drop(hop),
+            _ => hop.end(),
+        }
+    }
+}
+
+impl http_body::Body for KeepsHop {
     type Data = Bytes;
     type Error = BoxError;
 
@@ -242,9 +335,10 @@ impl http_body::Body for EndsHopOnDrop {
         cx: &mut std::task::Context<'_>,
     ) -> std::task::Poll<Option<Result<http_body::Frame<Bytes>, BoxError>>> {
         let polled = std::pin::Pin::new(&mut self.body).poll_frame(cx);
-        if let std::task::Poll::Ready(None) = polled {
-            // Whole: the connection ends by itself.
-            self.connection = None;
+        match &polled {
+            std::task::Poll::Ready(None) => self.release(true),
+            std::task::Poll::Ready(Some(Err(_))) => self.release(false),
+            _ => {}
         }
         polled.map_err(Into::into)
     }
@@ -258,11 +352,10 @@ impl http_body::Body for EndsHopOnDrop {
     }
 }
 
-impl Drop for EndsHopOnDrop {
+impl Drop for KeepsHop {
     fn drop(&mut self) {
-        if let Some(connection) = self.connection.take() {
-            connection.abort();
-        }
+        let whole = http_body::Body::is_end_stream(&self.body);
+        self.release(whole);
     }
 }
 

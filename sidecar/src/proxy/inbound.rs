@@ -30,7 +30,6 @@ pub async fn serve_stream(
 ) -> anyhow::Result<()> {
     let frame = read_frame(&mut stream.recv).await?;
     let peer = stream.connection.remote_address();
-    let allowed = is_own_instance(agent, &frame, peer);
 
     let stopped_sending = stream.send.stopped();
     let io = TokioIo::new(Leased::new(
@@ -47,6 +46,8 @@ pub async fn serve_stream(
             // caller's error must be a gRPC status already.
             let grpc = super::grpc::is_grpc(request.headers());
             let over_http1 = request.version() != http::Version::HTTP_2;
+            // Checked per request: a kept hop outlives registrations.
+            let allowed = is_own_instance(&agent, &frame, peer);
             let response = handle(&agent, &frame, allowed, request).await;
             let response = if grpc {
                 let mut response = super::grpc_if_proxy_made(response);
@@ -121,10 +122,16 @@ pub(super) fn is_own_instance(
     allowed
 }
 
-/// The calling sidecar's deadline for the response head; `None` from
-/// callers that send none (0).
-fn caller_deadline(frame: &ProxyFrame) -> Option<Duration> {
-    (frame.timeout_ms > 0).then(|| Duration::from_millis(u64::from(frame.timeout_ms)))
+/// The calling sidecar's deadline for the response head: the request's
+/// own on a kept hop, else the opening frame's (callers before kept hops
+/// sent one request per stream); `None` from callers that send none (0).
+/// The header is the hop's, so it is taken off before the instance.
+fn caller_deadline(frame: &ProxyFrame, headers: &mut http::HeaderMap) -> Option<Duration> {
+    let per_request = headers
+        .remove(forward::HOP_DEADLINE_HEADER)
+        .and_then(|value| value.to_str().ok()?.parse::<u32>().ok());
+    let ms = per_request.unwrap_or(frame.timeout_ms);
+    (ms > 0).then(|| Duration::from_millis(u64::from(ms)))
 }
 
 /// The answer once the caller's deadline passed: dropping the call closes
@@ -166,6 +173,7 @@ async fn handle(
             "the caller's catalog is stale or the frame is forged; retry after the catalog converges",
         );
     }
+    let deadline = caller_deadline(frame, request.headers_mut());
     // This sidecar is a hop of its own: a new span in the caller's trace.
     super::trace::continue_trace(request.headers_mut());
     let asked_upgrade = upgrade::is_upgrade(request.headers());
@@ -181,7 +189,7 @@ async fn handle(
             .map(|d| d.protocol)
             .unwrap_or_default();
         let call = forward::to_local(&agent.http, protocol, frame.address, request);
-        match caller_deadline(frame) {
+        match deadline {
             None => call.await,
             Some(limit) => match tokio::time::timeout(limit, call).await {
                 Ok(sent) => sent,

@@ -16,6 +16,7 @@ pub mod forward;
 pub mod grpc;
 mod grpc_settle;
 pub mod headers;
+pub mod hop_pool;
 pub mod idle_body;
 pub mod inbound;
 pub mod route;
@@ -57,6 +58,8 @@ pub struct ProxyHandles {
     pub transport: Arc<Transport>,
     /// Keep-alive client for instances on this node.
     pub http: LocalClient,
+    /// Kept hops to instances on other nodes.
+    pub hops: Arc<hop_pool::HopPool>,
     /// Marks local instances that refuse connections.
     pub health: Arc<PassiveHealth>,
     /// Turns true when the agent stops.
@@ -529,7 +532,7 @@ async fn send(
         // with the deadline the caller set.
         timeout_ms: remaining_ms(deadline, Instant::now()).saturating_add(FAR_SIDE_GRACE_MS),
     };
-    forward::over_quic(&agent.transport, sidecar, &frame, request).await
+    forward::over_quic(&agent.transport, &agent.hops, sidecar, frame, request).await
 }
 
 /// How much later than the caller the far sidecar gives up.

@@ -210,10 +210,35 @@ async fn grpc_calls_through_two_sidecars() {
     let instance = grpc_instance("inst", false).await;
     let b = AgentProc::start(Spec::new("grpc2-b")).await;
     register_port(&b, SERVICE, instance.port).await;
-    let a = AgentProc::start(Spec::new("grpc2-a").join(&b)).await;
+    let a = AgentProc::start(Spec::new("grpc2-a").join(&b).with_metrics()).await;
     define_grpc(&b, &a, SERVICE, 1).await;
     exercise(a.listeners.proxy, "grpc2-b").await;
     assert!(instance.served.load(Ordering::SeqCst) >= 5);
+
+    // Unary calls one after another go on one kept hop: an answer whose
+    // trailers were read is whole, though its body was never polled past them.
+    let hops = |text: &str, stream: &str| {
+        metric_value(text, "gossamer_proxy_hops_total", &[("stream", stream)])
+    };
+    let before = a.metrics_text().await;
+    let mut grpc = grpc_client(a.listeners.proxy, SERVICE).await;
+    for i in 0..20 {
+        unary(
+            &mut grpc,
+            "/t.Test/Unary",
+            tonic::Request::new("again".into()),
+        )
+        .await
+        .unwrap_or_else(|e| panic!("unary call {i}: {e}"));
+    }
+    let after = a.metrics_text().await;
+    let new = hops(&after, "new") - hops(&before, "new");
+    let kept = hops(&after, "kept") - hops(&before, "kept");
+    assert_eq!(new + kept, 20.0, "new {new}, kept {kept}");
+    assert!(
+        new <= 2.0,
+        "{new} streams opened for 20 sequential unary calls"
+    );
 }
 
 /// A tonic transport that does not enforce `grpc-timeout` itself (tonic's

@@ -146,9 +146,10 @@ pub async fn over_quic(
     frame: ProxyFrame,
     mut request: Request<ProxyBody>,
 ) -> Result<Response<ProxyBody>, SendError> {
-    let target = format!("{} via {sidecar}", frame.instance_id);
+    // Named only when something failed: formatting it cost every request.
+    let target = || format!("{} via {sidecar}", frame.instance_id);
     let connect = |reason: String| SendError::Connect {
-        target: target.clone(),
+        target: target(),
         reason,
     };
     request
@@ -159,20 +160,17 @@ pub async fn over_quic(
     prepare_http1(&mut request).map_err(connect)?;
     if !upgrade {
         while let Some(mut hop) = hops.take(sidecar, &frame) {
-            if hop.sender.ready().await.is_err() {
-                continue;
-            }
             match hop.sender.try_send_request(request).await {
                 Ok(response) => {
                     crate::metrics::proxy_hop(crate::metrics::HOP_KEPT);
-                    return finish_hop(response, hop, hops, sidecar, frame, &connect);
+                    return finish_hop(response, hop, hops, sidecar, frame);
                 }
                 Err(mut failed) => match failed.take_message() {
                     // Never written: the hop had closed; try another.
                     Some(unsent) => request = unsent,
                     None => {
                         return Err(SendError::Broken {
-                            target: target.clone(),
+                            target: target(),
                             reason: failed.into_error().to_string(),
                         })
                     }
@@ -193,13 +191,13 @@ pub async fn over_quic(
     // per stream cost a SETTINGS exchange per request (gRPC through two
     // sidecars ran at 0.11 of direct). Streams stay full duplex, and the
     // far sidecar announces gRPC's trailers so they cross the hop chunked.
-    let (mut sender, connection) = handshake_http1(io, &target).await?;
+    let (mut sender, connection) = handshake_http1(io, &target()).await?;
     crate::metrics::proxy_hop(crate::metrics::HOP_NEW);
     let response = sender
         .send_request(request)
         .await
         .map_err(|e| SendError::Broken {
-            target: target.clone(),
+            target: target(),
             reason: e.to_string(),
         });
     let hop = Hop { sender, connection };
@@ -225,7 +223,7 @@ pub async fn over_quic(
             .boxed()
         }));
     }
-    finish_hop(response, hop, hops, sidecar, frame, &connect)
+    finish_hop(response, hop, hops, sidecar, frame)
 }
 
 /// The answer of a hop, its body handing the hop back to the pool once
@@ -236,13 +234,15 @@ fn finish_hop(
     hops: &Arc<HopPool>,
     sidecar: SocketAddr,
     frame: ProxyFrame,
-    connect: &dyn Fn(String) -> SendError,
 ) -> Result<Response<ProxyBody>, SendError> {
     if response.headers().contains_key(CONNECT_FAILURE_HEADER) {
-        hops.put(sidecar, &frame, hop);
-        return Err(connect(
-            "the remote sidecar could not reach its instance".to_owned(),
-        ));
+        let target = format!("{} via {sidecar}", frame.instance_id);
+        // Its unread answer leaves the hop unfit for another request.
+        hop.end();
+        return Err(SendError::Connect {
+            target,
+            reason: "the remote sidecar could not reach its instance".to_owned(),
+        });
     }
     let back = Some((hops.clone(), sidecar, frame));
     Ok(response.map(|body| {
@@ -318,7 +318,7 @@ impl KeepsHop {
     fn release(&mut self, whole: bool) {
         let Some(hop) = self.hop.take() else { return };
         match self.back.take() {
-            Some((pool, sidecar, frame)) if whole => pool.put(sidecar, &frame, hop),
+            Some((pool, sidecar, frame)) if whole => pool.keep(sidecar, frame, hop),
             // A hop of its own ends by itself once its answer is whole.
             None if whole => drop(hop),
             _ => hop.end(),
@@ -336,7 +336,9 @@ impl http_body::Body for KeepsHop {
     ) -> std::task::Poll<Option<Result<http_body::Frame<Bytes>, BoxError>>> {
         let polled = std::pin::Pin::new(&mut self.body).poll_frame(cx);
         match &polled {
+            // Trailers end a message: nothing but its end may follow.
             std::task::Poll::Ready(None) => self.release(true),
+            std::task::Poll::Ready(Some(Ok(frame))) if frame.is_trailers() => self.release(true),
             std::task::Poll::Ready(Some(Err(_))) => self.release(false),
             _ => {}
         }

@@ -95,8 +95,8 @@ impl HopPool {
     }
 
     /// The most recently used idle hop to `frame`'s instance through
-    /// `sidecar`, if one is kept and still open. It may still turn out
-    /// closed when used (the peer went); the caller then opens a new one.
+    /// `sidecar`, if one is kept and ready. It may still turn out closed
+    /// when used (the peer went); the caller then opens a new one.
     pub fn take(&self, sidecar: SocketAddr, frame: &ProxyFrame) -> Option<Hop> {
         let mut peers = self.lock();
         let peer = peers.get_mut(&sidecar)?;
@@ -108,7 +108,7 @@ impl HopPool {
             let usable = idle.address == frame.address
                 && idle.service == frame.service
                 && now.duration_since(idle.since) < HOP_IDLE
-                && !idle.hop.sender.is_closed();
+                && idle.hop.sender.is_ready();
             if usable {
                 found = Some(idle.hop);
                 break;
@@ -122,8 +122,26 @@ impl HopPool {
     }
 
     /// Keeps `hop`, whose last answer was read whole, for the next request
-    /// to `frame`'s instance; ends it instead when the peer has enough.
-    pub fn put(&self, sidecar: SocketAddr, frame: &ProxyFrame, hop: Hop) {
+    /// to `frame`'s instance once its connection is ready for one (it may
+    /// still be reading the end of the answer, as after trailers).
+    pub fn keep(self: &Arc<Self>, sidecar: SocketAddr, frame: ProxyFrame, mut hop: Hop) {
+        if hop.sender.is_ready() {
+            self.put(sidecar, &frame, hop);
+            return;
+        }
+        let pool = Arc::downgrade(self);
+        tokio::spawn(async move {
+            let ready = tokio::time::timeout(HOP_IDLE, hop.sender.ready()).await;
+            match (ready, pool.upgrade()) {
+                (Ok(Ok(())), Some(pool)) => pool.put(sidecar, &frame, hop),
+                _ => hop.end(),
+            }
+        });
+    }
+
+    /// Keeps `hop`, ready for a request; ends it instead when the peer has
+    /// enough.
+    fn put(&self, sidecar: SocketAddr, frame: &ProxyFrame, hop: Hop) {
         if hop.sender.is_closed() {
             return;
         }

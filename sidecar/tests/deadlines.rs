@@ -7,9 +7,9 @@ mod common;
 
 use std::time::Duration;
 
-use common::{eventually, peer_transport, register_port, AgentProc, Spec, PSK};
-use mesh_proto::frame::ProxyFrame;
-use mesh_proto::gossip::StreamKind;
+use common::{
+    first_instance, open_proxy_stream, peer_transport, register_port, AgentProc, Spec, PSK,
+};
 use tokio::io::AsyncReadExt;
 use tokio::net::TcpListener;
 use tokio::sync::oneshot;
@@ -51,36 +51,14 @@ async fn the_far_sidecar_answers_504_at_the_callers_deadline_and_lets_go_of_the_
     let b = AgentProc::start(Spec::new("deadline-b")).await;
     let (port, arrived, closed) = stalling_instance().await;
     register_port(&b, "stall", port).await;
-    let instance = eventually(
-        "b to list its stall instance",
-        Duration::from_secs(10),
-        || {
-            let client = b.client();
-            async move {
-                let view = client.instances("stall", &Default::default()).await.ok()?;
-                view.eligible.into_iter().next().map(|i| i.instance)
-            }
-        },
-    )
-    .await;
+    let instance = first_instance(&b, "stall").await;
 
     // A calling sidecar that sends its request and then goes silent: it
     // neither finishes nor resets the stream, as when a partition eats
     // everything it sends after the request.
     let caller = peer_transport(PSK, "deadline-caller");
-    let (mut send, mut recv, _, _lease) = caller
-        .open_stream(b.listeners.quic, StreamKind::Proxy)
-        .await
-        .expect("open proxy stream");
-    let frame = ProxyFrame {
-        instance_id: instance.id.clone(),
-        address: instance.address,
-        service: "stall".to_owned(),
-        timeout_ms: 800,
-    };
-    send.write_all(&frame.encode().expect("encode"))
-        .await
-        .expect("write frame");
+    let (mut send, mut recv, _lease) =
+        open_proxy_stream(&caller, &b, &instance, "stall", 800).await;
     send.write_all(b"GET /slow HTTP/1.1\r\nhost: stall\r\n\r\n")
         .await
         .expect("write request");

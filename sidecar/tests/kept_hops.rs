@@ -10,16 +10,14 @@ use std::time::Duration;
 
 use bytes::Bytes;
 use common::{
-    eventually, http_get, metric_value, peer_transport, register_port, wait_alive, AgentProc, Spec,
-    PSK,
+    eventually, first_instance, http_get, metric_value, open_proxy_stream, peer_transport,
+    register_port, wait_alive, AgentProc, Spec, PSK,
 };
 use http::{Request, Response};
 use http_body_util::{BodyExt, Empty, Full};
 use hyper::body::Incoming;
 use hyper::service::service_fn;
 use hyper_util::rt::TokioIo;
-use mesh_proto::frame::ProxyFrame;
-use mesh_proto::gossip::StreamKind;
 use tokio::net::TcpListener;
 
 /// An instance that answers `/slow` never (within a minute) and anything
@@ -131,31 +129,12 @@ async fn the_far_sidecar_times_and_checks_each_request_on_a_kept_stream() {
     let b = AgentProc::start(Spec::new("hopcheck-b")).await;
     let port = header_instance().await;
     register_port(&b, "kept", port).await;
-    let instance = eventually("b to list its instance", Duration::from_secs(10), || {
-        let client = b.client();
-        async move {
-            let view = client.instances("kept", &Default::default()).await.ok()?;
-            view.eligible.into_iter().next().map(|i| i.instance)
-        }
-    })
-    .await;
+    let instance = first_instance(&b, "kept").await;
 
     // A caller speaking the hop itself: one stream, no deadline in its
     // frame (0), several requests.
     let caller = peer_transport(PSK, "hopcheck-caller");
-    let (mut send, recv, _, lease) = caller
-        .open_stream(b.listeners.quic, StreamKind::Proxy)
-        .await
-        .expect("open proxy stream");
-    let frame = ProxyFrame {
-        instance_id: instance.id.clone(),
-        address: instance.address,
-        service: "kept".to_owned(),
-        timeout_ms: 0,
-    };
-    send.write_all(&frame.encode().expect("encode"))
-        .await
-        .expect("write frame");
+    let (send, recv, lease) = open_proxy_stream(&caller, &b, &instance, "kept", 0).await;
     let (mut sender, connection) =
         hyper::client::conn::http1::handshake(TokioIo::new(tokio::io::join(recv, send)))
             .await

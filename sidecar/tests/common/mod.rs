@@ -584,6 +584,53 @@ pub fn peer_transport(psk: &str, name: &str) -> std::sync::Arc<sidecar::transpor
     .expect("bind peer transport")
 }
 
+/// The first eligible instance of `service` that `agent` lists (waits up
+/// to 10 s for one).
+pub async fn first_instance(agent: &AgentProc, service: &str) -> mesh_proto::catalog::Instance {
+    eventually(
+        &format!("{} to list an instance of {service}", agent.node_id()),
+        Duration::from_secs(10),
+        || {
+            let client = agent.client();
+            async move {
+                let view = client.instances(service, &Default::default()).await.ok()?;
+                view.eligible.into_iter().next().map(|i| i.instance)
+            }
+        },
+    )
+    .await
+}
+
+/// A proxy stream to `agent` opened by `caller` as a calling sidecar
+/// would: the frame naming `instance` of `service` (with `timeout_ms`) is
+/// written; what follows is the caller's.
+pub async fn open_proxy_stream(
+    caller: &std::sync::Arc<sidecar::transport::Transport>,
+    agent: &AgentProc,
+    instance: &mesh_proto::catalog::Instance,
+    service: &str,
+    timeout_ms: u32,
+) -> (
+    quinn::SendStream,
+    quinn::RecvStream,
+    sidecar::transport::StreamLease,
+) {
+    let (mut send, recv, _, lease) = caller
+        .open_stream(agent.listeners.quic, mesh_proto::gossip::StreamKind::Proxy)
+        .await
+        .expect("open proxy stream");
+    let frame = mesh_proto::frame::ProxyFrame {
+        instance_id: instance.id.clone(),
+        address: instance.address,
+        service: service.to_owned(),
+        timeout_ms,
+    };
+    send.write_all(&frame.encode().expect("encode"))
+        .await
+        .expect("write frame");
+    (send, recv, lease)
+}
+
 /// Registers `service` at `127.0.0.1:port` on `agent`'s node.
 pub async fn register_port(agent: &AgentProc, service: &str, port: u16) {
     register_port_at(agent.listeners.admin, service, port).await;

@@ -194,3 +194,94 @@ async fn sweep(pool: Weak<HopPool>) {
         pool.prune();
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use hyper_util::rt::TokioIo;
+
+    fn frame(instance: &str, port: u16) -> ProxyFrame {
+        ProxyFrame {
+            instance_id: instance.to_owned(),
+            address: SocketAddr::from(([127, 0, 0, 1], port)),
+            service: "svc".to_owned(),
+            timeout_ms: 0,
+        }
+    }
+
+    /// A ready hop over an in-memory pipe, and the far end of the pipe
+    /// (dropping it closes the hop).
+    async fn hop() -> (Hop, tokio::io::DuplexStream) {
+        let (near, far) = tokio::io::duplex(1024);
+        let (mut sender, connection) = hyper::client::conn::http1::handshake(TokioIo::new(near))
+            .await
+            .expect("handshake");
+        let connection = tokio::spawn(connection).abort_handle();
+        sender.ready().await.expect("ready");
+        (Hop { sender, connection }, far)
+    }
+
+    const PEER: SocketAddr =
+        SocketAddr::new(std::net::IpAddr::V4(std::net::Ipv4Addr::LOCALHOST), 4300);
+
+    #[tokio::test]
+    async fn a_kept_hop_is_taken_only_for_its_instance_at_its_address() {
+        let pool = HopPool::start();
+        let (first, _far1) = hop().await;
+        pool.keep(PEER, frame("i1", 8080), first);
+        assert_eq!(pool.idle(), 1);
+        assert!(
+            pool.take(PEER, &frame("i2", 8080)).is_none(),
+            "another instance"
+        );
+        let other_peer = SocketAddr::from(([127, 0, 0, 2], 4300));
+        assert!(
+            pool.take(other_peer, &frame("i1", 8080)).is_none(),
+            "another peer"
+        );
+        assert_eq!(pool.idle(), 1);
+        // Re-registered at another address: the kept hop is stale, ended.
+        assert!(pool.take(PEER, &frame("i1", 9090)).is_none());
+        assert_eq!(pool.idle(), 0, "a stale hop is dropped, not kept");
+
+        let (second, _far2) = hop().await;
+        pool.keep(PEER, frame("i1", 8080), second);
+        assert!(pool.take(PEER, &frame("i1", 8080)).is_some());
+        assert_eq!(pool.idle(), 0, "taken hops leave the pool");
+    }
+
+    #[tokio::test]
+    async fn a_peer_keeps_at_most_its_share_of_idle_hops() {
+        let pool = HopPool::start();
+        let mut pipes = Vec::new();
+        for i in 0..MAX_IDLE_PER_PEER + 3 {
+            let (hop, far) = hop().await;
+            pipes.push(far);
+            pool.keep(PEER, frame(&format!("i{}", i % 7), 8080), hop);
+        }
+        assert_eq!(pool.idle(), MAX_IDLE_PER_PEER);
+    }
+
+    #[tokio::test]
+    async fn a_hop_whose_stream_closed_is_not_taken() {
+        let pool = HopPool::start();
+        let (kept, far) = hop().await;
+        pool.keep(PEER, frame("i1", 8080), kept);
+        drop(far);
+        // The connection task sees the pipe close and drops its end.
+        let deadline = Instant::now() + Duration::from_secs(5);
+        while pool.lock().values().any(|peer| {
+            peer.by_instance
+                .values()
+                .flatten()
+                .any(|idle| !idle.hop.sender.is_closed())
+        }) {
+            assert!(
+                Instant::now() < deadline,
+                "the hop never saw its pipe close"
+            );
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
+        assert!(pool.take(PEER, &frame("i1", 8080)).is_none());
+    }
+}

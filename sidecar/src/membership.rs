@@ -411,25 +411,16 @@ impl Driver {
                 let _ = reply.send(self.member_summary());
             }
             Command::Learn(members) => {
-                // Only members we do not know, or know by an older
-                // generation: a pull repairs what gossip missed, and a
-                // partner's view of a member we know (a suspicion since
-                // refuted, say) is no fresher than ours. Applying every state
-                // flapped a formed cluster of 250 agents (1.2 catalog changes
-                // per agent per second at rest).
                 let known: HashMap<MemberKey, u64> = self
                     .core
                     .foca()
                     .iter_membership_state()
                     .map(|m| (m.id().node_id.key(), m.id().generation))
                     .collect();
+                let own = self.core.foca().identity().node_id.key();
                 let members = members
                     .into_iter()
-                    .filter(|m| {
-                        known
-                            .get(&m.identity.node_id.key())
-                            .is_none_or(|generation| *generation < m.identity.generation)
-                    })
+                    .filter(|m| worth_learning(own, &known, m))
                     .map(|m| {
                         let state = if m.suspect {
                             State::Suspect
@@ -706,6 +697,22 @@ pub mod swim_frame {
 }
 
 /// foca's member state as the API names it.
+/// Whether a member from a pulled list is news: one we do not know, or
+/// know by an older generation. A partner's view of a member we know (a
+/// suspicion since refuted, say) is no fresher than ours: applying every
+/// state flapped a formed cluster of 250 agents (1.2 catalog changes per
+/// agent per second at rest). Never ourselves: foca does not list its own
+/// identity among the members, so a partner's memory of our previous
+/// generation would join our table as a member of its own, and stay there
+/// as down.
+fn worth_learning(own: MemberKey, known: &HashMap<MemberKey, u64>, member: &KnownMember) -> bool {
+    let key = member.identity.node_id.key();
+    key != own
+        && known
+            .get(&key)
+            .is_none_or(|generation| *generation < member.identity.generation)
+}
+
 fn member_state(state: State) -> MemberState {
     match state {
         State::Alive => MemberState::Alive,
@@ -763,4 +770,45 @@ pub fn foca_config(profile: Profile, cluster_size: usize) -> Config {
         NonZeroUsize::new(MAX_SWIM_PACKET - swim_frame::RESERVED).unwrap_or(NonZeroUsize::MIN);
     config.notify_down_members = true;
     config
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn member(name: &str, generation: u64) -> KnownMember {
+        KnownMember {
+            identity: NodeIdentity {
+                node_id: NodeId::new(name).expect("valid name"),
+                addr: std::net::SocketAddr::from(([127, 0, 0, 1], 4300)),
+                generation,
+            },
+            incarnation: 0,
+            suspect: false,
+        }
+    }
+
+    #[test]
+    fn a_pulled_list_teaches_only_news_and_never_ourselves() {
+        let own = NodeId::new("self").expect("valid name").key();
+        let known: HashMap<MemberKey, u64> = [(NodeId::new("b").expect("valid name").key(), 5)]
+            .into_iter()
+            .collect();
+        assert!(worth_learning(own, &known, &member("c", 1)), "unknown");
+        assert!(
+            worth_learning(own, &known, &member("b", 6)),
+            "a newer generation"
+        );
+        assert!(
+            !worth_learning(own, &known, &member("b", 5)),
+            "the one we know"
+        );
+        assert!(
+            !worth_learning(own, &known, &member("b", 4)),
+            "an older one"
+        );
+        // A partner still remembers our previous generation.
+        assert!(!worth_learning(own, &known, &member("self", 1)));
+        assert!(!worth_learning(own, &known, &member("self", u64::MAX)));
+    }
 }

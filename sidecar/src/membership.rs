@@ -696,7 +696,6 @@ pub mod swim_frame {
     }
 }
 
-/// foca's member state as the API names it.
 /// Whether a member from a pulled list is news: one we do not know, or
 /// know by an older generation. A partner's view of a member we know (a
 /// suspicion since refuted, say) is no fresher than ours: applying every
@@ -713,6 +712,7 @@ fn worth_learning(own: MemberKey, known: &HashMap<MemberKey, u64>, member: &Know
             .is_none_or(|generation| *generation < member.identity.generation)
 }
 
+/// foca's member state as the API names it.
 fn member_state(state: State) -> MemberState {
     match state {
         State::Alive => MemberState::Alive,

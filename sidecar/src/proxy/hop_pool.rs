@@ -55,6 +55,13 @@ struct IdleHop {
     since: Instant,
 }
 
+impl IdleHop {
+    /// Kept for less than [`HOP_IDLE`] and its connection still open.
+    fn fresh(&self, now: Instant) -> bool {
+        now.duration_since(self.since) < HOP_IDLE && !self.hop.sender.is_closed()
+    }
+}
+
 #[derive(Default)]
 struct PeerHops {
     by_instance: HashMap<String, Vec<IdleHop>>,
@@ -65,9 +72,7 @@ impl PeerHops {
     fn prune(&mut self, now: Instant) {
         let mut count = 0;
         self.by_instance.retain(|_, hops| {
-            hops.retain(|idle| {
-                now.duration_since(idle.since) < HOP_IDLE && !idle.hop.sender.is_closed()
-            });
+            hops.retain(|idle| idle.fresh(now));
             count += hops.len();
             !hops.is_empty()
         });
@@ -107,7 +112,7 @@ impl HopPool {
             peer.count -= 1;
             let usable = idle.address == frame.address
                 && idle.service == frame.service
-                && now.duration_since(idle.since) < HOP_IDLE
+                && idle.fresh(now)
                 && idle.hop.sender.is_ready();
             if usable {
                 found = Some(idle.hop);
@@ -172,7 +177,8 @@ impl HopPool {
     }
 
     /// Idle hops kept, over every peer.
-    pub fn idle(&self) -> usize {
+    #[cfg(test)]
+    fn idle(&self) -> usize {
         self.lock().values().map(|peer| peer.count).sum()
     }
 

@@ -217,9 +217,6 @@ async fn grpc_calls_through_two_sidecars() {
 
     // Unary calls one after another go on one kept hop: an answer whose
     // trailers were read is whole, though its body was never polled past them.
-    let hops = |text: &str, stream: &str| {
-        metric_value(text, "gossamer_proxy_hops_total", &[("stream", stream)])
-    };
     let before = a.metrics_text().await;
     let mut grpc = grpc_client(a.listeners.proxy, SERVICE).await;
     for i in 0..20 {
@@ -232,8 +229,7 @@ async fn grpc_calls_through_two_sidecars() {
         .unwrap_or_else(|e| panic!("unary call {i}: {e}"));
     }
     let after = a.metrics_text().await;
-    let new = hops(&after, "new") - hops(&before, "new");
-    let kept = hops(&after, "kept") - hops(&before, "kept");
+    let (new, kept) = common::hops_between(&before, &after);
     assert_eq!(new + kept, 20.0, "new {new}, kept {kept}");
     assert!(
         new <= 2.0,

@@ -10,11 +10,11 @@ use std::time::Duration;
 
 use bytes::Bytes;
 use common::{
-    eventually, first_instance, http_get, metric_value, open_proxy_stream, peer_transport,
-    register_port, wait_alive, AgentProc, Spec, PSK,
+    eventually, first_instance, hops_between, http_get, open_proxy_stream, peer_transport,
+    read_response, register_port, wait_alive, AgentProc, Spec, PSK,
 };
 use http::{Request, Response};
-use http_body_util::{BodyExt, Empty, Full};
+use http_body_util::{Empty, Full};
 use hyper::body::Incoming;
 use hyper::service::service_fn;
 use hyper_util::rt::TokioIo;
@@ -66,9 +66,6 @@ async fn sequential_calls_to_another_node_go_on_one_kept_hop() {
         },
     )
     .await;
-    let hops = |text: &str, stream: &str| {
-        metric_value(text, "gossamer_proxy_hops_total", &[("stream", stream)])
-    };
     let before = a.metrics_text().await;
 
     const CALLS: usize = 50;
@@ -84,8 +81,7 @@ async fn sequential_calls_to_another_node_go_on_one_kept_hop() {
     }
 
     let after = a.metrics_text().await;
-    let new = hops(&after, "new") - hops(&before, "new");
-    let kept = hops(&after, "kept") - hops(&before, "kept");
+    let (new, kept) = hops_between(&before, &after);
     assert_eq!(
         new + kept,
         CALLS as f64,
@@ -114,14 +110,8 @@ async fn call(
         .await
         .unwrap_or_else(|_| panic!("{path}: no answer within 20 s"))
         .unwrap_or_else(|e| panic!("{path}: {e}"));
-    let status = response.status().as_u16();
-    let body = response
-        .into_body()
-        .collect()
-        .await
-        .expect("body")
-        .to_bytes();
-    (status, String::from_utf8_lossy(&body).into_owned())
+    let (status, _, body) = read_response(response).await.expect("body");
+    (status, body)
 }
 
 #[tokio::test]

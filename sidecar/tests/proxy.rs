@@ -777,15 +777,7 @@ async fn a_post_goes_to_a_second_instance_only_with_an_idempotency_key_and_a_kep
                 .expect("handshake");
         tokio::spawn(connection);
         let response = sender.send_request(request).await.expect("response");
-        let status = response.status().as_u16();
-        let headers = response.headers().clone();
-        let body = response
-            .into_body()
-            .collect()
-            .await
-            .expect("body")
-            .to_bytes();
-        (status, headers, String::from_utf8_lossy(&body).into_owned())
+        common::read_response(response).await.expect("body")
     };
     assert_eq!(
         (status, upstream_node(&headers).as_str()),

@@ -409,7 +409,7 @@ pub async fn http_request(
     headers: &[(&str, &str)],
     body: Vec<u8>,
 ) -> Option<(u16, http::HeaderMap, String)> {
-    use http_body_util::{BodyExt, Full};
+    use http_body_util::Full;
     let stream = tokio::net::TcpStream::connect(addr).await.ok()?;
     let (mut sender, connection) =
         hyper::client::conn::http1::handshake(hyper_util::rt::TokioIo::new(stream))
@@ -422,10 +422,31 @@ pub async fn http_request(
     }
     let request = request.body(Full::new(bytes::Bytes::from(body))).ok()?;
     let response = sender.send_request(request).await.ok()?;
+    read_response(response).await
+}
+
+/// A response read whole: (status, headers, body as text); `None` when the
+/// body broke off.
+pub async fn read_response(
+    response: http::Response<hyper::body::Incoming>,
+) -> Option<(u16, http::HeaderMap, String)> {
+    use http_body_util::BodyExt;
     let status = response.status().as_u16();
     let headers = response.headers().clone();
     let body = response.into_body().collect().await.ok()?.to_bytes();
     Some((status, headers, String::from_utf8_lossy(&body).into_owned()))
+}
+
+/// Requests sent to other nodes' sidecars between two scrapes of one
+/// agent's metrics, by stream: (new, kept).
+pub fn hops_between(before: &str, after: &str) -> (f64, f64) {
+    let count = |text: &str, stream: &str| {
+        metric_value(text, "gossamer_proxy_hops_total", &[("stream", stream)])
+    };
+    (
+        count(after, "new") - count(before, "new"),
+        count(after, "kept") - count(before, "kept"),
+    )
 }
 
 /// GET through `http_request`.

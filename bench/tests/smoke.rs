@@ -40,6 +40,7 @@ fn sim_runs_a_small_cluster() {
         rest: 1.0,
         budget: 60,
         no_lifeguard: false,
+        foca_probes: false,
         out: out.clone(),
     };
     let results = sim::run(&args).expect("sim runs");
@@ -64,6 +65,7 @@ fn sim_is_deterministic_from_its_seed() {
             rest: 1.0,
             budget: 60,
             no_lifeguard: false,
+            foca_probes: false,
             out: scratch("sim-seed"),
         };
         let r = sim::run(&args).expect("sim runs");

@@ -769,6 +769,18 @@ pub fn foca_config(profile: Profile, cluster_size: usize) -> Config {
     config.max_packet_size =
         NonZeroUsize::new(MAX_SWIM_PACKET - swim_frame::RESERVED).unwrap_or(NonZeroUsize::MIN);
     config.notify_down_members = true;
+    with_second_chance_probes(config)
+}
+
+/// A failed direct probe gets a second direct ping beside five indirect
+/// ones (foca's defaults: three, no second ping). Over a network losing
+/// 10 % of datagrams a probe of a healthy member then fails about once in
+/// 5,000 instead of once in 130: with three the false suspicions alone
+/// (`bench sim`: 26.7 per node-hour at 5,000 nodes) kept large clusters
+/// churning. It costs datagrams only when a direct probe fails.
+pub fn with_second_chance_probes(mut config: Config) -> Config {
+    config.retry_direct_probe = true;
+    config.num_indirect_probes = NonZeroUsize::new(5).unwrap_or(NonZeroUsize::MIN);
     config
 }
 

@@ -54,6 +54,10 @@ pub struct SimArgs {
     /// Run without Lifeguard (the agent runs with it), for comparison.
     #[arg(long)]
     pub no_lifeguard: bool,
+    /// Probe as foca's defaults do (three indirect probes, no second
+    /// direct ping) instead of the agent's way, for comparison.
+    #[arg(long)]
+    pub foca_probes: bool,
     /// Wall-clock budget per cluster size, in seconds.
     #[arg(long, default_value_t = 900)]
     pub budget: u64,
@@ -146,8 +150,12 @@ pub struct SimResult {
     pub false_suspicions_per_node_hour: f64,
     /// Whether Lifeguard ran.
     pub lifeguard: bool,
-    /// Running nodes declared down by someone over the whole run.
+    /// Down notifications about running nodes over the whole run (one per
+    /// node told).
     pub false_downs: u64,
+    /// The running nodes declared down by someone (indices; the joiner is
+    /// the last).
+    pub falsely_down_nodes: Vec<u32>,
     /// Identity renewals after a false down.
     pub rejoins: u64,
     /// Messages per node over the whole run.
@@ -187,7 +195,7 @@ pub fn run(args: &SimArgs) -> anyhow::Result<Vec<SimResult>> {
     }
     print_tables(&results);
     let name = format!(
-        "sim-{}-{}{}-loss{}-delay{}",
+        "sim-{}-{}{}{}-loss{}-delay{}",
         args.nodes
             .iter()
             .map(usize::to_string)
@@ -203,6 +211,7 @@ pub fn run(args: &SimArgs) -> anyhow::Result<Vec<SimResult>> {
         } else {
             ""
         },
+        if args.foca_probes { "-focaprobes" } else { "" },
         args.loss,
         args.delay
     );
@@ -230,7 +239,24 @@ fn spread_result(spread: &Spread, nodes: usize, round: Nanos, messages: u64) -> 
 }
 
 fn run_one(n: usize, args: &SimArgs) -> anyhow::Result<SimResult> {
-    let foca = sidecar::membership::foca_config(args.profile, n);
+    let foca_probes = args.foca_probes;
+    let profile = args.profile;
+    let config_for = move |size| {
+        let config = sidecar::membership::foca_config(profile, size);
+        if foca_probes {
+            foca::Config {
+                retry_direct_probe: false,
+                num_indirect_probes: foca::Config::new_lan(
+                    std::num::NonZeroU32::new(1).unwrap_or(std::num::NonZeroU32::MIN),
+                )
+                .num_indirect_probes,
+                ..config
+            }
+        } else {
+            config
+        }
+    };
+    let foca = config_for(n);
     let round = foca
         .periodic_gossip
         .as_ref()
@@ -245,12 +271,9 @@ fn run_one(n: usize, args: &SimArgs) -> anyhow::Result<SimResult> {
     };
     let started = Instant::now();
     let deadline = started + Duration::from_secs(args.budget);
-    let profile = args.profile;
     let mut world = World::formed(WorldConfig {
         nodes: n,
-        config_for: std::sync::Arc::new(move |size| {
-            sidecar::membership::foca_config(profile, size)
-        }),
+        config_for: std::sync::Arc::new(config_for),
         probe_period: foca.probe_period,
         loss: args.loss,
         delay: Duration::from_secs_f64(args.delay / 1000.0),
@@ -398,6 +421,7 @@ fn run_one(n: usize, args: &SimArgs) -> anyhow::Result<SimResult> {
             / (nodes_total * secs(world.now) / 3600.0).max(1e-9),
         lifeguard: !args.no_lifeguard,
         false_downs: world.observer.false_downs,
+        falsely_down_nodes: world.observer.falsely_down.iter().copied().collect(),
         rejoins: world.observer.rejoins,
         messages_per_node: total.messages() as f64 / nodes_total,
         bytes_per_node: total.bytes() as f64 / nodes_total,
@@ -472,7 +496,7 @@ fn print_tables(results: &[SimResult]) {
         "msgs/node (run)",
         "false suspicions",
         "per node-hour",
-        "false downs",
+        "false downs (nodes)",
         "bootstrap",
         "run",
     ]);
@@ -485,7 +509,7 @@ fn print_tables(results: &[SimResult]) {
             format!("{:.0}", r.messages_per_node),
             r.false_suspicions.to_string(),
             format!("{:.2}", r.false_suspicions_per_node_hour),
-            r.false_downs.to_string(),
+            format!("{} ({})", r.false_downs, r.falsely_down_nodes.len()),
             format!("{:.1} s", r.bootstrap_wall_s),
             format!("{:.1} s", r.run_wall_s),
         ]);

@@ -2,6 +2,8 @@
 //! a watched member come up or go down, and how often a node that was in
 //! fact running got suspected or declared down (false positives).
 
+use std::collections::BTreeSet;
+
 use foca::Notification;
 
 use super::net::Nanos;
@@ -77,8 +79,10 @@ pub struct Observer {
     pub true_suspicions: u64,
     /// First failed probe of the watched down member.
     pub first_suspicion_at: Option<Nanos>,
-    /// Running nodes declared down by someone.
+    /// Down notifications about running nodes (one per node told).
     pub false_downs: u64,
+    /// The running nodes those notifications were about.
+    pub falsely_down: BTreeSet<u32>,
     /// Nodes that learned they had been declared down and renewed their identity.
     pub rejoins: u64,
 }
@@ -114,6 +118,7 @@ impl Observer {
                     }
                 } else {
                     self.false_downs += 1;
+                    self.falsely_down.insert(id.index);
                 }
             }
             Notification::ProbeFailed(_, id) => {

@@ -49,6 +49,14 @@ pub struct Config {
     /// network.
     pub num_indirect_probes: NonZeroUsize,
 
+    /// Gossamer: whether the indirect stage of a probe also pings the
+    /// probed member directly once more (with the same probe number), as
+    /// memberlist's TCP fallback ping does. Over a lossy network most
+    /// failed direct probes lost one datagram; a second chance makes a
+    /// false suspicion about as rare as losing both pings *and* every
+    /// indirect path.
+    pub retry_direct_probe: bool,
+
     /// Specifies how many times a single update/broadcast will be sent
     /// along with a normal message.
     ///
@@ -209,6 +217,7 @@ impl Config {
             probe_period: Duration::from_millis(1500),
             probe_rtt: Duration::from_millis(500),
             num_indirect_probes: NonZeroUsize::new(3).unwrap(),
+            retry_direct_probe: false,
 
             max_transmissions: NonZeroU8::new(10).unwrap(),
 
@@ -267,6 +276,7 @@ impl Config {
             probe_period: period,
             probe_rtt: Duration::from_millis(500),
             num_indirect_probes: NonZeroUsize::new(3).unwrap(),
+            retry_direct_probe: false,
 
             max_transmissions: Self::compute_max_tx(cluster_size),
 
@@ -309,6 +319,7 @@ impl Config {
             probe_period: period,
             probe_rtt: Duration::from_secs(3),
             num_indirect_probes: NonZeroUsize::new(3).unwrap(),
+            retry_direct_probe: false,
 
             max_transmissions: Self::compute_max_tx(cluster_size),
 

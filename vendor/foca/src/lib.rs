@@ -678,6 +678,17 @@ where
                     "Member didn't respond to ping in time, starting indirect probe cycle"
                 );
 
+                // Gossamer: a second direct ping beside the indirect ones
+                // (`Config::retry_direct_probe`); its ack counts as the
+                // direct ack since the probe number is the same.
+                if self.config.retry_direct_probe {
+                    self.send_message(
+                        probed_id.clone(),
+                        Message::Ping(self.probe.probe_number()),
+                        &mut runtime,
+                    )?;
+                }
+
                 while let Some(chosen) = self.choice_buf.pop() {
                     let indirect = chosen.into_identity();
 

@@ -45,6 +45,8 @@ struct Net {
     /// Nodes whose CPU is stalled: packets to them wait here until released.
     stalled: Vec<bool>,
     held: Vec<Vec<Vec<u8>>>,
+    /// (from, to) pairs whose next packet the network loses.
+    lose_next: Vec<(usize, usize)>,
 }
 
 impl Net {
@@ -70,6 +72,7 @@ impl Net {
             probes_failed: vec![Vec::new(); n as usize],
             stalled: vec![false; n as usize],
             held: vec![Vec::new(); n as usize],
+            lose_next: Vec::new(),
         }
     }
 
@@ -120,6 +123,10 @@ impl Net {
             }
             for (from, to, data) in packets {
                 if self.dead[from] || self.dead[to] {
+                    continue;
+                }
+                if let Some(at) = self.lose_next.iter().position(|&p| p == (from, to)) {
+                    self.lose_next.swap_remove(at);
                     continue;
                 }
                 if self.stalled[to] {
@@ -535,5 +542,49 @@ fn a_prober_that_heard_the_suspicion_first_still_shrinks_its_timeout() {
             t < floor,
             "node {i} heard the suspicion, then its own probe failed: its timeout stayed at {t:?}, the floor for relays"
         );
+    }
+}
+
+/// Two nodes (so nobody can probe indirectly), and the next packet from
+/// node 0 to node 1 is lost: a ping, or the ack to node 1's ping. The
+/// probes that failed, on either side.
+fn failed_probes_after_one_lost_packet(retry_direct_probe: bool) -> Vec<NodeId> {
+    let config_for: ConfigFor = Arc::new(move |size| {
+        let mut config = fast(size);
+        config.retry_direct_probe = retry_direct_probe;
+        config
+    });
+    let mut net = Net::new(2, config_for);
+    join_all(&mut net);
+    net.run_for(Duration::from_secs(2), Duration::from_millis(50));
+    assert_eq!(net.members_of(0), 1, "formed");
+    net.lose_next.push((0, 1));
+    net.run_for(Duration::from_secs(2), Duration::from_millis(50));
+    assert!(net.lose_next.is_empty(), "a packet was lost");
+    net.probes_failed.concat()
+}
+
+#[test]
+fn one_lost_datagram_is_retried_directly_before_anyone_is_suspected() {
+    assert_eq!(
+        failed_probes_after_one_lost_packet(true),
+        Vec::<NodeId>::new(),
+        "the second direct ping at the indirect stage is answered"
+    );
+    // The same loss without the second ping: with no member to ask for an
+    // indirect probe, the probe fails and its member becomes suspect.
+    assert_eq!(failed_probes_after_one_lost_packet(false).len(), 1);
+}
+
+#[test]
+fn the_agent_probes_with_a_second_chance() {
+    for profile in [
+        crate::config::Profile::Local,
+        crate::config::Profile::Lan,
+        crate::config::Profile::Wan,
+    ] {
+        let config = crate::membership::foca_config(profile, 100);
+        assert!(config.retry_direct_probe, "{profile:?}");
+        assert_eq!(config.num_indirect_probes.get(), 5, "{profile:?}");
     }
 }

@@ -38,7 +38,7 @@ pub struct NodeId {
 /// probability 2⁻⁶⁴ per pair (about 3·10⁻¹² for a 10,000-node cluster).
 /// Nothing trusts the key for identity: certificates are checked against the
 /// node id's text.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash)]
 pub struct MemberKey(u64);
 
 impl MemberKey {

@@ -34,7 +34,10 @@ pub trait Identity: Clone + Eq + fmt::Debug {
     /// an example of one)
     ///
     /// It's a good idea to have this type as lean as possible
-    type Addr: PartialEq;
+    ///
+    /// Gossamer: `Ord`, so members are found through an index instead of
+    /// a scan (`Members::index`).
+    type Addr: Ord;
 
     /// Opt-in on auto-rejoining by providing a new identity.
     ///

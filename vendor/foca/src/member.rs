@@ -2,6 +2,7 @@
  * License, v. 2.0. If a copy of the MPL was not distributed with this
  * file, You can obtain one at https://mozilla.org/MPL/2.0/. */
 extern crate alloc;
+use alloc::collections::BTreeMap;
 use alloc::vec::Vec;
 
 use rand::{
@@ -133,14 +134,18 @@ impl<T> Member<T> {
     }
 }
 
-pub(crate) struct Members<T> {
+pub(crate) struct Members<T: crate::Identity> {
     pub(crate) inner: Vec<Member<T>>,
+    // Gossamer: where each member sits in `inner`, by address. Every update
+    // looked its member up with a scan of `inner`, so a packet cost O(N)
+    // per update and a forming cluster O(N²) per node.
+    index: BTreeMap<T::Addr, usize>,
     cursor: usize,
     num_active: usize,
 }
 
 #[cfg(test)]
-impl<T> Members<T> {
+impl<T: crate::Identity> Members<T> {
     pub(crate) fn len(&self) -> usize {
         self.inner.len()
     }
@@ -160,11 +165,37 @@ where
         //     inner is always empty outside of tests
         let num_active = inner.iter().filter(|member| member.is_active()).count();
 
-        Self {
+        let mut members = Self {
             cursor: 0,
             num_active,
             inner,
+            index: BTreeMap::new(),
+        };
+        members.reindex();
+        members
+    }
+
+    fn reindex(&mut self) {
+        self.index = self
+            .inner
+            .iter()
+            .enumerate()
+            .map(|(at, member)| (member.id.addr(), at))
+            .collect();
+    }
+
+    fn position_of(&self, addr: &T::Addr) -> Option<usize> {
+        self.index.get(addr).copied()
+    }
+
+    /// Swaps two positions of `inner`, keeping the index.
+    fn swap(&mut self, a: usize, b: usize) {
+        if a == b {
+            return;
         }
+        self.inner.swap(a, b);
+        self.index.insert(self.inner[a].id.addr(), a);
+        self.index.insert(self.inner[b].id.addr(), b);
     }
 
     // Next member that's considered active
@@ -173,6 +204,7 @@ where
         // Round-robin with a shuffle at the end
         if self.cursor >= self.inner.len() {
             self.inner.shuffle(&mut rng);
+            self.reindex();
             self.cursor = 0;
         }
 
@@ -266,11 +298,13 @@ where
 
     pub(crate) fn remove_if_down(&mut self, id: &T) -> Option<Member<T>> {
         let position = self
-            .inner
-            .iter()
-            .position(|member| &member.id == id && member.state == State::Down);
-
-        position.map(|pos| self.inner.swap_remove(pos))
+            .position_of(&id.addr())
+            .filter(|&at| &self.inner[at].id == id && self.inner[at].state == State::Down)?;
+        let last = self.inner.len() - 1;
+        self.swap(position, last);
+        let removed = self.inner.pop()?;
+        self.index.remove(&removed.id.addr());
+        Some(removed)
     }
 
     pub(crate) fn iter_active(&self) -> impl Iterator<Item = &Member<T>> {
@@ -278,9 +312,8 @@ where
     }
 
     pub(crate) fn is_active(&self, id: &T) -> bool {
-        self.inner
-            .iter()
-            .any(|member| &member.id == id && member.is_active())
+        self.position_of(&id.addr())
+            .is_some_and(|at| &self.inner[at].id == id && self.inner[at].is_active())
     }
 
     pub(crate) fn apply_existing_if<F: Fn(&Member<T>) -> bool>(
@@ -289,9 +322,8 @@ where
         condition: F,
     ) -> Option<ApplySummary<T>> {
         if let Some(known_member) = self
-            .inner
-            .iter_mut()
-            .find(|member| member.id.addr() == update.id().addr())
+            .position_of(&update.id().addr())
+            .and_then(|at| self.inner.get_mut(at))
         {
             let id_conflict = known_member.id != update.id;
 
@@ -363,6 +395,7 @@ where
                 let is_active_now = update.is_active();
 
                 // Insert at the end and swap with a random position.
+                self.index.insert(update.id.addr(), self.inner.len());
                 self.inner.push(update);
                 let inserted_at = self.inner.len() - 1;
 
@@ -370,7 +403,7 @@ where
                     .choose(&mut rng)
                     .unwrap_or(inserted_at);
 
-                self.inner.swap(swap_idx, inserted_at);
+                self.swap(swap_idx, inserted_at);
 
                 if is_active_now {
                     self.num_active = self.num_active.saturating_add(1);

@@ -372,6 +372,14 @@ pub async fn start(config: AgentConfig) -> anyhow::Result<RunningAgent> {
             transport: transport.clone(),
             members: membership.active(),
             interval: config.profile.member_sync_interval(),
+            rejoin: (!config.join.is_empty()).then(|| join::Joiner {
+                targets: config.join.clone(),
+                problem: None,
+                identity: identity.clone(),
+                bound: quic,
+                membership: membership.clone(),
+                transport: transport.clone(),
+            }),
         },
     ))));
     tasks.spawn(until_stop(Box::pin(sync::persist_loop(

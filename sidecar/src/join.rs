@@ -135,7 +135,25 @@ async fn admitted(agent: &Joiner, within: Duration) -> bool {
     matches!(answered, Ok(Ok(_)))
 }
 
-async fn join_one(agent: &Joiner, target: &str) -> anyhow::Result<NodeIdentity> {
+/// Says hello to `target`, announces this node to it and pulls its members;
+/// returns the target's identity.
+pub async fn join_one(agent: &Joiner, target: &str) -> anyhow::Result<NodeIdentity> {
+    let (addr, peer) = identify(agent, target).await?;
+    agent.membership.announce(peer.clone()).await;
+    // The announce's answer names a few dozen members; the rest
+    // would trickle in over gossip for a minute at 100 nodes.
+    match pull_members(&agent.transport, addr, None).await {
+        Ok(members) => agent.membership.learn(members).await,
+        Err(e) => {
+            debug!(%addr, error = %format!("{e:#}"), "no member list pulled on join (an older agent?); gossip brings the members")
+        }
+    }
+    Ok(peer)
+}
+
+/// Which node answers at `target` (a Hello to each address it resolves to
+/// until one answers), never this node itself.
+pub async fn identify(agent: &Joiner, target: &str) -> anyhow::Result<(SocketAddr, NodeIdentity)> {
     let addrs: Vec<SocketAddr> = tokio::net::lookup_host(target)
         .await
         .with_context(|| format!("cannot resolve {target}"))?
@@ -149,18 +167,7 @@ async fn join_one(agent: &Joiner, target: &str) -> anyhow::Result<NodeIdentity> 
             Ok(peer) if peer.node_id == agent.identity.node_id => {
                 last_error = anyhow!("{target} is this node itself");
             }
-            Ok(peer) => {
-                agent.membership.announce(peer.clone()).await;
-                // The announce's answer names a few dozen members; the rest
-                // would trickle in over gossip for a minute at 100 nodes.
-                match pull_members(&agent.transport, addr, None).await {
-                    Ok(members) => agent.membership.learn(members).await,
-                    Err(e) => {
-                        debug!(%addr, error = %format!("{e:#}"), "no member list pulled on join (an older agent?); gossip brings the members")
-                    }
-                }
-                return Ok(peer);
-            }
+            Ok(peer) => return Ok((addr, peer)),
             Err(e) => last_error = e,
         }
     }

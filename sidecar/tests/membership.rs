@@ -347,3 +347,41 @@ async fn a_joiner_pulls_every_member_its_seed_knows_at_once() {
         "a differing summary gets the whole list"
     );
 }
+
+#[tokio::test]
+async fn nodes_that_joined_only_each_other_find_their_join_target_once_it_answers() {
+    // A node whose seed was not answering joined through another node that
+    // had no seed at all: the two form an island whose member pulls agree
+    // with each other forever (seen with 500 agents starting at once). A
+    // --join target that is not a member is tried again every third member
+    // pull round, and joined through once it answers.
+    let reserved = std::net::UdpSocket::bind("127.0.0.1:0").expect("bind");
+    let seed_addr = reserved.local_addr().expect("addr");
+    drop(reserved);
+    let loner = AgentProc::start(Spec::new("island-loner")).await;
+    let cut_off = AgentProc::start(
+        Spec::new("island-cut-off")
+            .arg("--join")
+            .arg(seed_addr.to_string())
+            .join(&loner),
+    )
+    .await;
+    wait_alive(
+        &[&loner, &cut_off],
+        &["island-cut-off", "island-loner"],
+        CONVERGE,
+    )
+    .await;
+    let seed = AgentProc::start(Spec::new("island-seed").bind(seed_addr)).await;
+    assert_eq!(seed.listeners.quic, seed_addr);
+    wait_alive(
+        &[&seed, &loner, &cut_off],
+        &["island-cut-off", "island-loner", "island-seed"],
+        Duration::from_secs(60),
+    )
+    .await;
+    assert!(
+        cut_off.log().contains("joined through it again"),
+        "the cut-off node says why it joined again"
+    );
+}

@@ -303,11 +303,11 @@ where
     /// is followed as a suspect: Lifeguard's, shrinking with confirmations.
     pub fn suspicion_timeout(&self, member: &T) -> Option<Duration> {
         let suspicion = self.suspects.get(member)?;
-        Some(self.timeout_for(member, suspicion))
+        let config = (self.config_for)(self.sized_for);
+        Some(self.timeout_for(&config, member, suspicion))
     }
 
-    fn timeout_for(&self, member: &T, suspicion: &Suspicion<T>) -> Duration {
-        let config = (self.config_for)(self.sized_for);
+    fn timeout_for(&self, config: &Config, member: &T, suspicion: &Suspicion<T>) -> Duration {
         match self.lifeguard {
             // The first name is the suspicion's originator, not a confirmation.
             Some(lg) => {
@@ -579,6 +579,8 @@ where
             return 0;
         }
         self.scan_due = false;
+        // Built once per scan: a cluster forming holds hundreds of suspects.
+        let config = (self.config_for)(self.sized_for);
         let mut suspects = std::mem::take(&mut self.suspects);
         let mut still = HashMap::new();
         let mut expired = Vec::new();
@@ -596,7 +598,9 @@ where
                     confirmed_by: vec![self.foca.identity().clone()],
                 },
             };
-            if now.saturating_duration_since(suspicion.since) > self.timeout_for(&id, &suspicion) {
+            if now.saturating_duration_since(suspicion.since)
+                > self.timeout_for(&config, &id, &suspicion)
+            {
                 expired.push(Member::new(id, member.incarnation(), State::Down));
             } else {
                 still.insert(id, suspicion);

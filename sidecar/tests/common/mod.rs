@@ -78,6 +78,8 @@ pub struct Spec {
     pub psk_in_env: bool,
     /// Gossip timings: `local` unless a test says otherwise.
     pub profile: String,
+    /// The QUIC address to bind (a free port unless a test names one).
+    pub bind: String,
 }
 
 impl Spec {
@@ -91,6 +93,7 @@ impl Spec {
             env: Vec::new(),
             psk_in_env: false,
             profile: "local".to_owned(),
+            bind: "127.0.0.1:0".to_owned(),
         }
     }
 
@@ -117,6 +120,12 @@ impl Spec {
     /// Sets a variable in the agent's environment.
     pub fn env(mut self, key: &str, value: &str) -> Self {
         self.env.push((key.to_owned(), value.to_owned()));
+        self
+    }
+
+    /// Binds QUIC to `addr` (a join target named before the agent runs).
+    pub fn bind(mut self, addr: std::net::SocketAddr) -> Self {
+        self.bind = addr.to_string();
         self
     }
 
@@ -170,7 +179,7 @@ impl AgentProc {
         command
             .arg("agent")
             .args(["--node-id", &spec.node_id])
-            .args(["--bind", "127.0.0.1:0"])
+            .args(["--bind", &spec.bind])
             .args(["--admin-listen", "127.0.0.1:0"])
             .args(["--proxy-listen", "127.0.0.1:0"])
             .args(["--metrics-listen", "127.0.0.1:0"])

@@ -114,7 +114,11 @@ pub async fn run(sync: MemberSync) {
     loop {
         tick.tick().await;
         round += 1;
-        if let Some(joiner) = sync.rejoin.as_ref().filter(|_| round.is_multiple_of(REJOIN_EVERY)) {
+        if let Some(joiner) = sync
+            .rejoin
+            .as_ref()
+            .filter(|_| round.is_multiple_of(REJOIN_EVERY))
+        {
             let members = sync.members.borrow().clone();
             rejoin_absent_target(joiner, &mut join_targets, &members).await;
         }

@@ -136,6 +136,7 @@ async fn gossip_runs_a_few_agents() {
         settle: 0.2,
         rest: 0.5,
         churn: 1.0,
+        start_rate: 0.0,
         agent_bin: None,
         no_probe: true,
         out: out.clone(),

@@ -47,6 +47,10 @@ pub struct GossipArgs {
     /// Seconds of churn (one agent killed and one started per second).
     #[arg(long, default_value_t = 10.0)]
     pub churn: f64,
+    /// Agents started per second while the cluster forms (0: each as soon
+    /// as the one before is ready, a few milliseconds apart).
+    #[arg(long, default_value_t = 0.0)]
+    pub start_rate: f64,
     /// The `gossamer` binary for the separate-process probe [default: next to this binary].
     #[arg(long)]
     pub agent_bin: Option<PathBuf>,
@@ -186,8 +190,12 @@ async fn measure(
     );
     let started = Instant::now();
     let mut starts = Vec::new();
-    for _ in 0..args.nodes {
+    for started_so_far in 1..=args.nodes {
         starts.push(cluster.add().await?);
+        if args.start_rate > 0.0 {
+            let due = started + Duration::from_secs_f64(started_so_far as f64 / args.start_rate);
+            tokio::time::sleep_until(due.into()).await;
+        }
     }
     let (formation_s, formation_note) = match cluster.wait_formed(Duration::from_secs(180)).await {
         Ok(after_last) => {

@@ -17,10 +17,10 @@
 //! join succeeds).
 
 use std::collections::HashMap;
-
 use std::sync::Arc;
 use std::time::Duration;
 
+use mesh_proto::NodeId;
 use tokio::sync::watch;
 use tracing::{debug, info};
 
@@ -28,7 +28,6 @@ use crate::join::{identify, join_one, pull_members, Joiner};
 use crate::membership::{ActiveMembers, Membership};
 use crate::sync::choose_partner;
 use crate::transport::Transport;
-use mesh_proto::NodeId;
 
 /// What member pulls use.
 pub struct MemberSync {
@@ -96,7 +95,7 @@ async fn rejoin_absent_target(joiner: &Joiner, known: &mut JoinTargets, members:
     }
     match tokio::time::timeout(within, join_one(joiner, target)).await {
         Ok(Ok(peer)) => {
-            info!(%target, peer = %peer.node_id, "a join target did not know this node: joined through it again");
+            info!(%target, peer = %peer.node_id, "a join target answered but was not a member: joined through it again");
         }
         Ok(Err(e)) => debug!(%target, error = %format!("{e:#}"), "joining again failed"),
         Err(_) => debug!(%target, "joining again timed out"),

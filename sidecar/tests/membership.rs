@@ -355,9 +355,10 @@ async fn nodes_that_joined_only_each_other_find_their_join_target_once_it_answer
     // with each other forever (seen with 500 agents starting at once). A
     // --join target that is not a member is tried again every third member
     // pull round, and joined through once it answers.
+    // Held until the seed starts, so that no agent started before it (their
+    // QUIC and DNS sockets take free UDP ports) is handed this port.
     let reserved = std::net::UdpSocket::bind("127.0.0.1:0").expect("bind");
     let seed_addr = reserved.local_addr().expect("addr");
-    drop(reserved);
     let loner = AgentProc::start(Spec::new("island-loner")).await;
     let cut_off = AgentProc::start(
         Spec::new("island-cut-off")
@@ -372,6 +373,7 @@ async fn nodes_that_joined_only_each_other_find_their_join_target_once_it_answer
         CONVERGE,
     )
     .await;
+    drop(reserved);
     let seed = AgentProc::start(Spec::new("island-seed").bind(seed_addr)).await;
     assert_eq!(seed.listeners.quic, seed_addr);
     wait_alive(

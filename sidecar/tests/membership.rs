@@ -373,6 +373,18 @@ async fn nodes_that_joined_only_each_other_find_their_join_target_once_it_answer
         CONVERGE,
     )
     .await;
+    // Its first join must have given up on the seed's address first: a
+    // hello still in flight would reach the seed once it starts and join
+    // the ordinary way.
+    eventually(
+        "the cut-off node to give up on its seed",
+        Duration::from_secs(60),
+        || async {
+            let log = cut_off.log();
+            (log.contains("cannot join yet") && log.contains(&seed_addr.to_string())).then_some(())
+        },
+    )
+    .await;
     drop(reserved);
     let seed = AgentProc::start(Spec::new("island-seed").bind(seed_addr)).await;
     assert_eq!(seed.listeners.quic, seed_addr);

@@ -366,20 +366,23 @@ pub async fn start(config: AgentConfig) -> anyhow::Result<RunningAgent> {
         http_limits(&config, "proxy"),
     ));
     tasks.spawn(until_stop(Box::pin(sync::run(anti_entropy.clone()))));
+    // Joining at start and joining again from member pulls differ only in
+    // their targets and in whether a failure is reported.
+    let joiner = |targets, problem| join::Joiner {
+        targets,
+        problem,
+        identity: identity.clone(),
+        bound: quic,
+        membership: membership.clone(),
+        transport: transport.clone(),
+    };
     tasks.spawn(until_stop(Box::pin(crate::member_sync::run(
         crate::member_sync::MemberSync {
             membership: membership.clone(),
             transport: transport.clone(),
             members: membership.active(),
             interval: config.profile.member_sync_interval(),
-            rejoin: (!config.join.is_empty()).then(|| join::Joiner {
-                targets: config.join.clone(),
-                problem: None,
-                identity: identity.clone(),
-                bound: quic,
-                membership: membership.clone(),
-                transport: transport.clone(),
-            }),
+            rejoin: (!config.join.is_empty()).then(|| joiner(config.join.clone(), None)),
         },
     ))));
     tasks.spawn(until_stop(Box::pin(sync::persist_loop(
@@ -397,14 +400,10 @@ pub async fn start(config: AgentConfig) -> anyhow::Result<RunningAgent> {
         membership.clone(),
         data.clone(),
     ))));
-    tasks.spawn(until_stop(Box::pin(join::run(join::Joiner {
-        targets: join::targets(&config.join, &saved_members, &[quic, advertise]),
-        problem: (!config.join.is_empty()).then(|| join_problem.clone()),
-        identity: identity.clone(),
-        bound: quic,
-        membership: membership.clone(),
-        transport: transport.clone(),
-    }))));
+    tasks.spawn(until_stop(Box::pin(join::run(joiner(
+        join::targets(&config.join, &saved_members, &[quic, advertise]),
+        (!config.join.is_empty()).then(|| join_problem.clone()),
+    )))));
     tasks.spawn(until_stop(Box::pin(crate::reap::run(
         catalog.clone(),
         membership.active(),

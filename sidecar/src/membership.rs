@@ -778,7 +778,7 @@ pub fn foca_config(profile: Profile, cluster_size: usize) -> Config {
 /// 5,000 instead of once in 130: with three the false suspicions alone
 /// (`bench sim`: 26.7 per node-hour at 5,000 nodes) kept large clusters
 /// churning. It costs datagrams only when a direct probe fails.
-pub fn with_second_chance_probes(mut config: Config) -> Config {
+fn with_second_chance_probes(mut config: Config) -> Config {
     config.retry_direct_probe = true;
     config.num_indirect_probes = NonZeroUsize::new(5).unwrap_or(NonZeroUsize::MIN);
     config

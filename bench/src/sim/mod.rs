@@ -246,10 +246,7 @@ fn run_one(n: usize, args: &SimArgs) -> anyhow::Result<SimResult> {
         if foca_probes {
             foca::Config {
                 retry_direct_probe: false,
-                num_indirect_probes: foca::Config::new_lan(
-                    std::num::NonZeroU32::new(1).unwrap_or(std::num::NonZeroU32::MIN),
-                )
-                .num_indirect_probes,
+                num_indirect_probes: foca::Config::simple().num_indirect_probes,
                 ..config
             }
         } else {

@@ -13,7 +13,7 @@ use std::net::SocketAddr;
 use std::sync::{Arc, Mutex, PoisonError};
 use std::time::Duration;
 
-use anyhow::{anyhow, Context};
+use anyhow::{anyhow, bail, Context};
 use mesh_proto::codec;
 use mesh_proto::gossip::{
     KnownMember, MemberList, MemberSummary, StreamKind, MAX_MEMBER_LIST_MESSAGE,
@@ -138,7 +138,9 @@ async fn admitted(agent: &Joiner, within: Duration) -> bool {
 /// Says hello to `target`, announces this node to it and pulls its members;
 /// returns the target's identity.
 pub async fn join_one(agent: &Joiner, target: &str) -> anyhow::Result<NodeIdentity> {
-    let (addr, peer) = identify(agent, target).await?;
+    let (addr, peer) = identify(agent, target)
+        .await?
+        .ok_or_else(|| anyhow!("{target} is this node itself"))?;
     agent.membership.announce(peer.clone()).await;
     // The announce's answer names a few dozen members; the rest
     // would trickle in over gossip for a minute at 100 nodes.
@@ -152,26 +154,32 @@ pub async fn join_one(agent: &Joiner, target: &str) -> anyhow::Result<NodeIdenti
 }
 
 /// Which node answers at `target` (a Hello to each address it resolves to
-/// until one answers), never this node itself.
-pub async fn identify(agent: &Joiner, target: &str) -> anyhow::Result<(SocketAddr, NodeIdentity)> {
+/// until one answers), never this node itself: `Ok(None)` when every
+/// address it names is this node's (a `--join` list shared by every node
+/// names each of them).
+pub async fn identify(
+    agent: &Joiner,
+    target: &str,
+) -> anyhow::Result<Option<(SocketAddr, NodeIdentity)>> {
     let addrs: Vec<SocketAddr> = tokio::net::lookup_host(target)
         .await
         .with_context(|| format!("cannot resolve {target}"))?
         .collect();
-    let mut last_error = anyhow!("{target} resolved to no address");
+    if addrs.is_empty() {
+        bail!("{target} resolved to no address");
+    }
+    let mut last_error = None;
     for addr in addrs {
         if addr == agent.bound || addr == agent.identity.addr {
             continue;
         }
         match hello(&agent.transport, addr).await {
-            Ok(peer) if peer.node_id == agent.identity.node_id => {
-                last_error = anyhow!("{target} is this node itself");
-            }
-            Ok(peer) => return Ok((addr, peer)),
-            Err(e) => last_error = e,
+            Ok(peer) if peer.node_id == agent.identity.node_id => {}
+            Ok(peer) => return Ok(Some((addr, peer))),
+            Err(e) => last_error = Some(e),
         }
     }
-    Err(last_error)
+    last_error.map_or(Ok(None), Err)
 }
 
 /// The join targets: `--join` as given, then the saved members' addresses

@@ -56,15 +56,21 @@ struct JoinTargets {
 
 impl JoinTargets {
     /// The targets that are not among `members` (one that never answered
-    /// counts as absent).
-    fn absent<'a>(&self, targets: &'a [String], members: &ActiveMembers) -> Vec<&'a String> {
+    /// counts as absent; one that turned out to be this node never does:
+    /// a `--join` list shared by every node names each of them).
+    fn absent<'a>(
+        &self,
+        targets: &'a [String],
+        members: &ActiveMembers,
+        own: &NodeId,
+    ) -> Vec<&'a String> {
         targets
             .iter()
             .filter(|target| {
                 !self
                     .seen
                     .get(*target)
-                    .is_some_and(|id| members.contains_key(id))
+                    .is_some_and(|id| id == own || members.contains_key(id))
             })
             .collect()
     }
@@ -73,7 +79,7 @@ impl JoinTargets {
 /// Tries the next join target that is not among our members: one that
 /// answers and is not a member either is joined through again.
 async fn rejoin_absent_target(joiner: &Joiner, known: &mut JoinTargets, members: &ActiveMembers) {
-    let absent = known.absent(&joiner.targets, members);
+    let absent = known.absent(&joiner.targets, members, &joiner.identity.node_id);
     let Some(target) = absent.get(known.next % absent.len().max(1)).copied() else {
         return;
     };
@@ -82,7 +88,13 @@ async fn rejoin_absent_target(joiner: &Joiner, known: &mut JoinTargets, members:
     // A Hello first: a target not seen yet may be a member already (the
     // first join went through it), and a dead one costs no more than this.
     let peer = match tokio::time::timeout(within, identify(joiner, target)).await {
-        Ok(Ok((_, peer))) => peer,
+        Ok(Ok(Some((_, peer)))) => peer,
+        Ok(Ok(None)) => {
+            known
+                .seen
+                .insert(target.clone(), joiner.identity.node_id.clone());
+            return;
+        }
         Ok(Err(e)) => {
             debug!(%target, error = %format!("{e:#}"), "join target not answering");
             return;
@@ -139,5 +151,41 @@ pub async fn run(sync: MemberSync) {
             Ok(Err(e)) => debug!(%peer, error = %format!("{e:#}"), "member pull failed"),
             Err(_) => debug!(%peer, "member pull timed out"),
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::collections::BTreeMap;
+    use std::net::SocketAddr;
+
+    use mesh_proto::NodeIdentity;
+
+    use super::*;
+
+    fn node(name: &str) -> NodeId {
+        NodeId::new(name).expect("valid name")
+    }
+
+    #[test]
+    fn a_join_target_is_absent_until_it_answered_as_a_member_or_as_this_node() {
+        let targets = ["seed:4300", "me:4300", "gone:4300"].map(String::from);
+        let mut members = BTreeMap::new();
+        members.insert(
+            node("seed"),
+            NodeIdentity {
+                node_id: node("seed"),
+                addr: SocketAddr::from(([127, 0, 0, 1], 4300)),
+                generation: 1,
+            },
+        );
+        let members: ActiveMembers = Arc::new(members);
+        let mut known = JoinTargets::default();
+        let own = node("me");
+        assert_eq!(known.absent(&targets, &members, &own).len(), 3);
+        known.seen.insert(targets[0].clone(), node("seed"));
+        known.seen.insert(targets[1].clone(), own.clone());
+        known.seen.insert(targets[2].clone(), node("gone"));
+        assert_eq!(known.absent(&targets, &members, &own), vec![&targets[2]]);
     }
 }

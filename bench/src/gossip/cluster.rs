@@ -53,6 +53,8 @@ pub struct Counters {
     /// What every agent's cached QUIC connections sent (all traffic: SWIM,
     /// RTT pings, anti-entropy, keep-alives, QUIC overhead).
     pub quic: QuicTx,
+    /// CPU time (user + system) the whole bench process had used.
+    pub cpu: Duration,
     /// The most open connections any one agent held.
     pub connections_max: usize,
     /// When the sample was taken.
@@ -81,6 +83,9 @@ pub struct Rates {
     pub wire_bytes_per_node_s: f64,
     /// Datagrams sent: QUIC's plus SWIM's.
     pub wire_datagrams_per_node_s: f64,
+    /// CPU per node, in milliseconds per second (the process's CPU over
+    /// the agents: their share of a core is this ÷ 10 %).
+    pub cpu_ms_per_node_s: f64,
 }
 
 impl Rates {
@@ -112,6 +117,7 @@ impl Rates {
             quic_datagrams_per_node_s: quic_datagrams,
             wire_bytes_per_node_s: quic_bytes + swim_bytes + swim_packets * sealed,
             wire_datagrams_per_node_s: quic_datagrams + swim_packets,
+            cpu_ms_per_node_s: per(0.0, after.cpu.saturating_sub(before.cpu).as_secs_f64() * 1e3),
         }
     }
 }
@@ -315,6 +321,7 @@ impl Cluster {
             swim_packets_in: metrics.counter(sidecar::metrics::GOSSIP_PACKETS, "direction=\"in\""),
             decode_errors: metrics.counter(sidecar::metrics::DECODE_ERRORS, ""),
             quic,
+            cpu: crate::load::process_cpu(),
             connections_max,
             at: Some(Instant::now()),
         }

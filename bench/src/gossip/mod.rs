@@ -439,6 +439,7 @@ fn print_table(r: &GossipResults) {
         "QUIC dgrams/s",
         "wire B/s",
         "wire dgrams/s",
+        "CPU ms/s",
     ]);
     for (name, rates) in [("at rest", &r.rest), ("during churn", &r.churn)] {
         traffic.row(vec![
@@ -449,6 +450,7 @@ fn print_table(r: &GossipResults) {
             format!("{:.1}", rates.quic_datagrams_per_node_s),
             format!("{:.0}", rates.wire_bytes_per_node_s),
             format!("{:.1}", rates.wire_datagrams_per_node_s),
+            format!("{:.2}", rates.cpu_ms_per_node_s),
         ]);
     }
     println!();

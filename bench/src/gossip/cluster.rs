@@ -117,7 +117,10 @@ impl Rates {
             quic_datagrams_per_node_s: quic_datagrams,
             wire_bytes_per_node_s: quic_bytes + swim_bytes + swim_packets * sealed,
             wire_datagrams_per_node_s: quic_datagrams + swim_packets,
-            cpu_ms_per_node_s: per(0.0, after.cpu.saturating_sub(before.cpu).as_secs_f64() * 1e3),
+            cpu_ms_per_node_s: per(
+                0.0,
+                after.cpu.saturating_sub(before.cpu).as_secs_f64() * 1e3,
+            ),
         }
     }
 }

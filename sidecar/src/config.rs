@@ -8,7 +8,7 @@ use std::time::Duration;
 
 use anyhow::{bail, Context};
 use clap::{Args, ValueEnum};
-use serde::Deserialize;
+use serde::{Deserialize, Serialize};
 
 use mesh_proto::names::validate_service_name;
 
@@ -30,7 +30,7 @@ pub const DEFAULT_METRICS: &str = "0.0.0.0:9102";
 pub const DEFAULT_DATA_DIR: &str = "./gossamer-data";
 
 /// Gossip timings.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum, Deserialize, Default)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum, Deserialize, Serialize, Default)]
 #[serde(rename_all = "lowercase")]
 pub enum Profile {
     /// Fast timings for tests and demos on one machine.

@@ -150,11 +150,14 @@ pub struct Cluster {
     /// Where their data dirs live (removed at shutdown).
     dir: PathBuf,
     next_name: usize,
+    /// Gossip timings of every agent.
+    profile: Profile,
 }
 
 impl Cluster {
-    /// An empty cluster whose agents keep their data under a fresh temp dir.
-    pub fn new() -> Self {
+    /// An empty cluster whose agents keep their data under a fresh temp dir
+    /// and gossip with `profile`'s timings.
+    pub fn new(profile: Profile) -> Self {
         Self {
             agents: Vec::new(),
             dir: std::env::temp_dir().join(format!(
@@ -163,6 +166,7 @@ impl Cluster {
                 rand::random::<u32>()
             )),
             next_name: 0,
+            profile,
         }
     }
 
@@ -184,7 +188,7 @@ impl Cluster {
             join.push(self.agents[other].agent.listeners.quic.to_string());
         }
         let mut config = local_config(&name, join, Vec::new());
-        config.profile = Profile::Local;
+        config.profile = self.profile;
         config.data_dir = self.dir.join(&name);
         config.ephemeral_data_dir = false;
         let started = Instant::now();

@@ -25,6 +25,7 @@ use serde::Serialize;
 use crate::report::{self, fmt_us, percentile, Table};
 use cluster::{rss_kib, Cluster, Metrics, Rates};
 use probe::ProbeResult;
+use sidecar::config::Profile;
 
 /// Options of `bench gossip`.
 #[derive(Debug, Clone, clap::Args, Serialize)]
@@ -47,6 +48,10 @@ pub struct GossipArgs {
     /// Seconds of churn (one agent killed and one started per second).
     #[arg(long, default_value_t = 10.0)]
     pub churn: f64,
+    /// Gossip timings of every agent (the local profile is the one whose
+    /// detection goals the bench checks; lan and wan for their figures).
+    #[arg(long, value_enum, default_value_t = Profile::Local)]
+    pub profile: Profile,
     /// Agents started per second while the cluster forms (0: each as soon
     /// as the one before is ready, a few milliseconds apart).
     #[arg(long, default_value_t = 0.0)]
@@ -115,6 +120,8 @@ pub struct RestDetail {
 pub struct GossipResults {
     /// Agents at the start.
     pub nodes: usize,
+    /// Their gossip timings.
+    pub profile: Profile,
     /// `agent::start` of each in-process agent (start to ready).
     pub start_to_ready: Spread,
     /// From the first agent's start until every agent saw every other, in s
@@ -162,14 +169,17 @@ pub async fn run(args: &GossipArgs) -> anyhow::Result<GossipResults> {
     }
     let metrics = Metrics::install()?;
     let rss_before = rss_kib();
-    let mut cluster = Cluster::new();
+    let mut cluster = Cluster::new(args.profile);
     let result = measure(args, &metrics, &mut cluster, rss_before).await;
     cluster.shutdown().await;
     let results = result?;
     print_table(&results);
     let path = report::write_json(
         &args.out,
-        &format!("gossip-{}", args.nodes),
+        &match args.profile {
+            Profile::Local => format!("gossip-{}", args.nodes),
+            other => format!("gossip-{}-{}", args.nodes, profile_name(other)),
+        },
         "gossip",
         args,
         &results,
@@ -185,8 +195,9 @@ async fn measure(
     rss_before: u64,
 ) -> anyhow::Result<GossipResults> {
     println!(
-        "starting {} agents in this process (local profile)...",
-        args.nodes
+        "starting {} agents in this process ({} profile)...",
+        args.nodes,
+        profile_name(args.profile)
     );
     let started = Instant::now();
     let mut starts = Vec::new();
@@ -253,7 +264,9 @@ async fn measure(
                     binary.display()
                 );
                 let expect = cluster.agents.len() + 1;
-                match probe::measure(&binary, &seed, expect, Duration::from_secs(5)).await {
+                match probe::measure(&binary, args.profile, &seed, expect, Duration::from_secs(5))
+                    .await
+                {
                     Ok(result) => (Some(result), None),
                     Err(e) => (None, Some(format!("probe failed: {e:#}"))),
                 }
@@ -297,6 +310,7 @@ async fn measure(
 
     Ok(GossipResults {
         nodes: args.nodes,
+        profile: args.profile,
         start_to_ready: Spread::of(&starts),
         formation_s,
         formation_note,
@@ -416,12 +430,14 @@ fn print_table(r: &GossipResults) {
     spread_row(&mut t, "kill to down on all", &r.kill_to_down, "≤ 5 s");
     match r.formation_s {
         Some(s) => println!(
-            "\nGossip on {} agents (local profile), formed in {s:.1} s",
-            r.nodes
+            "\nGossip on {} agents ({} profile), formed in {s:.1} s",
+            r.nodes,
+            profile_name(r.profile)
         ),
         None => println!(
-            "\nGossip on {} agents (local profile), NOT fully formed",
-            r.nodes
+            "\nGossip on {} agents ({} profile), NOT fully formed",
+            r.nodes,
+            profile_name(r.profile)
         ),
     }
     print!("{}", t.render());
@@ -480,5 +496,14 @@ fn print_table(r: &GossipResults) {
         ),
         (None, Some(note)) => println!("separate agent process: {note}"),
         (None, None) => {}
+    }
+}
+
+/// A profile as `--profile` spells it.
+fn profile_name(profile: Profile) -> &'static str {
+    match profile {
+        Profile::Local => "local",
+        Profile::Lan => "lan",
+        Profile::Wan => "wan",
     }
 }

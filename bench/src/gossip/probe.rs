@@ -2,6 +2,7 @@
 //! in-process cluster: its start-to-ready time includes process start, and
 //! its resident memory is one agent's alone, idle with every member known.
 
+use sidecar::config::Profile;
 use std::path::Path;
 use std::time::{Duration, Instant};
 
@@ -31,11 +32,12 @@ pub struct ProbeResult {
 /// reads its memory and kills it.
 pub async fn measure(
     binary: &Path,
+    profile: Profile,
     seed: &str,
     expect_members: usize,
     settle: Duration,
 ) -> anyhow::Result<ProbeResult> {
-    let extra: Vec<String> = ["--profile", "local", "--join", seed]
+    let extra: Vec<String> = ["--profile", super::profile_name(profile), "--join", seed]
         .iter()
         .map(|s| (*s).to_owned())
         .collect();

@@ -137,6 +137,7 @@ async fn gossip_runs_a_few_agents() {
         rest: 0.5,
         churn: 1.0,
         start_rate: 0.0,
+        profile: sidecar::config::Profile::Local,
         agent_bin: None,
         no_probe: true,
         out: out.clone(),

@@ -1,5 +1,5 @@
 //! `bench gossip --nodes N`: N real agents in one process on loopback, with
-//! the `local` profile.
+//! the `local` profile (`--profile lan` or `wan` for theirs).
 //!
 //! Measures, in order: start-to-ready of each agent and the time for the
 //! cluster to form; gossip traffic per node at rest and resident memory per

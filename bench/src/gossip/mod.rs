@@ -500,10 +500,10 @@ fn print_table(r: &GossipResults) {
 }
 
 /// A profile as `--profile` spells it.
-fn profile_name(profile: Profile) -> &'static str {
-    match profile {
-        Profile::Local => "local",
-        Profile::Lan => "lan",
-        Profile::Wan => "wan",
-    }
+fn profile_name(profile: Profile) -> String {
+    use clap::ValueEnum;
+    profile
+        .to_possible_value()
+        .map(|value| value.get_name().to_owned())
+        .unwrap_or_default()
 }

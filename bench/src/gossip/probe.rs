@@ -37,10 +37,12 @@ pub async fn measure(
     expect_members: usize,
     settle: Duration,
 ) -> anyhow::Result<ProbeResult> {
-    let extra: Vec<String> = ["--profile", super::profile_name(profile), "--join", seed]
-        .iter()
-        .map(|s| (*s).to_owned())
-        .collect();
+    let extra = vec![
+        "--profile".to_owned(),
+        super::profile_name(profile),
+        "--join".to_owned(),
+        seed.to_owned(),
+    ];
     let mut process = AgentProcess::start(binary, "gossip-probe", &extra).await?;
     let start_to_ready = process.start_to_ready;
     let admin = process.addrs.admin;

@@ -812,6 +812,18 @@ mod tests {
     }
 
     #[test]
+    fn the_local_profile_suspects_for_at_least_one_and_a_half_seconds_and_longer_in_big_clusters() {
+        let suspicion = |n| foca_config(Profile::Local, n).suspect_to_down_after;
+        // Small clusters (the tests, a demo) keep the floor.
+        assert_eq!(suspicion(3), Duration::from_millis(1_500));
+        assert_eq!(suspicion(10), Duration::from_millis(1_500));
+        // 2 × log10 N × 400 ms past it: 1.6 s at 100, ~2.16 s at 500.
+        assert_eq!(suspicion(100), Duration::from_millis(1_600));
+        let at_500 = suspicion(500).as_secs_f64();
+        assert!((at_500 - 2.159).abs() < 0.01, "{at_500}");
+    }
+
+    #[test]
     fn a_pulled_list_teaches_only_news_and_never_ourselves() {
         let own = NodeId::new("self").expect("valid name").key();
         let known: HashMap<MemberKey, u64> = [(NodeId::new("b").expect("valid name").key(), 5)]

@@ -66,6 +66,8 @@ pub mod server;
 pub mod streams;
 pub mod supervise;
 pub mod sync;
+#[cfg(test)]
+mod test_support;
 pub mod tls;
 pub mod transport;
 pub mod ui;

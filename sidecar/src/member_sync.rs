@@ -163,9 +163,7 @@ mod tests {
 
     use super::*;
 
-    fn node(name: &str) -> NodeId {
-        NodeId::new(name).expect("valid name")
-    }
+    use crate::test_support::node;
 
     #[test]
     fn a_join_target_is_absent_until_it_answered_as_a_member_or_as_this_node() {

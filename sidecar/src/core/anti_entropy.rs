@@ -62,13 +62,10 @@ mod tests {
     use std::net::SocketAddr;
 
     use mesh_proto::catalog::{Catalog, Definition, Health, Instance, RecordBody, RecordKey};
-    use mesh_proto::NodeId;
 
     use super::*;
 
-    fn node(name: &str) -> NodeId {
-        NodeId::new(name).expect("valid node id")
-    }
+    use crate::test_support::node;
 
     fn definition(name: &str) -> RecordBody {
         RecordBody::Definition(Definition {

@@ -70,9 +70,7 @@ mod tests {
 
     use super::*;
 
-    fn node(name: &str) -> NodeId {
-        NodeId::new(name).expect("valid node id")
-    }
+    use crate::test_support::node;
 
     fn instance(id: &str, on: &str) -> Instance {
         Instance {

@@ -81,9 +81,7 @@ impl Reaper {
 mod tests {
     use super::*;
 
-    fn node(name: &str) -> NodeId {
-        NodeId::new(name).expect("valid node id")
-    }
+    use crate::test_support::node;
 
     #[test]
     fn a_node_absent_for_the_reap_time_is_reaped_once_and_taken_back_when_active() {

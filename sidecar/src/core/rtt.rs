@@ -99,9 +99,7 @@ impl RttCore {
 mod tests {
     use super::*;
 
-    fn node(name: &str) -> NodeId {
-        NodeId::new(name).expect("valid node id")
-    }
+    use crate::test_support::node;
 
     #[test]
     fn this_node_is_zero_and_a_stranger_is_unknown() {

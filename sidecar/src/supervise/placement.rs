@@ -198,9 +198,7 @@ mod tests {
     };
     use mesh_proto::{Hlc, Version};
 
-    fn node(id: &str) -> NodeId {
-        NodeId::new(id).expect("id")
-    }
+    use crate::test_support::node;
 
     fn put(catalog: &mut Catalog, n: &mut u64, key: RecordKey, body: RecordBody) {
         *n += 1;

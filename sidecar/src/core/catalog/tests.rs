@@ -2,15 +2,13 @@ use std::net::SocketAddr;
 
 use mesh_proto::catalog::RecordKey;
 use mesh_proto::catalog::{Applied, Catalog, Definition, Health, Instance, Record, RecordBody};
-use mesh_proto::{Hlc, NodeId, Version};
+use mesh_proto::{Hlc, Version};
 
 use mesh_proto::catalog::NodeMeta;
 
 use super::{CatalogCore, RecordCounts};
 
-fn node(name: &str) -> NodeId {
-    NodeId::new(name).expect("valid node id")
-}
+use crate::test_support::node;
 
 fn instance(id: &str, service: &str, on: &str) -> Instance {
     Instance {

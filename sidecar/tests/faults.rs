@@ -20,7 +20,7 @@ use mesh_proto::Version;
 
 const CONVERGE: Duration = Duration::from_secs(20);
 /// Generous bound on SWIM failure detection with the `local` profile
-/// (probe every 500 ms, suspicion 2 s for small clusters) on a busy 2-core
+/// (probe every 400 ms, suspicion 1.5 s for small clusters) on a busy 2-core
 /// machine. The figure each test prints is the one to watch.
 const FAILURE_DETECTION: Duration = Duration::from_secs(15);
 /// The contract is "no call waits past 2 s for a node its sidecar knows is

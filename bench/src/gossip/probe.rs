@@ -2,12 +2,12 @@
 //! in-process cluster: its start-to-ready time includes process start, and
 //! its resident memory is one agent's alone, idle with every member known.
 
-use sidecar::config::Profile;
 use std::path::Path;
 use std::time::{Duration, Instant};
 
 use anyhow::bail;
 use serde::Serialize;
+use sidecar::config::Profile;
 
 use super::cluster::status_kib;
 use crate::agent_proc::AgentProcess;

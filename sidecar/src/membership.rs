@@ -799,10 +799,12 @@ fn with_second_chance_probes(mut config: Config) -> Config {
 mod tests {
     use super::*;
 
+    use crate::test_support::node;
+
     fn member(name: &str, generation: u64) -> KnownMember {
         KnownMember {
             identity: NodeIdentity {
-                node_id: NodeId::new(name).expect("valid name"),
+                node_id: node(name),
                 addr: std::net::SocketAddr::from(([127, 0, 0, 1], 4300)),
                 generation,
             },
@@ -825,10 +827,8 @@ mod tests {
 
     #[test]
     fn a_pulled_list_teaches_only_news_and_never_ourselves() {
-        let own = NodeId::new("self").expect("valid name").key();
-        let known: HashMap<MemberKey, u64> = [(NodeId::new("b").expect("valid name").key(), 5)]
-            .into_iter()
-            .collect();
+        let own = node("self").key();
+        let known: HashMap<MemberKey, u64> = [(node("b").key(), 5)].into_iter().collect();
         assert!(worth_learning(own, &known, &member("c", 1)), "unknown");
         assert!(
             worth_learning(own, &known, &member("b", 6)),

@@ -116,9 +116,8 @@ pub struct AgentArgs {
     /// Unique node name [default: generated once, kept in the data dir].
     #[arg(long, env = "GOSSAMER_NODE_ID")]
     pub node_id: Option<String>,
-    /// Worker threads, the cores the agent may keep busy [default: 2, or 1
-    /// on a one-core machine]. A flag or env only: the runtime starts
-    /// before the config file is read.
+    /// Worker threads, the cores the agent may keep busy [default: 1]. A
+    /// flag or env only: the runtime starts before the config file is read.
     #[arg(long, env = "GOSSAMER_THREADS", value_parser = clap::value_parser!(u16).range(1..=256))]
     #[serde(skip)]
     pub threads: Option<u16>,

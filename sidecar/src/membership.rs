@@ -283,6 +283,13 @@ fn publish_every(members: usize) -> Duration {
 /// Direct probes remembered at most (a probe unanswered is forgotten).
 const MAX_PROBES_IN_FLIGHT: usize = 64;
 
+/// What ended the driver's wait.
+enum Wakeup {
+    Timer,
+    Packet(SwimPacket),
+    Command(Option<Command>),
+}
+
 impl Driver {
     async fn run(
         mut self,
@@ -296,21 +303,26 @@ impl Driver {
             let next = self.core.next_wakeup();
             let next = self.publish_due.map_or(next, |due| due.min(next));
             let wake = tokio::time::Instant::from_std(next);
+            let event = tokio::select! {
+                _ = tokio::time::sleep_until(wake) => Wakeup::Timer,
+                Some(packet) = packets.recv() => Wakeup::Packet(packet),
+                command = commands.recv() => Wakeup::Command(command),
+            };
+            // A turn is the work after waking, not the wait before it: on
+            // `lan`, a lone agent sleeps a whole second between probes.
             let started = Instant::now();
-            tokio::select! {
-                _ = tokio::time::sleep_until(wake) => {
+            match event {
+                Wakeup::Timer => {
                     self.core.advance(Instant::now(), &mut self.runtime);
                 }
-                Some(packet) = packets.recv() => self.intake(packet),
-                command = commands.recv() => match command {
-                    Some(Command::Leave(done)) => {
-                        self.leave().await;
-                        let _ = done.send(());
-                        return;
-                    }
-                    Some(command) => self.handle_command(command),
-                    None => return,
-                },
+                Wakeup::Packet(packet) => self.intake(packet),
+                Wakeup::Command(Some(Command::Leave(done))) => {
+                    self.leave().await;
+                    let _ = done.send(());
+                    return;
+                }
+                Wakeup::Command(Some(command)) => self.handle_command(command),
+                Wakeup::Command(None) => return,
             }
             self.drain();
             if self.publish_due.is_some_and(|due| Instant::now() >= due) {

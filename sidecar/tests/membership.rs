@@ -249,6 +249,22 @@ async fn an_agent_joins_through_any_of_several_targets_given_by_name_or_address(
     drop(silent);
 }
 
+/// The slow-turn warning is for work that stalls the membership loop; a
+/// lone agent on `lan` waits a whole second between probes, and that wait
+/// used to be counted as a turn, so it warned every second.
+#[tokio::test]
+async fn a_lone_agent_on_lan_timings_does_not_warn_of_slow_membership_turns() {
+    let lone = AgentProc::start(Spec::new("lone-lan").profile("lan")).await;
+    // Three of its one-second probe periods: each used to log the warning.
+    tokio::time::sleep(Duration::from_millis(3500)).await;
+    assert_eq!(lone.members_in("alive").await, vec!["lone-lan".to_owned()]);
+    let log = lone.log();
+    assert!(
+        !log.contains("took over a second"),
+        "a lone agent warned of slow turns while idle:\n{log}"
+    );
+}
+
 #[tokio::test]
 async fn the_lan_and_wan_profiles_form_a_cluster_and_see_a_leave() {
     for profile in ["lan", "wan"] {

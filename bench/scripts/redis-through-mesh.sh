@@ -1,0 +1,39 @@
+#!/bin/bash
+# redis-server behind one agent, a `--tcp` listener on another, and
+# redis-benchmark GET at concurrency 32, direct then through the mesh;
+# prints the ratio and each agent's CPU per GET (from /proc).
+#   redis-through-mesh.sh [GOSSAMER_BIN] [THREADS] [ROUNDS]
+# Needs redis-server and redis-tools (Debian). Loopback only.
+set -uo pipefail
+BIN=${1:-target/release/gossamer} THREADS=${2:-1} ROUNDS=${3:-2}
+WORK=$(mktemp -d)
+pids=()
+cleanup() { kill "${pids[@]}" 2>/dev/null; wait 2>/dev/null; rm -rf "$WORK"; }
+trap cleanup EXIT
+redis-server --port 16379 --bind 127.0.0.1 --save '' --appendonly no --dir "$WORK" >/dev/null 2>&1 &
+pids+=($!)
+common=(--psk bench-passphrase --profile lan --dns-listen off --threads "$THREADS")
+GOSSAMER_LOG=warn "$BIN" agent --node-id redis-callee --bind 127.0.0.1:14301 --admin-listen 127.0.0.1:14201 \
+  --proxy-listen 127.0.0.1:14101 --metrics-listen 127.0.0.1:14401 --data-dir "$WORK/callee" \
+  --service redis=16379 "${common[@]}" >"$WORK/callee.log" 2>&1 &
+CALLEE=$!; pids+=($CALLEE)
+sleep 0.5
+GOSSAMER_LOG=warn "$BIN" agent --node-id redis-caller --bind 127.0.0.1:14302 --admin-listen 127.0.0.1:14202 \
+  --proxy-listen 127.0.0.1:14102 --metrics-listen 127.0.0.1:14402 --data-dir "$WORK/caller" \
+  --join 127.0.0.1:14301 --tcp redis=127.0.0.1:16380 "${common[@]}" >"$WORK/caller.log" 2>&1 &
+CALLER=$!; pids+=($CALLER)
+for _ in $(seq 1 100); do
+  [ "$(redis-cli -p 16380 PING 2>/dev/null)" = PONG ] && break
+  sleep 0.2
+done
+redis-cli -p 16380 SET key:__rand_int__ value >/dev/null
+ticks() { awk '{print $14+$15}' "/proc/$1/stat"; }
+rate() { redis-benchmark -p "$1" -t get -c 32 -n "$2" -q | grep -oE '[0-9.]+ requests per second' | awk '{print $1}'; }
+hz=$(getconf CLK_TCK) n=100000
+for _ in $(seq 1 "$ROUNDS"); do
+  direct=$(rate 16379 200000)
+  a0=$(ticks $CALLER) b0=$(ticks $CALLEE)
+  mesh=$(rate 16380 $n)
+  a1=$(ticks $CALLER) b1=$(ticks $CALLEE)
+  python3 -c "print(f'direct={$direct:.0f}/s mesh={$mesh:.0f}/s ratio={$mesh/$direct:.2f} caller={($a1-$a0)/$hz*1e6/$n:.1f}us callee={($b1-$b0)/$hz*1e6/$n:.1f}us per GET')"
+done

@@ -1,0 +1,44 @@
+#!/bin/bash
+# Two `gossamer agent` processes on loopback (the callee fronts nginx
+# `return 200`, the caller has no instance), wrk -t1 -c32 through the
+# caller; prints per round req/s, p50, p99, each agent's CPU per request
+# (from /proc) and UDP sends per request (from /proc/net/snmp: fewer means
+# requests share datagrams).
+#   two-sidecars-wrk.sh [GOSSAMER_BIN] [THREADS] [SECONDS] [ROUNDS]
+# Needs nginx and wrk (Debian packages). Loopback only.
+set -uo pipefail
+BIN=${1:-target/release/gossamer} THREADS=${2:-1} DUR=${3:-4} ROUNDS=${4:-3}
+HERE=$(cd "$(dirname "$0")" && pwd)
+WORK=$(mktemp -d)
+pids=()
+cleanup() { kill "${pids[@]}" 2>/dev/null; wait 2>/dev/null; rm -rf "$WORK"; }
+trap cleanup EXIT
+nginx -c "$HERE/nginx-return-200.conf" -p "$WORK" &
+pids+=($!)
+common=(--psk bench-passphrase --profile lan --dns-listen off --threads "$THREADS")
+GOSSAMER_LOG=warn "$BIN" agent --node-id wrk-callee --bind 127.0.0.1:14301 --admin-listen 127.0.0.1:14201 \
+  --proxy-listen 127.0.0.1:14101 --metrics-listen 127.0.0.1:14401 --data-dir "$WORK/callee" \
+  --service ng=18090 "${common[@]}" >"$WORK/callee.log" 2>&1 &
+CALLEE=$!; pids+=($CALLEE)
+sleep 0.5
+GOSSAMER_LOG=warn "$BIN" agent --node-id wrk-caller --bind 127.0.0.1:14302 --admin-listen 127.0.0.1:14202 \
+  --proxy-listen 127.0.0.1:14102 --metrics-listen 127.0.0.1:14402 --data-dir "$WORK/caller" \
+  --join 127.0.0.1:14301 "${common[@]}" >"$WORK/caller.log" 2>&1 &
+CALLER=$!; pids+=($CALLER)
+for _ in $(seq 1 100); do
+  [ "$(curl -s -o /dev/null -w '%{http_code}' -H 'Host: ng.localhost' http://127.0.0.1:14102/)" = 200 ] && break
+  sleep 0.2
+done
+ticks() { awk '{print $14+$15}' "/proc/$1/stat"; }
+udp_sends() { awk '/^Udp:/ {n++; if (n == 2) print $5}' /proc/net/snmp; }
+hz=$(getconf CLK_TCK)
+wrk -t1 -c32 -d1s -H 'Host: ng.localhost' http://127.0.0.1:14102/ >/dev/null
+for _ in $(seq 1 "$ROUNDS"); do
+  a0=$(ticks $CALLER) b0=$(ticks $CALLEE) u0=$(udp_sends)
+  out=$(wrk -t1 -c32 -d"${DUR}s" --latency -H 'Host: ng.localhost' http://127.0.0.1:14102/)
+  a1=$(ticks $CALLER) b1=$(ticks $CALLEE) u1=$(udp_sends)
+  reqs=$(awk '/requests in/ {print $1}' <<<"$out")
+  echo "req/s=$(awk '/Requests\/sec/ {print $2}' <<<"$out") p50=$(awk '$1=="50%" {print $2}' <<<"$out") p99=$(awk '$1=="99%" {print $2}' <<<"$out")" \
+    "$(python3 -c "r=$reqs; print(f'caller={($a1-$a0)/$hz*1e6/r:.1f}us callee={($b1-$b0)/$hz*1e6/r:.1f}us udp_sends/req={($u1-$u0)/r:.2f}')")"
+done
+echo "direct req/s=$(wrk -t1 -c32 -d"${DUR}s" http://127.0.0.1:18090/ | awk '/Requests\/sec/ {print $2}')"

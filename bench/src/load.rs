@@ -63,7 +63,7 @@ pub struct LoadResult {
     pub rps: f64,
     /// CPU time during the window, per answered request, in µs: this process
     /// (load generator, echo service, in-process sidecars) plus the external
-    /// proxy's processes when there is one.
+    /// proxy's or agents' processes and the nginx service when there are.
     pub cpu_us_per_request: f64,
 }
 

@@ -114,6 +114,7 @@ async fn proxy_measures_every_in_process_path() {
         rounds: 1,
         paths: vec!["sidecar".into(), "two-sidecars".into()],
         agent_bin: None,
+        service: proxy::Service::Echo,
         out: out.clone(),
     };
     let results = proxy::run(&args).await.expect("proxy runs");
@@ -124,6 +125,38 @@ async fn proxy_measures_every_in_process_path() {
     }
     let doc = document(&out, "proxy", "proxy");
     assert_eq!(doc["results"]["paths"][0]["name"], "direct");
+}
+
+/// `--service nginx`: an nginx process answering `return 200` is the
+/// service behind every path (Debian's nginx, installed by `.ci/run`).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn proxy_reaches_an_nginx_service_through_a_sidecar() {
+    assert!(
+        std::path::Path::new("/usr/sbin/nginx").is_file(),
+        "this test needs nginx: apt-get install -y nginx"
+    );
+    let out = scratch("proxy-nginx");
+    let args = proxy::ProxyArgs {
+        concurrency: 4,
+        rate: 200,
+        open_connections: 8,
+        duration: 0.5,
+        warmup: 0.2,
+        rounds: 1,
+        paths: vec!["sidecar".into()],
+        agent_bin: None,
+        service: proxy::Service::Nginx,
+        out: out.clone(),
+    };
+    // No echo service is started with --service nginx: every answer is nginx's.
+    let results = proxy::run(&args).await.expect("proxy runs with nginx");
+    assert_eq!(results.paths.len(), 2);
+    for path in &results.paths {
+        assert!(path.closed.ok > 0, "{} answered nothing", path.name);
+        assert_eq!(path.closed.errors, 0, "{} had errors", path.name);
+    }
+    let doc = document(&out, "proxy", "proxy");
+    assert_eq!(doc["args"]["service"], "nginx");
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

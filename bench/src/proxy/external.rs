@@ -17,13 +17,16 @@ pub enum Kind {
     Nginx,
     /// HAProxy in HTTP mode with `http-reuse always`.
     Haproxy,
+    /// nginx as the service itself: one worker answering `return 200`,
+    /// what users put behind a proxy to compare proxies.
+    NginxService,
 }
 
 impl Kind {
     /// Name in tables and JSON.
     pub fn name(self) -> &'static str {
         match self {
-            Kind::Nginx => "nginx",
+            Kind::Nginx | Kind::NginxService => "nginx",
             Kind::Haproxy => "haproxy",
         }
     }
@@ -31,7 +34,7 @@ impl Kind {
     /// Where Debian installs the binary.
     fn binary(self) -> &'static str {
         match self {
-            Kind::Nginx => "/usr/sbin/nginx",
+            Kind::Nginx | Kind::NginxService => "/usr/sbin/nginx",
             Kind::Haproxy => "/usr/sbin/haproxy",
         }
     }
@@ -127,6 +130,31 @@ http {{
     )
 }
 
+fn nginx_service_config(dir: &Path, port: u16) -> String {
+    let d = dir.display();
+    format!(
+        "worker_processes 1;
+daemon off;
+pid {d}/nginx.pid;
+error_log {d}/error.log warn;
+events {{ worker_connections 4096; }}
+http {{
+    access_log off;
+    client_body_temp_path {d}/body;
+    proxy_temp_path {d}/proxy;
+    fastcgi_temp_path {d}/fastcgi;
+    uwsgi_temp_path {d}/uwsgi;
+    scgi_temp_path {d}/scgi;
+    server {{
+        listen 127.0.0.1:{port};
+        keepalive_requests 1000000;
+        location / {{ return 200 \"ok\\n\"; }}
+    }}
+}}
+"
+    )
+}
+
 fn haproxy_config(port: u16, upstream: SocketAddr) -> String {
     format!(
         "global
@@ -147,7 +175,8 @@ backend echo
     )
 }
 
-/// Starts `kind` in front of `upstream`, waiting until it accepts connections.
+/// Starts `kind` in front of `upstream` (unused by the service kind),
+/// waiting until it accepts connections.
 pub async fn start(kind: Kind, binary: &Path, upstream: SocketAddr) -> anyhow::Result<External> {
     let dir = std::env::temp_dir().join(format!(
         "gossamer-bench-{}-{}-{}",
@@ -159,9 +188,14 @@ pub async fn start(kind: Kind, binary: &Path, upstream: SocketAddr) -> anyhow::R
     let port = free_port()?;
     let mut command = Command::new(binary);
     match kind {
-        Kind::Nginx => {
+        Kind::Nginx | Kind::NginxService => {
             let conf = dir.join("nginx.conf");
-            std::fs::write(&conf, nginx_config(&dir, port, upstream))?;
+            let text = if kind == Kind::Nginx {
+                nginx_config(&dir, port, upstream)
+            } else {
+                nginx_service_config(&dir, port)
+            };
+            std::fs::write(&conf, text)?;
             command
                 .arg("-p")
                 .arg(&dir)

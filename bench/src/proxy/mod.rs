@@ -50,10 +50,25 @@ pub struct ProxyArgs {
     /// The `gossamer` binary for the -proc paths [default: next to this binary].
     #[arg(long)]
     pub agent_bin: Option<PathBuf>,
+    /// The service behind every path: `echo`, the built-in echo service in
+    /// this process, or `nginx`, an nginx process answering `return 200`
+    /// (what a user's comparison runs; its CPU counts in every path's).
+    #[arg(long, value_enum, default_value_t = Service::Echo)]
+    pub service: Service,
     /// Directory for the JSON results.
     #[arg(long, default_value = report::DEFAULT_OUT)]
     #[serde(skip)]
     pub out: PathBuf,
+}
+
+/// The service the load reaches through each path.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum, Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Service {
+    /// The built-in HTTP echo service, in the bench process.
+    Echo,
+    /// nginx `return 200`, one worker, as its own process.
+    Nginx,
 }
 
 /// Every path but direct, in the order they run.
@@ -229,7 +244,22 @@ pub async fn run(args: &ProxyArgs) -> anyhow::Result<ProxyResults> {
     if !(1..=20).contains(&args.rounds) {
         bail!("--rounds {} must be from 1 to 20", args.rounds);
     }
-    let echo = paths::start_echo().await?;
+    // Kept for the whole run: every path reaches the same service.
+    let nginx_service = match args.service {
+        Service::Echo => None,
+        Service::Nginx => {
+            let binary = Kind::NginxService.find().ok_or_else(|| {
+                anyhow::anyhow!("--service nginx needs /usr/sbin/nginx (apt-get install -y nginx)")
+            })?;
+            let unused = SocketAddr::from(([127, 0, 0, 1], 0));
+            Some(external::start(Kind::NginxService, &binary, unused).await?)
+        }
+    };
+    let echo = match &nginx_service {
+        Some(nginx) => nginx.addr,
+        None => paths::start_echo().await?,
+    };
+    let service_pids: Vec<u32> = nginx_service.iter().map(|n| n.pid()).collect();
     let mut skipped = Vec::new();
     let mut names = vec!["direct".to_string()];
     for name in args.paths.iter().filter(|p| *p != "direct") {
@@ -248,7 +278,7 @@ pub async fn run(args: &ProxyArgs) -> anyhow::Result<ProxyResults> {
             let (addr, description, guard) = set_up(name, args, echo).await?;
             descriptions[i] = description;
             println!("round {round}/{}: {name}...", args.rounds);
-            let measured = measure(args, name, addr, &guard).await;
+            let measured = measure(args, name, addr, &guard, &service_pids).await;
             match guard {
                 Guard::Agents(agents) => paths::stop_agents(agents).await,
                 Guard::External(proxy) => drop(proxy),
@@ -337,13 +367,15 @@ async fn measure(
     name: &str,
     addr: SocketAddr,
     guard: &Guard,
+    service_pids: &[u32],
 ) -> anyhow::Result<(LoadResult, LoadResult)> {
     let target = Target {
         addr,
         host: format!("{}.localhost", paths::SERVICE),
         path: "/".to_owned(),
     };
-    let external = guard.pids();
+    let mut external = guard.pids();
+    external.extend_from_slice(service_pids);
     let warmup = Duration::from_secs_f64(args.warmup);
     let duration = Duration::from_secs_f64(args.duration);
     let closed = closed_loop(&target, args.concurrency, warmup, duration, &external).await?;

@@ -15,19 +15,14 @@
 //! (gossip relays them), and the catalog checks those by writer.
 
 use std::collections::{BTreeMap, HashMap, HashSet};
-use std::num::{NonZeroU32, NonZeroUsize};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use foca::{
-    AccumulatingRuntime, BroadcastHandler, Config, Invalidates, Message, OwnedNotification,
-    PeriodicParams, ProbeNumber, State,
-};
+use foca::{AccumulatingRuntime, Message, OwnedNotification, ProbeNumber, State};
 use mesh_proto::api::MemberState;
-use mesh_proto::catalog::RecordKey;
 use mesh_proto::coordinate::Coordinate;
-use mesh_proto::gossip::{KnownMember, MemberList, MemberSummary, MAX_SWIM_PACKET};
-use mesh_proto::{MemberKey, NodeId, NodeIdentity, Version};
+use mesh_proto::gossip::{KnownMember, MemberList, MemberSummary};
+use mesh_proto::{MemberKey, NodeId, NodeIdentity};
 use rand::rngs::SmallRng;
 use rand::SeedableRng;
 use tokio::sync::{mpsc, oneshot, watch};
@@ -39,58 +34,14 @@ use crate::metrics;
 use crate::rtt::RttTable;
 use crate::transport::{SwimPacket, Transport};
 
-/// What identifies a catalog broadcast for replacement in foca's queue.
-#[derive(Debug, Clone)]
-pub struct BroadcastKey {
-    /// Record the broadcast carries.
-    pub key: RecordKey,
-    /// Its version.
-    pub version: Version,
-}
+mod broadcasts;
+pub mod swim_frame;
+mod timings;
 
-impl Invalidates for BroadcastKey {
-    fn invalidates(&self, other: &Self) -> bool {
-        self.key == other.key && self.version >= other.version
-    }
-}
+pub use broadcasts::{BroadcastKey, BroadcastReceiver, BroadcastRejected};
+pub use timings::foca_config;
 
-/// A broadcast item the receiver refused (undecodable or invalid).
-#[derive(Debug, thiserror::Error)]
-#[error("rejected broadcast: {0}")]
-pub struct BroadcastRejected(pub String);
-
-/// The consumer of custom broadcasts (the catalog).
-pub trait BroadcastReceiver: Send + Sync + 'static {
-    /// Applies an item; `Some` when it was new to us and must spread further,
-    /// `None` when stale (foca would otherwise re-send it forever).
-    fn receive(&self, data: &[u8]) -> Result<Option<BroadcastKey>, BroadcastRejected>;
-
-    /// An item of our own being queued (`Membership::broadcast`). The writer
-    /// has already applied it, so `receive` would call it stale and foca
-    /// would drop it; this must return its key for it to be gossiped.
-    fn receive_own(&self, data: &[u8]) -> Result<Option<BroadcastKey>, BroadcastRejected> {
-        self.receive(data)
-    }
-}
-
-struct Handler(Arc<dyn BroadcastReceiver>);
-
-impl BroadcastHandler<NodeIdentity> for Handler {
-    type Key = BroadcastKey;
-    type Error = BroadcastRejected;
-
-    fn receive_item(
-        &mut self,
-        data: &[u8],
-        sender: Option<&NodeIdentity>,
-    ) -> Result<Option<BroadcastKey>, BroadcastRejected> {
-        // foca passes no sender only from `add_broadcast`: our own item.
-        match sender {
-            None => self.0.receive_own(data),
-            Some(_) => self.0.receive(data),
-        }
-    }
-}
+use broadcasts::Handler;
 
 type SwimCore = crate::core::membership::SwimCore<NodeIdentity, Handler, SmallRng>;
 
@@ -668,46 +619,6 @@ impl Driver {
     }
 }
 
-/// A SWIM frame: foca's packet, then the sender's coordinate.
-///
-/// `[u16 big-endian packet length][packet][postcard coordinate, optional]`.
-pub mod swim_frame {
-    use mesh_proto::codec;
-    use mesh_proto::coordinate::Coordinate;
-
-    /// Largest coordinate trailer accepted.
-    const MAX_COORDINATE: usize = 256;
-    /// Bytes of a datagram kept for the frame (length and coordinate:
-    /// 2 + about 90).
-    pub const RESERVED: usize = 128;
-
-    /// Frames `packet` with `coordinate`.
-    pub fn join(packet: &[u8], coordinate: Option<&Coordinate>) -> Vec<u8> {
-        let trailer = coordinate
-            .and_then(|c| codec::encode(c).ok())
-            .unwrap_or_default();
-        let len = u16::try_from(packet.len()).unwrap_or(u16::MAX);
-        let mut frame = Vec::with_capacity(2 + packet.len() + trailer.len());
-        frame.extend_from_slice(&len.to_be_bytes());
-        frame.extend_from_slice(&packet[..usize::from(len)]);
-        frame.extend_from_slice(&trailer);
-        frame
-    }
-
-    /// The packet and the coordinate of a frame; None when malformed.
-    pub fn split(frame: &[u8]) -> Option<(&[u8], Option<Coordinate>)> {
-        let len = usize::from(u16::from_be_bytes([*frame.first()?, *frame.get(1)?]));
-        let packet = frame.get(2..2 + len)?;
-        let trailer = &frame[2 + len..];
-        let coordinate = if trailer.is_empty() {
-            None
-        } else {
-            codec::decode::<Coordinate>(trailer, MAX_COORDINATE).ok()
-        };
-        Some((packet, coordinate))
-    }
-}
-
 /// Whether a member from a pulled list is news: one we do not know, or
 /// know by an older generation. A partner's view of a member we know (a
 /// suspicion since refuted, say) is no fresher than ours: applying every
@@ -744,69 +655,6 @@ fn note_bad_packet(error: foca::Error) {
     }
 }
 
-/// foca timings for a profile and cluster size.
-pub fn foca_config(profile: Profile, cluster_size: usize) -> Config {
-    let size = NonZeroU32::new(u32::try_from(cluster_size.max(1)).unwrap_or(u32::MAX))
-        .unwrap_or(NonZeroU32::MIN);
-    let periodic = |ms: u64, n: usize| {
-        Some(PeriodicParams {
-            frequency: Duration::from_millis(ms),
-            num_members: NonZeroUsize::new(n).unwrap_or(NonZeroUsize::MIN),
-        })
-    };
-    let mut config = match profile {
-        Profile::Local => {
-            let mut config = Config::new_lan(size);
-            let probe = Duration::from_millis(400);
-            config.probe_period = probe;
-            config.probe_rtt = Duration::from_millis(300);
-            config.suspect_to_down_after = local_suspicion(probe, cluster_size);
-            config.periodic_gossip = periodic(100, 3);
-            config.periodic_announce = periodic(5_000, 1);
-            config.periodic_announce_to_down_members = periodic(10_000, 2);
-            config
-        }
-        Profile::Lan => Config::new_lan(size),
-        Profile::Wan => Config::new_wan(size),
-    };
-    // Room for the frame around foca's packet (length and coordinate,
-    // `swim_frame`), so a full packet still fits one datagram.
-    config.max_packet_size =
-        NonZeroUsize::new(MAX_SWIM_PACKET - swim_frame::RESERVED).unwrap_or(NonZeroUsize::MIN);
-    config.notify_down_members = true;
-    with_second_chance_probes(config)
-}
-
-/// The `local` profile's shortest suspicion: memberlist's rule,
-/// multiplier × max(1, log10 N) × probe period, with 2 where memberlist has
-/// 4, and never under 1.5 s.
-///
-/// Lifeguard makes a low multiplier safe: it is the floor a suspicion
-/// reaches only once two other members confirm it, an unconfirmed one is
-/// held 6 × as long, and the suspect hears of it with our next probe. The
-/// detection time is mostly the wait for someone to probe the dead node
-/// (exponential, mean one probe period, cluster-wide) plus this, so with a
-/// 400 ms period a crash is down on all within 5 s at 100 and 500 nodes
-/// (`bench sim --profile local`, 40 seeds: max 4.3 s at 100, 4.1 s at 500;
-/// with 500 ms and 3, 6.6 and 7.2 s). The floor keeps small clusters, whose
-/// log term is 1, as patient as before with a stalled test machine.
-fn local_suspicion(probe: Duration, cluster_size: usize) -> Duration {
-    let scale = (cluster_size.max(1) as f64).log10().max(1.0);
-    probe.mul_f64(2.0 * scale).max(Duration::from_millis(1_500))
-}
-
-/// A failed direct probe gets a second direct ping beside five indirect
-/// ones (foca's defaults: three, no second ping). Over a network losing
-/// 10 % of datagrams a probe of a healthy member then fails about once in
-/// 5,000 instead of once in 130: with three the false suspicions alone
-/// (`bench sim`: 26.7 per node-hour at 5,000 nodes) kept large clusters
-/// churning. It costs datagrams only when a direct probe fails.
-fn with_second_chance_probes(mut config: Config) -> Config {
-    config.retry_direct_probe = true;
-    config.num_indirect_probes = NonZeroUsize::new(5).unwrap_or(NonZeroUsize::MIN);
-    config
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -823,18 +671,6 @@ mod tests {
             incarnation: 0,
             suspect: false,
         }
-    }
-
-    #[test]
-    fn the_local_profile_suspects_for_at_least_one_and_a_half_seconds_and_longer_in_big_clusters() {
-        let suspicion = |n| foca_config(Profile::Local, n).suspect_to_down_after;
-        // Small clusters (the tests, a demo) keep the floor.
-        assert_eq!(suspicion(3), Duration::from_millis(1_500));
-        assert_eq!(suspicion(10), Duration::from_millis(1_500));
-        // 2 × log10 N × 400 ms past it: 1.6 s at 100, ~2.16 s at 500.
-        assert_eq!(suspicion(100), Duration::from_millis(1_600));
-        let at_500 = suspicion(500).as_secs_f64();
-        assert!((at_500 - 2.159).abs() < 0.01, "{at_500}");
     }
 
     #[test]

@@ -102,21 +102,26 @@ fn balance_honours_the_hard_requirement() {
     );
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn proxy_measures_every_in_process_path() {
-    let out = scratch("proxy");
-    let args = proxy::ProxyArgs {
+/// A `bench proxy` run of half a second per loop over `paths`.
+fn tiny_proxy_run(out: &Path, paths: &[&str], service: proxy::Service) -> proxy::ProxyArgs {
+    proxy::ProxyArgs {
         concurrency: 4,
         rate: 200,
         open_connections: 8,
         duration: 0.5,
         warmup: 0.2,
         rounds: 1,
-        paths: vec!["sidecar".into(), "two-sidecars".into()],
+        paths: paths.iter().map(|p| p.to_string()).collect(),
         agent_bin: None,
-        service: proxy::Service::Echo,
-        out: out.clone(),
-    };
+        service,
+        out: out.to_path_buf(),
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn proxy_measures_every_in_process_path() {
+    let out = scratch("proxy");
+    let args = tiny_proxy_run(&out, &["sidecar", "two-sidecars"], proxy::Service::Echo);
     let results = proxy::run(&args).await.expect("proxy runs");
     assert_eq!(results.paths.len(), 3);
     for path in &results.paths {
@@ -136,18 +141,7 @@ async fn proxy_reaches_an_nginx_service_through_a_sidecar() {
         "this test needs nginx: apt-get install -y nginx"
     );
     let out = scratch("proxy-nginx");
-    let args = proxy::ProxyArgs {
-        concurrency: 4,
-        rate: 200,
-        open_connections: 8,
-        duration: 0.5,
-        warmup: 0.2,
-        rounds: 1,
-        paths: vec!["sidecar".into()],
-        agent_bin: None,
-        service: proxy::Service::Nginx,
-        out: out.clone(),
-    };
+    let args = tiny_proxy_run(&out, &["sidecar"], proxy::Service::Nginx);
     // No echo service is started with --service nginx: every answer is nginx's.
     let results = proxy::run(&args).await.expect("proxy runs with nginx");
     assert_eq!(results.paths.len(), 2);

@@ -97,10 +97,12 @@ fn free_port() -> anyhow::Result<u16> {
     Ok(listener.local_addr()?.port())
 }
 
-fn nginx_config(dir: &Path, port: u16, upstream: SocketAddr) -> String {
+/// An nginx config with `workers` and, inside `http`, `server`: everything
+/// it writes (pid, logs, temporary files) stays in `dir`.
+fn nginx_conf(dir: &Path, workers: &str, server: &str) -> String {
     let d = dir.display();
     format!(
-        "worker_processes auto;
+        "worker_processes {workers};
 daemon off;
 pid {d}/nginx.pid;
 error_log {d}/error.log warn;
@@ -112,7 +114,16 @@ http {{
     fastcgi_temp_path {d}/fastcgi;
     uwsgi_temp_path {d}/uwsgi;
     scgi_temp_path {d}/scgi;
-    upstream echo {{
+{server}
+}}
+"
+    )
+}
+
+/// nginx as a reverse proxy with a keep-alive upstream.
+fn nginx_config(dir: &Path, port: u16, upstream: SocketAddr) -> String {
+    let server = format!(
+        "    upstream echo {{
         server {upstream};
         keepalive 128;
     }}
@@ -124,35 +135,21 @@ http {{
             proxy_set_header Connection \"\";
             proxy_buffering on;
         }}
-    }}
-}}
-"
-    )
+    }}"
+    );
+    nginx_conf(dir, "auto", &server)
 }
 
+/// nginx as the service: one worker answering `return 200`.
 fn nginx_service_config(dir: &Path, port: u16) -> String {
-    let d = dir.display();
-    format!(
-        "worker_processes 1;
-daemon off;
-pid {d}/nginx.pid;
-error_log {d}/error.log warn;
-events {{ worker_connections 4096; }}
-http {{
-    access_log off;
-    client_body_temp_path {d}/body;
-    proxy_temp_path {d}/proxy;
-    fastcgi_temp_path {d}/fastcgi;
-    uwsgi_temp_path {d}/uwsgi;
-    scgi_temp_path {d}/scgi;
-    server {{
+    let server = format!(
+        "    server {{
         listen 127.0.0.1:{port};
         keepalive_requests 1000000;
         location / {{ return 200 \"ok\\n\"; }}
-    }}
-}}
-"
-    )
+    }}"
+    );
+    nginx_conf(dir, "1", &server)
 }
 
 fn haproxy_config(port: u16, upstream: SocketAddr) -> String {

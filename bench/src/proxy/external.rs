@@ -17,16 +17,13 @@ pub enum Kind {
     Nginx,
     /// HAProxy in HTTP mode with `http-reuse always`.
     Haproxy,
-    /// nginx as the service itself: one worker answering `return 200`,
-    /// what users put behind a proxy to compare proxies.
-    NginxService,
 }
 
 impl Kind {
     /// Name in tables and JSON.
     pub fn name(self) -> &'static str {
         match self {
-            Kind::Nginx | Kind::NginxService => "nginx",
+            Kind::Nginx => "nginx",
             Kind::Haproxy => "haproxy",
         }
     }
@@ -34,7 +31,7 @@ impl Kind {
     /// Where Debian installs the binary.
     fn binary(self) -> &'static str {
         match self {
-            Kind::Nginx | Kind::NginxService => "/usr/sbin/nginx",
+            Kind::Nginx => "/usr/sbin/nginx",
             Kind::Haproxy => "/usr/sbin/haproxy",
         }
     }
@@ -172,41 +169,62 @@ backend echo
     )
 }
 
-/// Starts `kind` in front of `upstream` (unused by the service kind),
-/// waiting until it accepts connections.
+/// Starts `kind` as a reverse proxy in front of `upstream`, waiting until
+/// it accepts connections.
 pub async fn start(kind: Kind, binary: &Path, upstream: SocketAddr) -> anyhow::Result<External> {
+    launch(kind.name(), binary, |dir, port, command| match kind {
+        Kind::Nginx => use_nginx_config(command, dir, &nginx_config(dir, port, upstream)),
+        Kind::Haproxy => {
+            let conf = dir.join("haproxy.cfg");
+            std::fs::write(&conf, haproxy_config(port, upstream))?;
+            command.arg("-db").arg("-f").arg(&conf);
+            Ok(())
+        }
+    })
+    .await
+}
+
+/// Starts nginx as the service itself (one worker answering `return 200`,
+/// what users put behind a proxy to compare proxies), waiting until it
+/// accepts connections.
+pub async fn start_nginx_service(binary: &Path) -> anyhow::Result<External> {
+    launch(Kind::Nginx.name(), binary, |dir, port, command| {
+        use_nginx_config(command, dir, &nginx_service_config(dir, port))
+    })
+    .await
+}
+
+/// Writes `text` as nginx's config in `dir` and points `command` at it.
+fn use_nginx_config(command: &mut Command, dir: &Path, text: &str) -> std::io::Result<()> {
+    let conf = dir.join("nginx.conf");
+    std::fs::write(&conf, text)?;
+    command
+        .arg("-p")
+        .arg(dir)
+        .arg("-e")
+        .arg(dir.join("error.log"))
+        .arg("-c")
+        .arg(&conf);
+    Ok(())
+}
+
+/// Runs `binary` as `name` on a free loopback port from a fresh directory,
+/// after `configure` wrote its config there and set its arguments.
+async fn launch(
+    name: &str,
+    binary: &Path,
+    configure: impl FnOnce(&Path, u16, &mut Command) -> std::io::Result<()>,
+) -> anyhow::Result<External> {
     let dir = std::env::temp_dir().join(format!(
-        "gossamer-bench-{}-{}-{}",
-        kind.name(),
+        "gossamer-bench-{name}-{}-{}",
         std::process::id(),
         rand::random::<u32>()
     ));
     std::fs::create_dir_all(&dir).with_context(|| format!("cannot create {}", dir.display()))?;
     let port = free_port()?;
     let mut command = Command::new(binary);
-    match kind {
-        Kind::Nginx | Kind::NginxService => {
-            let conf = dir.join("nginx.conf");
-            let text = if kind == Kind::Nginx {
-                nginx_config(&dir, port, upstream)
-            } else {
-                nginx_service_config(&dir, port)
-            };
-            std::fs::write(&conf, text)?;
-            command
-                .arg("-p")
-                .arg(&dir)
-                .arg("-e")
-                .arg(dir.join("error.log"))
-                .arg("-c")
-                .arg(&conf);
-        }
-        Kind::Haproxy => {
-            let conf = dir.join("haproxy.cfg");
-            std::fs::write(&conf, haproxy_config(port, upstream))?;
-            command.arg("-db").arg("-f").arg(&conf);
-        }
-    }
+    configure(&dir, port, &mut command)
+        .with_context(|| format!("cannot write the {name} config in {}", dir.display()))?;
     let log = std::fs::File::create(dir.join("stderr.log"))?;
     let child = command
         .stdin(Stdio::null())
@@ -223,17 +241,10 @@ pub async fn start(kind: Kind, binary: &Path, upstream: SocketAddr) -> anyhow::R
         }
         if let Ok(Some(status)) = external.child.try_wait() {
             let log = std::fs::read_to_string(external.dir.join("stderr.log")).unwrap_or_default();
-            bail!(
-                "{} exited with {status} at start: {}",
-                kind.name(),
-                log.trim()
-            );
+            bail!("{name} exited with {status} at start: {}", log.trim());
         }
         if Instant::now() > deadline {
-            bail!(
-                "{} did not accept connections on {addr} within 10 s",
-                kind.name()
-            );
+            bail!("{name} did not accept connections on {addr} within 10 s");
         }
         tokio::time::sleep(Duration::from_millis(20)).await;
     }

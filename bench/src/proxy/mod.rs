@@ -248,11 +248,10 @@ pub async fn run(args: &ProxyArgs) -> anyhow::Result<ProxyResults> {
     let nginx_service = match args.service {
         Service::Echo => None,
         Service::Nginx => {
-            let binary = Kind::NginxService.find().ok_or_else(|| {
+            let binary = Kind::Nginx.find().ok_or_else(|| {
                 anyhow::anyhow!("--service nginx needs /usr/sbin/nginx (apt-get install -y nginx)")
             })?;
-            let unused = SocketAddr::from(([127, 0, 0, 1], 0));
-            Some(external::start(Kind::NginxService, &binary, unused).await?)
+            Some(external::start_nginx_service(&binary).await?)
         }
     };
     let echo = match &nginx_service {

@@ -6,22 +6,15 @@
 # Needs redis-server and redis-tools (Debian). Loopback only.
 set -uo pipefail
 BIN=${1:-target/release/gossamer} THREADS=${2:-1} ROUNDS=${3:-2}
+HERE=$(cd "$(dirname "$0")" && pwd)
 WORK=$(mktemp -d)
 pids=()
 cleanup() { kill "${pids[@]}" 2>/dev/null; wait 2>/dev/null; rm -rf "$WORK"; }
 trap cleanup EXIT
 redis-server --port 16379 --bind 127.0.0.1 --save '' --appendonly no --dir "$WORK" >/dev/null 2>&1 &
 pids+=($!)
-common=(--psk bench-passphrase --profile lan --dns-listen off --threads "$THREADS")
-GOSSAMER_LOG=warn "$BIN" agent --node-id redis-callee --bind 127.0.0.1:14301 --admin-listen 127.0.0.1:14201 \
-  --proxy-listen 127.0.0.1:14101 --metrics-listen 127.0.0.1:14401 --data-dir "$WORK/callee" \
-  --service redis=16379 "${common[@]}" >"$WORK/callee.log" 2>&1 &
-CALLEE=$!; pids+=($CALLEE)
-sleep 0.5
-GOSSAMER_LOG=warn "$BIN" agent --node-id redis-caller --bind 127.0.0.1:14302 --admin-listen 127.0.0.1:14202 \
-  --proxy-listen 127.0.0.1:14102 --metrics-listen 127.0.0.1:14402 --data-dir "$WORK/caller" \
-  --join 127.0.0.1:14301 --tcp redis=127.0.0.1:16380 "${common[@]}" >"$WORK/caller.log" 2>&1 &
-CALLER=$!; pids+=($CALLER)
+source "$HERE/two-agents.sh"
+start_two_agents redis "--service redis=16379" "--tcp redis=127.0.0.1:16380"
 for _ in $(seq 1 100); do
   [ "$(redis-cli -p 16380 PING 2>/dev/null)" = PONG ] && break
   sleep 0.2

@@ -15,16 +15,8 @@ cleanup() { kill "${pids[@]}" 2>/dev/null; wait 2>/dev/null; rm -rf "$WORK"; }
 trap cleanup EXIT
 nginx -c "$HERE/nginx-return-200.conf" -p "$WORK" &
 pids+=($!)
-common=(--psk bench-passphrase --profile lan --dns-listen off --threads "$THREADS")
-GOSSAMER_LOG=warn "$BIN" agent --node-id wrk-callee --bind 127.0.0.1:14301 --admin-listen 127.0.0.1:14201 \
-  --proxy-listen 127.0.0.1:14101 --metrics-listen 127.0.0.1:14401 --data-dir "$WORK/callee" \
-  --service ng=18090 "${common[@]}" >"$WORK/callee.log" 2>&1 &
-CALLEE=$!; pids+=($CALLEE)
-sleep 0.5
-GOSSAMER_LOG=warn "$BIN" agent --node-id wrk-caller --bind 127.0.0.1:14302 --admin-listen 127.0.0.1:14202 \
-  --proxy-listen 127.0.0.1:14102 --metrics-listen 127.0.0.1:14402 --data-dir "$WORK/caller" \
-  --join 127.0.0.1:14301 "${common[@]}" >"$WORK/caller.log" 2>&1 &
-CALLER=$!; pids+=($CALLER)
+source "$HERE/two-agents.sh"
+start_two_agents wrk "--service ng=18090" ""
 for _ in $(seq 1 100); do
   [ "$(curl -s -o /dev/null -w '%{http_code}' -H 'Host: ng.localhost' http://127.0.0.1:14102/)" = 200 ] && break
   sleep 0.2

@@ -54,6 +54,7 @@ fn http_builder(limits: &Limits) -> auto::Builder<TokioExecutor> {
 use crate::metrics;
 
 mod own_errors;
+pub mod prefixed;
 
 use own_errors::OwnErrorsAsJson;
 
@@ -95,7 +96,7 @@ const BUSY: &[u8] = b"HTTP/1.1 503 Service Unavailable\r\ncontent-type: applicat
 pub async fn serve<H, F, B>(
     listener: TcpListener,
     limits: Limits,
-    mut shutdown: watch::Receiver<bool>,
+    shutdown: watch::Receiver<bool>,
     handler: H,
 ) where
     H: Fn(Request<Incoming>) -> F + Send + Sync + 'static,
@@ -104,6 +105,40 @@ pub async fn serve<H, F, B>(
     B::Error: Into<Box<dyn std::error::Error + Send + Sync>>,
 {
     let handler = Arc::new(handler);
+    serve_with(listener, limits, shutdown, move |stream, peer, stopping| {
+        let handler = handler.clone();
+        async move {
+            // The protocol is told by the first bytes, before hyper's
+            // header timeout applies: a client that sends nothing is
+            // closed by this one instead.
+            // (`peek`, unlike `readable`, never wakes spuriously.)
+            let mut first = [0u8; 1];
+            if !matches!(
+                tokio::time::timeout(limits.header_read_timeout, stream.peek(&mut first)).await,
+                Ok(Ok(1))
+            ) {
+                metrics::http_connection_refused(limits.listener, "header_timeout");
+                return;
+            }
+            serve_http_connection(stream, peer, limits, stopping, handler).await;
+        }
+    })
+    .await;
+}
+
+/// The accept loop of every HTTP listener: at most
+/// [`Limits::max_connections`] open (one more is answered 503 and closed),
+/// each connection served by `connection` in a task of its own; on
+/// shutdown it stops accepting and returns once every connection is done.
+pub async fn serve_with<C, F>(
+    listener: TcpListener,
+    limits: Limits,
+    mut shutdown: watch::Receiver<bool>,
+    connection: C,
+) where
+    C: Fn(TcpStream, SocketAddr, watch::Receiver<bool>) -> F,
+    F: Future<Output = ()> + Send + 'static,
+{
     let connections = TaskTracker::new();
     let open = Arc::new(Semaphore::new(limits.max_connections));
     let mut refusals = RateLimitedLog::default();
@@ -119,53 +154,58 @@ pub async fn serve<H, F, B>(
             }
             continue;
         };
-        let handler = handler.clone();
-        let mut stopping = shutdown.clone();
+        let served = connection(stream, peer, shutdown.clone());
         connections.spawn(async move {
             let _slot = slot;
-            // The protocol is told by the first bytes, before hyper's
-            // header timeout applies: a client that sends nothing is
-            // closed by this one instead.
-            // (`peek`, unlike `readable`, never wakes spuriously.)
-            let mut first = [0u8; 1];
-            if !matches!(
-                tokio::time::timeout(limits.header_read_timeout, stream.peek(&mut first)).await,
-                Ok(Ok(1))
-            ) {
-                metrics::http_connection_refused(limits.listener, "header_timeout");
-                return;
-            }
-            let calls = Arc::new(std::sync::atomic::AtomicU64::new(0));
-            let stream = OwnErrorsAsJson::new(stream, calls.clone());
-            let service = service_fn(move |request| {
-                calls.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
-                let response = handler(request);
-                async move { Ok::<_, Infallible>(response.await) }
-            });
-            let builder = http_builder(&limits);
-            // The proxy splices upgraded (WebSocket) connections.
-            let connection = builder.serve_connection_with_upgrades(TokioIo::new(stream), service);
-            let mut connection = std::pin::pin!(connection);
-            let result = tokio::select! {
-                result = connection.as_mut() => result,
-                _ = stopped(&mut stopping) => {
-                    connection.as_mut().graceful_shutdown();
-                    connection.await
-                }
-            };
-            if let Err(e) = result {
-                // The auto builder's error is boxed: hyper's own is inside.
-                if e.downcast_ref::<hyper::Error>()
-                    .is_some_and(hyper::Error::is_timeout)
-                {
-                    metrics::http_connection_refused(limits.listener, "header_timeout");
-                }
-                debug!(%peer, error = %e, "HTTP connection ended with an error");
-            }
+            served.await;
         });
     }
     connections.close();
     connections.wait().await;
+}
+
+/// Serves one connection with hyper (HTTP/1.1 or h2c, with upgrades) until
+/// it ends or `stopping` turns true (then in-flight requests finish).
+pub async fn serve_http_connection<S, H, F, B>(
+    stream: S,
+    peer: SocketAddr,
+    limits: Limits,
+    mut stopping: watch::Receiver<bool>,
+    handler: Arc<H>,
+) where
+    S: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin + Send + 'static,
+    H: Fn(Request<Incoming>) -> F + Send + Sync + 'static,
+    F: Future<Output = Response<B>> + Send + 'static,
+    B: Body<Data = Bytes> + Send + 'static,
+    B::Error: Into<Box<dyn std::error::Error + Send + Sync>>,
+{
+    let calls = Arc::new(std::sync::atomic::AtomicU64::new(0));
+    let stream = OwnErrorsAsJson::new(stream, calls.clone());
+    let service = service_fn(move |request| {
+        calls.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        let response = handler(request);
+        async move { Ok::<_, Infallible>(response.await) }
+    });
+    let builder = http_builder(&limits);
+    // The proxy splices upgraded (WebSocket) connections.
+    let connection = builder.serve_connection_with_upgrades(TokioIo::new(stream), service);
+    let mut connection = std::pin::pin!(connection);
+    let result = tokio::select! {
+        result = connection.as_mut() => result,
+        _ = stopped(&mut stopping) => {
+            connection.as_mut().graceful_shutdown();
+            connection.await
+        }
+    };
+    if let Err(e) = result {
+        // The auto builder's error is boxed: hyper's own is inside.
+        if e.downcast_ref::<hyper::Error>()
+            .is_some_and(hyper::Error::is_timeout)
+        {
+            metrics::http_connection_refused(limits.listener, "header_timeout");
+        }
+        debug!(%peer, error = %e, "HTTP connection ended with an error");
+    }
 }
 
 /// Resolves once `shutdown` turns true (without holding its guard).

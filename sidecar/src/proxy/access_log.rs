@@ -68,14 +68,29 @@ fn is_zero(n: &u64) -> bool {
     *n == 0
 }
 
-/// What the proxy knows of a request when it arrives (cheap: a clone of the
-/// method and URI, which share their bytes).
+/// What the proxy knows of a request when it arrives (built only when the
+/// log is on).
 pub struct Arrival {
     at: SystemTime,
-    method: Method,
-    uri: Uri,
+    method: String,
+    /// Without the query, which may hold secrets.
+    path: String,
     trace: TraceIds,
     request_id: Option<String>,
+}
+
+impl Arrival {
+    /// A request arriving now with `method` and request target `target`.
+    pub fn new(method: &str, target: &str, request_id: Option<&str>, trace: TraceIds) -> Self {
+        let path = target.split_once('?').map_or(target, |(path, _)| path);
+        Arrival {
+            at: SystemTime::now(),
+            method: method.to_owned(),
+            path: path.to_owned(),
+            trace,
+            request_id: request_id.map(str::to_owned),
+        }
+    }
 }
 
 impl AccessLog {
@@ -110,19 +125,11 @@ impl AccessLog {
 
     /// Notes an arriving request (after its trace was continued).
     pub fn arrival(method: &Method, uri: &Uri, headers: &HeaderMap, trace: TraceIds) -> Arrival {
-        Arrival {
-            at: SystemTime::now(),
-            method: method.clone(),
-            uri: uri.clone(),
-            trace,
-            request_id: headers
-                .get(&REQUEST_ID)
-                .and_then(|v| v.to_str().ok())
-                .map(str::to_owned),
-        }
+        let request_id = headers.get(&REQUEST_ID).and_then(|v| v.to_str().ok());
+        Arrival::new(method.as_str(), uri.path(), request_id, trace)
     }
 
-    /// Queues the line of a finished request.
+    /// Logs a request answered with `response`.
     pub fn finished(
         &self,
         arrival: Arrival,
@@ -130,24 +137,45 @@ impl AccessLog {
         response: &http::Response<super::forward::ProxyBody>,
         took: Duration,
     ) {
-        // `x-gossamer-upstream` is `node/instance`.
         let upstream = response
             .headers()
             .get(super::route::UPSTREAM_HEADER)
-            .and_then(|v| v.to_str().ok())
-            .and_then(|v| v.split_once('/'));
+            .and_then(|v| v.to_str().ok());
+        let retries = response.extensions().get::<Retries>().map_or(0, |r| r.0);
+        self.answered(
+            arrival,
+            service,
+            response.status().as_u16(),
+            upstream,
+            retries,
+            took,
+        );
+    }
+
+    /// Logs a request answered with `status` by `upstream` (`node/instance`,
+    /// as in `x-gossamer-upstream`) after `retries` retries.
+    pub fn answered(
+        &self,
+        arrival: Arrival,
+        service: &str,
+        status: u16,
+        upstream: Option<&str>,
+        retries: u32,
+        took: Duration,
+    ) {
+        let upstream = upstream.and_then(|v| v.split_once('/'));
         let line = Line {
             time: rfc3339(arrival.at),
             service: service.to_owned(),
             instance: upstream.map(|(_, i)| i.to_owned()),
             node: upstream.map(|(n, _)| n.to_owned()),
-            method: arrival.method.as_str().to_owned(),
-            path: arrival.uri.path().to_owned(),
-            status: response.status().as_u16(),
+            method: arrival.method,
+            path: arrival.path,
+            status,
             duration_ms: (took.as_secs_f64() * 1e6).round() / 1e3,
             trace_id: arrival.trace.trace_id().to_owned(),
             request_id: arrival.request_id,
-            retries: response.extensions().get::<Retries>().map_or(0, |r| r.0),
+            retries,
             dropped_before: self.dropped.swap(0, Ordering::Relaxed),
         };
         if let Err(mpsc::error::TrySendError::Full(line)) = self.lines.try_send(line) {

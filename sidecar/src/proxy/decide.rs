@@ -1,8 +1,12 @@
 //! The decision record: what the proxy picked for a request and why, and
 //! what it ruled out, kept in the ring the UI and `GET /v1/decisions` read.
 
-use client::select::SelectError;
+use std::time::Instant;
+
+use client::select::{Requirements, SelectError};
 use mesh_proto::Instance;
+
+use crate::catalog::CatalogSnapshot;
 
 use super::ProxyHandles;
 use crate::decisions::{Decision, Rejected};
@@ -13,6 +17,59 @@ pub(super) struct Picked {
     pub(super) rtt_ms: Option<f64>,
     pub(super) within_soft: bool,
     pub(super) others: usize,
+}
+
+/// The instance a pick chose, by its index in the live instances.
+pub(super) struct Pick {
+    pub(super) index: usize,
+    /// RTT to its node, when known (0 on this node).
+    pub(super) rtt_ms: Option<f64>,
+}
+
+/// Picks one of `live` for `service` (never one of `tried`) with the
+/// shared selection, and records the decision and what it ruled out.
+pub(super) fn pick_recorded(
+    agent: &ProxyHandles,
+    snapshot: &CatalogSnapshot,
+    service: &str,
+    live: &[Instance],
+    requirements: Requirements,
+    tried: &[String],
+) -> Result<Pick, SelectError> {
+    let candidates = agent.upstreams.candidates(snapshot, live);
+    let excluded: Vec<&str> = tried.iter().map(String::as_str).collect();
+    // One classification serves the pick and the decision record.
+    let explained = agent.upstreams.with(service, |b| {
+        b.pick_explained(&candidates, requirements, &excluded, Instant::now())
+    });
+    let rejected: Vec<Rejected> = explained
+        .ineligible
+        .into_iter()
+        .map(|(i, reason)| Rejected {
+            upstream: upstream_at(live, i),
+            reason,
+        })
+        .collect();
+    let pick = explained.pick;
+    let picked = pick.as_ref().map(|p| Picked {
+        upstream: upstream_at(live, p.index),
+        rtt_ms: candidates.get(p.index).and_then(|c| c.rtt_ms),
+        within_soft: p.within_soft,
+        others: explained.eligible.saturating_sub(1),
+    });
+    record(
+        agent,
+        service,
+        picked.as_ref().map_err(|e| *e),
+        &rejected,
+        requirements,
+        !tried.is_empty(),
+    );
+    let pick = pick?;
+    Ok(Pick {
+        index: pick.index,
+        rtt_ms: candidates.get(pick.index).and_then(|c| c.rtt_ms),
+    })
 }
 
 /// `node/instance` of the candidate at `index` (candidates follow `live`).
@@ -27,7 +84,7 @@ pub(super) fn record(
     service: &str,
     outcome: Result<&Picked, &SelectError>,
     rejected: &[Rejected],
-    requirements: client::select::Requirements,
+    requirements: Requirements,
     retry: bool,
 ) {
     let (picked, rtt_ms, why, eligible_others) = match outcome {

@@ -12,6 +12,7 @@
 pub mod access_log;
 mod answers;
 mod decide;
+mod fast;
 pub mod forward;
 pub mod grpc;
 mod grpc_settle;
@@ -40,13 +41,13 @@ use tracing::debug;
 
 use tokio::sync::watch;
 
-use crate::decisions::{Decisions, Rejected};
+use crate::decisions::Decisions;
 use crate::health::PassiveHealth;
 use crate::metrics;
 use crate::transport::Transport;
 use crate::upstreams::Upstreams;
 use answers::{failed_response, no_upstream, Failure};
-use decide::{record, upstream_at, Picked};
+use decide::record;
 use forward::{LocalClient, ProxyBody, SendError};
 use route::Route;
 
@@ -83,9 +84,8 @@ const REPLAYABLE_BODY: u64 = 64 * 1024;
 /// Serves the proxy until the agent stops.
 pub async fn serve(agent: Arc<ProxyHandles>, listener: TcpListener, limits: crate::server::Limits) {
     let shutdown = agent.shutdown.clone();
-    crate::server::serve(listener, limits, shutdown, move |request| {
-        let agent = agent.clone();
-        async move { handle(&agent, request).await }
+    crate::server::serve_with(listener, limits, shutdown, move |stream, peer, stopping| {
+        fast::serve_connection(agent.clone(), stream, peer, limits, stopping)
     })
     .await;
 }
@@ -384,41 +384,18 @@ async fn attempts(
             );
             return (no_upstream(service, &live, error, last_failure), None);
         }
-        let candidates = agent.upstreams.candidates(&snapshot, &live);
-        let excluded: Vec<&str> = tried.iter().map(String::as_str).collect();
-        // One classification serves the pick and the decision record.
-        let explained = agent.upstreams.with(service, |b| {
-            b.pick_explained(&candidates, requirements, &excluded, Instant::now())
-        });
-        let rejected: Vec<Rejected> = explained
-            .ineligible
-            .into_iter()
-            .map(|(i, reason)| Rejected {
-                upstream: upstream_at(&live, i),
-                reason,
-            })
-            .collect();
-        let pick = explained.pick;
-        let picked = pick.as_ref().map(|p| Picked {
-            upstream: upstream_at(&live, p.index),
-            rtt_ms: candidates.get(p.index).and_then(|c| c.rtt_ms),
-            within_soft: p.within_soft,
-            others: explained.eligible.saturating_sub(1),
-        });
-        record(
+        let pick = match decide::pick_recorded(
             agent,
+            &snapshot,
             service,
-            picked.as_ref().map_err(|e| *e),
-            &rejected,
+            &live,
             requirements,
-            !tried.is_empty(),
-        );
-        let pick = match pick {
+            &tried,
+        ) {
             Ok(pick) => pick,
             Err(e) => return (no_upstream(service, &live, e, last_failure), None),
         };
-        let (Some(instance), Some(candidate)) = (live.get(pick.index), candidates.get(pick.index))
-        else {
+        let Some(instance) = live.get(pick.index) else {
             return (
                 json_error(
                     StatusCode::SERVICE_UNAVAILABLE,
@@ -464,7 +441,7 @@ async fn attempts(
                 if response.status() != StatusCode::SWITCHING_PROTOCOLS {
                     headers::strip_hop_by_hop(response.headers_mut());
                 }
-                annotate(&mut response, instance, candidate.rtt_ms);
+                annotate(&mut response, instance, pick.rtt_ms);
                 if !tried.is_empty() {
                     let retries = access_log::Retries(tried.len() as u32);
                     response.extensions_mut().insert(retries);

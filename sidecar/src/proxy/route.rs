@@ -136,22 +136,35 @@ fn service_name(uri: &Uri, headers: &HeaderMap) -> Result<String, RouteError> {
                     "call http://<service>.localhost:<proxy-port>/..., or set x-gossamer-service",
                 )
                 })?;
-            let host = host.rsplit_once(':').map_or(host, |(h, port)| {
-                if port.chars().all(|c| c.is_ascii_digit()) {
-                    h
-                } else {
-                    host
-                }
-            });
-            let host = host.trim_end_matches('.').to_ascii_lowercase();
-            match host.strip_suffix(".localhost") {
-                Some(prefix) => prefix.rsplit('.').next().unwrap_or(prefix).to_owned(),
-                None => return Err(route_error(
-                    format!("Host {host:?} does not name a service"),
-                    "call http://<service>.localhost:<proxy-port>/..., or set x-gossamer-service",
-                )),
-            }
+            return service_from_host(host);
         };
+    checked_name(name)
+}
+
+/// The service a Host header names (`<service>.localhost`, with or
+/// without a port), checked as a service name.
+pub fn service_from_host(host: &str) -> Result<String, RouteError> {
+    let host = host.rsplit_once(':').map_or(host, |(h, port)| {
+        if port.chars().all(|c| c.is_ascii_digit()) {
+            h
+        } else {
+            host
+        }
+    });
+    let host = host.trim_end_matches('.').to_ascii_lowercase();
+    let name = match host.strip_suffix(".localhost") {
+        Some(prefix) => prefix.rsplit('.').next().unwrap_or(prefix).to_owned(),
+        None => {
+            return Err(route_error(
+                format!("Host {host:?} does not name a service"),
+                "call http://<service>.localhost:<proxy-port>/..., or set x-gossamer-service",
+            ))
+        }
+    };
+    checked_name(name)
+}
+
+fn checked_name(name: String) -> Result<String, RouteError> {
     validate_service_name(&name).map_err(|e| {
         route_error(
             e.to_string(),

@@ -33,38 +33,63 @@ impl TraceIds {
 /// Continues (or starts) the trace of a request about to leave this
 /// sidecar, and gives it an `x-request-id` when it has none.
 pub fn continue_trace(headers: &mut HeaderMap) -> TraceIds {
+    let next = next_hop(headers.get(&TRACEPARENT).map(HeaderValue::as_bytes));
+    if !next.keep_tracestate {
+        headers.remove(&TRACESTATE);
+    }
+    if let Ok(value) = HeaderValue::from_bytes(&next.traceparent) {
+        headers.insert(TRACEPARENT, value);
+    }
+    if !headers.contains_key(&REQUEST_ID) {
+        if let Ok(value) = HeaderValue::from_bytes(&new_request_id()) {
+            headers.insert(REQUEST_ID, value);
+        }
+    }
+    next.ids
+}
+
+/// What a request leaves this sidecar with, from the `traceparent` it came with.
+pub struct NextHop {
+    /// The ids it travels with.
+    pub ids: TraceIds,
+    /// Its new `traceparent`: "00-" trace "-" span "-" flags.
+    pub traceparent: [u8; 55],
+    /// False when a new trace starts: its `tracestate` must go.
+    pub keep_tracestate: bool,
+}
+
+/// The next hop of the trace whose `traceparent` is `incoming` (a new trace
+/// when it is absent or invalid), with a new span id.
+pub fn next_hop(incoming: Option<&[u8]>) -> NextHop {
     let span: [u8; 8] = rand::random();
-    let incoming = headers.get(&TRACEPARENT).and_then(|v| parse(v.as_bytes()));
-    let (trace_id, flags) = match incoming {
-        Some(parent) => (parent.trace_id, parent.flags),
+    let (trace_id, flags, keep_tracestate) = match incoming.and_then(parse) {
+        Some(parent) => (parent.trace_id, parent.flags, true),
         None => {
             // Never all zeros (invalid): the odds are nil, but cheap to rule out.
             let mut id = [0u8; 16];
             while id == [0; 16] {
                 id = rand::random();
             }
-            headers.remove(&TRACESTATE);
-            (hex::<16, 32>(&id), *b"01")
+            (hex::<16, 32>(&id), *b"01", false)
         }
     };
-    // "00-" trace "-" span "-" flags: 55 bytes on the stack.
-    let mut value = [0u8; 55];
-    value[..3].copy_from_slice(b"00-");
-    value[3..35].copy_from_slice(&trace_id);
-    value[35] = b'-';
-    value[36..52].copy_from_slice(&hex::<8, 16>(&span));
-    value[52] = b'-';
-    value[53..].copy_from_slice(&flags);
-    if let Ok(value) = HeaderValue::from_bytes(&value) {
-        headers.insert(TRACEPARENT, value);
+    let mut traceparent = [0u8; 55];
+    traceparent[..3].copy_from_slice(b"00-");
+    traceparent[3..35].copy_from_slice(&trace_id);
+    traceparent[35] = b'-';
+    traceparent[36..52].copy_from_slice(&hex::<8, 16>(&span));
+    traceparent[52] = b'-';
+    traceparent[53..].copy_from_slice(&flags);
+    NextHop {
+        ids: TraceIds { trace_id },
+        traceparent,
+        keep_tracestate,
     }
-    if !headers.contains_key(&REQUEST_ID) {
-        let id: [u8; 16] = rand::random();
-        if let Ok(value) = HeaderValue::from_bytes(&hex::<16, 32>(&id)) {
-            headers.insert(REQUEST_ID, value);
-        }
-    }
-    TraceIds { trace_id }
+}
+
+/// A new `x-request-id`: 32 lowercase hex digits.
+pub fn new_request_id() -> [u8; 32] {
+    hex::<16, 32>(&rand::random())
 }
 
 struct Parent {

@@ -1,0 +1,509 @@
+//! Heads on the HTTP/1.1 fast path: parsed in place with httparse, judged
+//! (is the request one the fast path serves?), and written for the next
+//! hop with every header name in the case it came in.
+
+use super::super::route::service_from_host;
+use super::super::trace::{self, TraceIds};
+
+/// Longest head the fast path reads. A longer request goes to hyper
+/// (which answers 431 past its own limit); a longer response is refused.
+pub(super) const MAX_HEAD: usize = 64 * 1024;
+/// Headers per head, as hyper's default.
+const MAX_HEADERS: usize = 100;
+
+/// A request head read so far.
+pub(super) enum Parsed {
+    /// More bytes are needed.
+    Partial,
+    /// Not the fast path's: hyper serves it, and answers what is wrong
+    /// with it (bad framing, no Host, CONNECT…).
+    Hyper,
+    /// A request the fast path serves.
+    Request(RequestHead),
+}
+
+/// A request the fast path serves: a head without a body, no upgrade, no
+/// `x-gossamer-*` options, HTTP/1.1 in origin form.
+pub(super) struct RequestHead {
+    /// Bytes of the head in the connection's buffer.
+    pub(super) len: usize,
+    /// The service its Host names.
+    pub(super) service: String,
+    /// Safe (GET, HEAD, OPTIONS) or marked with `idempotency-key`.
+    pub(super) retryable: bool,
+    /// A HEAD request: its answer has no body whatever its framing says.
+    pub(super) head_method: bool,
+    /// The caller asked to close the connection after this request.
+    pub(super) close: bool,
+    /// The trace it continues.
+    pub(super) trace: TraceIds,
+    /// The head as the instance gets it.
+    pub(super) out: Vec<u8>,
+    /// Where the method, the request target and `x-request-id`'s value
+    /// are in `out` (for the access log).
+    method_end: usize,
+    target: std::ops::Range<usize>,
+    request_id: std::ops::Range<usize>,
+}
+
+impl RequestHead {
+    /// The method, as sent.
+    pub(super) fn method(&self) -> &str {
+        text(&self.out[..self.method_end])
+    }
+
+    /// The request target (path and query), as sent.
+    pub(super) fn target(&self) -> &str {
+        text(&self.out[self.target.clone()])
+    }
+
+    /// The request id it travels with.
+    pub(super) fn request_id(&self) -> &str {
+        text(&self.out[self.request_id.clone()])
+    }
+}
+
+fn text(bytes: &[u8]) -> &str {
+    // Only ever called on bytes httparse accepted as tokens or values.
+    std::str::from_utf8(bytes).unwrap_or_default()
+}
+
+fn is(name: &str, expected: &str) -> bool {
+    name.eq_ignore_ascii_case(expected)
+}
+
+/// Comma-separated tokens of a header value, trimmed.
+fn tokens(value: &[u8]) -> impl Iterator<Item = &[u8]> {
+    value.split(|b| *b == b',').map(<[u8]>::trim_ascii)
+}
+
+/// Reads the request head at the start of `buf`.
+pub(super) fn parse_request(buf: &[u8]) -> Parsed {
+    let mut headers = [httparse::EMPTY_HEADER; MAX_HEADERS];
+    let mut request = httparse::Request::new(&mut headers);
+    let len = match request.parse(buf) {
+        Ok(httparse::Status::Complete(len)) => len,
+        Ok(httparse::Status::Partial) if buf.len() < MAX_HEAD => return Parsed::Partial,
+        _ => return Parsed::Hyper,
+    };
+    let (Some(method), Some(target), Some(1)) = (request.method, request.path, request.version)
+    else {
+        return Parsed::Hyper;
+    };
+    if method == "CONNECT" || !target.starts_with('/') {
+        return Parsed::Hyper;
+    }
+    let mut host = None;
+    let mut hosts = 0;
+    let mut lengths = 0;
+    let mut close = false;
+    let mut idempotency_key = false;
+    let mut traceparent = None;
+    let mut request_id = None;
+    for header in request.headers.iter() {
+        let (name, value) = (header.name, header.value);
+        if is(name, "host") {
+            hosts += 1;
+            host = Some(value);
+        } else if is(name, "content-length") {
+            lengths += 1;
+            if value.trim_ascii() != b"0" {
+                return Parsed::Hyper;
+            }
+        } else if is(name, "connection") {
+            for token in tokens(value) {
+                if token.eq_ignore_ascii_case(b"close") {
+                    close = true;
+                } else if !token.eq_ignore_ascii_case(b"keep-alive") && !token.is_empty() {
+                    // It names headers to strip, or asks to upgrade.
+                    return Parsed::Hyper;
+                }
+            }
+        } else if is(name, "traceparent") {
+            traceparent.get_or_insert(value);
+        } else if is(name, "x-request-id") {
+            request_id.get_or_insert(value);
+        } else if is(name, "idempotency-key") {
+            idempotency_key = true;
+        } else if name.len() > 11 && is(&name[..11], "x-gossamer-")
+            || ["transfer-encoding", "upgrade", "expect", "te", "trailer", "grpc-timeout"]
+                .iter()
+                .any(|hyper_only| is(name, hyper_only))
+            || is(name, "content-type") && value.starts_with(b"application/grpc")
+        {
+            return Parsed::Hyper;
+        }
+    }
+    let Some(service) = host
+        .filter(|_| hosts == 1 && lengths <= 1)
+        .and_then(|host| std::str::from_utf8(host).ok())
+        .and_then(|host| service_from_host(host).ok())
+    else {
+        return Parsed::Hyper;
+    };
+
+    let next = trace::next_hop(traceparent);
+    let mut out = Vec::with_capacity(len + 160);
+    out.extend_from_slice(method.as_bytes());
+    let method_end = out.len();
+    out.push(b' ');
+    let target_start = out.len();
+    out.extend_from_slice(target.as_bytes());
+    let target = target_start..out.len();
+    out.extend_from_slice(b" HTTP/1.1\r\n");
+    for header in request.headers.iter() {
+        let name = header.name;
+        let hop_by_hop = ["connection", "keep-alive", "proxy-connection", "proxy-authorization"]
+            .iter()
+            .any(|hop| is(name, hop));
+        let replaced = is(name, "traceparent") || (!next.keep_tracestate && is(name, "tracestate"));
+        if hop_by_hop || replaced {
+            continue;
+        }
+        put_header(&mut out, name.as_bytes(), header.value);
+    }
+    put_header(&mut out, b"traceparent", &next.traceparent);
+    let request_id = match request_id {
+        Some(given) => {
+            // Its value is already in `out`: find it there.
+            let at = find(&out, given).unwrap_or(out.len());
+            at..at + given.len()
+        }
+        None => {
+            put_header(&mut out, b"x-request-id", &trace::new_request_id());
+            out.len() - 34..out.len() - 2
+        }
+    };
+    out.extend_from_slice(b"\r\n");
+    Parsed::Request(RequestHead {
+        len,
+        service,
+        retryable: matches!(method, "GET" | "HEAD" | "OPTIONS") || idempotency_key,
+        head_method: method == "HEAD",
+        close,
+        trace: next.ids,
+        out,
+        method_end,
+        target,
+        request_id,
+    })
+}
+
+fn put_header(out: &mut Vec<u8>, name: &[u8], value: &[u8]) {
+    out.extend_from_slice(name);
+    out.extend_from_slice(b": ");
+    out.extend_from_slice(value);
+    out.extend_from_slice(b"\r\n");
+}
+
+fn find(haystack: &[u8], needle: &[u8]) -> Option<usize> {
+    if needle.is_empty() {
+        return None;
+    }
+    haystack.windows(needle.len()).position(|w| w == needle)
+}
+
+/// How a response's body ends.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(super) enum Framing {
+    /// No body (HEAD, 204, 304).
+    Empty,
+    /// `Content-Length` bytes.
+    Length(u64),
+    /// Chunked: relayed as it is, chunk by chunk, trailers included.
+    Chunked,
+    /// Until the instance closes the connection.
+    UntilClose,
+}
+
+/// A response head read so far.
+pub(super) enum ResponseParsed {
+    /// More bytes are needed.
+    Partial,
+    /// Not a response the proxy can pass on; why.
+    Invalid(String),
+    /// A 1xx other than 101, `len` bytes, passed on as it is.
+    Informational { len: usize },
+    /// The final response head.
+    Final(ResponseHead),
+}
+
+/// A final response head, rewritten for the caller.
+pub(super) struct ResponseHead {
+    /// Bytes of the head in the upstream connection's buffer.
+    pub(super) len: usize,
+    /// Its status code.
+    pub(super) status: u16,
+    /// How its body ends.
+    pub(super) framing: Framing,
+    /// The instance may get another request on this connection.
+    pub(super) reusable: bool,
+    /// The head as the caller gets it.
+    pub(super) out: Vec<u8>,
+}
+
+/// What the proxy adds to each answer: `x-gossamer-upstream` and, when
+/// known, `x-gossamer-rtt-ms`.
+pub(super) struct Annotation<'a> {
+    pub(super) upstream: &'a str,
+    pub(super) rtt_ms: Option<f64>,
+}
+
+/// Hop-by-hop headers of a response (RFC 9110 §7.6.1), never passed on.
+const RESPONSE_HOP_BY_HOP: [&str; 7] = [
+    "connection",
+    "keep-alive",
+    "proxy-connection",
+    "proxy-authenticate",
+    "te",
+    "trailer",
+    "upgrade",
+];
+
+/// Reads the response head at the start of `buf`, for a request that was
+/// a HEAD request when `head_method`.
+pub(super) fn parse_response(
+    buf: &[u8],
+    head_method: bool,
+    annotation: &Annotation<'_>,
+) -> ResponseParsed {
+    let mut headers = [httparse::EMPTY_HEADER; MAX_HEADERS];
+    let mut response = httparse::Response::new(&mut headers);
+    let len = match response.parse(buf) {
+        Ok(httparse::Status::Complete(len)) => len,
+        Ok(httparse::Status::Partial) if buf.len() < MAX_HEAD => return ResponseParsed::Partial,
+        Ok(httparse::Status::Partial) => {
+            return ResponseParsed::Invalid(format!("a response head over {MAX_HEAD} bytes"))
+        }
+        Err(e) => return ResponseParsed::Invalid(format!("an invalid response head ({e})")),
+    };
+    let (Some(version), Some(status)) = (response.version, response.code) else {
+        return ResponseParsed::Invalid("an incomplete status line".to_owned());
+    };
+    match status {
+        101 => return ResponseParsed::Invalid("101 to a request that asked no upgrade".to_owned()),
+        100..=199 => return ResponseParsed::Informational { len },
+        _ => {}
+    }
+    let mut length: Option<u64> = None;
+    let mut transfer_encoding: Option<bool> = None;
+    let mut reusable = version == 1;
+    let mut named: Vec<&[u8]> = Vec::new();
+    for header in response.headers.iter() {
+        let (name, value) = (header.name, header.value);
+        if is(name, "content-length") {
+            let Some(n) = std::str::from_utf8(value.trim_ascii())
+                .ok()
+                .and_then(|n| n.parse::<u64>().ok())
+            else {
+                return ResponseParsed::Invalid("an invalid Content-Length".to_owned());
+            };
+            if length.is_some_and(|seen| seen != n) {
+                return ResponseParsed::Invalid("two different Content-Lengths".to_owned());
+            }
+            length = Some(n);
+        } else if is(name, "transfer-encoding") {
+            let last = tokens(value).filter(|t| !t.is_empty()).last();
+            transfer_encoding = Some(last.is_some_and(|t| t.eq_ignore_ascii_case(b"chunked")));
+        } else if is(name, "connection") {
+            for token in tokens(value) {
+                if token.eq_ignore_ascii_case(b"close") {
+                    reusable = false;
+                } else if !token.eq_ignore_ascii_case(b"keep-alive") && !token.is_empty() {
+                    named.push(token);
+                }
+            }
+        }
+    }
+    let framing = if head_method || status == 204 || status == 304 {
+        Framing::Empty
+    } else {
+        match (transfer_encoding, length) {
+            (Some(true), _) => Framing::Chunked,
+            (Some(false), _) | (None, None) => Framing::UntilClose,
+            (None, Some(n)) => Framing::Length(n),
+        }
+    };
+    if framing == Framing::UntilClose {
+        reusable = false;
+    }
+
+    let mut out = Vec::with_capacity(len + 96);
+    out.extend_from_slice(b"HTTP/1.1 ");
+    out.extend_from_slice(status.to_string().as_bytes());
+    out.push(b' ');
+    out.extend_from_slice(response.reason.unwrap_or_default().as_bytes());
+    out.extend_from_slice(b"\r\n");
+    for header in response.headers.iter() {
+        let name = header.name;
+        let hop_by_hop = RESPONSE_HOP_BY_HOP.iter().any(|hop| is(name, hop))
+            || named.iter().any(|n| n.eq_ignore_ascii_case(name.as_bytes()));
+        // With Transfer-Encoding, a Content-Length is wrong (RFC 9112 §6.3).
+        let stale_length = transfer_encoding.is_some() && is(name, "content-length");
+        let ours = is(name, super::super::route::UPSTREAM_HEADER)
+            || is(name, super::super::route::RTT_HEADER);
+        if !(hop_by_hop || stale_length || ours) {
+            put_header(&mut out, name.as_bytes(), header.value);
+        }
+    }
+    put_header(
+        &mut out,
+        super::super::route::UPSTREAM_HEADER.as_bytes(),
+        annotation.upstream.as_bytes(),
+    );
+    if let Some(rtt) = annotation.rtt_ms {
+        put_header(
+            &mut out,
+            super::super::route::RTT_HEADER.as_bytes(),
+            format!("{rtt:.2}").as_bytes(),
+        );
+    }
+    if framing == Framing::UntilClose {
+        // The caller learns where the body ends the same way.
+        put_header(&mut out, b"connection", b"close");
+    }
+    out.extend_from_slice(b"\r\n");
+    ResponseParsed::Final(ResponseHead {
+        len,
+        status,
+        framing,
+        reusable,
+        out,
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn request(raw: &str) -> Parsed {
+        parse_request(raw.as_bytes())
+    }
+
+    fn served(raw: &str) -> RequestHead {
+        match request(raw) {
+            Parsed::Request(head) => head,
+            Parsed::Partial => panic!("partial: {raw:?}"),
+            Parsed::Hyper => panic!("left to hyper: {raw:?}"),
+        }
+    }
+
+    fn out_text(head: &RequestHead) -> String {
+        String::from_utf8(head.out.clone()).expect("text")
+    }
+
+    #[test]
+    fn a_plain_get_is_served_with_its_header_case_a_trace_and_a_request_id() {
+        let head = served("GET /a?b=1 HTTP/1.1\r\nHost: echo.localhost:4201\r\nX-Custom-Case: v\r\nConnection: keep-alive\r\n\r\nGET /next");
+        assert_eq!(head.service, "echo");
+        assert_eq!(head.len, "GET /a?b=1 HTTP/1.1\r\nHost: echo.localhost:4201\r\nX-Custom-Case: v\r\nConnection: keep-alive\r\n\r\n".len());
+        assert!(head.retryable && !head.close && !head.head_method);
+        let out = out_text(&head);
+        assert!(out.starts_with("GET /a?b=1 HTTP/1.1\r\nHost: echo.localhost:4201\r\nX-Custom-Case: v\r\n"), "{out}");
+        assert!(!out.to_ascii_lowercase().contains("connection"), "{out}");
+        assert!(out.contains(&format!("traceparent: 00-{}-", head.trace.trace_id())), "{out}");
+        assert_eq!(head.request_id().len(), 32, "{out}");
+        assert!(out.ends_with("\r\n\r\n"));
+        assert_eq!((head.method(), head.target()), ("GET", "/a?b=1"));
+    }
+
+    #[test]
+    fn a_given_trace_and_request_id_are_continued() {
+        let head = served("DELETE /x HTTP/1.1\r\nhost: a.localhost\r\ntraceparent: 00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01\r\ntracestate: k=v\r\nx-request-id: mine\r\nconnection: close\r\n\r\n");
+        assert_eq!(head.trace.trace_id(), "4bf92f3577b34da6a3ce929d0e0e4736");
+        assert!(!head.retryable && head.close);
+        assert_eq!(head.request_id(), "mine");
+        let out = out_text(&head);
+        assert!(out.contains("tracestate: k=v\r\n"), "{out}");
+        assert_eq!(out.matches("traceparent").count(), 1, "{out}");
+    }
+
+    #[test]
+    fn what_the_fast_path_does_not_serve_goes_to_hyper() {
+        for raw in [
+            "POST / HTTP/1.1\r\nHost: a.localhost\r\nContent-Length: 5\r\n\r\nhello",
+            "POST / HTTP/1.1\r\nHost: a.localhost\r\nTransfer-Encoding: chunked\r\n\r\n",
+            "GET / HTTP/1.1\r\nHost: a.localhost\r\nConnection: Upgrade\r\nUpgrade: websocket\r\n\r\n",
+            "GET / HTTP/1.1\r\nHost: a.localhost\r\nx-gossamer-hard-rtt-ms: 5\r\n\r\n",
+            "GET / HTTP/1.1\r\nHost: a.localhost\r\nHost: b.localhost\r\n\r\n",
+            "GET / HTTP/1.1\r\nHost: example.com\r\n\r\n",
+            "GET / HTTP/1.1\r\n\r\n",
+            "GET / HTTP/1.0\r\nHost: a.localhost\r\n\r\n",
+            "GET http://a.localhost/ HTTP/1.1\r\nHost: a.localhost\r\n\r\n",
+            "CONNECT a.localhost:80 HTTP/1.1\r\nHost: a.localhost\r\n\r\n",
+            "PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n",
+            "GET / HTTP/1.1\r\nHost: a.localhost\r\nContent-Type: application/grpc\r\n\r\n",
+            "GET / HTTP/1.1\r\nHost: a.localhost\r\nConnection: x-secret\r\nx-secret: 1\r\n\r\n",
+            "GET / HTTP/1.1\r\nHost : a.localhost\r\n\r\n",
+        ] {
+            assert!(matches!(request(raw), Parsed::Hyper), "{raw:?}");
+        }
+    }
+
+    #[test]
+    fn a_head_in_pieces_is_partial_until_whole_and_an_endless_one_goes_to_hyper() {
+        assert!(matches!(request("GET / HTTP/1.1\r\nHost: a.loc"), Parsed::Partial));
+        let endless = format!("GET / HTTP/1.1\r\nX: {}", "a".repeat(MAX_HEAD));
+        assert!(matches!(request(&endless), Parsed::Hyper));
+    }
+
+    fn response(raw: &str, head_method: bool) -> ResponseParsed {
+        let annotation = Annotation {
+            upstream: "node-a/echo-1",
+            rtt_ms: Some(0.0),
+        };
+        parse_response(raw.as_bytes(), head_method, &annotation)
+    }
+
+    fn final_head(raw: &str, head_method: bool) -> ResponseHead {
+        match response(raw, head_method) {
+            ResponseParsed::Final(head) => head,
+            ResponseParsed::Invalid(why) => panic!("invalid ({why}): {raw:?}"),
+            _ => panic!("not final: {raw:?}"),
+        }
+    }
+
+    #[test]
+    fn response_framing_follows_rfc_9112() {
+        let cases = [
+            ("HTTP/1.1 200 OK\r\nContent-Length: 5\r\n\r\n", false, Framing::Length(5), true),
+            ("HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\n", false, Framing::Chunked, true),
+            ("HTTP/1.1 200 OK\r\nTransfer-Encoding: gzip, chunked\r\nContent-Length: 3\r\n\r\n", false, Framing::Chunked, true),
+            ("HTTP/1.1 200 OK\r\nTransfer-Encoding: gzip\r\n\r\n", false, Framing::UntilClose, false),
+            ("HTTP/1.1 200 OK\r\n\r\n", false, Framing::UntilClose, false),
+            ("HTTP/1.1 200 OK\r\nContent-Length: 5\r\n\r\n", true, Framing::Empty, true),
+            ("HTTP/1.1 204 No Content\r\n\r\n", false, Framing::Empty, true),
+            ("HTTP/1.1 304 Not Modified\r\nContent-Length: 10\r\n\r\n", false, Framing::Empty, true),
+            ("HTTP/1.1 200 OK\r\nContent-Length: 5\r\nConnection: close\r\n\r\n", false, Framing::Length(5), false),
+            ("HTTP/1.0 200 OK\r\nContent-Length: 5\r\n\r\n", false, Framing::Length(5), false),
+        ];
+        for (raw, head_method, framing, reusable) in cases {
+            let head = final_head(raw, head_method);
+            assert_eq!((head.framing, head.reusable), (framing, reusable), "{raw:?}");
+            assert_eq!(head.len, raw.len());
+        }
+    }
+
+    #[test]
+    fn the_caller_gets_the_head_without_hop_by_hop_headers_and_with_the_upstream() {
+        let head = final_head("HTTP/1.1 200 OK\r\nX-Mixed-Case: 1\r\nConnection: keep-alive, X-Hop\r\nX-Hop: secret\r\nKeep-Alive: timeout=5\r\nTransfer-Encoding: chunked\r\nContent-Length: 3\r\nx-gossamer-upstream: forged\r\n\r\n", false);
+        let out = String::from_utf8(head.out).expect("text");
+        assert_eq!(out, "HTTP/1.1 200 OK\r\nX-Mixed-Case: 1\r\nTransfer-Encoding: chunked\r\nx-gossamer-upstream: node-a/echo-1\r\nx-gossamer-rtt-ms: 0.00\r\n\r\n");
+        let until_close = final_head("HTTP/1.1 200 OK\r\n\r\n", false);
+        assert!(String::from_utf8(until_close.out).expect("text").ends_with("connection: close\r\n\r\n"));
+    }
+
+    #[test]
+    fn bad_responses_are_refused_with_a_reason() {
+        for raw in [
+            "HTTP/1.1 200 OK\r\nContent-Length: 5\r\nContent-Length: 6\r\n\r\n",
+            "HTTP/1.1 200 OK\r\nContent-Length: -1\r\n\r\n",
+            "HTTP/1.1 101 Switching Protocols\r\n\r\n",
+            "NOT HTTP\r\n\r\n",
+        ] {
+            assert!(matches!(response(raw, false), ResponseParsed::Invalid(_)), "{raw:?}");
+        }
+        assert!(matches!(response("HTTP/1.1 103 Early Hints\r\nLink: </a>\r\n\r\n", false), ResponseParsed::Informational { len: 40 }));
+        assert!(matches!(response("HTTP/1.1 200 OK\r\nContent-", false), ResponseParsed::Partial));
+    }
+}

@@ -384,17 +384,11 @@ async fn attempts(
             );
             return (no_upstream(service, &live, error, last_failure), None);
         }
-        let pick = match decide::pick_recorded(
-            agent,
-            &snapshot,
-            service,
-            &live,
-            requirements,
-            &tried,
-        ) {
-            Ok(pick) => pick,
-            Err(e) => return (no_upstream(service, &live, e, last_failure), None),
-        };
+        let pick =
+            match decide::pick_recorded(agent, &snapshot, service, &live, requirements, &tried) {
+                Ok(pick) => pick,
+                Err(e) => return (no_upstream(service, &live, e, last_failure), None),
+            };
         let Some(instance) = live.get(pick.index) else {
             return (
                 json_error(

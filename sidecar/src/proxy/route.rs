@@ -113,31 +113,30 @@ fn grpc_timeout_ms(headers: &HeaderMap) -> Option<u32> {
 }
 
 fn service_name(uri: &Uri, headers: &HeaderMap) -> Result<String, RouteError> {
-    let name =
-        if let Some(value) = headers.get(SERVICE_HEADER) {
-            value
-                .to_str()
-                .map_err(|_| {
-                    route_error(
-                        format!("{SERVICE_HEADER} is not text"),
-                        "send the service name as plain ASCII",
-                    )
-                })?
-                .trim()
-                .to_owned()
-        } else {
-            let host = headers
-                .get(http::header::HOST)
-                .and_then(|h| h.to_str().ok())
-                .or_else(|| uri.authority().map(|a| a.as_str()))
-                .ok_or_else(|| {
-                    route_error(
+    let name = if let Some(value) = headers.get(SERVICE_HEADER) {
+        value
+            .to_str()
+            .map_err(|_| {
+                route_error(
+                    format!("{SERVICE_HEADER} is not text"),
+                    "send the service name as plain ASCII",
+                )
+            })?
+            .trim()
+            .to_owned()
+    } else {
+        let host = headers
+            .get(http::header::HOST)
+            .and_then(|h| h.to_str().ok())
+            .or_else(|| uri.authority().map(|a| a.as_str()))
+            .ok_or_else(|| {
+                route_error(
                     "the request has no Host header naming a service",
                     "call http://<service>.localhost:<proxy-port>/..., or set x-gossamer-service",
                 )
-                })?;
-            return service_from_host(host);
-        };
+            })?;
+        return service_from_host(host);
+    };
     checked_name(name)
 }
 

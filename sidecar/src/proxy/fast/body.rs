@@ -195,7 +195,11 @@ mod tests {
 
     /// Relays `sent` (split into `pieces` reads) with `framing`: what the
     /// caller got, what stayed in the buffer, and the outcome.
-    async fn relayed(framing: Framing, sent: &[u8], piece: usize) -> (Vec<u8>, Vec<u8>, Result<(), RelayError>) {
+    async fn relayed(
+        framing: Framing,
+        sent: &[u8],
+        piece: usize,
+    ) -> (Vec<u8>, Vec<u8>, Result<(), RelayError>) {
         let mut reads = tokio_test_reads(sent, piece);
         let mut down = Vec::new();
         let mut buf = BytesMut::new();
@@ -206,7 +210,11 @@ mod tests {
     /// A reader giving `data` `piece` bytes at a time, then end of stream.
     fn tokio_test_reads(data: &[u8], piece: usize) -> Pieces {
         Pieces {
-            left: data.chunks(piece.max(1)).map(<[u8]>::to_vec).rev().collect(),
+            left: data
+                .chunks(piece.max(1))
+                .map(<[u8]>::to_vec)
+                .rev()
+                .collect(),
         }
     }
 
@@ -239,7 +247,10 @@ mod tests {
             expected.extend_from_slice(body);
             assert_eq!(down, expected, "piece {piece}");
             // Bytes past the end stay unread or in the buffer, never relayed.
-            assert!(b"NEXT".starts_with(&rest) || rest.is_empty() || rest == b"NEXT", "{rest:?}");
+            assert!(
+                b"NEXT".starts_with(&rest) || rest.is_empty() || rest == b"NEXT",
+                "{rest:?}"
+            );
         }
         let (down, _, result) = relayed(Framing::Chunked, b"0\r\n\r\n", 1).await;
         assert!(result.is_ok());
@@ -248,9 +259,16 @@ mod tests {
 
     #[tokio::test]
     async fn broken_chunked_bodies_and_short_lengths_are_upstream_errors() {
-        for bad in [&b"zz\r\nhello\r\n0\r\n\r\n"[..], b"3\r\nhello\r\n0\r\n\r\n", b"5\r\nhel"] {
+        for bad in [
+            &b"zz\r\nhello\r\n0\r\n\r\n"[..],
+            b"3\r\nhello\r\n0\r\n\r\n",
+            b"5\r\nhel",
+        ] {
             let (_, _, result) = relayed(Framing::Chunked, bad, 4).await;
-            assert!(matches!(result, Err(RelayError::Upstream(_))), "{bad:?}: {result:?}");
+            assert!(
+                matches!(result, Err(RelayError::Upstream(_))),
+                "{bad:?}: {result:?}"
+            );
         }
         let (down, _, result) = relayed(Framing::Length(10), b"short", 2).await;
         assert!(matches!(result, Err(RelayError::Upstream(_))), "{result:?}");
@@ -262,7 +280,10 @@ mod tests {
         let (down, rest, result) = relayed(Framing::Length(5), b"helloEXTRA", 3).await;
         assert!(result.is_ok());
         assert_eq!(down, b"HEAD|hello");
-        assert!(rest.is_empty() || b"EXTRA".starts_with(&rest[..]), "{rest:?}");
+        assert!(
+            rest.is_empty() || b"EXTRA".starts_with(&rest[..]),
+            "{rest:?}"
+        );
         let (down, _, result) = relayed(Framing::UntilClose, b"all of it", 2).await;
         assert!(result.is_ok());
         assert_eq!(down, b"HEAD|all of it");

@@ -126,9 +126,16 @@ pub(super) fn parse_request(buf: &[u8]) -> Parsed {
         } else if is(name, "idempotency-key") {
             idempotency_key = true;
         } else if name.len() > 11 && is(&name[..11], "x-gossamer-")
-            || ["transfer-encoding", "upgrade", "expect", "te", "trailer", "grpc-timeout"]
-                .iter()
-                .any(|hyper_only| is(name, hyper_only))
+            || [
+                "transfer-encoding",
+                "upgrade",
+                "expect",
+                "te",
+                "trailer",
+                "grpc-timeout",
+            ]
+            .iter()
+            .any(|hyper_only| is(name, hyper_only))
             || is(name, "content-type") && value.starts_with(b"application/grpc")
         {
             return Parsed::Hyper;
@@ -153,9 +160,14 @@ pub(super) fn parse_request(buf: &[u8]) -> Parsed {
     out.extend_from_slice(b" HTTP/1.1\r\n");
     for header in request.headers.iter() {
         let name = header.name;
-        let hop_by_hop = ["connection", "keep-alive", "proxy-connection", "proxy-authorization"]
-            .iter()
-            .any(|hop| is(name, hop));
+        let hop_by_hop = [
+            "connection",
+            "keep-alive",
+            "proxy-connection",
+            "proxy-authorization",
+        ]
+        .iter()
+        .any(|hop| is(name, hop));
         let replaced = is(name, "traceparent") || (!next.keep_tracestate && is(name, "tracestate"));
         if hop_by_hop || replaced {
             continue;
@@ -337,7 +349,9 @@ pub(super) fn parse_response(
     for header in response.headers.iter() {
         let name = header.name;
         let hop_by_hop = RESPONSE_HOP_BY_HOP.iter().any(|hop| is(name, hop))
-            || named.iter().any(|n| n.eq_ignore_ascii_case(name.as_bytes()));
+            || named
+                .iter()
+                .any(|n| n.eq_ignore_ascii_case(name.as_bytes()));
         // With Transfer-Encoding, a Content-Length is wrong (RFC 9112 §6.3).
         let stale_length = transfer_encoding.is_some() && is(name, "content-length");
         let ours = is(name, super::super::route::UPSTREAM_HEADER)
@@ -399,9 +413,17 @@ mod tests {
         assert_eq!(head.len, "GET /a?b=1 HTTP/1.1\r\nHost: echo.localhost:4201\r\nX-Custom-Case: v\r\nConnection: keep-alive\r\n\r\n".len());
         assert!(head.retryable && !head.close && !head.head_method);
         let out = out_text(&head);
-        assert!(out.starts_with("GET /a?b=1 HTTP/1.1\r\nHost: echo.localhost:4201\r\nX-Custom-Case: v\r\n"), "{out}");
+        assert!(
+            out.starts_with(
+                "GET /a?b=1 HTTP/1.1\r\nHost: echo.localhost:4201\r\nX-Custom-Case: v\r\n"
+            ),
+            "{out}"
+        );
         assert!(!out.to_ascii_lowercase().contains("connection"), "{out}");
-        assert!(out.contains(&format!("traceparent: 00-{}-", head.trace.trace_id())), "{out}");
+        assert!(
+            out.contains(&format!("traceparent: 00-{}-", head.trace.trace_id())),
+            "{out}"
+        );
         assert_eq!(head.request_id().len(), 32, "{out}");
         assert!(out.ends_with("\r\n\r\n"));
         assert_eq!((head.method(), head.target()), ("GET", "/a?b=1"));
@@ -442,7 +464,10 @@ mod tests {
 
     #[test]
     fn a_head_in_pieces_is_partial_until_whole_and_an_endless_one_goes_to_hyper() {
-        assert!(matches!(request("GET / HTTP/1.1\r\nHost: a.loc"), Parsed::Partial));
+        assert!(matches!(
+            request("GET / HTTP/1.1\r\nHost: a.loc"),
+            Parsed::Partial
+        ));
         let endless = format!("GET / HTTP/1.1\r\nX: {}", "a".repeat(MAX_HEAD));
         assert!(matches!(request(&endless), Parsed::Hyper));
     }
@@ -466,20 +491,69 @@ mod tests {
     #[test]
     fn response_framing_follows_rfc_9112() {
         let cases = [
-            ("HTTP/1.1 200 OK\r\nContent-Length: 5\r\n\r\n", false, Framing::Length(5), true),
-            ("HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\n", false, Framing::Chunked, true),
-            ("HTTP/1.1 200 OK\r\nTransfer-Encoding: gzip, chunked\r\nContent-Length: 3\r\n\r\n", false, Framing::Chunked, true),
-            ("HTTP/1.1 200 OK\r\nTransfer-Encoding: gzip\r\n\r\n", false, Framing::UntilClose, false),
+            (
+                "HTTP/1.1 200 OK\r\nContent-Length: 5\r\n\r\n",
+                false,
+                Framing::Length(5),
+                true,
+            ),
+            (
+                "HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\n",
+                false,
+                Framing::Chunked,
+                true,
+            ),
+            (
+                "HTTP/1.1 200 OK\r\nTransfer-Encoding: gzip, chunked\r\nContent-Length: 3\r\n\r\n",
+                false,
+                Framing::Chunked,
+                true,
+            ),
+            (
+                "HTTP/1.1 200 OK\r\nTransfer-Encoding: gzip\r\n\r\n",
+                false,
+                Framing::UntilClose,
+                false,
+            ),
             ("HTTP/1.1 200 OK\r\n\r\n", false, Framing::UntilClose, false),
-            ("HTTP/1.1 200 OK\r\nContent-Length: 5\r\n\r\n", true, Framing::Empty, true),
-            ("HTTP/1.1 204 No Content\r\n\r\n", false, Framing::Empty, true),
-            ("HTTP/1.1 304 Not Modified\r\nContent-Length: 10\r\n\r\n", false, Framing::Empty, true),
-            ("HTTP/1.1 200 OK\r\nContent-Length: 5\r\nConnection: close\r\n\r\n", false, Framing::Length(5), false),
-            ("HTTP/1.0 200 OK\r\nContent-Length: 5\r\n\r\n", false, Framing::Length(5), false),
+            (
+                "HTTP/1.1 200 OK\r\nContent-Length: 5\r\n\r\n",
+                true,
+                Framing::Empty,
+                true,
+            ),
+            (
+                "HTTP/1.1 204 No Content\r\n\r\n",
+                false,
+                Framing::Empty,
+                true,
+            ),
+            (
+                "HTTP/1.1 304 Not Modified\r\nContent-Length: 10\r\n\r\n",
+                false,
+                Framing::Empty,
+                true,
+            ),
+            (
+                "HTTP/1.1 200 OK\r\nContent-Length: 5\r\nConnection: close\r\n\r\n",
+                false,
+                Framing::Length(5),
+                false,
+            ),
+            (
+                "HTTP/1.0 200 OK\r\nContent-Length: 5\r\n\r\n",
+                false,
+                Framing::Length(5),
+                false,
+            ),
         ];
         for (raw, head_method, framing, reusable) in cases {
             let head = final_head(raw, head_method);
-            assert_eq!((head.framing, head.reusable), (framing, reusable), "{raw:?}");
+            assert_eq!(
+                (head.framing, head.reusable),
+                (framing, reusable),
+                "{raw:?}"
+            );
             assert_eq!(head.len, raw.len());
         }
     }
@@ -490,7 +564,9 @@ mod tests {
         let out = String::from_utf8(head.out).expect("text");
         assert_eq!(out, "HTTP/1.1 200 OK\r\nX-Mixed-Case: 1\r\nTransfer-Encoding: chunked\r\nx-gossamer-upstream: node-a/echo-1\r\nx-gossamer-rtt-ms: 0.00\r\n\r\n");
         let until_close = final_head("HTTP/1.1 200 OK\r\n\r\n", false);
-        assert!(String::from_utf8(until_close.out).expect("text").ends_with("connection: close\r\n\r\n"));
+        assert!(String::from_utf8(until_close.out)
+            .expect("text")
+            .ends_with("connection: close\r\n\r\n"));
     }
 
     #[test]
@@ -501,9 +577,18 @@ mod tests {
             "HTTP/1.1 101 Switching Protocols\r\n\r\n",
             "NOT HTTP\r\n\r\n",
         ] {
-            assert!(matches!(response(raw, false), ResponseParsed::Invalid(_)), "{raw:?}");
+            assert!(
+                matches!(response(raw, false), ResponseParsed::Invalid(_)),
+                "{raw:?}"
+            );
         }
-        assert!(matches!(response("HTTP/1.1 103 Early Hints\r\nLink: </a>\r\n\r\n", false), ResponseParsed::Informational { len: 40 }));
-        assert!(matches!(response("HTTP/1.1 200 OK\r\nContent-", false), ResponseParsed::Partial));
+        assert!(matches!(
+            response("HTTP/1.1 103 Early Hints\r\nLink: </a>\r\n\r\n", false),
+            ResponseParsed::Informational { len: 40 }
+        ));
+        assert!(matches!(
+            response("HTTP/1.1 200 OK\r\nContent-", false),
+            ResponseParsed::Partial
+        ));
     }
 }

@@ -75,7 +75,16 @@ pub async fn serve_connection(
             break;
         }
         buf.advance(head.len);
-        let keep_alive = serve_one(&agent, &mut down, head, &snapshot, live, &mut kept, &mut handles).await;
+        let keep_alive = serve_one(
+            &agent,
+            &mut down,
+            head,
+            &snapshot,
+            live,
+            &mut kept,
+            &mut handles,
+        )
+        .await;
         if !keep_alive || *stopping.borrow() {
             return;
         }
@@ -90,8 +99,16 @@ pub async fn serve_connection(
 
 /// True when the fast path serves a request for `service`: an HTTP/1.1
 /// service whose live instances are all on this node.
-fn fits(agent: &ProxyHandles, snapshot: &CatalogSnapshot, service: &str, live: &[Instance]) -> bool {
-    let protocol = snapshot.definition(service).map(|d| d.protocol).unwrap_or_default();
+fn fits(
+    agent: &ProxyHandles,
+    snapshot: &CatalogSnapshot,
+    service: &str,
+    live: &[Instance],
+) -> bool {
+    let protocol = snapshot
+        .definition(service)
+        .map(|d| d.protocol)
+        .unwrap_or_default();
     protocol == Protocol::Http
         && !live.is_empty()
         && live.iter().all(|i| i.node == *agent.node_id())
@@ -150,21 +167,32 @@ async fn serve_one(
     let started = Instant::now();
     let service = head.service.as_str();
     let arrival = agent.access_log.as_ref().map(|_| {
-        super::access_log::Arrival::new(head.method(), head.target(), Some(head.request_id()), head.trace)
+        super::access_log::Arrival::new(
+            head.method(),
+            head.target(),
+            Some(head.request_id()),
+            head.trace,
+        )
     });
-    let requirements = agent
-        .upstreams
-        .effective_requirements(snapshot, service, Requirements::default());
+    let requirements =
+        agent
+            .upstreams
+            .effective_requirements(snapshot, service, Requirements::default());
     let deadline = started + route::DEFAULT_TIMEOUT;
     let mut tried: Vec<String> = Vec::new();
     let mut last_failure: Option<Failure> = None;
     let answer = loop {
-        let pick = match decide::pick_recorded(agent, snapshot, service, &live, requirements, &tried) {
-            Ok(pick) => pick,
-            Err(e) => break Answer::Own(no_upstream(service, &live, e, last_failure), None),
-        };
+        let pick =
+            match decide::pick_recorded(agent, snapshot, service, &live, requirements, &tried) {
+                Ok(pick) => pick,
+                Err(e) => break Answer::Own(no_upstream(service, &live, e, last_failure), None),
+            };
         let Some(instance) = live.get(pick.index) else {
-            let own = json_error(StatusCode::SERVICE_UNAVAILABLE, "selection returned no instance", "retry");
+            let own = json_error(
+                StatusCode::SERVICE_UNAVAILABLE,
+                "selection returned no instance",
+                "retry",
+            );
             break Answer::Own(own, None);
         };
         if !tried.is_empty() {
@@ -178,17 +206,28 @@ async fn serve_one(
             started: Instant::now(),
             done: false,
         };
-        let annotation = Annotation { upstream: &upstream, rtt_ms: pick.rtt_ms };
+        let annotation = Annotation {
+            upstream: &upstream,
+            rtt_ms: pick.rtt_ms,
+        };
         match exchange(kept, instance.address, &head, deadline, &annotation).await {
             Ok((conn, response)) => {
                 in_flight.finish(response.status < 500);
-                break Answer::Relay { conn, response, upstream, node: instance.node.to_string() };
+                break Answer::Relay {
+                    conn,
+                    response,
+                    upstream,
+                    node: instance.node.to_string(),
+                };
             }
             Err(Exchange::Timeout) => {
                 drop(in_flight);
                 let own = json_error(
                     StatusCode::GATEWAY_TIMEOUT,
-                    format!("no response from {service} within {} ms", route::DEFAULT_TIMEOUT.as_millis()),
+                    format!(
+                        "no response from {service} within {} ms",
+                        route::DEFAULT_TIMEOUT.as_millis()
+                    ),
                     "raise x-gossamer-timeout-ms, or check the service's latency",
                 );
                 break Answer::Own(own, None);
@@ -200,10 +239,16 @@ async fn serve_one(
                 in_flight.finish(false);
                 let retry = head.retryable
                     && tried.is_empty()
-                    && agent.upstreams.with(service, |b| b.try_retry(Instant::now()));
+                    && agent
+                        .upstreams
+                        .with(service, |b| b.try_retry(Instant::now()));
                 tried.push(instance.id.clone());
                 let node = instance.node.to_string();
-                last_failure = Some(Failure { upstream, error, node });
+                last_failure = Some(Failure {
+                    upstream,
+                    error,
+                    node,
+                });
                 if !retry {
                     let (own, node) = failed_response(service, last_failure);
                     break Answer::Own(own, node);
@@ -212,7 +257,11 @@ async fn serve_one(
         }
     };
 
-    let label = if snapshot.service(service).is_some() { service } else { metrics::UNKNOWN_SERVICE };
+    let label = if snapshot.service(service).is_some() {
+        service
+    } else {
+        metrics::UNKNOWN_SERVICE
+    };
     match answer {
         Answer::Own(response, node) => {
             let status = response.status().as_u16();
@@ -223,16 +272,42 @@ async fn serve_one(
                 .map(str::to_owned);
             handles.observe(label, node.as_deref(), status, started);
             if let (Some(log), Some(arrival)) = (&agent.access_log, arrival) {
-                log.answered(arrival, service, status, upstream.as_deref(), retries(&tried), started.elapsed());
+                log.answered(
+                    arrival,
+                    service,
+                    status,
+                    upstream.as_deref(),
+                    retries(&tried),
+                    started.elapsed(),
+                );
             }
             write_own(down, response, head.close).await.is_ok() && !head.close
         }
-        Answer::Relay { mut conn, response, upstream, node } => {
+        Answer::Relay {
+            mut conn,
+            response,
+            upstream,
+            node,
+        } => {
             handles.observe(label, Some(&node), response.status, started);
             if let (Some(log), Some(arrival)) = (&agent.access_log, arrival) {
-                log.answered(arrival, service, response.status, Some(&upstream), retries(&tried), started.elapsed());
+                log.answered(
+                    arrival,
+                    service,
+                    response.status,
+                    Some(&upstream),
+                    retries(&tried),
+                    started.elapsed(),
+                );
             }
-            let relayed = relay(response.framing, &response.out, &mut conn.buf, &mut conn.stream, down).await;
+            let relayed = relay(
+                response.framing,
+                &response.out,
+                &mut conn.buf,
+                &mut conn.stream,
+                down,
+            )
+            .await;
             match relayed {
                 Ok(()) => {
                     if response.reusable && conn.buf.is_empty() {
@@ -269,9 +344,17 @@ enum Answer {
 }
 
 /// Writes one of the proxy's own (small, whole) answers.
-async fn write_own(down: &mut TcpStream, response: http::Response<ProxyBody>, close: bool) -> std::io::Result<()> {
+async fn write_own(
+    down: &mut TcpStream,
+    response: http::Response<ProxyBody>,
+    close: bool,
+) -> std::io::Result<()> {
     let (parts, body) = response.into_parts();
-    let body = body.collect().await.map(|b| b.to_bytes()).unwrap_or_default();
+    let body = body
+        .collect()
+        .await
+        .map(|b| b.to_bytes())
+        .unwrap_or_default();
     let mut out = Vec::with_capacity(256 + body.len());
     out.extend_from_slice(b"HTTP/1.1 ");
     out.extend_from_slice(parts.status.as_str().as_bytes());
@@ -349,7 +432,12 @@ async fn exchange(
     annotation: &Annotation<'_>,
 ) -> Result<(Upstream, ResponseHead), Exchange> {
     let deadline = tokio::time::Instant::from_std(deadline);
-    let broken = |reason: String| Exchange::Failed(SendError::Broken { target: address.to_string(), reason });
+    let broken = |reason: String| {
+        Exchange::Failed(SendError::Broken {
+            target: address.to_string(),
+            reason,
+        })
+    };
     let mut reused = kept.take(address);
     loop {
         let was_kept = reused.is_some();
@@ -381,7 +469,9 @@ async fn exchange(
                     conn.buf.advance(len);
                     continue;
                 }
-                ResponseParsed::Invalid(why) => return Err(broken(format!("the instance sent {why}"))),
+                ResponseParsed::Invalid(why) => {
+                    return Err(broken(format!("the instance sent {why}")))
+                }
                 ResponseParsed::Partial => {}
             }
             conn.buf.reserve(READ_CHUNK);
@@ -390,20 +480,37 @@ async fn exchange(
                 Ok(Ok(n)) if n > 0 => {}
                 // Closed before a byte of answer: on a kept connection that
                 // is the keep-alive race; send again if that is safe.
-                Ok(result) if was_kept && conn.buf.is_empty() && informational.is_empty() && head.retryable => {
+                Ok(result)
+                    if was_kept
+                        && conn.buf.is_empty()
+                        && informational.is_empty()
+                        && head.retryable =>
+                {
                     tracing::debug!(%address, ?result, "kept connection closed before answering; sending again on a new one");
                     break;
                 }
-                Ok(Ok(_)) => return Err(broken("the instance closed the connection before answering".to_owned())),
+                Ok(Ok(_)) => {
+                    return Err(broken(
+                        "the instance closed the connection before answering".to_owned(),
+                    ))
+                }
                 Ok(Err(e)) => return Err(broken(format!("cannot read the answer: {e}"))),
             }
         }
     }
 }
 
-async fn connect(address: SocketAddr, deadline: tokio::time::Instant) -> Result<Upstream, Exchange> {
+async fn connect(
+    address: SocketAddr,
+    deadline: tokio::time::Instant,
+) -> Result<Upstream, Exchange> {
     let limit = deadline.min(tokio::time::Instant::now() + CONNECT_TIMEOUT);
-    let failed = |reason: String| Exchange::Failed(SendError::Connect { target: address.to_string(), reason });
+    let failed = |reason: String| {
+        Exchange::Failed(SendError::Connect {
+            target: address.to_string(),
+            reason,
+        })
+    };
     let stream = match tokio::time::timeout_at(limit, TcpStream::connect(address)).await {
         Ok(Ok(stream)) => stream,
         Ok(Err(e)) => return Err(failed(e.to_string())),
@@ -411,7 +518,11 @@ async fn connect(address: SocketAddr, deadline: tokio::time::Instant) -> Result<
         Err(_) => return Err(Exchange::Timeout),
     };
     let _ = stream.set_nodelay(true);
-    Ok(Upstream { address, stream, buf: BytesMut::with_capacity(READ_CHUNK) })
+    Ok(Upstream {
+        address,
+        stream,
+        buf: BytesMut::with_capacity(READ_CHUNK),
+    })
 }
 
 /// The request counter and duration histogram of the last label set this
@@ -419,15 +530,23 @@ async fn connect(address: SocketAddr, deadline: tokio::time::Instant) -> Result<
 /// the metric keys are built once, not per request.
 #[derive(Default)]
 struct MetricHandles {
-    last: Option<((String, String, u16), ::metrics::Counter, ::metrics::Histogram)>,
+    last: Option<(
+        (String, String, u16),
+        ::metrics::Counter,
+        ::metrics::Histogram,
+    )>,
 }
 
 impl MetricHandles {
     fn observe(&mut self, service: &str, node: Option<&str>, status: u16, started: Instant) {
         let node = node.unwrap_or("none");
-        let same = self.last.as_ref().is_some_and(|((s, n, c), _, _)| s == service && n == node && *c == status);
+        let same = self
+            .last
+            .as_ref()
+            .is_some_and(|((s, n, c), _, _)| s == service && n == node && *c == status);
         if !same {
-            let code = StatusCode::from_u16(status).map_or_else(|_| status.to_string().into(), super::code_label);
+            let code = StatusCode::from_u16(status)
+                .map_or_else(|_| status.to_string().into(), super::code_label);
             let counter = ::metrics::counter!(
                 metrics::PROXY_REQUESTS,
                 "service" => service.to_owned(),
@@ -435,8 +554,13 @@ impl MetricHandles {
                 "code" => code,
                 "protocol" => "http1"
             );
-            let histogram = ::metrics::histogram!(metrics::PROXY_DURATION, "service" => service.to_owned());
-            self.last = Some(((service.to_owned(), node.to_owned(), status), counter, histogram));
+            let histogram =
+                ::metrics::histogram!(metrics::PROXY_DURATION, "service" => service.to_owned());
+            self.last = Some((
+                (service.to_owned(), node.to_owned(), status),
+                counter,
+                histogram,
+            ));
         }
         if let Some((_, counter, histogram)) = &self.last {
             counter.increment(1);

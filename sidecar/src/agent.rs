@@ -290,6 +290,7 @@ pub async fn start(config: AgentConfig) -> anyhow::Result<RunningAgent> {
         transport: transport.clone(),
         http: local_client(),
         hops: crate::proxy::hop_pool::HopPool::start(),
+        links: crate::proxy::fast::LinkPool::start(),
         health,
         shutdown: shutdown.subscribe(),
         decisions: decisions.clone(),

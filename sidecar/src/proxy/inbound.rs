@@ -32,12 +32,37 @@ pub async fn serve_stream(
     let peer = stream.connection.remote_address();
 
     let stopped_sending = stream.send.stopped();
-    let io = TokioIo::new(Leased::new(
-        tokio::io::join(stream.recv, stream.send),
-        stream.lease,
-    ));
-    let agent = agent.clone();
-    let frame = Arc::new(frame);
+    let io = Leased::new(tokio::io::join(stream.recv, stream.send), stream.lease);
+    // The caller lets its sending half end early (half-close), so a
+    // cancelled call shows only as the caller stopping our sending half:
+    // then the call to the instance is dropped too (a held gRPC stream
+    // would otherwise stay open at the instance).
+    let stopped = stopped_sending;
+    let cancelled = async move {
+        match stopped.await {
+            Ok(Some(_)) => {}
+            // Read to the end, or the connection went: serving ends anyway.
+            _ => std::future::pending().await,
+        }
+    };
+    tokio::select! {
+        served = super::fast::serve_hop(agent.clone(), Arc::new(frame), peer, io) => served,
+        () = cancelled => Ok(()),
+    }
+}
+
+/// Serves a stream's requests with hyper (the fast path hands over what it
+/// does not serve: bodies, upgrades, gRPC, HTTP/2).
+pub(super) async fn serve_with_hyper<I>(
+    agent: Arc<ProxyHandles>,
+    frame: Arc<ProxyFrame>,
+    peer: std::net::SocketAddr,
+    io: I,
+) -> anyhow::Result<()>
+where
+    I: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin + Send + 'static,
+{
+    let io = TokioIo::new(io);
     let service = service_fn(move |request: Request<Incoming>| {
         let agent = agent.clone();
         let frame = frame.clone();
@@ -71,24 +96,10 @@ pub async fn serve_stream(
         // A peer may finish its half of the stream once the request is out;
         // that is not a reason to drop the answer.
         .half_close(true);
-    // The caller lets its sending half end early (half-close), so a
-    // cancelled call shows only as the caller stopping our sending half:
-    // then the call to the instance is dropped too (a held gRPC stream
-    // would otherwise stay open at the instance).
-    let stopped = stopped_sending;
-    let cancelled = async move {
-        match stopped.await {
-            Ok(Some(_)) => {}
-            // Read to the end, or the connection went: serving ends anyway.
-            _ => std::future::pending().await,
-        }
-    };
-    tokio::select! {
-        served = builder.serve_connection_with_upgrades(io, service) => {
-            served.map_err(|e| anyhow!("proxied stream from {peer}: {e}"))
-        }
-        () = cancelled => Ok(()),
-    }
+    builder
+        .serve_connection_with_upgrades(io, service)
+        .await
+        .map_err(|e| anyhow!("proxied stream from {peer}: {e}"))
 }
 
 /// Reads the length-prefixed frame that opens a proxy or TCP stream
@@ -126,17 +137,21 @@ pub(super) fn is_own_instance(
 /// own on a kept hop, else the opening frame's (callers before kept hops
 /// sent one request per stream); `None` from callers that send none (0).
 /// The header is the hop's, so it is taken off before the instance.
-fn caller_deadline(frame: &ProxyFrame, headers: &mut http::HeaderMap) -> Option<Duration> {
-    let per_request = headers
-        .remove(forward::HOP_DEADLINE_HEADER)
-        .and_then(|value| value.to_str().ok()?.parse::<u32>().ok());
+pub(super) fn caller_deadline_ms(frame: &ProxyFrame, per_request: Option<u32>) -> Option<Duration> {
     let ms = per_request.unwrap_or(frame.timeout_ms);
     (ms > 0).then(|| Duration::from_millis(u64::from(ms)))
 }
 
+fn caller_deadline(frame: &ProxyFrame, headers: &mut http::HeaderMap) -> Option<Duration> {
+    let per_request = headers
+        .remove(forward::HOP_DEADLINE_HEADER)
+        .and_then(|value| value.to_str().ok()?.parse::<u32>().ok());
+    caller_deadline_ms(frame, per_request)
+}
+
 /// The answer once the caller's deadline passed: dropping the call closes
 /// the connection to the instance, so it stops working for nobody.
-fn deadline_passed(
+pub(super) fn deadline_passed(
     agent: &ProxyHandles,
     frame: &ProxyFrame,
     limit: Duration,
@@ -162,16 +177,7 @@ async fn handle(
     mut request: Request<Incoming>,
 ) -> Response<ProxyBody> {
     if !allowed {
-        return json_error(
-            StatusCode::FORBIDDEN,
-            format!(
-                "node {} has no instance {:?} at {}; it only forwards to its own instances",
-                agent.node_id(),
-                frame.instance_id,
-                frame.address
-            ),
-            "the caller's catalog is stale or the frame is forged; retry after the catalog converges",
-        );
+        return not_own_instance(agent, frame);
     }
     let deadline = caller_deadline(frame, request.headers_mut());
     // This sidecar is a hop of its own: a new span in the caller's trace.
@@ -206,19 +212,42 @@ async fn handle(
             );
             forward::boxed(response)
         }
-        Err(e) => {
-            let mut response = json_error(
-                StatusCode::BAD_GATEWAY,
-                format!("instance {} of {} on node {} failed: {e}", frame.instance_id, frame.service, agent.node_id()),
-                "the instance is down or not listening; the caller's sidecar retries safe requests elsewhere",
-            );
-            if matches!(e, SendError::Connect { .. }) {
-                agent.health.connect_failed(&frame.instance_id).await;
-                response
-                    .headers_mut()
-                    .insert(CONNECT_FAILURE_HEADER, http::HeaderValue::from_static("1"));
-            }
-            response
-        }
+        Err(e) => instance_failed(agent, frame, e).await,
     }
+}
+
+/// The answer to a frame naming no instance of this node.
+pub(super) fn not_own_instance(agent: &ProxyHandles, frame: &ProxyFrame) -> Response<ProxyBody> {
+    json_error(
+        StatusCode::FORBIDDEN,
+        format!(
+            "node {} has no instance {:?} at {}; it only forwards to its own instances",
+            agent.node_id(),
+            frame.instance_id,
+            frame.address
+        ),
+        "the caller's catalog is stale or the frame is forged; retry after the catalog converges",
+    )
+}
+
+/// The answer when the instance failed; one it could not be connected to
+/// is marked (the caller's sidecar may retry elsewhere) and reported to
+/// passive health.
+pub(super) async fn instance_failed(
+    agent: &Arc<ProxyHandles>,
+    frame: &ProxyFrame,
+    error: SendError,
+) -> Response<ProxyBody> {
+    let mut response = json_error(
+        StatusCode::BAD_GATEWAY,
+        format!("instance {} of {} on node {} failed: {error}", frame.instance_id, frame.service, agent.node_id()),
+        "the instance is down or not listening; the caller's sidecar retries safe requests elsewhere",
+    );
+    if matches!(error, SendError::Connect { .. }) {
+        agent.health.connect_failed(&frame.instance_id).await;
+        response
+            .headers_mut()
+            .insert(CONNECT_FAILURE_HEADER, http::HeaderValue::from_static("1"));
+    }
+    response
 }

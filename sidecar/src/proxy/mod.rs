@@ -12,7 +12,7 @@
 pub mod access_log;
 mod answers;
 mod decide;
-mod fast;
+pub mod fast;
 pub mod forward;
 pub mod grpc;
 mod grpc_settle;
@@ -61,6 +61,8 @@ pub struct ProxyHandles {
     pub http: LocalClient,
     /// Kept hops to instances on other nodes.
     pub hops: Arc<hop_pool::HopPool>,
+    /// Idle links of the HTTP/1.1 fast path.
+    pub links: Arc<fast::LinkPool>,
     /// Marks local instances that refuse connections.
     pub health: Arc<PassiveHealth>,
     /// Turns true when the agent stops.

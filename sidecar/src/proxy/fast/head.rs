@@ -2,7 +2,8 @@
 //! (is the request one the fast path serves?), and written for the next
 //! hop with every header name in the case it came in.
 
-use super::super::route::service_from_host;
+use super::super::forward::{CONNECT_FAILURE_HEADER, HOP_DEADLINE_HEADER};
+use super::super::route::{self, service_from_host};
 use super::super::trace::{self, TraceIds};
 
 /// Longest head the fast path reads. A longer request goes to hyper
@@ -22,6 +23,16 @@ pub(super) enum Parsed {
     Request(RequestHead),
 }
 
+/// Which sidecar reads the head.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(super) enum Side {
+    /// The caller's, on the proxy port.
+    Caller,
+    /// The instance's, on a QUIC stream from the caller's sidecar: the
+    /// hop's deadline header is read and taken off.
+    Far,
+}
+
 /// A request the fast path serves: a head without a body, no upgrade, no
 /// `x-gossamer-*` options, HTTP/1.1 in origin form.
 pub(super) struct RequestHead {
@@ -37,6 +48,8 @@ pub(super) struct RequestHead {
     pub(super) close: bool,
     /// The trace it continues.
     pub(super) trace: TraceIds,
+    /// The caller's sidecar's deadline for the answer (only on [`Side::Far`]).
+    pub(super) hop_deadline_ms: Option<u32>,
     /// The head as the instance gets it.
     pub(super) out: Vec<u8>,
     /// Where the method, the request target and `x-request-id`'s value
@@ -78,7 +91,7 @@ fn tokens(value: &[u8]) -> impl Iterator<Item = &[u8]> {
 }
 
 /// Reads the request head at the start of `buf`.
-pub(super) fn parse_request(buf: &[u8]) -> Parsed {
+pub(super) fn parse_request(buf: &[u8], side: Side) -> Parsed {
     let mut headers = [httparse::EMPTY_HEADER; MAX_HEADERS];
     let mut request = httparse::Request::new(&mut headers);
     let len = match request.parse(buf) {
@@ -100,9 +113,18 @@ pub(super) fn parse_request(buf: &[u8]) -> Parsed {
     let mut idempotency_key = false;
     let mut traceparent = None;
     let mut request_id = None;
+    let mut hop_deadline_ms = None;
     for header in request.headers.iter() {
         let (name, value) = (header.name, header.value);
-        if is(name, "host") {
+        if side == Side::Far && is(name, HOP_DEADLINE_HEADER) {
+            let Some(ms) = std::str::from_utf8(value)
+                .ok()
+                .and_then(|v| v.trim().parse().ok())
+            else {
+                return Parsed::Hyper;
+            };
+            hop_deadline_ms = Some(ms);
+        } else if is(name, "host") {
             hosts += 1;
             host = Some(value);
         } else if is(name, "content-length") {
@@ -125,7 +147,7 @@ pub(super) fn parse_request(buf: &[u8]) -> Parsed {
             request_id.get_or_insert(value);
         } else if is(name, "idempotency-key") {
             idempotency_key = true;
-        } else if name.len() > 11 && is(&name[..11], "x-gossamer-")
+        } else if name.len() > 11 && name.as_bytes()[..11].eq_ignore_ascii_case(b"x-gossamer-")
             || [
                 "transfer-encoding",
                 "upgrade",
@@ -168,7 +190,9 @@ pub(super) fn parse_request(buf: &[u8]) -> Parsed {
         ]
         .iter()
         .any(|hop| is(name, hop));
-        let replaced = is(name, "traceparent") || (!next.keep_tracestate && is(name, "tracestate"));
+        let replaced = is(name, "traceparent")
+            || (!next.keep_tracestate && is(name, "tracestate"))
+            || (side == Side::Far && is(name, HOP_DEADLINE_HEADER));
         if hop_by_hop || replaced {
             continue;
         }
@@ -194,6 +218,7 @@ pub(super) fn parse_request(buf: &[u8]) -> Parsed {
         head_method: method == "HEAD",
         close,
         trace: next.ids,
+        hop_deadline_ms,
         out,
         method_end,
         target,
@@ -250,6 +275,9 @@ pub(super) struct ResponseHead {
     pub(super) framing: Framing,
     /// The instance may get another request on this connection.
     pub(super) reusable: bool,
+    /// The far sidecar could not reach its instance (nothing was sent to
+    /// it): the caller's sidecar may try another.
+    pub(super) connect_failure: bool,
     /// The head as the caller gets it.
     pub(super) out: Vec<u8>,
 }
@@ -277,7 +305,7 @@ const RESPONSE_HOP_BY_HOP: [&str; 7] = [
 pub(super) fn parse_response(
     buf: &[u8],
     head_method: bool,
-    annotation: &Annotation<'_>,
+    annotation: Option<&Annotation<'_>>,
 ) -> ResponseParsed {
     let mut headers = [httparse::EMPTY_HEADER; MAX_HEADERS];
     let mut response = httparse::Response::new(&mut headers);
@@ -301,9 +329,12 @@ pub(super) fn parse_response(
     let mut transfer_encoding: Option<bool> = None;
     let mut reusable = version == 1;
     let mut named: Vec<&[u8]> = Vec::new();
+    let mut connect_failure = false;
     for header in response.headers.iter() {
         let (name, value) = (header.name, header.value);
-        if is(name, "content-length") {
+        if is(name, CONNECT_FAILURE_HEADER) {
+            connect_failure = true;
+        } else if is(name, "content-length") {
             let Some(n) = std::str::from_utf8(value.trim_ascii())
                 .ok()
                 .and_then(|n| n.parse::<u64>().ok())
@@ -354,23 +385,27 @@ pub(super) fn parse_response(
                 .any(|n| n.eq_ignore_ascii_case(name.as_bytes()));
         // With Transfer-Encoding, a Content-Length is wrong (RFC 9112 §6.3).
         let stale_length = transfer_encoding.is_some() && is(name, "content-length");
-        let ours = is(name, super::super::route::UPSTREAM_HEADER)
-            || is(name, super::super::route::RTT_HEADER);
+        // The caller's sidecar says where the answer came from, never the
+        // instance (a far sidecar leaves it to the caller's).
+        let ours = annotation.is_some()
+            && (is(name, route::UPSTREAM_HEADER) || is(name, route::RTT_HEADER));
         if !(hop_by_hop || stale_length || ours) {
             put_header(&mut out, name.as_bytes(), header.value);
         }
     }
-    put_header(
-        &mut out,
-        super::super::route::UPSTREAM_HEADER.as_bytes(),
-        annotation.upstream.as_bytes(),
-    );
-    if let Some(rtt) = annotation.rtt_ms {
+    if let Some(annotation) = annotation {
         put_header(
             &mut out,
-            super::super::route::RTT_HEADER.as_bytes(),
-            format!("{rtt:.2}").as_bytes(),
+            route::UPSTREAM_HEADER.as_bytes(),
+            annotation.upstream.as_bytes(),
         );
+        if let Some(rtt) = annotation.rtt_ms {
+            put_header(
+                &mut out,
+                route::RTT_HEADER.as_bytes(),
+                format!("{rtt:.2}").as_bytes(),
+            );
+        }
     }
     if framing == Framing::UntilClose {
         // The caller learns where the body ends the same way.
@@ -382,6 +417,7 @@ pub(super) fn parse_response(
         status,
         framing,
         reusable,
+        connect_failure,
         out,
     })
 }
@@ -391,7 +427,7 @@ mod tests {
     use super::*;
 
     fn request(raw: &str) -> Parsed {
-        parse_request(raw.as_bytes())
+        parse_request(raw.as_bytes(), Side::Caller)
     }
 
     fn served(raw: &str) -> RequestHead {
@@ -477,7 +513,7 @@ mod tests {
             upstream: "node-a/echo-1",
             rtt_ms: Some(0.0),
         };
-        parse_response(raw.as_bytes(), head_method, &annotation)
+        parse_response(raw.as_bytes(), head_method, Some(&annotation))
     }
 
     fn final_head(raw: &str, head_method: bool) -> ResponseHead {

@@ -21,7 +21,13 @@
 //! the fast path never answers what hyper would answer differently.
 
 mod body;
+mod far;
 mod head;
+mod pool;
+mod upstream;
+
+pub use far::serve_hop;
+pub use pool::LinkPool;
 
 use std::net::SocketAddr;
 use std::sync::Arc;
@@ -31,25 +37,22 @@ use bytes::{Buf, BytesMut};
 use client::select::Requirements;
 use http::StatusCode;
 use http_body_util::BodyExt;
+use mesh_proto::frame::ProxyFrame;
 use mesh_proto::{Instance, Protocol};
-use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::io::{AsyncReadExt, AsyncWrite, AsyncWriteExt};
 use tokio::net::TcpStream;
 use tokio::sync::watch;
 
 use super::answers::{failed_response, no_upstream, Failure};
-use super::forward::{ProxyBody, SendError};
+use super::forward::{ProxyBody, SendError, HOP_DEADLINE_HEADER};
 use super::{decide, json_error, route, InFlight, ProxyHandles};
 use crate::catalog::CatalogSnapshot;
 use crate::metrics;
 use crate::server::prefixed::Prefixed;
 use crate::server::Limits;
-use body::{relay, RelayError, READ_CHUNK};
-use head::{Annotation, Parsed, RequestHead, ResponseHead, ResponseParsed};
-
-/// Connections to instances one caller's connection keeps open.
-const KEPT_PER_CONNECTION: usize = 4;
-/// Longest wait for a connection to an instance (as the pooled client's).
-const CONNECT_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(5);
+use body::{relay, RelayError};
+use head::{Annotation, Parsed, RequestHead, ResponseHead, Side};
+use upstream::{exchange, Exchange, Opener, Sending, Target, Upstream};
 
 /// Serves one connection of the proxy port: on the fast path while its
 /// requests fit, then with hyper.
@@ -61,7 +64,6 @@ pub async fn serve_connection(
     mut stopping: watch::Receiver<bool>,
 ) {
     let mut buf = BytesMut::with_capacity(8 * 1024);
-    let mut kept = Kept::default();
     let mut handles = MetricHandles::default();
     loop {
         let head = match read_head(&mut down, &mut buf, limits, &mut stopping).await {
@@ -71,20 +73,11 @@ pub async fn serve_connection(
         };
         let snapshot = agent.upstreams.snapshot();
         let live = agent.upstreams.live_instances(&snapshot, &head.service);
-        if !fits(&agent, &snapshot, &head.service, &live) {
+        if !fits(&snapshot, &head.service, &live) {
             break;
         }
         buf.advance(head.len);
-        let keep_alive = serve_one(
-            &agent,
-            &mut down,
-            head,
-            &snapshot,
-            live,
-            &mut kept,
-            &mut handles,
-        )
-        .await;
+        let keep_alive = serve_one(&agent, &mut down, head, &snapshot, live, &mut handles).await;
         if !keep_alive || *stopping.borrow() {
             return;
         }
@@ -98,20 +91,13 @@ pub async fn serve_connection(
 }
 
 /// True when the fast path serves a request for `service`: an HTTP/1.1
-/// service whose live instances are all on this node.
-fn fits(
-    agent: &ProxyHandles,
-    snapshot: &CatalogSnapshot,
-    service: &str,
-    live: &[Instance],
-) -> bool {
+/// service with live instances (hyper explains the lack of any).
+fn fits(snapshot: &CatalogSnapshot, service: &str, live: &[Instance]) -> bool {
     let protocol = snapshot
         .definition(service)
         .map(|d| d.protocol)
         .unwrap_or_default();
-    protocol == Protocol::Http
-        && !live.is_empty()
-        && live.iter().all(|i| i.node == *agent.node_id())
+    protocol == Protocol::Http && !live.is_empty()
 }
 
 enum Waited {
@@ -131,7 +117,7 @@ async fn read_head(
     let deadline = tokio::time::Instant::now() + limits.header_read_timeout;
     loop {
         if !buf.is_empty() {
-            match head::parse_request(buf) {
+            match head::parse_request(buf, Side::Caller) {
                 Parsed::Partial => {}
                 Parsed::Hyper => return Waited::Hyper,
                 Parsed::Request(head) => return Waited::Head(head),
@@ -161,7 +147,6 @@ async fn serve_one(
     head: RequestHead,
     snapshot: &CatalogSnapshot,
     live: Vec<Instance>,
-    kept: &mut Kept,
     handles: &mut MetricHandles,
 ) -> bool {
     let started = Instant::now();
@@ -210,7 +195,7 @@ async fn serve_one(
             upstream: &upstream,
             rtt_ms: pick.rtt_ms,
         };
-        match exchange(kept, instance.address, &head, deadline, &annotation).await {
+        match send(agent, service, instance, &head, deadline, &annotation).await {
             Ok((conn, response)) => {
                 in_flight.finish(response.status < 500);
                 break Answer::Relay {
@@ -284,7 +269,7 @@ async fn serve_one(
             write_own(down, response, head.close).await.is_ok() && !head.close
         }
         Answer::Relay {
-            mut conn,
+            conn,
             response,
             upstream,
             node,
@@ -300,30 +285,45 @@ async fn serve_one(
                     started.elapsed(),
                 );
             }
-            let relayed = relay(
-                response.framing,
-                &response.out,
-                &mut conn.buf,
-                &mut conn.stream,
-                down,
-            )
-            .await;
-            match relayed {
-                Ok(()) => {
-                    if response.reusable && conn.buf.is_empty() {
-                        kept.put(conn);
-                    }
-                    !head.close && response.framing != head::Framing::UntilClose
-                }
-                Err(RelayError::Upstream(why)) => {
-                    // The head is out: the caller can only learn by the
-                    // connection closing before the body's end.
-                    tracing::debug!(%service, %upstream, %why, "answer cut short by the instance");
-                    false
-                }
-                Err(RelayError::Downstream) => false,
+            let (more, link) = relay_answer(conn, response, down, head.close, service).await;
+            if let Some(link) = link {
+                agent.links.put(link);
             }
+            more
         }
+    }
+}
+
+/// Relays an instance's answer to `down`: whether `down` may carry
+/// another request, and the link when it may carry one too.
+async fn relay_answer<D: AsyncWrite + Unpin>(
+    mut conn: Upstream,
+    response: ResponseHead,
+    down: &mut D,
+    close_asked: bool,
+    service: &str,
+) -> (bool, Option<Upstream>) {
+    let relayed = relay(
+        response.framing,
+        &response.out,
+        &mut conn.buf,
+        &mut conn.link,
+        down,
+    )
+    .await;
+    match relayed {
+        Ok(()) => {
+            let more = !close_asked && response.framing != head::Framing::UntilClose;
+            let reusable = response.reusable && conn.buf.is_empty();
+            (more, reusable.then_some(conn))
+        }
+        Err(RelayError::Upstream(why)) => {
+            // The head is out: the caller can only learn by the
+            // connection closing before the body's end.
+            tracing::debug!(%service, %why, "answer cut short by the instance");
+            (false, None)
+        }
+        Err(RelayError::Downstream) => (false, None),
     }
 }
 
@@ -343,9 +343,73 @@ enum Answer {
     },
 }
 
+/// Sends the request to `instance`: directly on this node, else on a
+/// stream to its node's sidecar with the hop's deadline.
+async fn send(
+    agent: &ProxyHandles,
+    service: &str,
+    instance: &Instance,
+    head: &RequestHead,
+    deadline: Instant,
+    annotation: &Annotation<'_>,
+) -> Result<(Upstream, ResponseHead), Exchange> {
+    let mut sending = Sending {
+        head: &head.out,
+        head_method: head.head_method,
+        retryable: head.retryable,
+        annotation: Some(annotation),
+    };
+    let deadline_at = tokio::time::Instant::from_std(deadline);
+    if instance.node == *agent.node_id() {
+        let target = Target {
+            address: instance.address,
+            via: None,
+        };
+        let reused = agent.links.take(target);
+        return exchange(reused, target, &Opener::Direct, &sending, deadline_at).await;
+    }
+    let Some(sidecar) = agent.upstreams.sidecar_addr(&instance.node) else {
+        return Err(Exchange::Failed(SendError::Connect {
+            target: instance.node.to_string(),
+            reason: "the node left the cluster".to_owned(),
+        }));
+    };
+    let timeout_ms =
+        super::remaining_ms(deadline, Instant::now()).saturating_add(super::FAR_SIDE_GRACE_MS);
+    let frame = ProxyFrame {
+        instance_id: instance.id.clone(),
+        address: instance.address,
+        service: service.to_owned(),
+        timeout_ms,
+    };
+    // The head with the hop's deadline before its blank line.
+    let mut hop_head = Vec::with_capacity(head.out.len() + 48);
+    hop_head.extend_from_slice(&head.out[..head.out.len() - 2]);
+    hop_head.extend_from_slice(format!("{HOP_DEADLINE_HEADER}: {timeout_ms}\r\n\r\n").as_bytes());
+    sending.head = &hop_head;
+    let target = Target {
+        address: instance.address,
+        via: Some(sidecar),
+    };
+    let opener = Opener::Hop {
+        transport: &agent.transport,
+        frame: &frame,
+    };
+    let reused = agent.links.take(target);
+    let (conn, response) = exchange(reused, target, &opener, &sending, deadline_at).await?;
+    if response.connect_failure {
+        // Its unread answer leaves the stream unfit for another request.
+        return Err(Exchange::Failed(SendError::Connect {
+            target: format!("{} via {sidecar}", instance.id),
+            reason: "the remote sidecar could not reach its instance".to_owned(),
+        }));
+    }
+    Ok((conn, response))
+}
+
 /// Writes one of the proxy's own (small, whole) answers.
-async fn write_own(
-    down: &mut TcpStream,
+async fn write_own<D: AsyncWrite + Unpin>(
+    down: &mut D,
     response: http::Response<ProxyBody>,
     close: bool,
 ) -> std::io::Result<()> {
@@ -376,153 +440,6 @@ async fn write_own(
     out.extend_from_slice(b"\r\n");
     out.extend_from_slice(&body);
     down.write_all(&out).await
-}
-
-/// A connection to an instance, with what was read from it and not yet used.
-struct Upstream {
-    address: SocketAddr,
-    stream: TcpStream,
-    buf: BytesMut,
-}
-
-/// The connections to instances one caller's connection keeps.
-#[derive(Default)]
-struct Kept {
-    idle: Vec<Upstream>,
-}
-
-impl Kept {
-    /// An idle connection to `address` the instance has not closed.
-    fn take(&mut self, address: SocketAddr) -> Option<Upstream> {
-        while let Some(at) = self.idle.iter().position(|c| c.address == address) {
-            let conn = self.idle.swap_remove(at);
-            // Readable now means closed (0) or bytes nobody asked for: unfit.
-            let mut probe = [0u8; 1];
-            match conn.stream.try_read(&mut probe) {
-                Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => return Some(conn),
-                _ => continue,
-            }
-        }
-        None
-    }
-
-    fn put(&mut self, conn: Upstream) {
-        if self.idle.len() >= KEPT_PER_CONNECTION {
-            self.idle.remove(0);
-        }
-        self.idle.push(conn);
-    }
-}
-
-enum Exchange {
-    /// No answer before the deadline.
-    Timeout,
-    /// No answer: why, as the hyper path says it.
-    Failed(SendError),
-}
-
-/// Sends the head to the instance at `address` and reads the answer's head.
-/// A kept connection the instance closed meanwhile is replaced by a new
-/// one when the request may be sent again.
-async fn exchange(
-    kept: &mut Kept,
-    address: SocketAddr,
-    head: &RequestHead,
-    deadline: Instant,
-    annotation: &Annotation<'_>,
-) -> Result<(Upstream, ResponseHead), Exchange> {
-    let deadline = tokio::time::Instant::from_std(deadline);
-    let broken = |reason: String| {
-        Exchange::Failed(SendError::Broken {
-            target: address.to_string(),
-            reason,
-        })
-    };
-    let mut reused = kept.take(address);
-    loop {
-        let was_kept = reused.is_some();
-        let mut conn = match reused.take() {
-            Some(conn) => conn,
-            None => connect(address, deadline).await?,
-        };
-        let sent = tokio::time::timeout_at(deadline, conn.stream.write_all(&head.out)).await;
-        match sent {
-            Err(_) => return Err(Exchange::Timeout),
-            // A kept connection may have closed since: the head never got there.
-            Ok(Err(_)) if was_kept => continue,
-            Ok(Err(e)) => return Err(broken(format!("cannot send the request: {e}"))),
-            Ok(Ok(())) => {}
-        }
-        let mut informational = Vec::new();
-        loop {
-            match head::parse_response(&conn.buf, head.head_method, annotation) {
-                ResponseParsed::Final(mut response) => {
-                    conn.buf.advance(response.len);
-                    if !informational.is_empty() {
-                        informational.extend_from_slice(&response.out);
-                        response.out = informational;
-                    }
-                    return Ok((conn, response));
-                }
-                ResponseParsed::Informational { len } => {
-                    informational.extend_from_slice(&conn.buf[..len]);
-                    conn.buf.advance(len);
-                    continue;
-                }
-                ResponseParsed::Invalid(why) => {
-                    return Err(broken(format!("the instance sent {why}")))
-                }
-                ResponseParsed::Partial => {}
-            }
-            conn.buf.reserve(READ_CHUNK);
-            match tokio::time::timeout_at(deadline, conn.stream.read_buf(&mut conn.buf)).await {
-                Err(_) => return Err(Exchange::Timeout),
-                Ok(Ok(n)) if n > 0 => {}
-                // Closed before a byte of answer: on a kept connection that
-                // is the keep-alive race; send again if that is safe.
-                Ok(result)
-                    if was_kept
-                        && conn.buf.is_empty()
-                        && informational.is_empty()
-                        && head.retryable =>
-                {
-                    tracing::debug!(%address, ?result, "kept connection closed before answering; sending again on a new one");
-                    break;
-                }
-                Ok(Ok(_)) => {
-                    return Err(broken(
-                        "the instance closed the connection before answering".to_owned(),
-                    ))
-                }
-                Ok(Err(e)) => return Err(broken(format!("cannot read the answer: {e}"))),
-            }
-        }
-    }
-}
-
-async fn connect(
-    address: SocketAddr,
-    deadline: tokio::time::Instant,
-) -> Result<Upstream, Exchange> {
-    let limit = deadline.min(tokio::time::Instant::now() + CONNECT_TIMEOUT);
-    let failed = |reason: String| {
-        Exchange::Failed(SendError::Connect {
-            target: address.to_string(),
-            reason,
-        })
-    };
-    let stream = match tokio::time::timeout_at(limit, TcpStream::connect(address)).await {
-        Ok(Ok(stream)) => stream,
-        Ok(Err(e)) => return Err(failed(e.to_string())),
-        Err(_) if limit < deadline => return Err(failed("connect timed out".to_owned())),
-        Err(_) => return Err(Exchange::Timeout),
-    };
-    let _ = stream.set_nodelay(true);
-    Ok(Upstream {
-        address,
-        stream,
-        buf: BytesMut::with_capacity(READ_CHUNK),
-    })
 }
 
 /// The request counter and duration histogram of the last label set this

@@ -56,6 +56,20 @@ impl Upstream {
 }
 
 impl Link {
+    /// True when `error` on a kept link means only that link closed (the
+    /// keep-alive race), so a new link to the same target may do. A QUIC
+    /// connection that is gone is not that: the peer is down or
+    /// restarting, and a new stream would wait for it; the request fails
+    /// instead, and the pick's own retry goes elsewhere.
+    fn stale(&self, error: &io::Error) -> bool {
+        match self {
+            Link::Direct(_) => true,
+            // quinn reports a lost connection as NotConnected, a stream
+            // the far side stopped or reset as ConnectionReset.
+            Link::Hop(_) => error.kind() != io::ErrorKind::NotConnected,
+        }
+    }
+
     /// True when nothing can be read yet: readable now means closed, or
     /// bytes nobody asked for, and either way unfit for a request.
     pub(super) fn is_idle_and_open(&mut self) -> bool {
@@ -177,7 +191,7 @@ pub(super) async fn exchange(
         match sent {
             Err(_) => return Err(Exchange::Timeout),
             // A kept link may have closed since: the head never got there.
-            Ok(Err(_)) if was_kept => continue,
+            Ok(Err(e)) if was_kept && conn.link.stale(&e) => continue,
             Ok(Err(e)) => return Err(broken(format!("cannot send the request: {e}"))),
             Ok(Ok(())) => {}
         }
@@ -208,11 +222,14 @@ pub(super) async fn exchange(
                 Ok(Ok(n)) if n > 0 => {}
                 // Closed before a byte of answer: on a kept link that is
                 // the keep-alive race; send again if that is safe.
-                Ok(_)
+                Ok(result)
                     if was_kept
                         && conn.buf.is_empty()
                         && informational.is_empty()
-                        && sending.retryable =>
+                        && sending.retryable
+                        && result
+                            .as_ref()
+                            .map_or_else(|e| conn.link.stale(e), |_| true) =>
                 {
                     break;
                 }

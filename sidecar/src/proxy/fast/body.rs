@@ -291,4 +291,47 @@ mod tests {
         assert!(result.is_ok());
         assert_eq!(down, b"HEAD|");
     }
+
+    proptest::proptest! {
+        /// Any bytes, cut anywhere: the scan never panics, never claims
+        /// more than it was given, and reads a body it ended no further.
+        #[test]
+        fn the_chunk_scan_takes_any_bytes(bytes in proptest::collection::vec(proptest::num::u8::ANY, 0..512), cut in 0usize..512) {
+            let cut = cut.min(bytes.len());
+            let mut chunks = Chunks::Size;
+            // The first piece as it arrives, then the rest behind what it left.
+            if let Ok((done, ended)) = chunks.scan(&bytes[..cut]) {
+                proptest::prop_assert!(done <= cut);
+                if !ended {
+                    if let Ok((more, _)) = chunks.scan(&bytes[done..]) {
+                        proptest::prop_assert!(done + more <= bytes.len());
+                    }
+                }
+            }
+        }
+
+        /// A chunked body of any chunks, trailers or not, read in pieces of
+        /// any size, passes whole and ends exactly at its end.
+        #[test]
+        fn any_chunked_body_passes_whole(
+            chunks in proptest::collection::vec(proptest::collection::vec(proptest::num::u8::ANY, 1..300), 0..8),
+            trailers in proptest::bool::ANY,
+            piece in 1usize..64,
+        ) {
+            let mut body = Vec::new();
+            for chunk in &chunks {
+                body.extend_from_slice(format!("{:x}\r\n", chunk.len()).as_bytes());
+                body.extend_from_slice(chunk);
+                body.extend_from_slice(b"\r\n");
+            }
+            body.extend_from_slice(if trailers { b"0\r\nx-sum: 1\r\n\r\n".as_slice() } else { b"0\r\n\r\n".as_slice() });
+            let mut sent = body.clone();
+            sent.extend_from_slice(b"GET /next");
+            let runtime = tokio::runtime::Builder::new_current_thread().build().expect("runtime");
+            let (down, rest, result) = runtime.block_on(relayed(Framing::Chunked, &sent, piece));
+            proptest::prop_assert!(result.is_ok(), "{:?}", result);
+            proptest::prop_assert_eq!(&down[5..], &body[..]);
+            proptest::prop_assert!(b"GET /next".starts_with(&rest) || rest.is_empty());
+        }
+    }
 }

@@ -627,4 +627,50 @@ mod tests {
             ResponseParsed::Partial
         ));
     }
+
+    proptest::proptest! {
+        /// Whatever a caller, a peer sidecar or an instance sends, the
+        /// parsers answer without panicking, and a head they accept is
+        /// never longer than what they were given.
+        #[test]
+        fn heads_of_any_bytes_never_panic(bytes in proptest::collection::vec(proptest::num::u8::ANY, 0..600)) {
+            for side in [Side::Caller, Side::Far] {
+                if let Parsed::Request(head) = parse_request(&bytes, side) {
+                    proptest::prop_assert!(head.len <= bytes.len());
+                    proptest::prop_assert!(head.out.ends_with(b"\r\n\r\n"));
+                }
+            }
+            let annotation = Annotation { upstream: "n/i", rtt_ms: None };
+            for head_method in [false, true] {
+                if let ResponseParsed::Final(head) = parse_response(&bytes, head_method, Some(&annotation)) {
+                    proptest::prop_assert!(head.len <= bytes.len());
+                }
+            }
+        }
+
+        /// Printable heads with any header names and values: an accepted
+        /// request keeps every header it does not own, in its case.
+        #[test]
+        fn accepted_requests_keep_their_headers(
+            headers in proptest::collection::vec(("[A-Za-z][A-Za-z0-9-]{0,12}", "[ -~]{0,20}"), 0..6),
+        ) {
+            let mut raw = String::from("GET /p HTTP/1.1\r\nHost: svc.localhost\r\n");
+            for (name, value) in &headers {
+                raw.push_str(&format!("{name}: {value}\r\n"));
+            }
+            raw.push_str("\r\n");
+            if let Parsed::Request(head) = parse_request(raw.as_bytes(), Side::Caller) {
+                let out = String::from_utf8(head.out.clone()).expect("text");
+                for (name, value) in &headers {
+                    let owned = ["connection", "keep-alive", "proxy-connection", "proxy-authorization", "traceparent", "tracestate"]
+                        .iter()
+                        .any(|n| name.eq_ignore_ascii_case(n));
+                    if !owned {
+                        let line = format!("{name}: {}\r\n", value.trim());
+                        proptest::prop_assert!(out.contains(&line), "{} missing from {}", line, out);
+                    }
+                }
+            }
+        }
+    }
 }

@@ -123,12 +123,12 @@ struct Answer {
     trailers: Option<http::HeaderMap>,
 }
 
-async fn call(sender: &mut Sender, method: &str, path: &str, body: &'static [u8]) -> Answer {
+async fn call(sender: &mut Sender, method: &str, path: &str, body: impl Into<Bytes>) -> Answer {
     let request = http::Request::builder()
         .method(method)
         .uri(path)
         .header("host", "raw.localhost")
-        .body(Full::new(Bytes::from_static(body)))
+        .body(Full::new(body.into()))
         .expect("request");
     sender.ready().await.expect("connection ready");
     let response = tokio::time::timeout(Duration::from_secs(20), sender.send_request(request))
@@ -152,13 +152,13 @@ async fn call(sender: &mut Sender, method: &str, path: &str, body: &'static [u8]
 }
 
 #[tokio::test]
-async fn every_framing_passes_on_one_connection_and_a_body_moves_it_to_hyper() {
+async fn every_framing_passes_on_one_connection_and_a_large_body_moves_it_to_hyper() {
     let agent = AgentProc::start(Spec::new("fast-a").with_metrics()).await;
     let (port, mut heads) = scripted_instance().await;
     common::register_port(&agent, "raw", port).await;
     let mut sender = caller(agent.listeners.proxy).await;
 
-    let length = call(&mut sender, "GET", "/length?q=1", b"").await;
+    let length = call(&mut sender, "GET", "/length?q=1", Bytes::new()).await;
     assert_eq!((length.status, &length.body[..]), (200, &b"hello"[..]));
     assert!(
         length
@@ -179,7 +179,7 @@ async fn every_framing_passes_on_one_connection_and_a_body_moves_it_to_hyper() {
         "{seen}"
     );
 
-    let chunked = call(&mut sender, "GET", "/chunked", b"").await;
+    let chunked = call(&mut sender, "GET", "/chunked", Bytes::new()).await;
     assert_eq!(&chunked.body[..], b"hello world");
     assert_eq!(
         chunked
@@ -191,31 +191,35 @@ async fn every_framing_passes_on_one_connection_and_a_body_moves_it_to_hyper() {
         "trailers pass"
     );
 
-    let head = call(&mut sender, "HEAD", "/length", b"").await;
+    let head = call(&mut sender, "HEAD", "/length", Bytes::new()).await;
     assert_eq!((head.status, head.body.len()), (200, 0));
     assert_eq!(
         head.headers.get("content-length").map(|v| v.as_bytes()),
         Some(&b"5"[..])
     );
 
-    let early = call(&mut sender, "GET", "/early", b"").await;
+    let early = call(&mut sender, "GET", "/early", Bytes::new()).await;
     assert_eq!((early.status, &early.body[..]), (200, &b"ok"[..]));
-    let empty = call(&mut sender, "GET", "/empty", b"").await;
+    let empty = call(&mut sender, "GET", "/empty", Bytes::new()).await;
     assert_eq!((empty.status, empty.body.len()), (204, 0));
 
-    // A body: hyper takes the connection from here on, and serves it.
-    let echoed = call(&mut sender, "POST", "/echo", b"a body for hyper").await;
+    // A small body stays on the fast path; one over 64 KiB streams, so
+    // hyper takes the connection from there on, and serves it.
+    let echoed = call(&mut sender, "POST", "/echo", b"a small body".to_vec()).await;
     assert_eq!(
         (echoed.status, &echoed.body[..]),
-        (200, &b"a body for hyper"[..])
+        (200, &b"a small body"[..])
     );
-    let after = call(&mut sender, "GET", "/length", b"").await;
+    let large = vec![b'x'; 70 * 1024];
+    let echoed = call(&mut sender, "POST", "/echo", large.clone()).await;
+    assert_eq!((echoed.status, echoed.body.len()), (200, large.len()));
+    let after = call(&mut sender, "GET", "/length", Bytes::new()).await;
     assert_eq!(&after.body[..], b"hello");
 
     // An answer delimited by the instance closing reaches the caller whole,
     // and the caller's connection closes after it.
     let mut sender = caller(agent.listeners.proxy).await;
-    let until_close = call(&mut sender, "GET", "/until-close", b"").await;
+    let until_close = call(&mut sender, "GET", "/until-close", Bytes::new()).await;
     assert_eq!(&until_close.body[..], b"until the end");
     tokio::time::timeout(Duration::from_secs(10), sender.ready())
         .await
@@ -270,7 +274,7 @@ async fn pipelined_requests_and_a_kept_connection_the_instance_closed() {
     // saying so: the proxy must not send the next request on the dead one.
     let mut sender = caller(agent.listeners.proxy).await;
     for i in 0..5 {
-        let answer = call(&mut sender, "DELETE", "/length-then-close", b"").await;
+        let answer = call(&mut sender, "DELETE", "/length-then-close", Bytes::new()).await;
         assert_eq!(
             (answer.status, &answer.body[..]),
             (200, &b"hello"[..]),

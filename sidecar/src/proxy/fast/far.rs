@@ -8,7 +8,7 @@ use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::Duration;
 
-use bytes::{Buf, BytesMut};
+use bytes::BytesMut;
 use mesh_proto::frame::ProxyFrame;
 use mesh_proto::Protocol;
 use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite};
@@ -23,6 +23,8 @@ use crate::proxy::inbound::{
 use crate::proxy::ProxyHandles;
 use crate::server::prefixed::Prefixed;
 
+/// How long the caller's sidecar has to send a body it announced.
+const BODY_READ: Duration = Duration::from_secs(30);
 /// A caller that sets no deadline (0 in its frame) waits this long at most.
 const NO_DEADLINE: Duration = Duration::from_secs(24 * 3600);
 
@@ -67,7 +69,10 @@ where
         if protocol != Protocol::Http {
             break;
         }
-        buf.advance(head.len);
+        let mut head = head;
+        if !super::read_body(&mut hop, &mut buf, &mut head, BODY_READ).await {
+            return Ok(());
+        }
         if !serve_one(&agent, &frame, peer, &mut hop, head, &mut kept).await {
             return Ok(());
         }

@@ -9,6 +9,11 @@ use super::super::trace::{self, TraceIds};
 /// Longest head the fast path reads. A longer request goes to hyper
 /// (which answers 431 past its own limit); a longer response is refused.
 pub(super) const MAX_HEAD: usize = 64 * 1024;
+/// Longest request body the fast path takes (with a Content-Length): it
+/// is read whole before the request is sent, so it can be sent again on
+/// another instance, as the general path keeps replayable bodies. A
+/// longer or chunked body streams through hyper.
+pub(super) const MAX_BODY: u64 = 64 * 1024;
 /// Headers per head, as hyper's default.
 const MAX_HEADERS: usize = 100;
 
@@ -50,8 +55,13 @@ pub(super) struct RequestHead {
     pub(super) trace: TraceIds,
     /// The caller's sidecar's deadline for the answer (only on [`Side::Far`]).
     pub(super) hop_deadline_ms: Option<u32>,
-    /// The head as the instance gets it.
+    /// The head as the instance gets it, then the body once read.
     pub(super) out: Vec<u8>,
+    /// Where the head ends in `out`.
+    pub(super) head_end: usize,
+    /// Bytes of body after the head (a Content-Length of at most
+    /// [`MAX_BODY`]).
+    pub(super) body_len: usize,
     /// Where the method, the request target and `x-request-id`'s value
     /// are in `out` (for the access log).
     method_end: usize,
@@ -60,6 +70,12 @@ pub(super) struct RequestHead {
 }
 
 impl RequestHead {
+    /// Appends the body (read after the head) to what the instance gets.
+    pub(super) fn take_body(&mut self, body: &[u8]) {
+        self.out.truncate(self.head_end);
+        self.out.extend_from_slice(body);
+    }
+
     /// The method, as sent.
     pub(super) fn method(&self) -> &str {
         text(&self.out[..self.method_end])
@@ -109,6 +125,7 @@ pub(super) fn parse_request(buf: &[u8], side: Side) -> Parsed {
     let mut host = None;
     let mut hosts = 0;
     let mut lengths = 0;
+    let mut body_len = 0;
     let mut close = false;
     let mut idempotency_key = false;
     let mut traceparent = None;
@@ -129,8 +146,13 @@ pub(super) fn parse_request(buf: &[u8], side: Side) -> Parsed {
             host = Some(value);
         } else if is(name, "content-length") {
             lengths += 1;
-            if value.trim_ascii() != b"0" {
-                return Parsed::Hyper;
+            match std::str::from_utf8(value.trim_ascii())
+                .ok()
+                .filter(|n| n.bytes().all(|b| b.is_ascii_digit()))
+                .and_then(|n| n.parse::<u64>().ok())
+            {
+                Some(n) if n <= MAX_BODY => body_len = n as usize,
+                _ => return Parsed::Hyper,
             }
         } else if is(name, "connection") {
             for token in tokens(value) {
@@ -180,6 +202,7 @@ pub(super) fn parse_request(buf: &[u8], side: Side) -> Parsed {
     out.extend_from_slice(target.as_bytes());
     let target = target_start..out.len();
     out.extend_from_slice(b" HTTP/1.1\r\n");
+    let mut request_id_at = None;
     for header in request.headers.iter() {
         let name = header.name;
         let hop_by_hop = [
@@ -196,16 +219,16 @@ pub(super) fn parse_request(buf: &[u8], side: Side) -> Parsed {
         if hop_by_hop || replaced {
             continue;
         }
+        if is(name, "x-request-id") && request_id_at.is_none() {
+            let at = out.len() + name.len() + 2;
+            request_id_at = Some(at..at + header.value.len());
+        }
         put_header(&mut out, name.as_bytes(), header.value);
     }
     put_header(&mut out, b"traceparent", &next.traceparent);
-    let request_id = match request_id {
-        Some(given) => {
-            // Its value is already in `out`: find it there.
-            let at = find(&out, given).unwrap_or(out.len());
-            at..at + given.len()
-        }
-        None => {
+    let request_id = match (request_id, request_id_at) {
+        (Some(_), Some(at)) => at,
+        _ => {
             put_header(&mut out, b"x-request-id", &trace::new_request_id());
             out.len() - 34..out.len() - 2
         }
@@ -219,6 +242,8 @@ pub(super) fn parse_request(buf: &[u8], side: Side) -> Parsed {
         close,
         trace: next.ids,
         hop_deadline_ms,
+        head_end: out.len(),
+        body_len,
         out,
         method_end,
         target,
@@ -231,13 +256,6 @@ fn put_header(out: &mut Vec<u8>, name: &[u8], value: &[u8]) {
     out.extend_from_slice(b": ");
     out.extend_from_slice(value);
     out.extend_from_slice(b"\r\n");
-}
-
-fn find(haystack: &[u8], needle: &[u8]) -> Option<usize> {
-    if needle.is_empty() {
-        return None;
-    }
-    haystack.windows(needle.len()).position(|w| w == needle)
 }
 
 /// How a response's body ends.
@@ -477,9 +495,32 @@ mod tests {
     }
 
     #[test]
+    fn a_small_body_is_taken_and_goes_after_the_head() {
+        let raw = "POST /orders HTTP/1.1\r\nHost: a.localhost\r\nContent-Length: 5\r\nx-request-id: /orders\r\n\r\nhello";
+        let mut head = served(raw);
+        assert_eq!((head.len, head.body_len), (raw.len() - 5, 5));
+        assert!(!head.retryable);
+        assert_eq!(
+            head.request_id(),
+            "/orders",
+            "found in its header, not in the path"
+        );
+        head.take_body(b"hello");
+        let out = out_text(&head);
+        assert!(
+            out.contains("Content-Length: 5\r\n") && out.ends_with("\r\n\r\nhello"),
+            "{out}"
+        );
+        head.take_body(b"again");
+        assert!(out_text(&head).ends_with("\r\n\r\nagain"));
+    }
+
+    #[test]
     fn what_the_fast_path_does_not_serve_goes_to_hyper() {
         for raw in [
-            "POST / HTTP/1.1\r\nHost: a.localhost\r\nContent-Length: 5\r\n\r\nhello",
+            "POST / HTTP/1.1\r\nHost: a.localhost\r\nContent-Length: 65537\r\n\r\nhello",
+            "POST / HTTP/1.1\r\nHost: a.localhost\r\nContent-Length: +5\r\n\r\nhello",
+            "POST / HTTP/1.1\r\nHost: a.localhost\r\nContent-Length: 5\r\nContent-Length: 5\r\n\r\nhello",
             "POST / HTTP/1.1\r\nHost: a.localhost\r\nTransfer-Encoding: chunked\r\n\r\n",
             "GET / HTTP/1.1\r\nHost: a.localhost\r\nConnection: Upgrade\r\nUpgrade: websocket\r\n\r\n",
             "GET / HTTP/1.1\r\nHost: a.localhost\r\nx-gossamer-hard-rtt-ms: 5\r\n\r\n",

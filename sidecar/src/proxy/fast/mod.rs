@@ -1,24 +1,25 @@
 //! The HTTP/1.1 fast path of the proxy port, for the requests most calls
-//! are: no body, HTTP/1.1, to an HTTP service whose live instances are all
-//! on this node.
+//! are: HTTP/1.1, no body or a small one, to an HTTP service.
 //!
 //! Why it exists: through hyper's server and pooled client, each proxied
 //! request cost about 34 µs of CPU, against HAProxy's 15–18 µs (issue 16).
 //! The difference was not system calls (the same count) but the work
 //! between them: a request and a response built as `http` types, a pool
 //! checkout, and a hand-off to the client connection's task and back. Here
-//! one task serves a caller's connection and keeps its own connections to
-//! the instances: a head is parsed in place, written once with the trace
-//! continued, and the answer's head rewritten and its body relayed as it
-//! comes. The pipeline is the same as hyper's path, step by step: the
+//! one task serves a caller's connection and takes links to the instances
+//! (loopback connections, or kept QUIC streams to other nodes' sidecars)
+//! from a shared pool: a head is parsed in place, written once with the
+//! trace continued, and the answer's head rewritten and its body relayed
+//! as it comes. The pipeline is the same as hyper's path, step by step: the
 //! shared pick (with its decision record), the outcome to the balancer,
 //! a retry of safe requests on another instance, passive health, the
-//! timeout, metrics and the access log.
+//! timeout, metrics and the access log. [`far`] is the other end of a
+//! kept stream.
 //!
-//! Anything else (a body, an upgrade, `x-gossamer-*` options, gRPC, h2c,
-//! an instance on another node, a head it cannot parse) hands the
-//! connection, with the bytes it read, to hyper for the rest of its life:
-//! the fast path never answers what hyper would answer differently.
+//! Anything else (a chunked or large body, an upgrade, `x-gossamer-*`
+//! options, gRPC, h2c, a head it cannot parse) hands the connection, with
+//! the bytes it read, to hyper for the rest of its life: the fast path
+//! never answers what hyper would answer differently.
 
 mod body;
 mod far;
@@ -39,7 +40,7 @@ use http::StatusCode;
 use http_body_util::BodyExt;
 use mesh_proto::frame::ProxyFrame;
 use mesh_proto::{Instance, Protocol};
-use tokio::io::{AsyncReadExt, AsyncWrite, AsyncWriteExt};
+use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
 use tokio::net::TcpStream;
 use tokio::sync::watch;
 
@@ -66,7 +67,7 @@ pub async fn serve_connection(
     let mut buf = BytesMut::with_capacity(8 * 1024);
     let mut handles = MetricHandles::default();
     loop {
-        let head = match read_head(&mut down, &mut buf, limits, &mut stopping).await {
+        let mut head = match read_head(&mut down, &mut buf, limits, &mut stopping).await {
             Waited::Head(head) => head,
             Waited::Hyper => break,
             Waited::Closed => return,
@@ -76,7 +77,9 @@ pub async fn serve_connection(
         if !fits(&snapshot, &head.service, &live) {
             break;
         }
-        buf.advance(head.len);
+        if !read_body(&mut down, &mut buf, &mut head, limits.header_read_timeout).await {
+            return;
+        }
         let keep_alive = serve_one(&agent, &mut down, head, &snapshot, live, &mut handles).await;
         if !keep_alive || *stopping.borrow() {
             return;
@@ -98,6 +101,31 @@ fn fits(snapshot: &CatalogSnapshot, service: &str, live: &[Instance]) -> bool {
         .map(|d| d.protocol)
         .unwrap_or_default();
     protocol == Protocol::Http && !live.is_empty()
+}
+
+/// Reads the body `head` announced (at most [`head::MAX_BODY`]) into it,
+/// within `limit`, and takes the head and body off `buf`. False when the
+/// caller went away or was too slow: the connection then closes.
+async fn read_body<S: AsyncRead + Unpin>(
+    down: &mut S,
+    buf: &mut BytesMut,
+    head: &mut RequestHead,
+    limit: std::time::Duration,
+) -> bool {
+    let whole = head.len + head.body_len;
+    let deadline = tokio::time::Instant::now() + limit;
+    while buf.len() < whole {
+        buf.reserve(whole - buf.len());
+        match tokio::time::timeout_at(deadline, down.read_buf(buf)).await {
+            Ok(Ok(n)) if n > 0 => {}
+            _ => return false,
+        }
+    }
+    if head.body_len > 0 {
+        head.take_body(&buf[head.len..whole]);
+    }
+    buf.advance(whole);
+    true
 }
 
 enum Waited {
@@ -384,8 +412,9 @@ async fn send(
     };
     // The head with the hop's deadline before its blank line.
     let mut hop_head = Vec::with_capacity(head.out.len() + 48);
-    hop_head.extend_from_slice(&head.out[..head.out.len() - 2]);
+    hop_head.extend_from_slice(&head.out[..head.head_end - 2]);
     hop_head.extend_from_slice(format!("{HOP_DEADLINE_HEADER}: {timeout_ms}\r\n\r\n").as_bytes());
+    hop_head.extend_from_slice(&head.out[head.head_end..]);
     sending.head = &hop_head;
     let target = Target {
         address: instance.address,

@@ -65,6 +65,14 @@ impl CatalogSnapshot {
         self.service(name).and_then(|s| s.definition.as_ref())
     }
 
+    /// The protocol a service's instances speak: its definition's, else
+    /// plain HTTP/1.1 (an instance registered without a definition).
+    pub fn protocol(&self, name: &str) -> mesh_proto::Protocol {
+        self.definition(name)
+            .map(|d| d.protocol)
+            .unwrap_or_default()
+    }
+
     /// Metadata of every node that published it.
     pub fn nodes(&self) -> &BTreeMap<NodeId, NodeMeta> {
         &self.nodes

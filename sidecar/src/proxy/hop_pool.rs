@@ -90,7 +90,7 @@ impl HopPool {
     /// A pool whose idle hops are swept every second until it is dropped.
     pub fn start() -> Arc<Self> {
         let pool = Arc::new(Self::default());
-        tokio::spawn(sweep(Arc::downgrade(&pool)));
+        tokio::spawn(sweep_every_second(Arc::downgrade(&pool), Self::prune));
         pool
     }
 
@@ -191,13 +191,15 @@ impl HopPool {
     }
 }
 
-async fn sweep(pool: Weak<HopPool>) {
+/// Prunes `pool` every second until it is dropped (idle kept links of
+/// either pool must close on time even when no request comes).
+pub(crate) async fn sweep_every_second<T>(pool: Weak<T>, prune: fn(&T)) {
     let mut tick = tokio::time::interval(Duration::from_secs(1));
     tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     loop {
         tick.tick().await;
         let Some(pool) = pool.upgrade() else { return };
-        pool.prune();
+        prune(&pool);
     }
 }
 

@@ -188,12 +188,7 @@ async fn handle(
     let sent = if asked_upgrade {
         upgrade::to_local(frame.address, request).await
     } else {
-        let protocol = agent
-            .upstreams
-            .snapshot()
-            .definition(&frame.service)
-            .map(|d| d.protocol)
-            .unwrap_or_default();
+        let protocol = agent.upstreams.snapshot().protocol(&frame.service);
         let call = forward::to_local(&agent.http, protocol, frame.address, request);
         match deadline {
             None => call.await,

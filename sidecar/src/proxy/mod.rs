@@ -296,7 +296,18 @@ struct InFlight<'a> {
     done: bool,
 }
 
-impl InFlight<'_> {
+impl<'a> InFlight<'a> {
+    /// A request to `instance` of `service`, starting now.
+    fn new(agent: &'a ProxyHandles, service: &'a str, instance: &str) -> Self {
+        Self {
+            agent,
+            service,
+            instance: instance.to_owned(),
+            started: Instant::now(),
+            done: false,
+        }
+    }
+
     /// Leaves the report to the response body, for a call whose outcome
     /// comes at its end; the latency is still the head's.
     fn settle_later(mut self, agent: Arc<ProxyHandles>) -> grpc_settle::Settle {
@@ -360,10 +371,7 @@ async fn attempts(
 ) -> (Response<ProxyBody>, Option<String>) {
     let service = route.service.as_str();
     let snapshot = agent.upstreams.snapshot();
-    let protocol = snapshot
-        .definition(service)
-        .map(|d| d.protocol)
-        .unwrap_or_default();
+    let protocol = snapshot.protocol(service);
     let requirements =
         agent
             .upstreams
@@ -401,13 +409,7 @@ async fn attempts(
                 None,
             );
         };
-        let in_flight = InFlight {
-            agent,
-            service,
-            instance: instance.id.clone(),
-            started: Instant::now(),
-            done: false,
-        };
+        let in_flight = InFlight::new(agent, service, &instance.id);
         let Some(attempt_body) = body.take() else {
             return failed_response(service, last_failure);
         };

@@ -60,12 +60,7 @@ where
             }
         };
         let Some(head) = head else { break };
-        let protocol = agent
-            .upstreams
-            .snapshot()
-            .definition(&frame.service)
-            .map(|d| d.protocol)
-            .unwrap_or_default();
+        let protocol = agent.upstreams.snapshot().protocol(&frame.service);
         if protocol != Protocol::Http {
             break;
         }

@@ -96,10 +96,7 @@ pub async fn serve_connection(
 /// True when the fast path serves a request for `service`: an HTTP/1.1
 /// service with live instances (hyper explains the lack of any).
 fn fits(snapshot: &CatalogSnapshot, service: &str, live: &[Instance]) -> bool {
-    let protocol = snapshot
-        .definition(service)
-        .map(|d| d.protocol)
-        .unwrap_or_default();
+    let protocol = snapshot.protocol(service);
     protocol == Protocol::Http && !live.is_empty()
 }
 
@@ -212,13 +209,7 @@ async fn serve_one(
             ::metrics::counter!(metrics::RETRIES, "service" => service.to_owned()).increment(1);
         }
         let upstream = format!("{}/{}", instance.node, instance.id);
-        let in_flight = InFlight {
-            agent,
-            service,
-            instance: instance.id.clone(),
-            started: Instant::now(),
-            done: false,
-        };
+        let in_flight = InFlight::new(agent, service, &instance.id);
         let annotation = Annotation {
             upstream: &upstream,
             rtt_ms: pick.rtt_ms,

@@ -5,11 +5,11 @@
 //! peer lets us open 512 streams at once; an idle one holds one).
 
 use std::collections::HashMap;
-use std::sync::{Arc, Mutex, Weak};
+use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use super::upstream::{Target, Upstream};
-use crate::proxy::hop_pool::HOP_IDLE;
+use crate::proxy::hop_pool::{sweep_every_second, HOP_IDLE};
 
 /// How long an unused loopback connection to an instance is kept (as the
 /// pooled client's idle timeout).
@@ -45,7 +45,7 @@ impl LinkPool {
     /// A pool whose stale links are dropped every second until it is.
     pub fn start() -> Arc<Self> {
         let pool = Arc::new(Self::default());
-        tokio::spawn(sweep(Arc::downgrade(&pool)));
+        tokio::spawn(sweep_every_second(Arc::downgrade(&pool), Self::prune));
         pool
     }
 
@@ -107,16 +107,6 @@ impl LinkPool {
     #[cfg(test)]
     fn len(&self) -> usize {
         self.lock().values().map(Vec::len).sum()
-    }
-}
-
-async fn sweep(pool: Weak<LinkPool>) {
-    let mut tick = tokio::time::interval(Duration::from_secs(1));
-    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
-    loop {
-        tick.tick().await;
-        let Some(pool) = pool.upgrade() else { return };
-        pool.prune();
     }
 }
 

@@ -9,6 +9,8 @@ use super::head::Framing;
 
 /// Bytes read from an instance at a time.
 pub(super) const READ_CHUNK: usize = 64 * 1024;
+/// Bytes read at a time while waiting for a head: most answers fit.
+pub(super) const HEAD_CHUNK: usize = 8 * 1024;
 /// Longest chunk-size line, and longest trailer section, accepted.
 const MAX_CHUNK_LINE: usize = 4 * 1024;
 const MAX_TRAILERS: usize = 64 * 1024;
@@ -51,7 +53,8 @@ where
             if left == 0 {
                 return Ok(());
             }
-            read_more(up, buf, "before the end of its Content-Length body").await?;
+            let want = usize::try_from(left).unwrap_or(READ_CHUNK).min(READ_CHUNK);
+            read_more(up, buf, want, "before the end of its Content-Length body").await?;
         },
         Framing::UntilClose => loop {
             writer.write(&buf[..]).await?;
@@ -72,7 +75,7 @@ where
                 if ended {
                     return Ok(());
                 }
-                read_more(up, buf, "in the middle of a chunked body").await?;
+                read_more(up, buf, READ_CHUNK, "in the middle of a chunked body").await?;
             }
         }
     }
@@ -108,9 +111,10 @@ impl<D: AsyncWrite + Unpin> Writer<'_, D> {
 async fn read_more<U: AsyncRead + Unpin>(
     up: &mut U,
     buf: &mut BytesMut,
+    want: usize,
     when: &str,
 ) -> Result<(), RelayError> {
-    buf.reserve(READ_CHUNK);
+    buf.reserve(want);
     match up.read_buf(buf).await {
         Ok(0) => Err(RelayError::Upstream(format!("the instance closed {when}"))),
         Ok(_) => Ok(()),

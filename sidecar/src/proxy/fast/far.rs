@@ -112,7 +112,10 @@ where
     let own = match exchange(reused, target, &Opener::Direct, &sending, deadline).await {
         Ok((conn, response)) => {
             let (more, link) = relay_answer(conn, response, hop, head.close, &frame.service).await;
-            *kept = link;
+            *kept = link.map(|mut link| {
+                link.shrink();
+                link
+            });
             return more;
         }
         Err(Exchange::Timeout) => deadline_passed(agent, frame, limit.unwrap_or(NO_DEADLINE)),

@@ -69,7 +69,8 @@ impl LinkPool {
 
     /// Keeps `conn` for the next request to its target, unless as many are
     /// idle already.
-    pub(super) fn put(&self, conn: Upstream) {
+    pub(super) fn put(&self, mut conn: Upstream) {
+        conn.shrink();
         let most = if conn.target.via.is_some() {
             MAX_IDLE_HOPS
         } else {

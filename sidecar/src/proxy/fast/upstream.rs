@@ -16,7 +16,7 @@ use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt, Join, ReadBu
 use tokio::net::TcpStream;
 use tokio::time::Instant;
 
-use super::body::READ_CHUNK;
+use super::body::HEAD_CHUNK;
 use super::head::{self, Annotation, ResponseHead, ResponseParsed};
 use crate::proxy::forward::SendError;
 use crate::transport::{Leased, Transport};
@@ -49,6 +49,14 @@ pub(super) struct Upstream {
 }
 
 impl Upstream {
+    /// Gives back a large read buffer (a streamed body grew it) before the
+    /// link idles: an idle link holds no more than a head's worth.
+    pub(super) fn shrink(&mut self) {
+        if self.buf.is_empty() && self.buf.capacity() > 2 * HEAD_CHUNK {
+            self.buf = BytesMut::with_capacity(HEAD_CHUNK);
+        }
+    }
+
     /// True when the link can take a request now (see [`Link::is_idle_and_open`]).
     pub(super) fn link_is_idle_and_open(&mut self) -> bool {
         self.link.is_idle_and_open()
@@ -216,7 +224,7 @@ pub(super) async fn exchange(
                 }
                 ResponseParsed::Partial => {}
             }
-            conn.buf.reserve(READ_CHUNK);
+            conn.buf.reserve(HEAD_CHUNK);
             match tokio::time::timeout_at(deadline, conn.link.read_buf(&mut conn.buf)).await {
                 Err(_) => return Err(Exchange::Timeout),
                 Ok(Ok(n)) if n > 0 => {}
@@ -286,6 +294,6 @@ async fn open(
     Ok(Upstream {
         target,
         link,
-        buf: BytesMut::with_capacity(READ_CHUNK),
+        buf: BytesMut::with_capacity(HEAD_CHUNK),
     })
 }

@@ -13,7 +13,7 @@
 //! as it comes. The pipeline is the same as hyper's path, step by step: the
 //! shared pick (with its decision record), the outcome to the balancer,
 //! a retry of safe requests on another instance, passive health, the
-//! timeout, metrics and the access log. [`far`] is the other end of a
+//! timeout, metrics and the access log. [`serve_hop`] is the other end of a
 //! kept stream.
 //!
 //! Anything else (a chunked or large body, an upgrade, `x-gossamer-*`

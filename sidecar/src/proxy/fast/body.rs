@@ -5,7 +5,7 @@
 use bytes::{Buf, BytesMut};
 use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
 
-use super::head::Framing;
+use super::response::Framing;
 
 /// Bytes read from an instance at a time.
 pub(super) const READ_CHUNK: usize = 64 * 1024;

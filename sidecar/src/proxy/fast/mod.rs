@@ -25,6 +25,7 @@ mod body;
 mod far;
 mod head;
 mod pool;
+mod response;
 mod upstream;
 
 pub use far::serve_hop;
@@ -52,7 +53,8 @@ use crate::metrics;
 use crate::server::prefixed::Prefixed;
 use crate::server::Limits;
 use body::{relay, RelayError};
-use head::{Annotation, Parsed, RequestHead, ResponseHead, Side};
+use head::{Parsed, RequestHead, Side};
+use response::{Annotation, Framing, ResponseHead};
 use upstream::{exchange, Exchange, Opener, Sending, Target, Upstream};
 
 /// Serves one connection of the proxy port: on the fast path while its
@@ -332,7 +334,7 @@ async fn relay_answer<D: AsyncWrite + Unpin>(
     .await;
     match relayed {
         Ok(()) => {
-            let more = !close_asked && response.framing != head::Framing::UntilClose;
+            let more = !close_asked && response.framing != Framing::UntilClose;
             let reusable = response.reusable && conn.buf.is_empty();
             (more, reusable.then_some(conn))
         }

@@ -17,7 +17,7 @@ use tokio::net::TcpStream;
 use tokio::time::Instant;
 
 use super::body::HEAD_CHUNK;
-use super::head::{self, Annotation, ResponseHead, ResponseParsed};
+use super::response::{self, Annotation, ResponseHead, ResponseParsed};
 use crate::proxy::forward::SendError;
 use crate::transport::{Leased, Transport};
 
@@ -205,7 +205,7 @@ pub(super) async fn exchange(
         }
         let mut informational = Vec::new();
         loop {
-            match head::parse_response(&conn.buf, sending.head_method, sending.annotation) {
+            match response::parse_response(&conn.buf, sending.head_method, sending.annotation) {
                 ResponseParsed::Final(mut response) => {
                     conn.buf.advance(response.len);
                     if !informational.is_empty() {

@@ -132,6 +132,15 @@ pub async fn to_local(
     })
 }
 
+/// The error of an answer marked [`CONNECT_FAILURE_HEADER`]: the far
+/// sidecar could not reach its instance, so nothing was processed.
+pub fn far_connect_failure(instance_id: &str, sidecar: SocketAddr) -> SendError {
+    SendError::Connect {
+        target: format!("{instance_id} via {sidecar}"),
+        reason: "the remote sidecar could not reach its instance".to_owned(),
+    }
+}
+
 /// Per-request deadline on the hop between sidecars, in milliseconds: the
 /// far sidecar gives up on the instance after it (a hop carries many
 /// requests, so the opening frame's deadline is only the first one's).
@@ -236,13 +245,9 @@ fn finish_hop(
     frame: ProxyFrame,
 ) -> Result<Response<ProxyBody>, SendError> {
     if response.headers().contains_key(CONNECT_FAILURE_HEADER) {
-        let target = format!("{} via {sidecar}", frame.instance_id);
         // Its unread answer leaves the hop unfit for another request.
         hop.end();
-        return Err(SendError::Connect {
-            target,
-            reason: "the remote sidecar could not reach its instance".to_owned(),
-        });
+        return Err(far_connect_failure(&frame.instance_id, sidecar));
     }
     let back = Some((hops.clone(), sidecar, frame));
     Ok(response.map(|body| {

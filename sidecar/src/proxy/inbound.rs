@@ -37,9 +37,8 @@ pub async fn serve_stream(
     // cancelled call shows only as the caller stopping our sending half:
     // then the call to the instance is dropped too (a held gRPC stream
     // would otherwise stay open at the instance).
-    let stopped = stopped_sending;
     let cancelled = async move {
-        match stopped.await {
+        match stopped_sending.await {
             Ok(Some(_)) => {}
             // Read to the end, or the connection went: serving ends anyway.
             _ => std::future::pending().await,
@@ -136,12 +135,13 @@ pub(super) fn is_own_instance(
 /// The calling sidecar's deadline for the response head: the request's
 /// own on a kept hop, else the opening frame's (callers before kept hops
 /// sent one request per stream); `None` from callers that send none (0).
-/// The header is the hop's, so it is taken off before the instance.
 pub(super) fn caller_deadline_ms(frame: &ProxyFrame, per_request: Option<u32>) -> Option<Duration> {
     let ms = per_request.unwrap_or(frame.timeout_ms);
     (ms > 0).then(|| Duration::from_millis(u64::from(ms)))
 }
 
+/// [`caller_deadline_ms`] from a request's headers. The header is the
+/// hop's, so it is taken off before the instance.
 fn caller_deadline(frame: &ProxyFrame, headers: &mut http::HeaderMap) -> Option<Duration> {
     let per_request = headers
         .remove(forward::HOP_DEADLINE_HEADER)

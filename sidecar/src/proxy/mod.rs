@@ -489,6 +489,18 @@ async fn send(
         }
         return result.map(forward::boxed);
     }
+    let (sidecar, frame) = hop_to(agent, service, instance, deadline)?;
+    forward::over_quic(&agent.transport, &agent.hops, sidecar, frame, request).await
+}
+
+/// The sidecar of `instance`'s node and the frame that opens a stream to
+/// it, for a request due by `deadline`.
+fn hop_to(
+    agent: &ProxyHandles,
+    service: &str,
+    instance: &Instance,
+    deadline: Instant,
+) -> Result<(std::net::SocketAddr, ProxyFrame), SendError> {
     let sidecar = agent
         .upstreams
         .sidecar_addr(&instance.node)
@@ -507,7 +519,7 @@ async fn send(
         // with the deadline the caller set.
         timeout_ms: remaining_ms(deadline, Instant::now()).saturating_add(FAR_SIDE_GRACE_MS),
     };
-    forward::over_quic(&agent.transport, &agent.hops, sidecar, frame, request).await
+    Ok((sidecar, frame))
 }
 
 /// How much later than the caller the far sidecar gives up.

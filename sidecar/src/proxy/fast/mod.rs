@@ -39,14 +39,13 @@ use bytes::{Buf, BytesMut};
 use client::select::Requirements;
 use http::StatusCode;
 use http_body_util::BodyExt;
-use mesh_proto::frame::ProxyFrame;
 use mesh_proto::{Instance, Protocol};
 use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
 use tokio::net::TcpStream;
 use tokio::sync::watch;
 
 use super::answers::{failed_response, no_upstream, Failure};
-use super::forward::{ProxyBody, SendError, HOP_DEADLINE_HEADER};
+use super::forward::{far_connect_failure, ProxyBody, SendError, HOP_DEADLINE_HEADER};
 use super::{decide, json_error, route, InFlight, ProxyHandles};
 use crate::catalog::CatalogSnapshot;
 use crate::metrics;
@@ -389,20 +388,9 @@ async fn send(
         let reused = agent.links.take(target);
         return exchange(reused, target, &Opener::Direct, &sending, deadline_at).await;
     }
-    let Some(sidecar) = agent.upstreams.sidecar_addr(&instance.node) else {
-        return Err(Exchange::Failed(SendError::Connect {
-            target: instance.node.to_string(),
-            reason: "the node left the cluster".to_owned(),
-        }));
-    };
-    let timeout_ms =
-        super::remaining_ms(deadline, Instant::now()).saturating_add(super::FAR_SIDE_GRACE_MS);
-    let frame = ProxyFrame {
-        instance_id: instance.id.clone(),
-        address: instance.address,
-        service: service.to_owned(),
-        timeout_ms,
-    };
+    let (sidecar, frame) =
+        super::hop_to(agent, service, instance, deadline).map_err(Exchange::Failed)?;
+    let timeout_ms = frame.timeout_ms;
     // The head with the hop's deadline before its blank line.
     let mut hop_head = Vec::with_capacity(head.out.len() + 48);
     hop_head.extend_from_slice(&head.out[..head.head_end - 2]);
@@ -421,10 +409,7 @@ async fn send(
     let (conn, response) = exchange(reused, target, &opener, &sending, deadline_at).await?;
     if response.connect_failure {
         // Its unread answer leaves the stream unfit for another request.
-        return Err(Exchange::Failed(SendError::Connect {
-            target: format!("{} via {sidecar}", instance.id),
-            reason: "the remote sidecar could not reach its instance".to_owned(),
-        }));
+        return Err(Exchange::Failed(far_connect_failure(&instance.id, sidecar)));
     }
     Ok((conn, response))
 }

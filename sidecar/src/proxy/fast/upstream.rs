@@ -185,15 +185,7 @@ pub(super) async fn exchange(
         let was_kept = reused.is_some();
         let mut conn = match reused.take() {
             Some(conn) => conn,
-            None => open(target, opener, deadline).await.map_err(|e| match e {
-                Exchange::Failed(SendError::Connect { reason, .. }) => {
-                    Exchange::Failed(SendError::Connect {
-                        target: name(),
-                        reason,
-                    })
-                }
-                other => other,
-            })?,
+            None => open(target, opener, deadline, name).await?,
         };
         let sent = tokio::time::timeout_at(deadline, conn.link.write_all(sending.head)).await;
         match sent {
@@ -254,11 +246,12 @@ async fn open(
     target: Target,
     opener: &Opener<'_>,
     deadline: Instant,
+    name: impl Fn() -> String,
 ) -> Result<Upstream, Exchange> {
     let limit = deadline.min(Instant::now() + CONNECT_TIMEOUT);
     let failed = |reason: String| {
         Exchange::Failed(SendError::Connect {
-            target: String::new(),
+            target: name(),
             reason,
         })
     };

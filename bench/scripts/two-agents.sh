@@ -6,7 +6,7 @@
 start_agent() { # NAME INDEX FLAGS...
   local name=$1 index=$2
   shift 2
-  GOSSAMER_LOG=warn "$BIN" agent --node-id "$name" --bind "127.0.0.1:1430$index" \
+  GOSSAMER_LOG=${GOSSAMER_LOG:-warn} "$BIN" agent --node-id "$name" --bind "127.0.0.1:1430$index" \
     --admin-listen "127.0.0.1:1420$index" --proxy-listen "127.0.0.1:1410$index" \
     --metrics-listen "127.0.0.1:1440$index" --data-dir "$WORK/$name" \
     --psk bench-passphrase --profile lan --dns-listen off --threads "$THREADS" \

@@ -33,6 +33,7 @@ mod handshakes;
 mod idle;
 mod lease;
 pub mod swim_udp;
+mod udp_buffers;
 
 use guard::{EndpointKeys, GuardedSocket, KnownPeers, PeerLog};
 use handshakes::{Failure, HandshakeGate};
@@ -161,6 +162,7 @@ impl Transport {
                 "cannot bind the QUIC endpoint on {bind} (UDP): {e}; choose a free --bind address"
             )
         })?;
+        udp_buffers::widen(&socket);
         let runtime = quinn::default_runtime().context("no async runtime for QUIC")?;
         let socket = runtime
             .wrap_udp_socket(socket)

@@ -15,6 +15,8 @@
 //! other. When no instance meets a hard requirement the connection is
 //! closed at once and the reason logged.
 
+mod copy;
+
 use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -23,24 +25,17 @@ use client::select::{Requirements, SelectError};
 use mesh_proto::frame::{ProxyFrame, TcpStatus};
 use mesh_proto::gossip::StreamKind;
 use mesh_proto::Instance;
-use tokio::io::{AsyncRead, AsyncWrite};
 use tokio::net::{TcpListener, TcpStream};
 use tracing::{debug, warn};
 
 use super::{inbound, report, ProxyHandles};
 use crate::metrics;
 use crate::server::accept_until_stop;
-use crate::transport::{InboundStream, Leased};
+use crate::transport::InboundStream;
+use copy::Tunnel;
 
 /// How long dialling an instance (directly, or through its sidecar) may take.
 const CONNECT_TIMEOUT: Duration = Duration::from_secs(5);
-/// Copy buffer per direction of a TCP connection: bulk transfers move in
-/// fewer, larger writes than with tokio's default 8 KiB (a 1 MB redis value
-/// took 128 writes per hop), and memory stays bounded at 128 KiB a
-/// connection.
-const COPY_BUFFER: usize = 64 * 1024;
-/// QUIC error code sent when the local side of a tunnel failed.
-const RESET_CODE: u32 = 1;
 
 /// Serves `service` on `listener` until the agent stops. Connections in
 /// progress keep going until either side closes them.
@@ -129,8 +124,8 @@ async fn connection(agent: &ProxyHandles, service: &str, client: TcpStream, peer
     // The balancer counts the connection in flight until it closes; its
     // latency sample is the connect time, not the connection's lifetime.
     let (result, counts) = match upstream {
-        Upstream::Local(stream) => pipe(client, stream).await,
-        Upstream::Remote(stream) => pipe(client, stream).await,
+        Upstream::Local(stream) => copy::tcp_to_tcp(client, stream).await,
+        Upstream::Remote(tunnel) => copy::tcp_to_tunnel(client, tunnel).await,
     };
     ::metrics::counter!(metrics::TCP_BYTES, "service" => service.to_owned(), "direction" => "out")
         .increment(counts.0);
@@ -155,11 +150,8 @@ fn refuse(service: &str, peer: SocketAddr, reason: &str, hint: &str) {
 /// Where an accepted connection goes.
 enum Upstream {
     Local(TcpStream),
-    Remote(QuicTunnel),
+    Remote(Tunnel),
 }
-
-/// The two halves of a tunnel stream as one byte stream.
-type QuicTunnel = Leased<tokio::io::Join<quinn::RecvStream, quinn::SendStream>>;
 
 async fn connect(
     agent: &ProxyHandles,
@@ -198,7 +190,7 @@ async fn connect(
             .await
             .map_err(|e| format!("sidecar {sidecar} closed the tunnel: {e}"))?;
         match TcpStatus::from_byte(status[0]) {
-            Some(TcpStatus::Connected) => Ok(Leased::new(tokio::io::join(recv, send), lease)),
+            Some(TcpStatus::Connected) => Ok(Tunnel { recv, send, lease }),
             Some(TcpStatus::Refused) => Err(format!(
                 "sidecar {sidecar} has no instance {} (stale catalog)",
                 instance.id
@@ -231,52 +223,6 @@ async fn dial(address: SocketAddr) -> Result<TcpStream, String> {
     }
 }
 
-/// Copies both ways with half-close passed on (tokio's
-/// `copy_bidirectional` shuts the write side down at the other side's EOF;
-/// for a QUIC send stream that is `finish`). Returns the bytes copied
-/// (client → upstream, upstream → client). The buffers are fixed
-/// ([`COPY_BUFFER`] per direction): a side that never reads stalls the other, memory stays flat.
-async fn pipe<U>(mut client: TcpStream, mut upstream: U) -> (std::io::Result<()>, (u64, u64))
-where
-    U: AsyncRead + AsyncWrite + Unpin + Resettable,
-{
-    match tokio::io::copy_bidirectional_with_sizes(
-        &mut client,
-        &mut upstream,
-        COPY_BUFFER,
-        COPY_BUFFER,
-    )
-    .await
-    {
-        Ok(counts) => (Ok(()), counts),
-        Err(e) => {
-            // One side failed: the other learns by a reset, not a clean EOF.
-            upstream.reset();
-            let _ = client.set_zero_linger();
-            (Err(e), (0, 0))
-        }
-    }
-}
-
-/// A byte stream whose peer can be told "failed" rather than "done".
-trait Resettable {
-    fn reset(&mut self);
-}
-
-impl Resettable for TcpStream {
-    fn reset(&mut self) {
-        // Closing with a zero linger sends RST instead of FIN.
-        let _ = self.set_zero_linger();
-    }
-}
-
-impl Resettable for QuicTunnel {
-    fn reset(&mut self) {
-        let _ = self.writer_mut().reset(quinn::VarInt::from_u32(RESET_CODE));
-        let _ = self.reader_mut().stop(quinn::VarInt::from_u32(RESET_CODE));
-    }
-}
-
 /// Serves one tunnel a peer sidecar opened: checks the frame names an
 /// instance of this node, connects to it, answers the status byte, then
 /// copies until both sides are done.
@@ -305,9 +251,13 @@ pub async fn serve_stream(
         }
     };
     stream.send.write_all(&[TcpStatus::Connected as u8]).await?;
-    let tunnel = Leased::new(tokio::io::join(stream.recv, stream.send), stream.lease);
+    let tunnel = Tunnel {
+        recv: stream.recv,
+        send: stream.send,
+        lease: stream.lease,
+    };
     // The instance plays the client's part of the copy here.
-    let (result, (sent, received)) = pipe(instance, tunnel).await;
+    let (result, (sent, received)) = copy::tcp_to_tunnel(instance, tunnel).await;
     debug!(%peer, instance = %frame.instance_id, sent, received, "tunnelled TCP connection closed");
     result.map_err(|e| anyhow::anyhow!("tunnel to {}: {e}", frame.instance_id))
 }

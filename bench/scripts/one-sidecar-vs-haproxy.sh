@@ -1,0 +1,38 @@
+#!/bin/bash
+# nginx `return 200` behind one `gossamer agent` (its own instance) and
+# behind HAProxy with one thread; wrk -t1 -c32 through each in alternating
+# rounds; prints req/s, p99 and each proxy's CPU per request (from /proc).
+# With PERF_OUT set, records the agent with perf during its last round.
+#   one-sidecar-vs-haproxy.sh [GOSSAMER_BIN] [THREADS] [SECONDS] [ROUNDS]
+# Needs nginx, haproxy and wrk (Debian packages). Loopback only.
+set -uo pipefail
+BIN=${1:-target/release/gossamer} THREADS=${2:-1} DUR=${3:-4} ROUNDS=${4:-3}
+HERE=$(cd "$(dirname "$0")" && pwd)
+WORK=$(mktemp -d)
+pids=()
+cleanup() { kill "${pids[@]}" 2>/dev/null; wait 2>/dev/null; rm -rf "$WORK"; }
+trap cleanup EXIT
+nginx -c "$HERE/nginx-return-200.conf" -p "$WORK" &
+pids+=($!)
+haproxy -f "$HERE/haproxy-one-thread.cfg" -db >/dev/null 2>&1 &
+HAPROXY=$!
+pids+=($HAPROXY)
+source "$HERE/two-agents.sh"
+start_agent one 1 --service ng=18090
+AGENT=$!
+for _ in $(seq 1 100); do
+  [ "$(curl -s -o /dev/null -w '%{http_code}' -H 'Host: ng.localhost' http://127.0.0.1:14101/)" = 200 ] && break
+  sleep 0.2
+done
+wrk -t1 -c32 -d1s -H 'Host: ng.localhost' http://127.0.0.1:14101/ >/dev/null
+wrk -t1 -c32 -d1s http://127.0.0.1:18091/ >/dev/null
+for round in $(seq 1 "$ROUNDS"); do
+  if [ -n "${PERF_OUT:-}" ] && [ "$round" = "$ROUNDS" ]; then
+    perf record -F 4999 -g -o "$PERF_OUT" -p "$AGENT" -- sleep "$DUR" 2>/dev/null &
+  fi
+  echo "agent   $("$HERE/cpu-per-request.sh" "$AGENT" http://127.0.0.1:14101/ ng.localhost "$DUR")"
+  echo "haproxy $("$HERE/cpu-per-request.sh" "$HAPROXY" http://127.0.0.1:18091/ ng.localhost "$DUR")"
+done
+wait_perf() { [ -n "${PERF_OUT:-}" ] && sleep 1; }
+wait_perf
+echo "direct  req/s=$(wrk -t1 -c32 -d"${DUR}s" http://127.0.0.1:18090/ | awk '/Requests\/sec/ {print $2}')"

@@ -183,7 +183,10 @@ pub async fn serve_http_connection<S, H, F, B>(
     let stream = OwnErrorsAsJson::new(stream, calls.clone());
     let service = service_fn(move |request| {
         calls.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
-        let response = handler(request);
+        // Boxed: the proxy's pipeline is a large future, and hyper moves
+        // what it is given (into each HTTP/2 stream's task, among others);
+        // a copy of it was 2–3 % of a gRPC caller's CPU.
+        let response = Box::pin(handler(request));
         async move { Ok::<_, Infallible>(response.await) }
     });
     let builder = http_builder(&limits);

@@ -65,7 +65,8 @@ where
     let service = service_fn(move |request: Request<Incoming>| {
         let agent = agent.clone();
         let frame = frame.clone();
-        async move {
+        // Boxed for the reason `server::serve_http_connection` gives.
+        Box::pin(async move {
             // The calling sidecar passes this answer on as it is, so a gRPC
             // caller's error must be a gRPC status already.
             let grpc = super::grpc::is_grpc(request.headers());
@@ -83,7 +84,7 @@ where
                 response
             };
             Ok::<_, std::convert::Infallible>(response)
-        }
+        })
     });
     // Callers speak HTTP/1.1 on the stream; older ones spoke their caller's
     // version, which the auto builder still serves.

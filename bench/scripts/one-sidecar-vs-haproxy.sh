@@ -29,10 +29,10 @@ wrk -t1 -c32 -d1s http://127.0.0.1:18091/ >/dev/null
 for round in $(seq 1 "$ROUNDS"); do
   if [ -n "${PERF_OUT:-}" ] && [ "$round" = "$ROUNDS" ]; then
     perf record -F 4999 -g -o "$PERF_OUT" -p "$AGENT" -- sleep "$DUR" 2>/dev/null &
+    PERF_PID=$!
   fi
   echo "agent   $("$HERE/cpu-per-request.sh" "$AGENT" http://127.0.0.1:14101/ ng.localhost "$DUR")"
   echo "haproxy $("$HERE/cpu-per-request.sh" "$HAPROXY" http://127.0.0.1:18091/ ng.localhost "$DUR")"
 done
-wait_perf() { [ -n "${PERF_OUT:-}" ] && sleep 1; }
-wait_perf
+[ -n "${PERF_PID:-}" ] && wait "$PERF_PID"
 echo "direct  req/s=$(wrk -t1 -c32 -d"${DUR}s" http://127.0.0.1:18090/ | awk '/Requests\/sec/ {print $2}')"

@@ -8,16 +8,12 @@
 set -uo pipefail
 BIN=${1:-target/release/gossamer} THREADS=${2:-1} DUR=${3:-4} ROUNDS=${4:-3}
 HERE=$(cd "$(dirname "$0")" && pwd)
-WORK=$(mktemp -d)
-pids=()
-cleanup() { kill "${pids[@]}" 2>/dev/null; wait 2>/dev/null; rm -rf "$WORK"; }
-trap cleanup EXIT
+source "$HERE/lib.sh"
 nginx -c "$HERE/nginx-return-200.conf" -p "$WORK" &
 pids+=($!)
 haproxy -f "$HERE/haproxy-one-thread.cfg" -db >/dev/null 2>&1 &
 HAPROXY=$!
 pids+=($HAPROXY)
-source "$HERE/two-agents.sh"
 start_agent one 1 --service ng=18090
 AGENT=$!
 for _ in $(seq 1 100); do

@@ -7,13 +7,9 @@
 set -uo pipefail
 BIN=${1:-target/release/gossamer} THREADS=${2:-1} ROUNDS=${3:-2}
 HERE=$(cd "$(dirname "$0")" && pwd)
-WORK=$(mktemp -d)
-pids=()
-cleanup() { kill "${pids[@]}" 2>/dev/null; wait 2>/dev/null; rm -rf "$WORK"; }
-trap cleanup EXIT
+source "$HERE/lib.sh"
 redis-server --port 16379 --bind 127.0.0.1 --save '' --appendonly no --dir "$WORK" >/dev/null 2>&1 &
 pids+=($!)
-source "$HERE/two-agents.sh"
 start_two_agents redis "--service redis=16379" "--tcp redis=127.0.0.1:16380"
 for _ in $(seq 1 100); do
   [ "$(redis-cli -p 16380 PING 2>/dev/null)" = PONG ] && break

@@ -7,10 +7,7 @@
 set -uo pipefail
 BIN=${1:-target/release/gossamer} THREADS=${2:-1} ROUNDS=${3:-2} MIB=${4:-1024}
 HERE=$(cd "$(dirname "$0")" && pwd)
-WORK=$(mktemp -d)
-pids=()
-cleanup() { kill "${pids[@]}" 2>/dev/null; wait 2>/dev/null; rm -rf "$WORK"; }
-trap cleanup EXIT
+source "$HERE/lib.sh"
 # The sink reads until EOF, answers the byte count, and closes.
 python3 - <<'PY' &
 import socket, threading
@@ -28,7 +25,6 @@ while True:
     threading.Thread(target=serve, args=(c,), daemon=True).start()
 PY
 pids+=($!)
-source "$HERE/two-agents.sh"
 start_two_agents bulk "--service sink=16390" "--tcp sink=127.0.0.1:16391"
 send() { # PORT -> seconds
   python3 - "$1" "$MIB" <<'PY'

@@ -9,13 +9,9 @@
 set -uo pipefail
 BIN=${1:-target/release/gossamer} THREADS=${2:-1} DUR=${3:-4} ROUNDS=${4:-3}
 HERE=$(cd "$(dirname "$0")" && pwd)
-WORK=$(mktemp -d)
-pids=()
-cleanup() { kill "${pids[@]}" 2>/dev/null; wait 2>/dev/null; rm -rf "$WORK"; }
-trap cleanup EXIT
+source "$HERE/lib.sh"
 nginx -c "$HERE/nginx-return-200.conf" -p "$WORK" &
 pids+=($!)
-source "$HERE/two-agents.sh"
 start_two_agents wrk "--service ng=18090" ""
 for _ in $(seq 1 100); do
   [ "$(curl -s -o /dev/null -w '%{http_code}' -H 'Host: ng.localhost' http://127.0.0.1:14102/)" = 200 ] && break

@@ -1,8 +1,14 @@
-# Sourced by the two-agent scripts: a callee agent and a caller agent that
-# joins it, as processes on fixed loopback ports, logs and data in $WORK.
-# Needs BIN, THREADS, WORK and the array pids (each started pid is added).
+# Sourced by the comparison scripts, right after they set BIN, THREADS
+# and HERE: a work dir ($WORK) removed on exit with every process started
+# (each script adds its pids to the array `pids`), and the agents:
+#   start_agent NAME INDEX FLAGS...     one agent; ports 1410/1420/1430/1440 + INDEX
 #   start_two_agents PREFIX "CALLEE FLAGS" "CALLER FLAGS"
-# Sets CALLEE and CALLER to the pids; the caller's proxy is 127.0.0.1:14102.
+# start_two_agents sets CALLEE and CALLER to the pids; the caller's proxy is
+# 127.0.0.1:14102.
+WORK=$(mktemp -d)
+pids=()
+cleanup() { kill "${pids[@]}" 2>/dev/null; wait 2>/dev/null; rm -rf "$WORK"; }
+trap cleanup EXIT
 start_agent() { # NAME INDEX FLAGS...
   local name=$1 index=$2
   shift 2

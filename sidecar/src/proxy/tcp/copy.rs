@@ -4,6 +4,10 @@
 //! Toward a tunnel, what is read from TCP goes to quinn as the `Bytes` it
 //! was read into (`write_chunk`): tokio's generic copy copied each byte once
 //! more, out of its copy buffer into quinn's (bench/README "TCP bulk").
+//!
+//! Memory stays flat when one side never reads: a direction holds at most
+//! one [`READ_SIZE`] buffer, and quinn takes a chunk only within the
+//! stream's flow-control credit, so a stalled reader stalls the writer.
 
 use std::io;
 
@@ -19,7 +23,7 @@ use crate::transport::StreamLease;
 /// 8 KiB), and memory stays bounded per connection.
 const READ_SIZE: usize = 64 * 1024;
 /// QUIC error code sent when the local side of a tunnel failed.
-pub(super) const RESET_CODE: u32 = 1;
+const RESET_CODE: u32 = 1;
 
 /// The two halves of a tunnel's QUIC stream and its hold on the connection.
 pub(super) struct Tunnel {

@@ -3,6 +3,8 @@
 # (each script adds its pids to the array `pids`), and the agents:
 #   start_agent NAME INDEX FLAGS...     one agent; ports 1410/1420/1430/1440 + INDEX
 #   start_two_agents PREFIX "CALLEE FLAGS" "CALLER FLAGS"
+#   start_nginx                         nginx `return 200` on 127.0.0.1:18090
+#   wait_proxied PORT                   until ng.localhost answers 200 through PORT
 # start_two_agents sets CALLEE and CALLER to the pids; the caller's proxy is
 # 127.0.0.1:14102.
 WORK=$(mktemp -d)
@@ -29,4 +31,16 @@ start_two_agents() {
   # shellcheck disable=SC2086
   start_agent "$prefix-caller" 2 --join 127.0.0.1:14301 $3
   CALLER=$!
+}
+start_nginx() {
+  nginx -c "$HERE/nginx-return-200.conf" -p "$WORK" &
+  pids+=($!)
+}
+wait_proxied() { # PORT
+  for _ in $(seq 1 100); do
+    [ "$(curl -s -o /dev/null -w '%{http_code}' -H 'Host: ng.localhost' "http://127.0.0.1:$1/")" = 200 ] && return 0
+    sleep 0.2
+  done
+  echo "nothing answered through 127.0.0.1:$1 within 20 s" >&2
+  return 1
 }

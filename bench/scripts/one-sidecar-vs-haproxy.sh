@@ -9,17 +9,13 @@ set -uo pipefail
 BIN=${1:-target/release/gossamer} THREADS=${2:-1} DUR=${3:-4} ROUNDS=${4:-3}
 HERE=$(cd "$(dirname "$0")" && pwd)
 source "$HERE/lib.sh"
-nginx -c "$HERE/nginx-return-200.conf" -p "$WORK" &
-pids+=($!)
+start_nginx
 haproxy -f "$HERE/haproxy-one-thread.cfg" -db >/dev/null 2>&1 &
 HAPROXY=$!
 pids+=($HAPROXY)
 start_agent one 1 --service ng=18090
 AGENT=$!
-for _ in $(seq 1 100); do
-  [ "$(curl -s -o /dev/null -w '%{http_code}' -H 'Host: ng.localhost' http://127.0.0.1:14101/)" = 200 ] && break
-  sleep 0.2
-done
+wait_proxied 14101 || exit 1
 wrk -t1 -c32 -d1s -H 'Host: ng.localhost' http://127.0.0.1:14101/ >/dev/null
 wrk -t1 -c32 -d1s http://127.0.0.1:18091/ >/dev/null
 for round in $(seq 1 "$ROUNDS"); do

@@ -10,13 +10,9 @@ set -uo pipefail
 BIN=${1:-target/release/gossamer} THREADS=${2:-1} DUR=${3:-4} ROUNDS=${4:-3}
 HERE=$(cd "$(dirname "$0")" && pwd)
 source "$HERE/lib.sh"
-nginx -c "$HERE/nginx-return-200.conf" -p "$WORK" &
-pids+=($!)
+start_nginx
 start_two_agents wrk "--service ng=18090" ""
-for _ in $(seq 1 100); do
-  [ "$(curl -s -o /dev/null -w '%{http_code}' -H 'Host: ng.localhost' http://127.0.0.1:14102/)" = 200 ] && break
-  sleep 0.2
-done
+wait_proxied 14102 || exit 1
 ticks() { awk '{print $14+$15}' "/proc/$1/stat"; }
 udp_sends() { awk '/^Udp:/ {n++; if (n == 2) print $5}' /proc/net/snmp; }
 hz=$(getconf CLK_TCK)

@@ -5,12 +5,15 @@
 #   start_two_agents PREFIX "CALLEE FLAGS" "CALLER FLAGS"
 #   start_nginx                         nginx `return 200` on 127.0.0.1:18090
 #   wait_proxied PORT                   until ng.localhost answers 200 through PORT
+#   ticks PID                           CPU ticks PID has used (user + system; $hz a second)
 # start_two_agents sets CALLEE and CALLER to the pids; the caller's proxy is
 # 127.0.0.1:14102.
 WORK=$(mktemp -d)
 pids=()
 cleanup() { kill "${pids[@]}" 2>/dev/null; wait 2>/dev/null; rm -rf "$WORK"; }
 trap cleanup EXIT
+ticks() { awk '{print $14+$15}' "/proc/$1/stat"; }
+hz=$(getconf CLK_TCK)
 start_agent() { # NAME INDEX FLAGS...
   local name=$1 index=$2
   shift 2

@@ -16,9 +16,8 @@ for _ in $(seq 1 100); do
   sleep 0.2
 done
 redis-cli -p 16380 SET key:__rand_int__ value >/dev/null
-ticks() { awk '{print $14+$15}' "/proc/$1/stat"; }
 rate() { redis-benchmark -p "$1" -t get -c 32 -n "$2" -q | grep -oE '[0-9.]+ requests per second' | awk '{print $1}'; }
-hz=$(getconf CLK_TCK) n=100000
+n=100000
 for _ in $(seq 1 "$ROUNDS"); do
   direct=$(rate 16379 200000)
   a0=$(ticks $CALLER) b0=$(ticks $CALLEE)

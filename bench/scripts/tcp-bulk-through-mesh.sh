@@ -45,8 +45,6 @@ print(f"{dt:.4f}")
 PY
 }
 send 16391 >/dev/null 2>&1 || true # waits for the mesh to be ready
-ticks() { awk '{print $14+$15}' "/proc/$1/stat"; }
-hz=$(getconf CLK_TCK)
 for _ in $(seq 1 "$ROUNDS"); do
   direct=$(send 16390)
   a0=$(ticks $CALLER) b0=$(ticks $CALLEE)

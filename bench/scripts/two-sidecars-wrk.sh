@@ -13,9 +13,7 @@ source "$HERE/lib.sh"
 start_nginx
 start_two_agents wrk "--service ng=18090" ""
 wait_proxied 14102 || exit 1
-ticks() { awk '{print $14+$15}' "/proc/$1/stat"; }
 udp_sends() { awk '/^Udp:/ {n++; if (n == 2) print $5}' /proc/net/snmp; }
-hz=$(getconf CLK_TCK)
 wrk -t1 -c32 -d1s -H 'Host: ng.localhost' http://127.0.0.1:14102/ >/dev/null
 for _ in $(seq 1 "$ROUNDS"); do
   a0=$(ticks $CALLER) b0=$(ticks $CALLEE) u0=$(udp_sends)

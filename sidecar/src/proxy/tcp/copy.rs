@@ -58,10 +58,12 @@ pub(super) async fn tcp_to_tcp(
 /// shuts down TCP's write half; an error on either side resets the other
 /// (a QUIC reset and stop, a TCP RST).
 pub(super) async fn tcp_to_tunnel(mut tcp: TcpStream, tunnel: Tunnel) -> (io::Result<()>, Counts) {
+    // The lease holds the connection open until the copy, and any reset
+    // below, is done.
     let Tunnel {
         mut recv,
         mut send,
-        lease,
+        lease: _lease,
     } = tunnel;
     let (mut tcp_read, mut tcp_write) = tcp.split();
     let up = async {
@@ -92,9 +94,7 @@ pub(super) async fn tcp_to_tunnel(mut tcp: TcpStream, tunnel: Tunnel) -> (io::Re
         tcp_write.shutdown().await?;
         Ok::<u64, io::Error>(total)
     };
-    let result = tokio::try_join!(up, down);
-    drop(lease);
-    match result {
+    match tokio::try_join!(up, down) {
         Ok(counts) => (Ok(()), counts),
         Err(e) => {
             let _ = send.reset(VarInt::from_u32(RESET_CODE));

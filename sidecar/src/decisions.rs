@@ -35,8 +35,9 @@ pub struct Decision {
     pub picked: Option<String>,
     /// RTT to the picked instance's node, in ms.
     pub rtt_ms: Option<f64>,
-    /// Why this instance (or why none).
-    pub why: String,
+    /// Why this instance (or why none); the most common reasons are
+    /// fixed text, not a copy per request.
+    pub why: std::borrow::Cow<'static, str>,
     /// Eligible instances that were not picked this time.
     pub eligible_others: usize,
     /// Instances that could not be used, each with its reason.
@@ -125,7 +126,7 @@ mod tests {
             service: "svc".to_owned(),
             picked: None,
             rtt_ms: None,
-            why: String::new(),
+            why: "".into(),
             eligible_others: 0,
             rejected: Vec::new(),
             retry: false,

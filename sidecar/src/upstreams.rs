@@ -104,7 +104,11 @@ impl Upstreams {
 
     /// Live instances of `service` in `snapshot` on nodes that are up (ours,
     /// or active members).
-    pub fn live_instances(&self, snapshot: &CatalogSnapshot, service: &str) -> Vec<Instance> {
+    pub fn live_instances<'s>(
+        &self,
+        snapshot: &'s CatalogSnapshot,
+        service: &str,
+    ) -> Vec<&'s Instance> {
         let Some(entry) = snapshot.service(service) else {
             return Vec::new();
         };
@@ -113,7 +117,11 @@ impl Upstreams {
     }
 
     /// The selection module's view of instances.
-    pub fn candidates(&self, snapshot: &CatalogSnapshot, instances: &[Instance]) -> Vec<Candidate> {
+    pub fn candidates(
+        &self,
+        snapshot: &CatalogSnapshot,
+        instances: &[&Instance],
+    ) -> Vec<Candidate> {
         candidates::candidates(instances, &self.node_id, |node| self.rtt_to(snapshot, node))
     }
 

@@ -102,7 +102,7 @@ pub fn instances(agent: &AdminHandles, service: &str, caller: Requirements) -> I
     let candidates = upstreams.candidates(&snapshot, &live);
     let ranking = agent.upstreams.rank(service, &candidates, requirements);
     let by_id: BTreeMap<&str, &mesh_proto::Instance> =
-        live.iter().map(|i| (i.id.as_str(), i)).collect();
+        live.iter().map(|i| (i.id.as_str(), *i)).collect();
     let view = |candidate: &client::select::Candidate, within_soft: bool, ineligible| {
         by_id
             .get(candidate.instance_id.as_str())

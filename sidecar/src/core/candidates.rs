@@ -12,22 +12,21 @@ use mesh_proto::{NodeId, NodeIdentity};
 use super::catalog::ServiceEntry;
 
 /// Instances of `entry` on nodes that are up: this node, or active members.
-pub fn live_instances(
-    entry: &ServiceEntry,
+pub fn live_instances<'e>(
+    entry: &'e ServiceEntry,
     local: &NodeId,
     active: &BTreeMap<NodeId, NodeIdentity>,
-) -> Vec<Instance> {
+) -> Vec<&'e Instance> {
     entry
         .instances
         .iter()
         .filter(|i| i.node == *local || active.contains_key(&i.node))
-        .cloned()
         .collect()
 }
 
 /// The selection module's view of `instances`, with each node's RTT from `rtt`.
 pub fn candidates(
-    instances: &[Instance],
+    instances: &[&Instance],
     local: &NodeId,
     mut rtt: impl FnMut(&NodeId) -> (Option<f64>, RttSource),
 ) -> Vec<Candidate> {
@@ -112,7 +111,7 @@ mod tests {
     #[test]
     fn own_instances_are_local_and_others_carry_their_nodes_rtt() {
         let instances = [instance("a-1", "a"), instance("b-1", "b")];
-        let built = candidates(&instances, &node("a"), |n| {
+        let built = candidates(&[&instances[0], &instances[1]], &node("a"), |n| {
             if n.as_str() == "b" {
                 (Some(12.5), RttSource::Measured)
             } else {

@@ -54,7 +54,7 @@ impl DnsSource for AgentSource {
         // Checked before ranking: ranking makes a balancer per name, and
         // names from the network must not grow that map.
         snapshot.service(service)?;
-        let live: Vec<Instance> = upstreams
+        let live: Vec<&Instance> = upstreams
             .live_instances(&snapshot, service)
             .into_iter()
             .filter(|i| i.health == Health::Passing)

@@ -45,7 +45,7 @@ pub(super) fn failed_response(
 
 pub(super) fn no_upstream(
     service: &str,
-    live: &[Instance],
+    live: &[&Instance],
     error: SelectError,
     last_failure: Option<Failure>,
 ) -> Response<ProxyBody> {

@@ -24,6 +24,8 @@ pub(super) struct Pick {
     pub(super) index: usize,
     /// RTT to its node, when known (0 on this node).
     pub(super) rtt_ms: Option<f64>,
+    /// Its `node/instance`, as the decision record names it.
+    pub(super) upstream: String,
 }
 
 /// Picks one of `live` for `service` (never one of `tried`) with the
@@ -32,7 +34,7 @@ pub(super) fn pick_recorded(
     agent: &ProxyHandles,
     snapshot: &CatalogSnapshot,
     service: &str,
-    live: &[Instance],
+    live: &[&Instance],
     requirements: Requirements,
     tried: &[String],
 ) -> Result<Pick, SelectError> {
@@ -65,15 +67,17 @@ pub(super) fn pick_recorded(
         requirements,
         !tried.is_empty(),
     );
+    let upstream = picked.ok().map(|p| p.upstream).unwrap_or_default();
     let pick = pick?;
     Ok(Pick {
         index: pick.index,
         rtt_ms: candidates.get(pick.index).and_then(|c| c.rtt_ms),
+        upstream,
     })
 }
 
 /// `node/instance` of the candidate at `index` (candidates follow `live`).
-pub(super) fn upstream_at(live: &[Instance], index: usize) -> String {
+pub(super) fn upstream_at(live: &[&Instance], index: usize) -> String {
     live.get(index)
         .map_or_else(String::new, |i| format!("{}/{}", i.node, i.id))
 }
@@ -91,27 +95,25 @@ pub(super) fn record(
         Ok(p) => {
             let local = p.rtt_ms == Some(0.0);
             let why = match (requirements.soft_rtt_ms, p.within_soft) {
-                _ if local && p.others == 0 => {
-                    "the only eligible instance (on this node)".to_owned()
-                }
+                _ if local && p.others == 0 => "the only eligible instance (on this node)".into(),
                 (Some(soft), true) => format!(
                     "within soft {soft} ms; P2C over peak-EWMA among {} eligible",
                     p.others + 1
-                ),
-                (Some(soft), false) => {
-                    format!(
-                        "none within soft {soft} ms: the best of {} eligible",
-                        p.others + 1
-                    )
-                }
-                (None, _) => format!("P2C over peak-EWMA among {} eligible", p.others + 1),
+                )
+                .into(),
+                (Some(soft), false) => format!(
+                    "none within soft {soft} ms: the best of {} eligible",
+                    p.others + 1
+                )
+                .into(),
+                (None, _) => format!("P2C over peak-EWMA among {} eligible", p.others + 1).into(),
             };
             (Some(p.upstream.clone()), p.rtt_ms, why, p.others)
         }
-        Err(e) => (None, None, e.message(), 0),
+        Err(e) => (None, None, e.message().into(), 0),
     };
     let why = if retry {
-        format!("retry after a failed attempt; {why}")
+        format!("retry after a failed attempt; {why}").into()
     } else {
         why
     };

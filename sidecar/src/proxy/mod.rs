@@ -291,18 +291,18 @@ fn empty_body() -> ProxyBody {
 struct InFlight<'a> {
     agent: &'a ProxyHandles,
     service: &'a str,
-    instance: String,
+    instance: &'a str,
     started: Instant,
     done: bool,
 }
 
 impl<'a> InFlight<'a> {
     /// A request to `instance` of `service`, starting now.
-    fn new(agent: &'a ProxyHandles, service: &'a str, instance: &str) -> Self {
+    fn new(agent: &'a ProxyHandles, service: &'a str, instance: &'a str) -> Self {
         Self {
             agent,
             service,
-            instance: instance.to_owned(),
+            instance,
             started: Instant::now(),
             done: false,
         }
@@ -314,7 +314,7 @@ impl<'a> InFlight<'a> {
         self.done = true;
         let latency = self.started.elapsed();
         let service = self.service.to_owned();
-        let instance = std::mem::take(&mut self.instance);
+        let instance = self.instance.to_owned();
         Box::new(move |success| report(&agent, &service, &instance, latency, success))
     }
 
@@ -323,7 +323,7 @@ impl<'a> InFlight<'a> {
         report(
             self.agent,
             self.service,
-            &self.instance,
+            self.instance,
             self.started.elapsed(),
             success,
         );
@@ -336,7 +336,7 @@ impl Drop for InFlight<'_> {
             report(
                 self.agent,
                 self.service,
-                &self.instance,
+                self.instance,
                 self.started.elapsed(),
                 false,
             );

@@ -150,9 +150,13 @@ pub fn service_from_host(host: &str) -> Result<String, RouteError> {
             host
         }
     });
-    let host = host.trim_end_matches('.').to_ascii_lowercase();
-    let name = match host.strip_suffix(".localhost") {
-        Some(prefix) => prefix.rsplit('.').next().unwrap_or(prefix).to_owned(),
+    let host = host.trim_end_matches('.');
+    let name = match strip_suffix_ignoring_case(host, ".localhost") {
+        Some(prefix) => prefix
+            .rsplit('.')
+            .next()
+            .unwrap_or(prefix)
+            .to_ascii_lowercase(),
         None => {
             return Err(route_error(
                 format!("Host {host:?} does not name a service"),
@@ -161,6 +165,14 @@ pub fn service_from_host(host: &str) -> Result<String, RouteError> {
         }
     };
     checked_name(name)
+}
+
+/// `text` without `suffix`, compared ignoring ASCII case (no lowercased
+/// copy of a Host per request).
+fn strip_suffix_ignoring_case<'t>(text: &'t str, suffix: &str) -> Option<&'t str> {
+    let at = text.len().checked_sub(suffix.len())?;
+    let (prefix, tail) = (text.get(..at)?, text.get(at..)?);
+    tail.eq_ignore_ascii_case(suffix).then_some(prefix)
 }
 
 fn checked_name(name: String) -> Result<String, RouteError> {
@@ -245,6 +257,28 @@ mod tests {
             &headers(&[("host", "Bad_Name.localhost")])
         )
         .is_err());
+    }
+
+    #[test]
+    fn the_host_is_read_without_regard_to_case_or_a_trailing_dot() {
+        for host in [
+            "Echo.LocalHost:4201",
+            "v2.ECHO.localhost.",
+            "echo.LOCALHOST",
+        ] {
+            assert_eq!(service_from_host(host).expect(host), "echo", "{host}");
+        }
+        // Not under .localhost, no label, not a DNS label, and multi-byte
+        // characters where the suffix would start: refused, never a panic.
+        for host in [
+            "echo.example",
+            "localhost",
+            ".localhost",
+            "éécho.localhost",
+            "éééééééééé",
+        ] {
+            assert!(service_from_host(host).is_err(), "{host}");
+        }
     }
 
     #[test]

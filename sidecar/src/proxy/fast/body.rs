@@ -91,12 +91,7 @@ impl<D: AsyncWrite + Unpin> Writer<'_, D> {
     async fn write(&mut self, body: &[u8]) -> Result<(), RelayError> {
         let written = match self.head.take() {
             // One write for a small answer: head and body together.
-            Some(head) if body.len() <= 16 * 1024 => {
-                let mut both = Vec::with_capacity(head.len() + body.len());
-                both.extend_from_slice(head);
-                both.extend_from_slice(body);
-                self.down.write_all(&both).await
-            }
+            Some(head) if body.len() <= 16 * 1024 => write_both(self.down, head, body).await,
             Some(head) => match self.down.write_all(head).await {
                 Ok(()) => self.down.write_all(body).await,
                 Err(e) => Err(e),
@@ -105,6 +100,28 @@ impl<D: AsyncWrite + Unpin> Writer<'_, D> {
             None => self.down.write_all(body).await,
         };
         written.map_err(|_| RelayError::Downstream)
+    }
+}
+
+/// Writes `head` then `body`, in one `writev` where `down` takes vectors
+/// (a TCP socket; a QUIC stream takes the head first, then the rest).
+async fn write_both<D: AsyncWrite + Unpin>(
+    down: &mut D,
+    head: &[u8],
+    body: &[u8],
+) -> std::io::Result<()> {
+    let slices = [std::io::IoSlice::new(head), std::io::IoSlice::new(body)];
+    let written = down.write_vectored(&slices).await?;
+    match written.checked_sub(head.len()) {
+        Some(of_body) => {
+            down.write_all(body.get(of_body..).unwrap_or_default())
+                .await
+        }
+        None => {
+            down.write_all(head.get(written..).unwrap_or_default())
+                .await?;
+            down.write_all(body).await
+        }
     }
 }
 

@@ -96,7 +96,7 @@ pub async fn serve_connection(
 
 /// True when the fast path serves a request for `service`: an HTTP/1.1
 /// service with live instances (hyper explains the lack of any).
-fn fits(snapshot: &CatalogSnapshot, service: &str, live: &[Instance]) -> bool {
+fn fits(snapshot: &CatalogSnapshot, service: &str, live: &[&Instance]) -> bool {
     let protocol = snapshot.protocol(service);
     protocol == Protocol::Http && !live.is_empty()
 }
@@ -172,7 +172,7 @@ async fn serve_one(
     down: &mut TcpStream,
     head: RequestHead,
     snapshot: &CatalogSnapshot,
-    live: Vec<Instance>,
+    live: Vec<&Instance>,
     handles: &mut MetricHandles,
 ) -> bool {
     let started = Instant::now();
@@ -209,7 +209,7 @@ async fn serve_one(
         if !tried.is_empty() {
             ::metrics::counter!(metrics::RETRIES, "service" => service.to_owned()).increment(1);
         }
-        let upstream = format!("{}/{}", instance.node, instance.id);
+        let upstream = pick.upstream;
         let in_flight = InFlight::new(agent, service, &instance.id);
         let annotation = Annotation {
             upstream: &upstream,
@@ -222,7 +222,7 @@ async fn serve_one(
                     conn,
                     response,
                     upstream,
-                    node: instance.node.to_string(),
+                    node: instance.node.as_str(),
                 };
             }
             Err(Exchange::Timeout) => {
@@ -294,7 +294,7 @@ async fn serve_one(
             upstream,
             node,
         } => {
-            handles.observe(label, Some(&node), response.status, started);
+            handles.observe(label, Some(node), response.status, started);
             if let (Some(log), Some(arrival)) = (&agent.access_log, arrival) {
                 log.answered(
                     arrival,
@@ -351,7 +351,7 @@ fn retries(tried: &[String]) -> u32 {
     u32::try_from(tried.len()).unwrap_or(u32::MAX)
 }
 
-enum Answer {
+enum Answer<'live> {
     /// The proxy's own answer, and the node it names (for the metric).
     Own(http::Response<ProxyBody>, Option<String>),
     /// An instance's answer, its body still to relay from `conn`.
@@ -359,7 +359,8 @@ enum Answer {
         conn: Upstream,
         response: ResponseHead,
         upstream: String,
-        node: String,
+        /// Borrowed from the live instances: no copy per request.
+        node: &'live str,
     },
 }
 

@@ -3,6 +3,8 @@
 //! hop-by-hop headers dropped, `x-gossamer-upstream` added, header names
 //! in the case the instance wrote them.
 
+use std::io::Write;
+
 use super::super::forward::CONNECT_FAILURE_HEADER;
 use super::super::route;
 use super::head::{is, put_header, tokens, MAX_HEAD, MAX_HEADERS};
@@ -140,7 +142,8 @@ pub(super) fn parse_response(
 
     let mut out = Vec::with_capacity(len + 96);
     out.extend_from_slice(b"HTTP/1.1 ");
-    out.extend_from_slice(status.to_string().as_bytes());
+    // httparse took three digits.
+    let _ = write!(out, "{status}");
     out.push(b' ');
     out.extend_from_slice(response.reason.unwrap_or_default().as_bytes());
     out.extend_from_slice(b"\r\n");
@@ -167,11 +170,9 @@ pub(super) fn parse_response(
             annotation.upstream.as_bytes(),
         );
         if let Some(rtt) = annotation.rtt_ms {
-            put_header(
-                &mut out,
-                route::RTT_HEADER.as_bytes(),
-                format!("{rtt:.2}").as_bytes(),
-            );
+            out.extend_from_slice(route::RTT_HEADER.as_bytes());
+            // Writing into a Vec cannot fail.
+            let _ = write!(out, ": {rtt:.2}\r\n");
         }
     }
     if framing == Framing::UntilClose {

@@ -295,6 +295,7 @@ pub async fn start(config: AgentConfig) -> anyhow::Result<RunningAgent> {
         shutdown: shutdown.subscribe(),
         decisions: decisions.clone(),
         access_log,
+        request_metrics: Default::default(),
     });
     // Set from the start when --join names targets: until one answers, the
     // node is not in the cluster it was told to join.

@@ -168,8 +168,11 @@ pub fn recorder() -> anyhow::Result<PrometheusHandle> {
     metrics::counter!(HTTP_CONNECTIONS_REFUSED, "listener" => "proxy", "reason" => "limit")
         .increment(0);
     metrics::counter!(SWIM_PACKETS_REFUSED, "reason" => REFUSED_IMPERSONATION).increment(0);
-    for stream in [HOP_NEW, HOP_KEPT] {
-        metrics::counter!(PROXY_HOPS, "stream" => stream).increment(0);
+    let hops = HOP_COUNTERS.get_or_init(|| {
+        [HOP_NEW, HOP_KEPT].map(|stream| metrics::counter!(PROXY_HOPS, "stream" => stream))
+    });
+    for counter in hops {
+        counter.increment(0);
     }
     Ok(handle)
 }
@@ -332,8 +335,16 @@ pub const HOP_KEPT: &str = "kept";
 /// Counts one request sent to another node's sidecar on a `stream`
 /// ([`HOP_NEW`] or [`HOP_KEPT`]).
 pub fn proxy_hop(stream: &'static str) {
-    metrics::counter!(PROXY_HOPS, "stream" => stream).increment(1);
+    match HOP_COUNTERS.get() {
+        Some([new, kept]) => if stream == HOP_KEPT { kept } else { new }.increment(1),
+        None => metrics::counter!(PROXY_HOPS, "stream" => stream).increment(1),
+    }
 }
+
+/// The hop counters ([`HOP_NEW`], [`HOP_KEPT`]), registered once with the
+/// recorder: the recorder builds (and allocates) a key on every `counter!`
+/// call, and these count every request to another node.
+static HOP_COUNTERS: std::sync::OnceLock<[metrics::Counter; 2]> = std::sync::OnceLock::new();
 
 /// Address the exporter is served on, for logs.
 pub fn url(addr: SocketAddr) -> String {

@@ -20,6 +20,7 @@ pub mod headers;
 pub mod hop_pool;
 pub mod idle_body;
 pub mod inbound;
+mod request_metrics;
 pub mod route;
 pub mod tcp;
 pub mod trace;
@@ -71,6 +72,8 @@ pub struct ProxyHandles {
     pub decisions: Arc<Decisions>,
     /// `--access-log`, when set.
     pub access_log: Option<access_log::AccessLog>,
+    /// The request counters and duration histograms, by label set.
+    pub request_metrics: request_metrics::RequestMetrics,
 }
 
 impl ProxyHandles {
@@ -218,9 +221,9 @@ async fn handle(agent: &Arc<ProxyHandles>, mut request: Request<Incoming>) -> Re
     // Labels come only from the catalog: a name nobody registered is
     // `unknown`, so callers cannot grow the series without bound.
     let label = if agent.upstreams.snapshot().service(&service).is_some() {
-        service.clone()
+        service.as_str()
     } else {
-        metrics::UNKNOWN_SERVICE.to_owned()
+        metrics::UNKNOWN_SERVICE
     };
     let (response, upstream_node) =
         match tokio::time::timeout(route.timeout, attempts(agent, &route, started, parts, body))
@@ -253,17 +256,13 @@ async fn handle(agent: &Arc<ProxyHandles>, mut request: Request<Incoming>) -> Re
             response = response.map(|body| idle_body::IdleTimeoutBody::new(body, idle).boxed());
         }
     }
-    let code = code_label(response.status());
-    ::metrics::counter!(
-        metrics::PROXY_REQUESTS,
-        "service" => label.clone(),
-        "upstream_node" => upstream_node.unwrap_or_else(|| "none".to_owned()),
-        "code" => code,
-        "protocol" => protocol
-    )
-    .increment(1);
-    ::metrics::histogram!(metrics::PROXY_DURATION, "service" => label)
-        .record(started.elapsed().as_secs_f64());
+    agent.request_metrics.observe(
+        label,
+        upstream_node.as_deref(),
+        response.status().as_u16(),
+        protocol,
+        started,
+    );
     if let (Some(log), Some(arrival)) = (&agent.access_log, arrival) {
         log.finished(arrival, &service, &response, started.elapsed());
     }
@@ -369,6 +368,7 @@ async fn attempts(
     parts: http::request::Parts,
     mut body: RequestBody,
 ) -> (Response<ProxyBody>, Option<String>) {
+    let mut parts = Some(parts);
     let service = route.service.as_str();
     let snapshot = agent.upstreams.snapshot();
     let protocol = snapshot.protocol(service);
@@ -413,7 +413,19 @@ async fn attempts(
         let Some(attempt_body) = body.take() else {
             return failed_response(service, last_failure);
         };
-        let request = Request::from_parts(parts.clone(), attempt_body);
+        // Copied only when another attempt may follow (copying a request's
+        // headers costs an allocation per header).
+        let may_retry =
+            route.retryable && matches!(body, RequestBody::Replayable(_)) && tried.is_empty();
+        let attempt_parts = if may_retry {
+            parts.clone()
+        } else {
+            parts.take()
+        };
+        let Some(attempt_parts) = attempt_parts else {
+            return failed_response(service, last_failure);
+        };
+        let request = Request::from_parts(attempt_parts, attempt_body);
         let node = instance.node.to_string();
         if !tried.is_empty() {
             // Counted here, once another instance was picked: a retry
@@ -439,7 +451,7 @@ async fn attempts(
                 if response.status() != StatusCode::SWITCHING_PROTOCOLS {
                     headers::strip_hop_by_hop(response.headers_mut());
                 }
-                annotate(&mut response, instance, pick.rtt_ms);
+                annotate(&mut response, pick.upstream, pick.rtt_ms);
                 if !tried.is_empty() {
                     let retries = access_log::Retries(tried.len() as u32);
                     response.extensions_mut().insert(retries);
@@ -458,7 +470,7 @@ async fn attempts(
                         .with(service, |b| b.try_retry(Instant::now()));
                 tried.push(instance.id.clone());
                 last_failure = Some(Failure {
-                    upstream: format!("{node}/{}", instance.id),
+                    upstream: pick.upstream,
                     error: e,
                     node,
                 });
@@ -532,13 +544,15 @@ fn remaining_ms(deadline: Instant, now: Instant) -> u32 {
     u32::try_from(left).unwrap_or(u32::MAX).max(1)
 }
 
-fn annotate(response: &mut Response<ProxyBody>, instance: &Instance, rtt_ms: Option<f64>) {
+/// Names where an answer came from: `upstream` is the pick's `node/instance`
+/// (taken as the header's bytes, not copied).
+fn annotate(response: &mut Response<ProxyBody>, upstream: String, rtt_ms: Option<f64>) {
     let headers = response.headers_mut();
-    if let Ok(value) = HeaderValue::from_str(&format!("{}/{}", instance.node, instance.id)) {
+    if let Ok(value) = HeaderValue::try_from(upstream) {
         headers.insert(route::UPSTREAM_HEADER, value);
     }
     if let Some(rtt) = rtt_ms {
-        if let Ok(value) = HeaderValue::from_str(&format!("{rtt:.2}")) {
+        if let Ok(value) = HeaderValue::try_from(format!("{rtt:.2}")) {
             headers.insert(route::RTT_HEADER, value);
         }
     }

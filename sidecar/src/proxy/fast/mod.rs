@@ -66,7 +66,6 @@ pub async fn serve_connection(
     mut stopping: watch::Receiver<bool>,
 ) {
     let mut buf = BytesMut::with_capacity(8 * 1024);
-    let mut handles = MetricHandles::default();
     loop {
         let mut head = match read_head(&mut down, &mut buf, limits, &mut stopping).await {
             Waited::Head(head) => head,
@@ -81,7 +80,7 @@ pub async fn serve_connection(
         if !read_body(&mut down, &mut buf, &mut head, limits.header_read_timeout).await {
             return;
         }
-        let keep_alive = serve_one(&agent, &mut down, head, &snapshot, live, &mut handles).await;
+        let keep_alive = serve_one(&agent, &mut down, head, &snapshot, live).await;
         if !keep_alive || *stopping.borrow() {
             return;
         }
@@ -173,7 +172,6 @@ async fn serve_one(
     head: RequestHead,
     snapshot: &CatalogSnapshot,
     live: Vec<&Instance>,
-    handles: &mut MetricHandles,
 ) -> bool {
     let started = Instant::now();
     let service = head.service.as_str();
@@ -275,7 +273,9 @@ async fn serve_one(
                 .get(route::UPSTREAM_HEADER)
                 .and_then(|v| v.to_str().ok())
                 .map(str::to_owned);
-            handles.observe(label, node.as_deref(), status, started);
+            agent
+                .request_metrics
+                .observe(label, node.as_deref(), status, "http1", started);
             if let (Some(log), Some(arrival)) = (&agent.access_log, arrival) {
                 log.answered(
                     arrival,
@@ -294,7 +294,9 @@ async fn serve_one(
             upstream,
             node,
         } => {
-            handles.observe(label, Some(node), response.status, started);
+            agent
+                .request_metrics
+                .observe(label, Some(node), response.status, "http1", started);
             if let (Some(log), Some(arrival)) = (&agent.access_log, arrival) {
                 log.answered(
                     arrival,
@@ -448,48 +450,4 @@ async fn write_own<D: AsyncWrite + Unpin>(
     out.extend_from_slice(b"\r\n");
     out.extend_from_slice(&body);
     down.write_all(&out).await
-}
-
-/// The request counter and duration histogram of the last label set this
-/// connection used: a connection mostly calls one service on one node, so
-/// the metric keys are built once, not per request.
-#[derive(Default)]
-struct MetricHandles {
-    last: Option<(
-        (String, String, u16),
-        ::metrics::Counter,
-        ::metrics::Histogram,
-    )>,
-}
-
-impl MetricHandles {
-    fn observe(&mut self, service: &str, node: Option<&str>, status: u16, started: Instant) {
-        let node = node.unwrap_or("none");
-        let same = self
-            .last
-            .as_ref()
-            .is_some_and(|((s, n, c), _, _)| s == service && n == node && *c == status);
-        if !same {
-            let code = StatusCode::from_u16(status)
-                .map_or_else(|_| status.to_string().into(), super::code_label);
-            let counter = ::metrics::counter!(
-                metrics::PROXY_REQUESTS,
-                "service" => service.to_owned(),
-                "upstream_node" => node.to_owned(),
-                "code" => code,
-                "protocol" => "http1"
-            );
-            let histogram =
-                ::metrics::histogram!(metrics::PROXY_DURATION, "service" => service.to_owned());
-            self.last = Some((
-                (service.to_owned(), node.to_owned(), status),
-                counter,
-                histogram,
-            ));
-        }
-        if let Some((_, counter, histogram)) = &self.last {
-            counter.increment(1);
-            histogram.record(started.elapsed().as_secs_f64());
-        }
-    }
 }

@@ -161,9 +161,11 @@ pub async fn over_quic(
         target: target(),
         reason,
     };
-    request
-        .headers_mut()
-        .insert(HOP_DEADLINE_HEADER, HeaderValue::from(frame.timeout_ms));
+    // A static name: inserting by `&str` copies a custom name per request.
+    request.headers_mut().insert(
+        http::HeaderName::from_static(HOP_DEADLINE_HEADER),
+        HeaderValue::from(frame.timeout_ms),
+    );
     // An upgrade takes its hop's stream for itself: never a kept one.
     let upgrade = super::headers::is_upgrade(request.headers());
     prepare_http1(&mut request).map_err(connect)?;

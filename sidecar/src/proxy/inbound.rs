@@ -62,6 +62,13 @@ where
     I: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin + Send + 'static,
 {
     let io = TokioIo::new(io);
+    // Toward an HTTP/2 instance names go lowercase whatever their case
+    // here, so recording it would only cost an allocation per header.
+    let keep_case = !agent
+        .upstreams
+        .snapshot()
+        .protocol(&frame.service)
+        .is_http2();
     let service = service_fn(move |request: Request<Incoming>| {
         let agent = agent.clone();
         let frame = frame.clone();
@@ -92,7 +99,7 @@ where
     builder
         .http1()
         .max_buf_size(256 * 1024)
-        .preserve_header_case(true)
+        .preserve_header_case(keep_case)
         // A peer may finish its half of the stream once the request is out;
         // that is not a reason to drop the answer.
         .half_close(true);

@@ -154,6 +154,7 @@ pub fn recorder() -> anyhow::Result<PrometheusHandle> {
         .install_recorder()
         .context("cannot install the metrics recorder")?;
     let handle = HANDLE.get_or_init(|| handle).clone();
+    start_upkeep(handle.clone())?;
     metrics::gauge!(BUILD_INFO, "version" => env!("CARGO_PKG_VERSION")).set(1.0);
     // Alarms must see 0 before the first failure, not a missing series.
     for counter in [HANDSHAKE_FAILURES, DECODE_ERRORS, RELAY_REFUSALS] {
@@ -175,6 +176,35 @@ pub fn recorder() -> anyhow::Result<PrometheusHandle> {
         counter.increment(0);
     }
     Ok(handle)
+}
+
+/// How often histogram samples are folded into their buckets (the
+/// exporter's own default when it runs its upkeep itself).
+const UPKEEP_EVERY: std::time::Duration = if cfg!(test) {
+    std::time::Duration::from_millis(20)
+} else {
+    std::time::Duration::from_secs(5)
+};
+
+/// Upkeep rounds run so far (read by a test).
+static UPKEEP_ROUNDS: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(0);
+
+/// Folds histogram samples into their buckets every [`UPKEEP_EVERY`], on a
+/// thread of its own (the recorder outlives any one agent's runtime).
+///
+/// Why: a recorded sample waits in a queue until a scrape or an upkeep
+/// drains it. Without upkeep, an agent nobody scraped grew by about 16
+/// bytes per proxied request (2.7–3.3 MiB per 150,000–200,000 requests).
+fn start_upkeep(handle: PrometheusHandle) -> anyhow::Result<()> {
+    std::thread::Builder::new()
+        .name("metrics-upkeep".to_owned())
+        .spawn(move || loop {
+            std::thread::sleep(UPKEEP_EVERY);
+            handle.run_upkeep();
+            UPKEEP_ROUNDS.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        })
+        .context("cannot start the metrics upkeep thread")?;
+    Ok(())
 }
 
 /// HELP text for every metric the agent exports (Prometheus's linter
@@ -359,4 +389,31 @@ pub fn index(index: u64) {
 /// Counts one DNS answer; both labels come from fixed sets.
 pub fn dns_query(qtype: &'static str, rcode: &'static str) {
     metrics::counter!(DNS_QUERIES, "type" => qtype, "rcode" => rcode).increment(1);
+}
+
+#[cfg(test)]
+mod tests {
+    use std::sync::atomic::Ordering;
+    use std::time::{Duration, Instant};
+
+    use super::*;
+
+    #[test]
+    fn histogram_samples_are_drained_without_a_scrape() {
+        let handle = recorder().expect("the recorder installs");
+        metrics::histogram!(PROXY_DURATION, "service" => "upkeep-test").record(0.001);
+        let before = UPKEEP_ROUNDS.load(Ordering::Relaxed);
+        let deadline = Instant::now() + Duration::from_secs(10);
+        while UPKEEP_ROUNDS.load(Ordering::Relaxed) < before + 2 {
+            assert!(Instant::now() < deadline, "no upkeep round within 10 s");
+            std::thread::sleep(Duration::from_millis(5));
+        }
+        let text = handle.render();
+        assert!(
+            text.contains(
+                r#"gossamer_proxy_request_duration_seconds_count{service="upkeep-test"} 1"#
+            ),
+            "{text}"
+        );
+    }
 }

@@ -5,6 +5,9 @@
 #   start_two_agents PREFIX "CALLEE FLAGS" "CALLER FLAGS"
 #   start_nginx                         nginx `return 200` on 127.0.0.1:18090
 #   wait_proxied PORT                   until ng.localhost answers 200 through PORT
+#   start_agent_and_haproxy             nginx, HAProxy on :18091 and one agent on
+#                                       :14101 in front of it, both warmed up;
+#                                       sets AGENT and HAPROXY to their pids
 #   ticks PID                           CPU ticks PID has used (user + system; $hz a second)
 # start_two_agents sets CALLEE and CALLER to the pids; the caller's proxy is
 # 127.0.0.1:14102.
@@ -46,4 +49,15 @@ wait_proxied() { # PORT
   done
   echo "nothing answered through 127.0.0.1:$1 within 20 s" >&2
   return 1
+}
+start_agent_and_haproxy() {
+  start_nginx
+  haproxy -f "$HERE/haproxy-one-thread.cfg" -db >/dev/null 2>&1 &
+  HAPROXY=$!
+  pids+=($HAPROXY)
+  start_agent one 1 --service ng=18090
+  AGENT=$!
+  wait_proxied 14101 || return 1
+  wrk -t1 -c32 -d1s -H 'Host: ng.localhost' http://127.0.0.1:14101/ >/dev/null
+  wrk -t1 -c32 -d1s http://127.0.0.1:18091/ >/dev/null
 }

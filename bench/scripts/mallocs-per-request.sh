@@ -13,14 +13,7 @@ source "$HERE/lib.sh"
 LIBC=$(ldd "$BIN" | awk '/libc\.so/ {print $3}')
 perf probe -q -x "$LIBC" malloc 2>/dev/null
 [ "$(perf probe -l 2>/dev/null | grep -c 'probe_libc:malloc')" -gt 0 ] || { echo "no uprobe on $LIBC's malloc (root and perf needed)" >&2; exit 1; }
-start_nginx
-haproxy -f "$HERE/haproxy-one-thread.cfg" -db >/dev/null 2>&1 &
-HAPROXY=$!
-pids+=($HAPROXY)
-start_agent one 1 --service ng=18090
-AGENT=$!
-wait_proxied 14101 || exit 1
-wrk -t1 -c32 -d1s -H 'Host: ng.localhost' http://127.0.0.1:14101/ >/dev/null
+start_agent_and_haproxy || exit 1
 for proxy in "agent $AGENT 14101" "haproxy $HAPROXY 18091"; do
   read -r name pid port <<<"$proxy"
   perf stat -x, -e probe_libc:malloc -p "$pid" -o "$WORK/$name.stat" &

@@ -9,15 +9,7 @@ set -uo pipefail
 BIN=${1:-target/release/gossamer} THREADS=${2:-1} DUR=${3:-4} ROUNDS=${4:-3}
 HERE=$(cd "$(dirname "$0")" && pwd)
 source "$HERE/lib.sh"
-start_nginx
-haproxy -f "$HERE/haproxy-one-thread.cfg" -db >/dev/null 2>&1 &
-HAPROXY=$!
-pids+=($HAPROXY)
-start_agent one 1 --service ng=18090
-AGENT=$!
-wait_proxied 14101 || exit 1
-wrk -t1 -c32 -d1s -H 'Host: ng.localhost' http://127.0.0.1:14101/ >/dev/null
-wrk -t1 -c32 -d1s http://127.0.0.1:18091/ >/dev/null
+start_agent_and_haproxy || exit 1
 for round in $(seq 1 "$ROUNDS"); do
   if [ -n "${PERF_OUT:-}" ] && [ "$round" = "$ROUNDS" ]; then
     perf record -F 4999 -g -o "$PERF_OUT" -p "$AGENT" -- sleep "$DUR" 2>/dev/null &

@@ -165,14 +165,19 @@ fn measure(args: &SelectArgs, records: usize, path: Path) -> anyhow::Result<f64>
     let pick_once = || -> anyhow::Result<()> {
         let snapshot = upstreams.snapshot();
         let requirements = upstreams.effective_requirements(&snapshot, "target", caller);
-        let live = match path {
+        // The scan copies every record it keeps, as the proxy once did.
+        let scanned: Vec<mesh_proto::Instance>;
+        let live: Vec<&mesh_proto::Instance> = match path {
             Path::Snapshot => upstreams.live_instances(&snapshot, "target"),
-            Path::Scan => store.read(|c| {
-                c.instances()
-                    .filter(|i| i.service == "target")
-                    .cloned()
-                    .collect()
-            }),
+            Path::Scan => {
+                scanned = store.read(|c| {
+                    c.instances()
+                        .filter(|i| i.service == "target")
+                        .cloned()
+                        .collect()
+                });
+                scanned.iter().collect()
+            }
         };
         let candidates = upstreams.candidates(&snapshot, &live);
         let now = Instant::now();

@@ -413,8 +413,10 @@ async fn attempts(
         let Some(attempt_body) = body.take() else {
             return failed_response(service, last_failure);
         };
-        // Copied only when another attempt may follow (copying a request's
-        // headers costs an allocation per header).
+        // A safe or idempotent request may go again, once, even when the
+        // connection broke after sending (a node died mid-call), if the
+        // retry budget allows. Only then is its head copied for the next
+        // attempt (a copy costs an allocation per header).
         let may_retry =
             route.retryable && matches!(body, RequestBody::Replayable(_)) && tried.is_empty();
         let attempt_parts = if may_retry {
@@ -460,11 +462,7 @@ async fn attempts(
             }
             Err(e) => {
                 in_flight.finish(false);
-                // A safe or idempotent request may go again even when the
-                // connection broke after sending (a node died mid-call).
-                let retry = route.retryable
-                    && matches!(body, RequestBody::Replayable(_))
-                    && tried.is_empty()
+                let retry = may_retry
                     && agent
                         .upstreams
                         .with(service, |b| b.try_retry(Instant::now()));
